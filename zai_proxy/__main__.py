@@ -1,0 +1,3 @@
+from zai_proxy.cli import main
+
+raise SystemExit(main())
