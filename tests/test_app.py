@@ -1,0 +1,27 @@
+import httpx
+from prometheus_client import CollectorRegistry
+
+from zai_proxy.app import create_app
+from zai_proxy.config import load_settings
+
+
+async def test_health_ready_and_metrics() -> None:
+    settings = load_settings({"DEPLOYMENT_VARIANT": "v2", "ZAI_API_KEY": "k" * 12,
+                              "ZAI_PROXY_COMMIT": "abc123"})
+    app = create_app(settings, transport=httpx.MockTransport(lambda r: httpx.Response(200)),
+                     registry=CollectorRegistry())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://p") as c:
+        assert (await c.get("/ready")).status_code == 503  # lifespan not started: starting
+        async with app.router.lifespan_context(app):
+            health = (await c.get("/health")).json()
+            assert (await c.get("/ready")).status_code == 200
+            text = (await c.get("/metrics")).text
+            app.state.lifecycle.drain()
+            assert (await c.get("/ready")).status_code == 503
+            assert (await c.get("/health")).status_code == 200
+    assert health["status"] == "ok" and health["deployment_variant"] == "v2"
+    assert {"version", "uptime_seconds", "in_flight"} <= set(health)
+    assert 'zai_proxy_build_info{build_time="unknown",commit="abc123",deployment_variant="v2"' in text
+    for line in text.splitlines():
+        if line.startswith("zai_proxy_"):
+            assert 'deployment_variant="v2"' in line, line

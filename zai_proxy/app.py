@@ -1,0 +1,150 @@
+"""`create_app`: the only place the proxy's parts are wired together.
+
+The FastAPI app serves the operational routes (/health, /ready, /metrics, /admin); every
+`/v1/...` request goes straight to the pure-ASGI `ProxyHandler`, skipping the framework's
+routing and middleware on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    disable_created_metrics,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from zai_proxy import __version__
+from zai_proxy.auth import ClientAuth
+from zai_proxy.config import Settings
+from zai_proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_body
+from zai_proxy.lifecycle import Lifecycle
+from zai_proxy.metrics import Metrics
+from zai_proxy.proxy import ProxyHandler
+from zai_proxy.recorder import Recorder
+from zai_proxy.routing import Router
+from zai_proxy.upstream import Upstream
+
+log = logging.getLogger("zai_proxy")
+
+
+class ProxyApp(FastAPI):
+    """FastAPI for the operational routes; every other HTTP request goes to the proxy handler,
+    which also answers (and records) the 404s for paths it does not serve."""
+
+    proxy: ProxyHandler
+    operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit"})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.operational:
+            await self.proxy(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
+               clock: Callable[[], float] = time.monotonic,
+               registry: CollectorRegistry | None = None) -> ProxyApp:
+    """Build the proxy app from validated settings; collaborators are injectable for tests."""
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only add noise to every counter
+    version = settings.version or __version__
+    metrics = Metrics(registry, settings.deployment_variant)
+    metrics.set_build(version, settings.commit, settings.build_time)
+    metrics.max_workers.set(settings.max_workers)
+    lifecycle = Lifecycle(clock)
+    upstream = Upstream(connect_timeout=settings.connect_timeout,
+                        first_byte_timeout=settings.first_byte_timeout,
+                        chunk_timeout=settings.chunk_timeout,
+                        pool_size=settings.upstream_pool_size, transport=transport)
+    auth = ClientAuth(settings.proxy_api_keys)
+    recorder = Recorder(metrics, settings.max_workers)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if auth.open:
+            log.warning("PROXY_API_KEYS is not set: the proxy is open to every client "
+                        "that can reach it")
+        lifecycle.serving()
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            lifecycle.drain()
+            metrics.ready.set(0)
+            await upstream.aclose()
+
+    app = ProxyApp(title="zai-proxy", version=version, lifespan=lifespan, docs_url=None,
+                   redoc_url=None)
+    app.proxy = ProxyHandler(
+        router=Router(settings.zai_target_url, settings.zai_anthropic_url), upstream=upstream,
+        auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
+        variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes)
+    app.state.settings = settings
+    app.state.lifecycle = lifecycle
+    app.state.metrics = metrics
+    app.state.upstream = upstream
+    variant_header = {"x-zai-proxy-variant": settings.deployment_variant}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: answers 200 whenever the process can serve; never asks the upstream."""
+        body = {
+            "status": "draining" if lifecycle.draining else "ok",
+            "deployment_variant": settings.deployment_variant,
+            "version": version,
+            "commit": settings.commit,
+            "uptime_seconds": round(lifecycle.uptime(), 3),
+            "in_flight": lifecycle.in_flight,
+            "ready": lifecycle.ready,
+            "upstream": "simulated" if settings.upstream_simulated else "z.ai",
+        }
+        return JSONResponse(body, headers=variant_header)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 while serving, 503 while starting or draining."""
+        status = 200 if lifecycle.ready else 503
+        return JSONResponse({"ready": lifecycle.ready, "phase": lifecycle.phase.value},
+                            status_code=status, headers=variant_header)
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error the framework makes is OpenAI-shaped too."""
+
+    def respond(error: ProxyError) -> Response:
+        return Response(error.body(), status_code=error.status, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return respond(NotFound("no such route"))
+        if exc.status_code == 405:
+            return respond(MethodNotAllowed("method not allowed on this route"))
+        error = ProxyError(str(exc.detail))
+        error.status = exc.status_code
+        return respond(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return Response(error_body("invalid request parameters", "invalid_request_error",
+                                   "proxy_invalid_request"),
+                        status_code=400, media_type="application/json")

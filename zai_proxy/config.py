@@ -1,0 +1,309 @@
+"""Settings: read once from the environment (and CLI flags), validated, immutable.
+
+Every setting is declared once in `FIELDS`; the environment variable names follow the original Go
+zai-proxy where it had one. `load_settings` raises `ConfigError` naming the variable and the
+expected form for any invalid value: there is no silent fallback to a default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from zai_proxy.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3,
+               "gb": 1000**3, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `30`, `30s`, `1.5m`, `6h`, `250ms`, `1d`."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError("a duration such as 30, 30s, 250ms, 5m or 6h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `1048576`, `512KiB`, `10MiB`, `1GB`."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError("a size in bytes such as 10485760 or 10MiB")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("true or false")
+
+
+def parse_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("a base URL without query or fragment")
+    return text.strip().rstrip("/")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            raise ValueError("a positive number")
+        return value
+
+    return parse
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError("a number >= 0")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise ValueError("a fraction between 0 and 1, such as 0.02")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("a whole number") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("a number") from None
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _variant(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", text.strip()):
+        raise ValueError("a short name of letters, digits, '.', '_' or '-' such as v1")
+    return text.strip()
+
+
+def _storage_uri(text: str) -> str:
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme not in {"memory", "redis", "rediss", "async+redis", "async+rediss"}:
+        raise ValueError("memory:// or redis://host:port/db")
+    return text.strip()
+
+
+def _setting(env: str, parse: Callable[[str], Any], help_: str, **kw: Any) -> Any:
+    """A dataclass field that knows its environment variable, parser and help text."""
+    return field(metadata={"env": env, "parse": parse, "help": help_}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the proxy, validated. Build with `load_settings`."""
+
+    host: str = _setting("HOST", str, "address to listen on", default="0.0.0.0")
+    port: int = _setting("PORT", _positive(_int), "port to listen on", default=8080)
+    zai_api_key: str = _setting(
+        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator",
+        default="", repr=False)
+    zai_target_url: str = _setting(
+        "ZAI_TARGET_URL", parse_url, "OpenAI-compatible upstream base",
+        default="https://api.z.ai/api/paas/v4")
+    zai_anthropic_url: str = _setting(
+        "ZAI_ANTHROPIC_URL", parse_url, "Anthropic-compatible upstream base",
+        default="https://api.z.ai/api/anthropic")
+    deployment_variant: str = _setting(
+        "DEPLOYMENT_VARIANT", _variant, "value of the deployment_variant label",
+        default="production")
+    proxy_api_keys: tuple[str, ...] = _setting(
+        "PROXY_API_KEYS", parse_list, "comma-separated client keys; unset = open proxy",
+        default=(), repr=False)
+    proxy_api_keys_file: str = _setting(
+        "PROXY_API_KEYS_FILE", str, "file with one client key per line", default="")
+    max_request_bytes: int = _setting(
+        "MAX_REQUEST_BYTES", _positive(parse_size), "largest request body accepted",
+        default=10 * 1024 * 1024)
+    max_workers: int = _setting(
+        "MAX_WORKERS", _positive(_int), "cap on requests in flight upstream", default=10)
+    connect_timeout: float = _setting(
+        "UPSTREAM_CONNECT_TIMEOUT", _positive(parse_duration), "upstream connect timeout",
+        default=10.0)
+    first_byte_timeout: float = _setting(
+        "UPSTREAM_FIRST_BYTE_TIMEOUT", _positive(parse_duration),
+        "wait for upstream response headers (non-stream calls send them when done)",
+        default=300.0)
+    chunk_timeout: float = _setting(
+        "UPSTREAM_CHUNK_TIMEOUT", _positive(parse_duration),
+        "longest silence between two body chunks from upstream", default=120.0)
+    upstream_pool_size: int = _setting(
+        "UPSTREAM_POOL_SIZE", _positive(_int), "upstream connections kept open", default=256)
+    shutdown_drain_seconds: float = _setting(
+        "SHUTDOWN_DRAIN_SECONDS", _non_negative(parse_duration),
+        "after SIGTERM: keep serving with /ready=503 this long", default=5.0)
+    shutdown_grace_seconds: float = _setting(
+        "SHUTDOWN_GRACE_SECONDS", _non_negative(parse_duration),
+        "then: wait this long for in-flight requests", default=60.0)
+    log_level: str = _setting("LOG_LEVEL", _log_level, "log level", default="INFO")
+    simulator_port: int = _setting(
+        "SIMULATOR_PORT", _non_negative(_int),
+        "port of the built-in simulator when ZAI_API_KEY is unset (0 = any free port)", default=0)
+    version: str = _setting("ZAI_PROXY_VERSION", str, "build version", default="")
+    commit: str = _setting("ZAI_PROXY_COMMIT", str, "build commit", default="unknown")
+    build_time: str = _setting("ZAI_PROXY_BUILD_TIME", str, "build time", default="unknown")
+    # Token accounting.
+    token_counting_enabled: bool = _setting(
+        "TOKEN_COUNTING_ENABLED", parse_bool, "count tokens and cost", default=True)
+    tokenizer_encoding: str = _setting(
+        "TOKENIZER_ENCODING", str, "tiktoken encoding for estimates", default="cl100k_base")
+    tokenizer_model: str = _setting(
+        "TOKENIZER_MODEL", str, "model label when a request names none", default="glm-4")
+    tiktoken_cache_dir: str = _setting(
+        "TIKTOKEN_CACHE_DIR", str, "operator-supplied tiktoken encoding files", default="")
+    models: tuple[str, ...] = _setting(
+        "MODELS", parse_list, "extra known model names (besides the pricing table)", default=())
+    pricing_file: str = _setting(
+        "PRICING_FILE", str, "JSON pricing table merged over the built-in prices", default="")
+    peak_hours: str = _setting(
+        "PEAK_HOURS", str, "peak window HH:MM-HH:MM, empty = none", default="")
+    peak_timezone: str = _setting(
+        "PEAK_TIMEZONE", str, "IANA time zone of the peak window", default="Asia/Shanghai")
+    peak_multiplier: float = _setting(
+        "PEAK_MULTIPLIER", _positive(_float), "price multiplier inside the peak window",
+        default=2.0)
+    # Admission control.
+    rate_limit_initial: float = _setting(
+        "RATE_LIMIT_INITIAL", _positive(_float), "starting request rate (req/s)", default=10.0)
+    rate_limit_min: float = _setting(
+        "RATE_LIMIT_MIN", _positive(_float), "lowest request rate (req/s)", default=1.0)
+    rate_limit_max: float = _setting(
+        "RATE_LIMIT_MAX", _positive(_float), "highest request rate (req/s)", default=50.0)
+    rate_limit_window: float = _setting(
+        "RATE_LIMIT_WINDOW", _positive(parse_duration), "controller window", default=30.0)
+    rate_limit_hold_margin: float = _setting(
+        "RATE_LIMIT_HOLD_MARGIN", _fraction, "hold this fraction under the ceiling", default=0.02)
+    rate_limit_ceiling_alpha: float = _setting(
+        "RATE_LIMIT_CEILING_ALPHA", _fraction, "weight of a weak ceiling observation",
+        default=0.3)
+    rate_limit_probe_interval: int = _setting(
+        "RATE_LIMIT_PROBE_INTERVAL", _positive(_int), "clean windows before probing above "
+        "the learned ceiling", default=10)
+    rate_limit_state_file: str = _setting(
+        "RATE_LIMIT_STATE_FILE", str, "where learned ceilings persist ('' = off)",
+        default="/var/lib/zai-proxy/ceiling.json")
+    rate_limit_state_max_age: float = _setting(
+        "RATE_LIMIT_STATE_MAX_AGE", _positive(parse_duration), "ignore older state",
+        default=6 * 3600.0)
+    rate_limit_storage_uri: str = _setting(
+        "RATE_LIMIT_STORAGE_URI", _storage_uri, "memory:// or redis://host:port/db",
+        default="memory://")
+    rate_limit_replicas: int = _setting(
+        "RATE_LIMIT_REPLICAS", _positive(_int), "replicas sharing the account without Redis",
+        default=1)
+    queue_max: int = _setting(
+        "QUEUE_MAX", _non_negative(_int), "requests that may wait for admission", default=1000)
+    queue_timeout_seconds: float = _setting(
+        "QUEUE_TIMEOUT_SECONDS", _positive(parse_duration), "longest admission wait",
+        default=60.0)
+    max_retries: int = _setting(
+        "MAX_RETRIES", _non_negative(_int), "retries after the first attempt", default=3)
+    client_rate_limits: tuple[str, ...] = _setting(
+        "CLIENT_RATE_LIMITS", parse_list, "per-client limits, e.g. 600/minute", default=())
+    admin_api_key: str = _setting(
+        "ADMIN_API_KEY", str, "enables /admin routes with this key", default="", repr=False)
+    # Not read from the environment: set by `serve` when it starts the built-in simulator.
+    upstream_simulated: bool = field(default=False, metadata={"env": None})
+
+    @property
+    def needs_simulator(self) -> bool:
+        """True when no upstream key is set: `serve` starts the built-in simulator."""
+        return not self.zai_api_key
+
+
+def setting_fields() -> list[tuple[str, str, str, Any]]:
+    """(attribute, env name, help, default) for every setting, for --help and docs."""
+    return [(f.name, f.metadata["env"], f.metadata["help"], f.default)
+            for f in fields(Settings) if f.metadata.get("env")]
+
+
+def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate settings from `env`, with CLI `overrides` (attribute -> text) on top.
+
+    Raises ConfigError naming the variable and the expected form.
+    """
+    values: dict[str, Any] = {}
+    overrides = overrides or {}
+    for f in fields(Settings):
+        name = f.metadata.get("env")
+        if not name:
+            continue
+        text = overrides.get(f.name, env.get(name))
+        if text is None or (text == "" and f.name not in {"zai_api_key"}):
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](text)
+        except ValueError as exc:
+            shown = "<hidden>" if not f.repr else repr(text)
+            raise ConfigError(f"{name}={shown} is invalid: expected {exc}") from None
+    settings = Settings(**values)
+    return _validated(settings, _read_key_file(settings.proxy_api_keys_file))
+
+
+def _read_key_file(path: str) -> tuple[str, ...]:
+    if not path:
+        return ()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} cannot be read: {exc.strerror}") from None
+    keys = tuple(line.strip() for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} holds no key (one per line expected)")
+    return keys
+
+
+def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
+    if settings.rate_limit_min > settings.rate_limit_max:
+        raise ConfigError("RATE_LIMIT_MIN must not exceed RATE_LIMIT_MAX")
+    if not settings.rate_limit_min <= settings.rate_limit_initial <= settings.rate_limit_max:
+        raise ConfigError("RATE_LIMIT_INITIAL must lie between RATE_LIMIT_MIN and RATE_LIMIT_MAX")
+    if settings.peak_hours and not re.fullmatch(r"\d\d:\d\d-\d\d:\d\d", settings.peak_hours):
+        raise ConfigError(f"PEAK_HOURS={settings.peak_hours!r} is invalid: expected HH:MM-HH:MM")
+    if any(len(key) < 8 for key in settings.proxy_api_keys + file_keys):
+        raise ConfigError("PROXY_API_KEYS / PROXY_API_KEYS_FILE: every key needs 8+ characters")
+    if file_keys:
+        merged = tuple(dict.fromkeys(settings.proxy_api_keys + file_keys))
+        object.__setattr__(settings, "proxy_api_keys", merged)
+    return settings

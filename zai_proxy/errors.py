@@ -1,0 +1,114 @@
+"""The proxy's error tree, and the one OpenAI-shaped body every proxy-made error uses.
+
+Foreign exceptions (httpx, aiohttp, OS errors) are translated into these once, at the upstream
+boundary; the request path only ever sees `ProxyError`s.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class ConfigError(Exception):
+    """An invalid setting; the message names the variable and the expected form."""
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself, with an OpenAI-shaped JSON body."""
+
+    status = 500
+    type = "server_error"
+    code = "proxy_internal_error"
+    param: str | None = None
+    # The route template the error belongs to, when known (a metric label).
+    route: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "proxy_invalid_json"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "proxy_invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    type = "permission_error"
+    code = "proxy_forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "proxy_not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "proxy_method_not_allowed"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "proxy_request_too_large"
+
+
+class ServiceUnavailable(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "proxy_unavailable"
+
+
+class UpstreamError(ProxyError):
+    """Something went wrong talking to the upstream; `error_type` is the metric label."""
+
+    status = 502
+    type = "upstream_error"
+    code = "proxy_upstream_error"
+    error_type = "connection"
+
+
+class UpstreamUnreachable(UpstreamError):
+    code = "proxy_upstream_unreachable"
+    error_type = "connection"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "proxy_upstream_timeout"
+    error_type = "timeout"
+
+
+class UpstreamInterrupted(UpstreamError):
+    """The upstream failed after its response started (mid-body)."""
+
+    code = "proxy_upstream_interrupted"
+    error_type = "stream_interrupted"
+
+
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
+    """`{"error": {"message", "type", "param", "code"}}` as bytes."""
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    ).encode()
+
+
+def sse_error_event(error: ProxyError) -> bytes:
+    """The same error as one SSE `data:` event, for a stream that already started."""
+    return b"data: " + error.body() + b"\n\n"

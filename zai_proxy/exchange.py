@@ -1,0 +1,68 @@
+"""One request's record as it crosses the proxy, and the watch for a client that leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+
+class ClientGone(Exception):
+    """The client disconnected before the proxy finished answering."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request did; filled in along the request path, recorded once at the end."""
+
+    request_id: str
+    method: str
+    started: float
+    route: str = "other"
+    client: str = ""
+    model: str | None = None
+    stream: bool = False
+    status: int = 0
+    outcome: str = "ok"
+    error: str | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    upstream_status: int | None = None
+    upstream_started: float | None = None
+    upstream_ttfb: float | None = None
+    upstream_ended: float | None = None
+    attempts: int = 0
+    admission_wait: float = 0.0
+    # Set just before the last byte is sent: from then on a disconnect is not the client leaving.
+    complete: bool = False
+    usage: Any = None
+    cost: float | None = None
+
+
+class DisconnectWatcher:
+    """Cancels the request's task the moment the client disconnects.
+
+    ASGI servers report a disconnect only through `receive()`, and uvicorn's `send()` silently
+    drops data for a gone client, so without this a proxy would keep an abandoned upstream
+    stream (and its slot) open until the upstream finished.
+    """
+
+    def __init__(self, receive: Any, exchange: Exchange) -> None:
+        self.disconnected = False
+        self._exchange = exchange
+        self._target = asyncio.current_task()
+        self._armed = True
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+        if self._armed and not self._exchange.complete and self._target is not None:
+            self.disconnected = True
+            self._target.cancel("client disconnected")
+
+    def stop(self) -> None:
+        self._armed = False
+        self._task.cancel()

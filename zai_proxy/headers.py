@@ -1,0 +1,72 @@
+"""Which headers cross the proxy, in each direction.
+
+Hop-by-hop headers (RFC 9110 §7.6.1, plus any named in `Connection`) never cross. Client
+credentials never go upstream: the proxy adds the upstream key itself, as `Authorization: Bearer`
+for the OpenAI surface and `x-api-key` for the Anthropic surface (Z.AI's edge rejects Bearer
+there). Upstream cookies never reach clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection",
+})
+# Set by the proxy or meaningless upstream.
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host", b"content-length", b"authorization", b"x-api-key", b"cookie",
+    b"accept-encoding", b"x-request-id", b"forwarded", b"x-forwarded-for",
+    b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip",
+}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"set-cookie", b"x-request-id", b"server",
+                               b"date"}
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_request_headers(client: RawHeaders, surface: str, api_key: str,
+                             request_id: str, content_length: int) -> RawHeaders:
+    """Headers for the upstream request: the client's, filtered, plus auth and request id.
+
+    `Accept-Encoding: identity` keeps upstream bodies readable for token accounting; bodies are
+    relayed as received either way.
+    """
+    drop = _REQUEST_DROP | _connection_tokens(client)
+    out = [(n, v) for n, v in client if n.lower() not in drop]
+    if surface == "anthropic":
+        out.append((b"x-api-key", api_key.encode()))
+    else:
+        out.append((b"authorization", b"Bearer " + api_key.encode()))
+    out.append((b"accept-encoding", b"identity"))
+    out.append((b"x-request-id", request_id.encode()))
+    out.append((b"content-length", str(content_length).encode()))
+    return out
+
+
+def client_response_headers(upstream: Iterable[tuple[bytes, bytes]], request_id: bytes,
+                            variant: bytes) -> RawHeaders:
+    """Headers for the client: the upstream's, filtered, plus request id and variant."""
+    upstream = list(upstream)
+    drop = _RESPONSE_DROP | _connection_tokens(upstream)
+    out = [(n.lower(), v) for n, v in upstream if n.lower() not in drop]
+    out.append((b"x-request-id", request_id))
+    out.append((b"x-zai-proxy-variant", variant))
+    return out
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,116 @@
+"""Prometheus series of one proxy app, in its own registry (names: docs/contracts.md).
+
+Every series carries `deployment_variant`; the names follow the original Go zai-proxy where it
+had them so existing Grafana panels keep working. Label values are bounded by the callers
+(route templates, status codes, known models or `other`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+SIZE_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+COUNT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+V = "deployment_variant"
+
+
+class Metrics:
+    """All series, created in `registry` with the variant label bound where it is the only one."""
+
+    def __init__(self, registry: CollectorRegistry, variant: str) -> None:
+        self.registry = registry
+        self.variant = variant
+        r = registry
+        self.build_info = Gauge("zai_proxy_build_info", "Build of this proxy (always 1)",
+                                ["version", "commit", "build_time", V], registry=r)
+        self.requests = Counter("zai_proxy_requests", "Requests finished, by outcome",
+                                ["method", "route", "status_code", V], registry=r)
+        self.request_duration = Histogram(
+            "zai_proxy_request_duration_seconds", "Whole request as the proxy saw it",
+            ["method", "route", "status_code", V], buckets=DURATION_BUCKETS, registry=r)
+        self.upstream_ttfb = Histogram(
+            "zai_proxy_upstream_time_to_first_byte_seconds", "Until upstream response headers",
+            ["route", V], buckets=DURATION_BUCKETS, registry=r)
+        self.upstream_duration = Histogram(
+            "zai_proxy_upstream_duration_seconds", "Upstream request until its body ended",
+            ["route", V], buckets=DURATION_BUCKETS, registry=r)
+        self.request_size = Histogram(
+            "zai_proxy_request_size_bytes", "Request body size",
+            ["method", "route", V], buckets=SIZE_BUCKETS, registry=r)
+        self.response_size = Histogram(
+            "zai_proxy_response_size_bytes", "Response body size relayed to the client",
+            ["method", "route", "status_code", V], buckets=SIZE_BUCKETS, registry=r)
+        self.concurrent = Gauge("zai_proxy_concurrent_requests", "Requests in flight",
+                                [V], registry=r).labels(variant)
+        self.max_workers = Gauge("zai_proxy_max_workers", "In-flight cap (MAX_WORKERS)",
+                                 [V], registry=r).labels(variant)
+        self.utilization = Gauge("zai_proxy_worker_utilization_ratio", "In flight / cap",
+                                 [V], registry=r).labels(variant)
+        self.upstream_errors = Counter("zai_proxy_upstream_errors", "Upstream failures by type",
+                                       ["error_type", V], registry=r)
+        self.ready = Gauge("zai_proxy_ready", "1 while serving, 0 starting or draining",
+                           [V], registry=r).labels(variant)
+        # Token accounting.
+        self.tokens = Counter("zai_proxy_tokens", "Tokens by direction, model and source",
+                              ["direction", "model", "source", "pricing_tier", V], registry=r)
+        self.cost = Counter("zai_proxy_estimated_cost_usd", "Estimated cost in USD",
+                            ["direction", "model", "source", "pricing_tier", V], registry=r)
+        self.token_count_duration = Histogram(
+            "zai_proxy_token_count_duration_seconds", "Time spent counting tokens locally",
+            [V], buckets=COUNT_BUCKETS, registry=r).labels(variant)
+        # Admission control.
+        self.upstream_429 = Counter("zai_proxy_upstream_429", "Upstream 429 answers by class",
+                                    ["class", V], registry=r)
+        self.rate = Gauge("zai_proxy_rate_limit_requests_per_second", "Current admitted rate",
+                          [V], registry=r).labels(variant)
+        self.ceiling = Gauge("zai_proxy_rate_limit_ceiling_requests_per_second",
+                             "Learned upstream rate ceiling (0 = none learned)",
+                             [V], registry=r).labels(variant)
+        self.concurrency_limit = Gauge("zai_proxy_concurrency_limit", "Current in-flight limit",
+                                       [V], registry=r).labels(variant)
+        self.concurrency_ceiling = Gauge("zai_proxy_concurrency_ceiling",
+                                         "Learned in-flight ceiling (0 = none learned)",
+                                         [V], registry=r).labels(variant)
+        self.admission_wait = Histogram("zai_proxy_rate_limit_wait_seconds",
+                                        "Time waiting for admission", [V],
+                                        buckets=WAIT_BUCKETS, registry=r).labels(variant)
+        self.queue_depth = Gauge("zai_proxy_queue_depth", "Requests waiting for admission",
+                                 [V], registry=r).labels(variant)
+        self.adjustments = Counter("zai_proxy_rate_limit_adjustments",
+                                   "Rate controller decisions", ["direction", V], registry=r)
+        self.rejections = Counter("zai_proxy_rate_limit_rejections", "Admission rejections",
+                                  ["reason", V], registry=r)
+        self.retries = Counter("zai_proxy_retry_attempts", "Retries by reason",
+                               ["reason", V], registry=r)
+        self.shared_degraded = Gauge("zai_proxy_shared_state_degraded",
+                                     "1 while shared state is unreachable", [V],
+                                     registry=r).labels(variant)
+
+    def set_build(self, version: str, commit: str, build_time: str) -> None:
+        self.build_info.labels(version, commit, build_time, self.variant).set(1)
+
+    def set_in_flight(self, in_flight: int, cap: int) -> None:
+        self.concurrent.set(in_flight)
+        self.utilization.set(in_flight / cap if cap else 0.0)
+
+    def upstream_error(self, error_type: str) -> None:
+        self.upstream_errors.labels(error_type, self.variant).inc()
+
+    def finished(self, method: str, route: str, status: int, duration: float,
+                 request_bytes: int, response_bytes: int) -> None:
+        """Record one finished request: called exactly once per request."""
+        code = str(status)
+        v = self.variant
+        self.requests.labels(method, route, code, v).inc()
+        self.request_duration.labels(method, route, code, v).observe(duration)
+        self.request_size.labels(method, route, v).observe(request_bytes)
+        self.response_size.labels(method, route, code, v).observe(response_bytes)
+
+    def upstream_timing(self, route: str, ttfb: float | None, duration: float | None) -> None:
+        if ttfb is not None:
+            self.upstream_ttfb.labels(route, self.variant).observe(ttfb)
+        if duration is not None:
+            self.upstream_duration.labels(route, self.variant).observe(duration)
