@@ -1,0 +1,38 @@
+"""Real processes on real sockets: the simulator as upstream, the proxy in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import Process, start_zai_proxy
+
+UPSTREAM_KEY = "zai-upstream-key-never-leaks-7f3a"
+CLIENT_KEY = "worker-client-key-9c1d"
+
+
+def proxy_env(simulator: Process, **extra: str) -> dict[str, str]:
+    return {
+        "ZAI_API_KEY": UPSTREAM_KEY,
+        "ZAI_TARGET_URL": f"{simulator.url}/api/paas/v4",
+        "ZAI_ANTHROPIC_URL": f"{simulator.url}/api/anthropic",
+        "RATE_LIMIT_STATE_FILE": "",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[Process]:
+    process = start_zai_proxy("simulate", "--chunk-gap-ms", "20", "--chunks", "8")
+    yield process
+    process.terminate()
+
+
+@pytest.fixture(scope="module")
+def proxy(simulator: Process) -> Iterator[Process]:
+    process = start_zai_proxy("serve", env=proxy_env(simulator, PROXY_API_KEYS=CLIENT_KEY),
+                              ready_path="/ready")
+    yield process
+    process.terminate()

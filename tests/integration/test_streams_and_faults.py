@@ -1,0 +1,153 @@
+"""Streaming edge cases and upstream faults through real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import proxy_env
+from tests.servers import Process, free_port, start_zai_proxy
+
+CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+@pytest.fixture(scope="module")
+def open_proxy(simulator: Process) -> Iterator[Process]:
+    process = start_zai_proxy("serve", env=proxy_env(
+        simulator, UPSTREAM_FIRST_BYTE_TIMEOUT="1", UPSTREAM_CHUNK_TIMEOUT="1"),
+        ready_path="/ready")
+    yield process
+    process.terminate()
+
+
+def metric(proxy: Process, name: str, **labels: str) -> float:
+    text = httpx.get(f"{proxy.url}/metrics").text
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line for w in want):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_client_disconnect_closes_upstream_and_frees_the_slot(open_proxy: Process,
+                                                              simulator: Process) -> None:
+    before_499 = metric(open_proxy, "zai_proxy_requests_total", status_code="499")
+    with httpx.Client(timeout=10) as client, client.stream(
+            "POST", f"{open_proxy.url}/v1/chat/completions", json=CHAT,
+            headers={"x-sim-chunks": "200", "x-sim-chunk-gap-ms": "50"}) as response:
+        chunks = response.iter_raw()
+        next(chunks)
+        next(chunks)
+        assert httpx.get(f"{simulator.url}/_stats").json()["in_flight"] >= 1
+        closed_at = time.perf_counter()
+    # The proxy must notice and close its upstream request within 100 ms.
+    upstream_closed = None
+    while time.perf_counter() - closed_at < 2:
+        if httpx.get(f"{simulator.url}/_stats").json()["in_flight"] == 0:
+            upstream_closed = time.perf_counter() - closed_at
+            break
+        time.sleep(0.01)
+    assert upstream_closed is not None and upstream_closed < 0.1, upstream_closed
+    deadline = time.monotonic() + 2
+    while metric(open_proxy, "zai_proxy_requests_total", status_code="499") == before_499:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert metric(open_proxy, "zai_proxy_requests_total", status_code="499") == before_499 + 1
+    assert metric(open_proxy, "zai_proxy_concurrent_requests") == 0
+
+
+def test_upstream_reset_mid_stream_ends_with_an_sse_error(open_proxy: Process) -> None:
+    response = httpx.post(f"{open_proxy.url}/v1/chat/completions", json=CHAT, timeout=10,
+                          headers={"x-sim-reset-after-chunks": "3"})
+    assert response.status_code == 200
+    events = [e for e in response.text.split("\n\n") if e.strip()]
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] in {"proxy_upstream_interrupted", "proxy_upstream_timeout"}
+    assert len(events) >= 3
+
+
+def test_upstream_silent_mid_stream_times_out_cleanly(open_proxy: Process) -> None:
+    started = time.perf_counter()
+    response = httpx.post(f"{open_proxy.url}/v1/chat/completions", json=CHAT, timeout=10,
+                          headers={"x-sim-chunks": "4", "x-sim-chunk-gap-ms": "3000"})
+    assert time.perf_counter() - started < 4
+    last = response.text.strip().split("\n\n")[-1]
+    assert json.loads(last.removeprefix("data: "))["error"]["code"] == "proxy_upstream_timeout"
+
+
+def test_upstream_first_byte_timeout_is_504(open_proxy: Process) -> None:
+    client = openai.OpenAI(base_url=f"{open_proxy.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="glm-4.7", messages=CHAT["messages"],  # type: ignore[arg-type]
+                                       extra_headers={"x-sim-delay-ms": "3000"})
+    assert info.value.status_code == 504
+
+
+def test_upstream_refused_is_502(simulator: Process) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    process = start_zai_proxy("serve", env={**proxy_env(simulator), "ZAI_TARGET_URL": dead},
+                              ready_path="/ready")
+    try:
+        response = httpx.post(f"{process.url}/v1/chat/completions", json=CHAT)
+        assert response.status_code == 502
+        assert response.json()["error"]["code"] == "proxy_upstream_unreachable"
+        assert httpx.get(f"{process.url}/health").status_code == 200  # liveness never asks upstream
+    finally:
+        process.terminate()
+
+
+def test_upstream_5xx_and_empty_bodies_pass_through(open_proxy: Process) -> None:
+    response = httpx.post(f"{open_proxy.url}/v1/chat/completions", json={**CHAT, "stream": False},
+                          headers={"x-sim-status": "502"})
+    assert response.status_code == 502
+
+
+def test_absolute_form_target_still_goes_to_the_configured_upstream(
+        open_proxy: Process, simulator: Process) -> None:
+    # RFC 9112 requires servers to accept absolute-form; its host must be ignored.
+    with socket.create_connection(("127.0.0.1", open_proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\n"
+                     b"Connection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and b"glm-4.7" in reply
+    assert httpx.get(f"{simulator.url}/_stats").json()["last_request"]["path"].endswith("/models")
+
+
+@pytest.mark.parametrize("target", [
+    b"GET /v1/..%2f..%2fadmin HTTP/1.1", b"GET //evil.example/v1/models HTTP/1.1",
+    b"GET /v1/%2e%2e/%2e%2e/x HTTP/1.1", b"GET /v1//evil.example/x HTTP/1.1",
+    b"GET /v1/models/..%5c..%5cx HTTP/1.1", b"GET /v1/../../etc/passwd HTTP/1.1",
+    b"GET /v1/models/%2F%2Fevil.example HTTP/1.1",
+])
+def test_path_escapes_on_the_wire(open_proxy: Process, simulator: Process, target: bytes) -> None:
+    before = httpx.get(f"{simulator.url}/_stats").json()["requests_total"]
+    with socket.create_connection(("127.0.0.1", open_proxy.port), timeout=5) as sock:
+        sock.sendall(target + b"\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    assert status in {400, 404}, reply[:200]
+    assert httpx.get(f"{simulator.url}/_stats").json()["requests_total"] == before
+
+
+def test_malformed_and_oversized_bodies_on_the_wire(simulator: Process) -> None:
+    process = start_zai_proxy("serve", env={**proxy_env(simulator), "MAX_REQUEST_BYTES": "64KiB"},
+                              ready_path="/ready")
+    try:
+        bad = httpx.post(f"{process.url}/v1/chat/completions", content=b'{"model": ')
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        big = httpx.post(f"{process.url}/v1/chat/completions", content=b"x" * (1 << 20))
+        assert big.status_code == 413
+        assert httpx.get(f"{process.url}/health").status_code == 200
+    finally:
+        process.terminate()
