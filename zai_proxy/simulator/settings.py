@@ -1,0 +1,165 @@
+"""Simulator knobs: the frozen `SimulatorSettings` and its argparse/env binding.
+
+Every option has a `SIM_<NAME>` environment variable as its default (e.g. `SIM_CHUNKS=8`), so a
+container or another process can configure the simulator without flags. `add_arguments` adds the
+knobs only (not `--host`/`--port`), so a process that embeds the simulator can reuse them on its own
+parser without clashing with its own listen options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "glm-4.7",
+    "glm-4.6",
+    "glm-4.5",
+    "glm-4.5-air",
+    "glm-4-flash",
+    "glm-4",
+    "glm-5.3-flash",
+    "embedding-3",
+)
+
+Schedule = tuple[tuple[float, float], ...]
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse `"0:20,60:10,120:40"` (seconds since start : req/s) into sorted `(start, rate)` pairs.
+
+    Raises `ValueError` on a malformed entry, a negative number or a repeated start.
+    """
+    pairs: list[tuple[float, float]] = []
+    for item in text.replace(" ", "").split(","):
+        if not item:
+            continue
+        start_text, sep, rate_text = item.partition(":")
+        if not sep:
+            raise ValueError(f"schedule entry {item!r} is not START:RATE")
+        start, rate = float(start_text), float(rate_text)
+        if start < 0 or rate < 0:
+            raise ValueError(f"schedule entry {item!r} has a negative number")
+        pairs.append((start, rate))
+    pairs.sort()
+    if len({start for start, _ in pairs}) != len(pairs):
+        raise ValueError(f"schedule {text!r} repeats a start time")
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """Behaviour of the simulated upstream. Defaults are fast: no latency, no ceilings, no faults.
+
+    Times are milliseconds; ceilings of 0 mean "none". `ceiling_schedule`, when non-empty, replaces
+    `rate_ceiling` from each entry's start (seconds since the app was created or last reset);
+    before its first entry `rate_ceiling` applies.
+    """
+
+    latency_ms: float = 0.0
+    ttft_ms: float = 0.0
+    chunks: int = 5
+    chunk_gap_ms: float = 0.0
+    words_per_chunk: int = 2
+    rate_ceiling: float = 0.0
+    ceiling_schedule: Schedule = ()
+    concurrency_ceiling: int = 0
+    quota: int = 0
+    quota_window_s: float = 5 * 3600.0
+    quota_code: int = 1308
+    fail_rate: float = 0.0
+    seed: int = 0
+    cache_ratio: float = 0.0
+    embedding_dim: int = 16
+    expect_key: str | None = None
+    models: tuple[str, ...] = field(default=DEFAULT_MODELS)
+
+    def __post_init__(self) -> None:
+        if self.chunks < 1 or self.words_per_chunk < 1:
+            raise ValueError("chunks and words_per_chunk must be at least 1")
+        if not 0.0 <= self.fail_rate <= 1.0 or not 0.0 <= self.cache_ratio <= 1.0:
+            raise ValueError("fail_rate and cache_ratio must be within [0, 1]")
+        if self.quota_code not in (1308, 1310):
+            raise ValueError("quota_code must be 1308 (five-hour) or 1310 (weekly/monthly)")
+        if min(self.latency_ms, self.ttft_ms, self.chunk_gap_ms, self.rate_ceiling) < 0:
+            raise ValueError("times and ceilings must not be negative")
+        if self.concurrency_ceiling < 0 or self.quota < 0 or self.embedding_dim < 1:
+            raise ValueError("concurrency_ceiling and quota must be >= 0, embedding_dim >= 1")
+
+
+def _models(text: str) -> tuple[str, ...]:
+    return tuple(m for m in (part.strip() for part in text.split(",")) if m)
+
+
+# (flag, settings field, parser, help)
+_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
+    ("--latency-ms", "latency_ms", float, "base latency before response headers (ms)"),
+    ("--ttft-ms", "ttft_ms", float, "time from headers to the first stream chunk (ms)"),
+    ("--chunks", "chunks", int, "content chunks per reply"),
+    ("--chunk-gap-ms", "chunk_gap_ms", float, "gap between content chunks (ms)"),
+    ("--words-per-chunk", "words_per_chunk", int, "reply words (= output tokens) per chunk"),
+    ("--rate-ceiling", "rate_ceiling", float, "hidden req/s ceiling over a sliding window, 0=none"),
+    ("--ceiling-schedule", "ceiling_schedule", parse_schedule, "e.g. '0:20,60:10' (s:req/s)"),
+    ("--concurrency-ceiling", "concurrency_ceiling", int, "hidden in-flight ceiling, 0=none"),
+    ("--quota", "quota", int, "requests allowed per quota window, 0=unlimited"),
+    ("--quota-window-s", "quota_window_s", float, "quota window length (s)"),
+    ("--quota-code", "quota_code", int, "429 code once the quota is used: 1308 or 1310"),
+    ("--fail-rate", "fail_rate", float, "fraction of admitted requests answered 500/502"),
+    ("--seed", "seed", int, "seed of the fault-injection random generator"),
+    ("--cache-ratio", "cache_ratio", float, "fraction of prompt tokens reported as cached"),
+    ("--embedding-dim", "embedding_dim", int, "embedding vector length"),
+    ("--expect-key", "expect_key", str, "only accept this API key (default: any non-empty)"),
+    ("--models", "models", _models, "comma-separated model ids for /models"),
+)
+
+
+def _env_default(name: str, parse: Callable[[str], Any], fallback: Any) -> Any:
+    raw = os.environ.get("SIM_" + name.upper())
+    if raw is None or raw == "":
+        return fallback
+    return parse(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every simulator knob as `--flag` (defaults from `SIM_*` env, else the dataclass)."""
+    defaults = SimulatorSettings()
+    group = parser.add_argument_group("simulated upstream")
+    for flag, name, parse, help_ in _OPTIONS:
+        default = _env_default(name, parse, getattr(defaults, name))
+        group.add_argument(
+            flag, dest=f"sim_{name}", type=parse, default=default, metavar=name.upper(),
+            help=f"{help_} [env SIM_{name.upper()}]",
+        )
+
+
+def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
+    """Build settings from a namespace filled by a parser that ran `add_arguments`."""
+    known = {f.name for f in fields(SimulatorSettings)}
+    values = {name: getattr(ns, f"sim_{name}") for name in known if hasattr(ns, f"sim_{name}")}
+    return SimulatorSettings(**values)
+
+
+LIVE_FIELDS = (
+    "latency_ms", "ttft_ms", "chunks", "chunk_gap_ms", "words_per_chunk", "rate_ceiling",
+    "ceiling_schedule", "concurrency_ceiling", "quota", "fail_rate", "cache_ratio",
+)
+
+
+def updated(settings: SimulatorSettings, changes: object) -> SimulatorSettings:
+    """`settings` with a `POST /_config` JSON object applied (only `LIVE_FIELDS`).
+
+    `ceiling_schedule` may be a string ("0:20,60:10") or a list of [start, rate] pairs.
+    Raises `ValueError` / `TypeError` on unknown fields or invalid values.
+    """
+    if not isinstance(changes, dict) or set(changes) - set(LIVE_FIELDS):
+        raise ValueError(f"only these fields can change: {', '.join(LIVE_FIELDS)}")
+    values = dict(changes)
+    schedule = values.get("ceiling_schedule")
+    if isinstance(schedule, str):
+        values["ceiling_schedule"] = parse_schedule(schedule)
+    elif isinstance(schedule, list):
+        values["ceiling_schedule"] = tuple((float(s), float(r)) for s, r in schedule)
+    return replace(settings, **values)
