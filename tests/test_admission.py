@@ -1,0 +1,209 @@
+"""Admission queue on virtual time: fairness, priority, bounds, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+import pytest
+
+from zai_proxy.admission import Admission, Permit, Rejection
+from zai_proxy.concurrency_controller import ConcurrencyController
+from zai_proxy.rate_controller import Adjustment, Outcome, RateController
+
+
+class VirtualTime:
+    """A clock plus a `sleep` that only returns when the test advances time past it."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.t + seconds, next(self._seq), future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        end = self.t + seconds
+        await settle()
+        while self._sleepers and self._sleepers[0][0] <= end:
+            when, _, future = heapq.heappop(self._sleepers)
+            self.t = max(self.t, when)
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self.t = end
+        await settle()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def build(vt: VirtualTime, *, rate: float = 10, workers: int = 10, queue_max: int = 100,
+          timeout: float = 30.0) -> Admission:
+    rc = RateController(clock=vt, initial=rate, minimum=1, maximum=50, window=5)
+    cc = ConcurrencyController(clock=vt, max_workers=workers, window=5)
+    return Admission(rc, cc, queue_max=queue_max, queue_timeout=timeout, clock=vt, sleep=vt.sleep)
+
+
+async def test_first_request_passes_at_once_then_paced() -> None:
+    vt = VirtualTime()
+    adm = build(vt)
+    first = await adm.acquire("a")
+    assert isinstance(first, Permit) and first.waited == 0
+    task = asyncio.create_task(adm.acquire("a"))
+    await settle()
+    assert not task.done() and adm.depth == 1
+    await vt.advance(0.1)
+    second = task.result()
+    assert isinstance(second, Permit) and second.waited == pytest.approx(0.1)
+    assert adm.in_flight == 2
+
+
+async def test_round_robin_across_clients_and_priority_first() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, timeout=100)
+    order: list[str] = []
+
+    async def one(client: str, priority: bool = False) -> None:
+        result = await adm.acquire(client, priority=priority)
+        assert isinstance(result, Permit)
+        order.append(client + ("!" if priority else ""))
+        result.release()
+
+    await one("warm")  # takes the only token
+    tasks = [asyncio.create_task(one("busy")) for _ in range(4)]
+    await settle()
+    tasks += [asyncio.create_task(one("quiet")), asyncio.create_task(one("other"))]
+    await settle()
+    tasks.append(asyncio.create_task(one("retry", priority=True)))
+    await settle()
+    await vt.advance(10)
+    await asyncio.gather(*tasks)
+    assert order == ["warm", "retry!", "busy", "quiet", "other", "busy", "busy", "busy"]
+
+
+async def test_queue_full_rejects_at_once() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, queue_max=2, timeout=100)
+    assert isinstance(await adm.acquire("a"), Permit)
+    waiting = [asyncio.create_task(adm.acquire("a")) for _ in range(2)]
+    await settle()
+    rejected = await adm.acquire("b")
+    assert isinstance(rejected, Rejection) and rejected.reason == "queue_full"
+    assert rejected.retry_after >= 1.0
+    for task in waiting:
+        task.cancel()
+    await settle()
+    assert adm.depth == 0
+
+
+async def test_expected_wait_past_deadline_rejects_at_once() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, timeout=2.5)
+    assert isinstance(await adm.acquire("a"), Permit)
+    w1 = asyncio.create_task(adm.acquire("a"))
+    w2 = asyncio.create_task(adm.acquire("a"))
+    await settle()
+    third = await adm.acquire("a")  # position 2 at 1 req/s: 3 s > 2.5 s
+    assert isinstance(third, Rejection) and third.reason == "queue_timeout"
+    explicit = await adm.acquire("b", priority=True, deadline=vt.t + 0.5)
+    assert isinstance(explicit, Rejection)
+    await vt.advance(2)
+    assert isinstance(w1.result(), Permit) and isinstance(w2.result(), Permit)
+
+
+async def test_waiter_expires_when_capacity_shrinks() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=10, workers=1, timeout=1.0)
+    held = await adm.acquire("a")
+    assert isinstance(held, Permit)
+    task = asyncio.create_task(adm.acquire("b"))  # waits for the slot
+    await vt.advance(1.0)
+    result = task.result()
+    assert isinstance(result, Rejection) and result.reason == "queue_timeout"
+    assert adm.depth == 0
+    held.release()
+
+
+async def test_cancelled_waiter_uses_no_token_or_slot() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, timeout=100)
+    assert isinstance(await adm.acquire("a"), Permit)
+    leaving = asyncio.create_task(adm.acquire("gone"))
+    staying = asyncio.create_task(adm.acquire("stay"))
+    await settle()
+    leaving.cancel()
+    await settle()
+    assert adm.depth == 1
+    await vt.advance(1.0)
+    assert isinstance(staying.result(), Permit)  # got the token the leaver would have used
+    assert adm.in_flight == 2
+
+
+async def test_permit_released_exactly_once_on_every_path() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=50, workers=1)
+    permit = await adm.acquire("a")
+    assert isinstance(permit, Permit)
+    permit.release()
+    permit.release()
+    assert adm.in_flight == 0
+    await vt.advance(1)
+    with pytest.raises(RuntimeError):
+        async with await adm.acquire("a") as held:  # type: ignore[union-attr]
+            assert adm.in_flight == 1 and isinstance(held, Permit)
+            raise RuntimeError("upstream blew up")
+    assert adm.in_flight == 0
+
+
+async def test_slot_release_wakes_waiter() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=50, workers=1)
+    held = await adm.acquire("a")
+    assert isinstance(held, Permit)
+    task = asyncio.create_task(adm.acquire("b"))
+    await vt.advance(5)
+    assert not task.done()
+    held.release()
+    await vt.advance(0.1)
+    assert isinstance(task.result(), Permit)
+
+
+async def test_observe_feeds_controllers_and_reports_adjustments() -> None:
+    vt = VirtualTime()
+    seen: list[Adjustment] = []
+    adm = build(vt, rate=10, workers=10)
+    adm.on_adjust = seen.append
+    permits = []
+    for _ in range(6):
+        p = await adm.acquire("a")
+        assert isinstance(p, Permit)
+        permits.append(p)
+        await vt.advance(0.1)
+    permits[-1].observe(Outcome.CONCURRENCY_LIMITED)  # 6th in flight refused: limit 5
+    assert adm.concurrency.limit == 5
+    assert seen[-1].direction == "decrease"
+    for p in permits:
+        p.release()
+    snap = adm.snapshot()
+    assert snap["concurrency_limit"] == 5 and snap["concurrency_ceiling"] == 5
+    assert snap["queue_depth"] == 0 and snap["in_flight"] == 0 and snap["rate"] == 10
+
+
+async def test_close_rejects_waiters() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, timeout=100)
+    assert isinstance(await adm.acquire("a"), Permit)
+    task = asyncio.create_task(adm.acquire("b"))
+    await settle()
+    await adm.close()
+    assert isinstance(task.result(), Rejection)

@@ -1,0 +1,64 @@
+"""Per-client quotas with the `limits` library (memory and real Redis storage)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.servers import RedisServer
+from zai_proxy.client_quotas import ClientQuotas, parse_client_limits
+
+
+def test_parse_spec() -> None:
+    requests, tokens = parse_client_limits("600/minute; 10/second, tokens:100000/minute")
+    assert [str(r) for r in requests] == ["600 per 1 minute", "10 per 1 second"]
+    assert [(t.amount, t.GRANULARITY.name) for t in tokens] == [(100000, "minute")]
+    assert parse_client_limits("") == ([], [])
+    assert len(parse_client_limits("requests:5/hour")[0]) == 1
+
+
+@pytest.mark.parametrize("bad", ["lots", "tokens:many/minute", "5/fortnight"])
+def test_parse_spec_rejects_garbage(bad: str) -> None:
+    with pytest.raises(ValueError, match="CLIENT_RATE_LIMITS"):
+        parse_client_limits(bad)
+
+
+async def test_disabled_allows_everything() -> None:
+    quotas = ClientQuotas("")
+    assert not quotas.enabled
+    assert (await quotas.check("a", tokens=10**9)).allowed
+
+
+async def test_request_limit_per_client() -> None:
+    quotas = ClientQuotas("3/minute")
+    for _ in range(3):
+        assert (await quotas.check("a")).allowed
+    refused = await quotas.check("a")
+    assert not refused.allowed and refused.limit == "requests 3 per 1 minute"
+    assert 1.0 <= refused.retry_after <= 60.0
+    assert (await quotas.check("b")).allowed  # other clients have their own counters
+
+
+async def test_token_limit_counts_input_and_recorded_output() -> None:
+    quotas = ClientQuotas("tokens:1000/minute")
+    assert (await quotas.check("a", tokens=400)).allowed
+    await quotas.record_tokens("a", 500)  # output known after the response
+    refused = await quotas.check("a", tokens=200)
+    assert not refused.allowed and refused.limit is not None and refused.limit.startswith("tokens")
+    assert (await quotas.check("a", tokens=50)).allowed
+    await quotas.record_tokens("a", 100)
+    assert not (await quotas.check("a")).allowed  # past the limit: even a tiny request waits
+
+
+@pytest.mark.needs("redis-server")
+async def test_redis_storage_is_shared(redis_server: RedisServer) -> None:
+    uri = redis_server.url
+    one = ClientQuotas("2/minute", uri, prefix="q-test")
+    two = ClientQuotas("2/minute", uri, prefix="q-test")
+    assert (await one.check("shared")).allowed
+    assert (await two.check("shared")).allowed
+    assert not (await one.check("shared")).allowed  # the other replica's hit counted
+
+
+async def test_storage_failure_fails_open() -> None:
+    quotas = ClientQuotas("1/minute", "redis://127.0.0.1:1/0")
+    assert (await quotas.check("a")).allowed

@@ -1,0 +1,201 @@
+"""Classify Z.AI 429 answers by business code, and extract retry / reset hints.
+
+Pure functions: no I/O, never raise on bad input. Z.AI puts the code in several envelopes (see
+docs in the shared notes); hints come under several keys and time formats, naive times being
+Beijing time (UTC+8).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+BEIJING = timezone(timedelta(hours=8))
+MAX_BODY_BYTES = 64 * 1024  # 429 bodies are tiny; anything bigger is not worth parsing
+_RESET_KEYS = ("reset_time", "resetTime", "reset_at", "resetAt", "next_reset_time", "nextResetTime")
+_RETRY_KEYS = ("retry_after", "retryAfter")
+_CODE_PREFIX = re.compile(r"^\s*\[?(\d{4})\]?\s*[:\-]")
+_RESET_TEXT = re.compile(r"reset at\s+(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2})?)", re.IGNORECASE)
+
+
+class ThrottleClass(StrEnum):
+    """Why Z.AI said 429; values are the `class` label of `zai_proxy_upstream_429_total`."""
+
+    CONCURRENCY = "concurrency"
+    FREQUENCY = "frequency"
+    QUOTA_5H = "quota_5h"
+    QUOTA_PERIOD = "quota_period"
+    CONGESTION = "congestion"
+    UNKNOWN = "unknown"
+
+
+_CODES = {
+    "1302": ThrottleClass.CONCURRENCY,
+    "1303": ThrottleClass.FREQUENCY,
+    "1305": ThrottleClass.FREQUENCY,
+    "1308": ThrottleClass.QUOTA_5H,
+    "1310": ThrottleClass.QUOTA_PERIOD,
+    "1312": ThrottleClass.CONGESTION,
+}
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """One classified 429. `retry_after` in seconds, `reset_at` as epoch seconds (UTC)."""
+
+    cls: ThrottleClass
+    code: str | None = None
+    retry_after: float | None = None
+    reset_at: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Quota exhaustion is never retried; every other class is (with backoff)."""
+        return self.cls not in (ThrottleClass.QUOTA_5H, ThrottleClass.QUOTA_PERIOD)
+
+    @property
+    def feeds(self) -> Literal["rate", "concurrency"] | None:
+        """Which controller learns from this answer (congestion and quota shrink nothing)."""
+        if self.cls in (ThrottleClass.FREQUENCY, ThrottleClass.UNKNOWN):
+            return "rate"
+        if self.cls is ThrottleClass.CONCURRENCY:
+            return "concurrency"
+        return None
+
+    def wait_seconds(self, now: float) -> float | None:
+        """Seconds a client should wait: the Retry-After hint, else time to the reset."""
+        if self.retry_after is not None:
+            return self.retry_after
+        if self.reset_at is not None:
+            return max(0.0, self.reset_at - now)
+        return None
+
+
+def _epoch(now: datetime | float) -> float:
+    return now.timestamp() if isinstance(now, datetime) else float(now)
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds from epoch s/ms (number or numeric string), RFC 3339, or naive Beijing time."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=BEIJING)
+            return parsed.timestamp()
+    else:
+        return None
+    if number != number or number <= 0:  # NaN or nonsense
+        return None
+    return number / 1000.0 if number > 1e11 else number  # 1e11 s is year 5138: it is ms
+
+
+def parse_retry_after(value: str | float | None, now: datetime | float) -> float | None:
+    """Seconds to wait from a Retry-After value: delta seconds or an HTTP date; None if invalid."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return max(0.0, float(value)) if value == value else None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - _epoch(now))
+    return max(0.0, seconds) if seconds == seconds else None
+
+
+def _code_of(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return value.strip()
+    return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), None)
+
+
+def _envelopes(doc: object) -> list[dict[str, Any]]:
+    """The dicts that may hold code / hints, innermost first."""
+    if not isinstance(doc, dict):
+        return []
+    found: list[dict[str, Any]] = []
+    for key in ("error", "data"):
+        inner = doc.get(key)
+        if isinstance(inner, dict):
+            found.append(inner)
+    found.append(doc)
+    return found
+
+
+def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float) -> Throttle:
+    """Classify a 429 body. Never raises: oversized or malformed input gives `unknown`."""
+    now_s = _epoch(now)
+    retry_after = parse_retry_after(_header(headers, "Retry-After"), now_s)
+    if len(body) > MAX_BODY_BYTES:
+        return Throttle(ThrottleClass.UNKNOWN, None, retry_after, None)
+    text = body.decode("utf-8", errors="replace")
+    try:
+        doc: object = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    code: str | None = None
+    messages: list[str] = []
+    reset_at: float | None = None
+    for env in _envelopes(doc):
+        code = code or _code_of(env.get("code"))
+        for key in ("message", "msg"):
+            if isinstance(env.get(key), str):
+                messages.append(env[key])
+        for key in _RETRY_KEYS:
+            if retry_after is None and key in env:
+                retry_after = parse_retry_after(_as_hint(env[key]), now_s)
+        for key in _RESET_KEYS:
+            if reset_at is None and key in env:
+                reset_at = parse_time(env[key])
+    if doc is None:
+        messages.append(text)
+    for message in messages:
+        if code is None and (match := _CODE_PREFIX.match(message)):
+            code = match.group(1)
+        if reset_at is None and (match := _RESET_TEXT.search(message)):
+            reset_at = parse_time(match.group(1))
+    cls = _CODES.get(code or "", ThrottleClass.UNKNOWN)
+    return Throttle(cls, code, retry_after, reset_at)
+
+
+def _as_hint(value: object) -> str | float | None:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    return None
