@@ -21,6 +21,7 @@ Handler = Callable[[httpx.Request], Any]
 class Harness:
     def __init__(self, handler: Handler, **env: str) -> None:
         settings = load_settings({"ZAI_API_KEY": UPSTREAM_KEY, "RATE_LIMIT_STATE_FILE": "",
+                                  "MAX_RETRIES": "0",
                                   "UPSTREAM_FIRST_BYTE_TIMEOUT": "1",
                                   "UPSTREAM_CHUNK_TIMEOUT": "1", **env})
         self.registry = CollectorRegistry()

@@ -7,10 +7,12 @@ routing and middleware on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import time as dt_time
 from typing import Any
 
 import httpx
@@ -26,14 +28,29 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zai_proxy import __version__
+from zai_proxy.accounting import Accounting
 from zai_proxy.auth import ClientAuth
+from zai_proxy.catalog import ModelCatalog
+from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.config import Settings
-from zai_proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_body
+from zai_proxy.errors import (
+    ConfigError,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    Unauthorized,
+    error_body,
+)
+from zai_proxy.forwarding import Forwarder
 from zai_proxy.lifecycle import Lifecycle
+from zai_proxy.limiter import Limiter
 from zai_proxy.metrics import Metrics
+from zai_proxy.pricing import PeakWindow, PricingTable
 from zai_proxy.proxy import ProxyHandler
 from zai_proxy.recorder import Recorder
+from zai_proxy.retry import RetryPolicy
 from zai_proxy.routing import Router
+from zai_proxy.tokenizer import load_tokenizer
 from zai_proxy.upstream import Upstream
 
 log = logging.getLogger("zai_proxy")
@@ -55,10 +72,11 @@ class ProxyApp(FastAPI):
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                clock: Callable[[], float] = time.monotonic,
-               registry: CollectorRegistry | None = None) -> ProxyApp:
+               registry: CollectorRegistry | None = None,
+               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> ProxyApp:
     """Build the proxy app from validated settings; collaborators are injectable for tests."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series only add noise to every counter
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise
     version = settings.version or __version__
     metrics = Metrics(registry, settings.deployment_variant)
     metrics.set_build(version, settings.commit, settings.build_time)
@@ -70,12 +88,22 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         pool_size=settings.upstream_pool_size, transport=transport)
     auth = ClientAuth(settings.proxy_api_keys)
     recorder = Recorder(metrics, settings.max_workers)
+    limiter = Limiter(settings, metrics, clock=clock)
+    forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
+                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
+    accounting = build_accounting(settings, metrics) if settings.token_counting_enabled else None
+    quotas = ClientQuotas(",".join(settings.client_rate_limits),
+                          settings.rate_limit_storage_uri) if settings.client_rate_limits else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if auth.open:
             log.warning("PROXY_API_KEYS is not set: the proxy is open to every client "
                         "that can reach it")
+        if accounting is not None and accounting.tokenizer.warning:
+            log.warning("token estimates use a heuristic: %s", accounting.tokenizer.warning)
+        limiter.restore()
+        limiter.start()
         lifecycle.serving()
         metrics.ready.set(1)
         try:
@@ -83,24 +111,30 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             lifecycle.drain()
             metrics.ready.set(0)
+            await limiter.stop()
             await upstream.aclose()
+            if accounting is not None:
+                accounting.tokenizer.close()
 
     app = ProxyApp(title="zai-proxy", version=version, lifespan=lifespan, docs_url=None,
                    redoc_url=None)
     app.proxy = ProxyHandler(
-        router=Router(settings.zai_target_url, settings.zai_anthropic_url), upstream=upstream,
+        router=Router(settings.zai_target_url, settings.zai_anthropic_url), forwarder=forwarder,
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
-        variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes)
+        variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
+        accounting=accounting, quotas=quotas)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     app.state.upstream = upstream
+    app.state.limiter = limiter
+    app.state.accounting = accounting
     variant_header = {"x-zai-proxy-variant": settings.deployment_variant}
 
     @app.get("/health")
     async def health() -> JSONResponse:
         """Liveness: answers 200 whenever the process can serve; never asks the upstream."""
-        body = {
+        body: dict[str, Any] = {
             "status": "draining" if lifecycle.draining else "ok",
             "deployment_variant": settings.deployment_variant,
             "version": version,
@@ -109,7 +143,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "in_flight": lifecycle.in_flight,
             "ready": lifecycle.ready,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
+            "rate_limit": limiter.health(),
         }
+        if accounting is not None:
+            tok = accounting.tokenizer
+            body["tokenizer"] = {"encoding": tok.name, "source": tok.source,
+                                 "warning": tok.warning}
         return JSONResponse(body, headers=variant_header)
 
     @app.get("/ready")
@@ -121,10 +160,56 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
+        limiter.refresh_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    admin = AdminGuard(settings.admin_api_key)
+
+    @app.post("/admin/reset-rate-limit")
+    async def reset_rate_limit(request: Request) -> Response:
+        """Forget the learned ceilings; needs ADMIN_API_KEY (off without it)."""
+        if (denied := admin.check(request.headers)) is not None:
+            return denied
+        await limiter.reset()
+        log.warning("rate limit reset by admin request")
+        return JSONResponse({"reset": True, "rate_limit": limiter.health()})
 
     _install_error_handlers(app)
     return app
+
+
+def build_accounting(settings: Settings, metrics: Metrics) -> Accounting:
+    """Tokenizer (loaded once, here, never on the request path), prices, model catalog."""
+    tokenizer = load_tokenizer(settings.tokenizer_encoding, settings.tiktoken_cache_dir or None)
+    try:
+        pricing = PricingTable.load(settings.pricing_file or None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"PRICING_FILE: {exc}") from None
+    if settings.peak_hours == "off":
+        pricing.peak = None
+    elif settings.peak_hours:
+        start, end = (dt_time.fromisoformat(part) for part in settings.peak_hours.split("-"))
+        pricing.peak = PeakWindow(start, end, settings.peak_timezone, settings.peak_multiplier)
+    catalog = ModelCatalog.from_pricing(pricing, settings.models)
+    return Accounting(tokenizer=tokenizer, pricing=pricing, catalog=catalog, metrics=metrics,
+                      default_model=settings.tokenizer_model)
+
+
+class AdminGuard:
+    """Admin routes: 404 when ADMIN_API_KEY is unset, 401 without the key (constant time)."""
+
+    def __init__(self, key: str) -> None:
+        self._auth = ClientAuth((key,)) if key else None
+
+    def check(self, headers: Any) -> Response | None:
+        if self._auth is None:
+            return Response(NotFound("admin routes are off: set ADMIN_API_KEY").body(),
+                            status_code=404, media_type="application/json")
+        try:
+            self._auth.client_id([(k.encode(), v.encode()) for k, v in headers.items()])
+        except Unauthorized as exc:
+            return Response(exc.body(), status_code=401, media_type="application/json")
+        return None
 
 
 def _install_error_handlers(app: FastAPI) -> None:

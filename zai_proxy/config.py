@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from zai_proxy.errors import ConfigError
 
@@ -196,7 +197,8 @@ class Settings:
     pricing_file: str = _setting(
         "PRICING_FILE", str, "JSON pricing table merged over the built-in prices", default="")
     peak_hours: str = _setting(
-        "PEAK_HOURS", str, "peak window HH:MM-HH:MM, empty = none", default="")
+        "PEAK_HOURS", str, "peak window HH:MM-HH:MM, 'off', or empty = the pricing table's",
+        default="")
     peak_timezone: str = _setting(
         "PEAK_TIMEZONE", str, "IANA time zone of the peak window", default="Asia/Shanghai")
     peak_multiplier: float = _setting(
@@ -218,7 +220,8 @@ class Settings:
         default=0.3)
     rate_limit_probe_interval: int = _setting(
         "RATE_LIMIT_PROBE_INTERVAL", _positive(_int), "clean windows before probing above "
-        "the learned ceiling", default=10)
+        "the learned ceiling (the original's 10 needs hours to find a raised ceiling)",
+        default=3)
     rate_limit_state_file: str = _setting(
         "RATE_LIMIT_STATE_FILE", str, "where learned ceilings persist ('' = off)",
         default="/var/lib/zai-proxy/ceiling.json")
@@ -269,7 +272,8 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
         if not name:
             continue
         text = overrides.get(f.name, env.get(name))
-        if text is None or (text == "" and f.name not in {"zai_api_key"}):
+        # An empty value means "off" for text settings and "default" for the others.
+        if text is None or (text == "" and f.metadata["parse"] is not str):
             continue
         try:
             values[f.name] = f.metadata["parse"](text)
@@ -299,8 +303,22 @@ def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
         raise ConfigError("RATE_LIMIT_MIN must not exceed RATE_LIMIT_MAX")
     if not settings.rate_limit_min <= settings.rate_limit_initial <= settings.rate_limit_max:
         raise ConfigError("RATE_LIMIT_INITIAL must lie between RATE_LIMIT_MIN and RATE_LIMIT_MAX")
-    if settings.peak_hours and not re.fullmatch(r"\d\d:\d\d-\d\d:\d\d", settings.peak_hours):
-        raise ConfigError(f"PEAK_HOURS={settings.peak_hours!r} is invalid: expected HH:MM-HH:MM")
+    if settings.peak_hours not in {"", "off"} and not re.fullmatch(
+            r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", settings.peak_hours):
+        raise ConfigError(f"PEAK_HOURS={settings.peak_hours!r} is invalid: expected HH:MM-HH:MM "
+                          "or off")
+    try:
+        ZoneInfo(settings.peak_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"PEAK_TIMEZONE={settings.peak_timezone!r} is not an IANA time zone "
+                          "such as Asia/Shanghai") from None
+    if settings.client_rate_limits:
+        from zai_proxy.client_quotas import parse_client_limits
+
+        try:
+            parse_client_limits(",".join(settings.client_rate_limits))
+        except ValueError as exc:
+            raise ConfigError(f"CLIENT_RATE_LIMITS is invalid: {exc}") from None
     if any(len(key) < 8 for key in settings.proxy_api_keys + file_keys):
         raise ConfigError("PROXY_API_KEYS / PROXY_API_KEYS_FILE: every key needs 8+ characters")
     if file_keys:

@@ -69,6 +69,19 @@ class PayloadTooLarge(ProxyError):
     code = "proxy_request_too_large"
 
 
+class RateLimited(ProxyError):
+    """The proxy itself refused for now (queue full, queue deadline, client quota)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "proxy_rate_limited"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(ProxyError):
     status = 503
     type = "server_error"
@@ -102,6 +115,13 @@ class UpstreamInterrupted(UpstreamError):
     error_type = "stream_interrupted"
 
 
+class UpstreamTruncated(UpstreamInterrupted):
+    """A body the proxy reads whole (non-stream, error) broke off before its end."""
+
+    code = "proxy_upstream_truncated"
+    error_type = "truncated_response"
+
+
 def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     """`{"error": {"message", "type", "param", "code"}}` as bytes."""
     return json.dumps(
@@ -109,6 +129,15 @@ def error_body(message: str, type_: str, code: str, param: str | None = None) ->
     ).encode()
 
 
-def sse_error_event(error: ProxyError) -> bytes:
-    """The same error as one SSE `data:` event, for a stream that already started."""
-    return b"data: " + error.body() + b"\n\n"
+def sse_error_event(error: ProxyError, *, anthropic: bool = False) -> bytes:
+    """The same error as one SSE event, for a stream that already started.
+
+    Anthropic clients expect `event: error` with `{"type": "error", "error": {...}}`; the inner
+    object keeps the OpenAI fields either way.
+    """
+    if not anthropic:
+        return b"data: " + error.body() + b"\n\n"
+    inner = {"message": error.message, "type": error.type, "param": error.param,
+             "code": error.code}
+    return (b"event: error\ndata: " + json.dumps({"type": "error", "error": inner}).encode()
+            + b"\n\n")

@@ -1,6 +1,7 @@
 """The request path: a pure ASGI handler for every `/v1/...` call.
 
-read and check the request -> admission -> upstream attempt(s) -> relay -> record once.
+read and check the request -> client quota -> admission and upstream attempt(s) (`Forwarder`)
+-> relay (token accounting watching) -> settle usage -> record once.
 
 Streams are relayed chunk by chunk as the upstream sends them; a non-stream body is read whole
 (it is needed whole for usage and to spot an empty 2xx) and sent with its length. A client that
@@ -12,20 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from typing import Any
 
+from zai_proxy.accounting import Accounting, Ledger
 from zai_proxy.auth import ClientAuth
+from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ProxyError,
+    RateLimited,
     ServiceUnavailable,
     UpstreamError,
     sse_error_event,
 )
 from zai_proxy.exchange import ClientGone, DisconnectWatcher, Exchange
+from zai_proxy.forwarding import Forwarder, Opened
 from zai_proxy.headers import (
     RawHeaders,
     client_response_headers,
@@ -35,7 +41,6 @@ from zai_proxy.headers import (
 from zai_proxy.lifecycle import Lifecycle
 from zai_proxy.recorder import Recorder
 from zai_proxy.routing import Route, Router
-from zai_proxy.upstream import Upstream
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -47,11 +52,14 @@ _KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OP
 class ProxyHandler:
     """ASGI app for `/v1/...`; every collaborator is passed in by `create_app`."""
 
-    def __init__(self, *, router: Router, upstream: Upstream, auth: ClientAuth,
+    def __init__(self, *, router: Router, forwarder: Forwarder, auth: ClientAuth,
                  lifecycle: Lifecycle, recorder: Recorder, api_key: str, variant: str,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, accounting: Accounting | None = None,
+                 quotas: ClientQuotas | None = None) -> None:
         self.router = router
-        self.upstream = upstream
+        self.forwarder = forwarder
+        self.accounting = accounting
+        self.quotas = quotas
         self.auth = auth
         self.lifecycle = lifecycle
         self.recorder = recorder
@@ -100,7 +108,7 @@ class ProxyHandler:
             ex.stream = payload.get("stream") is True
         watcher = DisconnectWatcher(receive, ex)
         try:
-            await self._forward(ex, scope["method"], route, headers, body, send)
+            await self._forward(ex, scope["method"], route, headers, body, payload, send)
         except asyncio.CancelledError:
             if not watcher.disconnected:
                 raise
@@ -112,84 +120,102 @@ class ProxyHandler:
             watcher.stop()
 
     async def _forward(self, ex: Exchange, method: str, route: Route, headers: RawHeaders,
-                       body: bytes, send: Any) -> None:
-        # Admission and retries (issue 4) wrap this attempt.
+                       body: bytes, payload: dict[str, Any] | None, send: Any) -> None:
+        ledger = self.accounting.open(route, payload, body) if self.accounting else None
+        upstream_body = ledger.upstream_body if ledger is not None else body
         upstream_headers = upstream_request_headers(headers, route.surface, self.api_key,
-                                                    ex.request_id, len(body))
-        ex.upstream_started = time.perf_counter()
+                                                     ex.request_id, len(upstream_body))
         try:
-            response = await self.upstream.send(method, route.upstream_url,
-                                                upstream_headers, body)
-        except UpstreamError as error:
-            self.recorder.upstream_error(error.error_type)
+            if self.quotas is not None:
+                decision = await self.quotas.check(ex.client)
+                if not decision.allowed:
+                    self.recorder.rejected("client_quota")
+                    raise RateLimited(f"client quota {decision.limit} exceeded",
+                                      code="proxy_client_quota",
+                                      retry_after=decision.retry_after)
+            opened = await self.forwarder.open(ex, method, route.upstream_url, upstream_headers,
+                                               upstream_body)
+        except ProxyError as error:
             await self._error(ex, send, error)
             return
-        ex.upstream_ttfb = time.perf_counter()
-        ex.upstream_status = response.status_code
-        if response.status_code >= 500:
-            self.recorder.upstream_error("5xx")
-        elif response.status_code == 429:
-            self.recorder.upstream_error("429")
-        out_headers = client_response_headers(response.headers.raw, ex.request_id.encode(),
-                                              self.variant)
-        if self.lifecycle.draining:
-            out_headers.append((b"connection", b"close"))
-        content_type = response.headers.get("content-type", "")
-        async with self.upstream.chunks(response) as chunks:
-            if content_type.startswith("text/event-stream"):
-                await self._relay_stream(ex, response.status_code, out_headers, chunks, send)
+        try:
+            if opened.body is not None:
+                await self._relay_whole(ex, opened, ledger, send)
             else:
-                await self._relay_whole(ex, response.status_code, out_headers, chunks, send)
+                await self._relay_stream(ex, route, opened, ledger, send)
+        finally:
+            await opened.close()
+            if ledger is not None and 200 <= opened.status < 300:
+                report = await ledger.settle()
+                ex.usage = report.log_fields()
+                ex.cost = report.cost_usd
+                if self.quotas is not None:
+                    await self.quotas.record_tokens(ex.client, sum(report.counts.values()))
 
-    async def _relay_whole(self, ex: Exchange, status: int, headers: RawHeaders,
-                           chunks: Any, send: Any) -> None:
-        parts: list[bytes] = []
-        try:
-            async for chunk in chunks:
-                parts.append(chunk)
-        except UpstreamError as error:
-            ex.upstream_ended = time.perf_counter()
-            self.recorder.upstream_error("truncated_response")
-            await self._error(ex, send, error)
-            return
-        ex.upstream_ended = time.perf_counter()
-        data = b"".join(parts)
+    async def _relay_whole(self, ex: Exchange, opened: Opened, ledger: Ledger | None,
+                           send: Any) -> None:
+        data = opened.body or b""
+        if ledger is not None and opened.parsed is not None:
+            ledger.body(opened.parsed)
+        headers = self._headers(ex, opened)
         headers.append((b"content-length", str(len(data)).encode()))
-        ex.status = status
+        ex.status = opened.status
         ex.complete = True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": opened.status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         ex.response_bytes = len(data)
 
-    async def _relay_stream(self, ex: Exchange, status: int, headers: RawHeaders,
-                            chunks: Any, send: Any) -> None:
+    async def _relay_stream(self, ex: Exchange, route: Route, opened: Opened,
+                            ledger: Ledger | None, send: Any) -> None:
+        headers = self._headers(ex, opened)
         headers.append((b"x-accel-buffering", b"no"))
         headers.append((b"cache-control", b"no-cache"))
-        ex.status = status
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        ex.status = opened.status
+        await send({"type": "http.response.start", "status": opened.status, "headers": headers})
+        relay = ledger.relay if ledger is not None else None
         sent = 0
+        chunk = opened.first
         try:
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                sent += len(chunk)
+            while True:
+                data = relay(chunk) if relay is not None else chunk
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    sent += len(data)
+                chunk = await opened.chunks.__anext__()
+        except StopAsyncIteration:
+            pass
         except UpstreamError as error:
             ex.upstream_ended = time.perf_counter()
-            self.recorder.upstream_error(
-                "empty_streaming" if sent == 0 else error.error_type)
+            self.recorder.upstream_error(error.error_type)
             ex.status = 502
             ex.outcome = "upstream_interrupted"
             ex.error = error.message
-            tail = sse_error_event(error)
+            tail = (ledger.flush() if ledger is not None else b"") + sse_error_event(
+                error, anthropic=route.surface == "anthropic")
             ex.complete = True
             await send({"type": "http.response.body", "body": tail})
             ex.response_bytes = sent + len(tail)
             return
         ex.upstream_ended = time.perf_counter()
-        if sent == 0:
-            self.recorder.upstream_error("empty_streaming")
+        tail = ledger.flush() if ledger is not None else b""
         ex.complete = True
-        await send({"type": "http.response.body", "body": b""})
-        ex.response_bytes = sent
+        await send({"type": "http.response.body", "body": tail})
+        ex.response_bytes = sent + len(tail)
+
+    def _headers(self, ex: Exchange, opened: Opened) -> RawHeaders:
+        headers = client_response_headers(opened.headers, ex.request_id.encode(), self.variant)
+        throttle = opened.throttle
+        if throttle is not None:
+            headers.append((b"x-zai-error-class", throttle.cls.value.encode()))
+            if throttle.code:
+                headers.append((b"x-zai-error-code", throttle.code.encode()))
+            wait = throttle.wait_seconds(time.time())
+            if wait is not None and header_value(headers, b"retry-after") is None:
+                headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+            ex.outcome = f"upstream_429_{throttle.cls.value}"
+        if self.lifecycle.draining:
+            headers.append((b"connection", b"close"))
+        return headers
 
     async def _error(self, ex: Exchange, send: Any, error: ProxyError) -> None:
         body = error.body()
@@ -199,6 +225,8 @@ class ProxyHandler:
         headers = [_JSON, (b"content-length", str(len(body)).encode()),
                    (b"x-request-id", ex.request_id.encode()),
                    (b"x-zai-proxy-variant", self.variant)]
+        if isinstance(error, RateLimited):
+            headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
         if isinstance(error, PayloadTooLarge | ServiceUnavailable) or self.lifecycle.draining:
             headers.append((b"connection", b"close"))
         ex.complete = True

@@ -25,6 +25,9 @@ class Recorder:
     def upstream_error(self, error_type: str) -> None:
         self.metrics.upstream_error(error_type)
 
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejections.labels(reason, self.metrics.variant).inc()
+
     def finished(self, ex: Exchange) -> None:
         now = time.perf_counter()
         duration = now - ex.started

@@ -1,0 +1,217 @@
+"""Token accounting for one request: usage from the upstream first, estimates otherwise.
+
+`Accounting.open` gives each countable request a `Ledger`. The ledger may rewrite the upstream
+body once (asking an OpenAI stream for `include_usage` the client did not ask for), watches the
+relayed stream (removing only that extra usage-only chunk), and at the end `settle`s: upstream
+usage where the API reported it, tiktoken estimates (or the labelled heuristic) where it did
+not, cost from the pricing table, metrics and the log fields. Every direction carries its own
+source, so an Anthropic stream cut short keeps its upstream input count and estimates output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from zai_proxy.catalog import ModelCatalog
+from zai_proxy.estimate import (
+    anthropic_prompt_overhead,
+    anthropic_prompt_text,
+    openai_prompt_overhead,
+    openai_prompt_text,
+)
+from zai_proxy.metrics import Metrics
+from zai_proxy.pricing import PricingTable
+from zai_proxy.routing import Route
+from zai_proxy.sse import SSEParser
+from zai_proxy.tokenizer import Tokenizer
+from zai_proxy.usage import (
+    DIRECTIONS,
+    AnthropicStreamTracker,
+    OpenAIStreamTracker,
+    Usage,
+    add_include_usage,
+    anthropic_usage,
+    openai_usage,
+    request_wants_usage,
+)
+
+# Routes whose answers carry usage; the rest (models, other /v1 paths) count nothing.
+_COUNTED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                      "/v1/messages"})
+_STRIPPABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one request used: counts and sources per direction, cost, tier (for the log)."""
+
+    counts: dict[str, int]
+    sources: dict[str, str]
+    cost_usd: float
+    model: str
+    tier: str
+
+    def log_fields(self) -> dict[str, Any]:
+        return {**self.counts, "source": self.sources, "model_label": self.model,
+                "pricing_tier": self.tier}
+
+
+class Accounting:
+    """Shared by all requests: tokenizer, prices, model labels, metrics."""
+
+    def __init__(self, *, tokenizer: Tokenizer, pricing: PricingTable, catalog: ModelCatalog,
+                 metrics: Metrics, default_model: str,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.tokenizer = tokenizer
+        self.pricing = pricing
+        self.catalog = catalog
+        self.metrics = metrics
+        self.default_model = default_model
+        self.wall_clock = wall_clock
+
+    def open(self, route: Route, payload: dict[str, Any] | None, body: bytes) -> Ledger | None:
+        """A ledger for a countable request, or None (nothing to count on this route)."""
+        if payload is None or route.template not in _COUNTED:
+            return None
+        return Ledger(self, route.template, route.surface, payload, body)
+
+
+class Ledger:
+    """One request's accounting; `relay` sits on the stream path, so it stays cheap."""
+
+    def __init__(self, accounting: Accounting, template: str, surface: str,
+                 payload: dict[str, Any], body: bytes) -> None:
+        self._acc = accounting
+        self.surface = surface
+        self.payload = payload
+        model = payload.get("model")
+        self.model = model if isinstance(model, str) and model else accounting.default_model
+        self.stream = payload.get("stream") is True
+        strip = (self.stream and template in _STRIPPABLE and not request_wants_usage(payload))
+        self.upstream_body = add_include_usage(body, payload) if strip else body
+        self._strip = strip
+        self._parser = SSEParser() if self.stream else None
+        self._tracker: OpenAIStreamTracker | AnthropicStreamTracker | None = None
+        if self.stream:
+            self._tracker = (AnthropicStreamTracker() if surface == "anthropic"
+                             else OpenAIStreamTracker(strip_usage_chunk=strip))
+        self._body_usage: Usage | None = None
+        self._body_text: str = ""
+        self.settled: Report | None = None
+
+    def relay(self, chunk: bytes) -> bytes:
+        """The bytes of `chunk` to send on to the client (all of them unless stripping)."""
+        assert self._parser is not None and self._tracker is not None
+        blocks = self._parser.feed(chunk)
+        feed = self._tracker.feed
+        if not self._strip:
+            for block in blocks:
+                feed(block)
+            return chunk
+        # Stripping: relay whole blocks as soon as they are complete (a partial block is of no
+        # use to an SSE client), except the usage-only chunk the proxy asked for itself.
+        return b"".join([block.raw for block in blocks if feed(block)])
+
+    def flush(self) -> bytes:
+        """At the end of a stream: whatever incomplete tail was held back."""
+        if self._parser is None or self._tracker is None:
+            return b""
+        blocks = self._parser.close()
+        kept = [b.raw for b in blocks if self._tracker.feed(b)]
+        return b"".join(kept) if self._strip else b""
+
+    def body(self, obj: Any) -> None:
+        """A non-stream answer's parsed JSON."""
+        if not isinstance(obj, dict):
+            return
+        self._body_usage = (anthropic_usage(obj) if self.surface == "anthropic"
+                            else openai_usage(obj))
+        if self._body_usage is None:
+            self._body_text = _answer_text(obj)
+
+    async def settle(self) -> Report:
+        """Final counts (estimating what the upstream did not report), recorded once."""
+        if self.settled is not None:
+            return self.settled
+        acc = self._acc
+        tok = acc.tokenizer
+        reported = self._body_usage
+        output_text = self._body_text
+        complete = True
+        if self._tracker is not None:
+            reported = self._tracker.usage()
+            output_text = self._tracker.output_text()
+            complete = self._tracker.done
+        counts = dict.fromkeys(DIRECTIONS, 0)
+        sources = dict.fromkeys(DIRECTIONS, "upstream")
+        if reported is not None:
+            counts.update(reported.by_direction())
+        started = time.perf_counter()
+        counted = False
+        if reported is None or counts["input"] + counts["cache_read"] == 0:
+            counts["input"] = await self._estimate_input()
+            sources["input"] = tok.source
+            counted = True
+        if reported is None or not complete:
+            # Cut short: a partial upstream count (Anthropic's message_start says 1) is not the
+            # output; count what was actually streamed.
+            estimated = await tok.count_async(output_text)
+            counts["output"] = max(counts["output"] if reported else 0, estimated)
+            sources["output"] = tok.source
+            counted = True
+        if counted:
+            acc.metrics.token_count_duration.observe(time.perf_counter() - started)
+        label = acc.catalog.label(self.model)
+        tier = acc.pricing.tier_at(acc.wall_clock())
+        usage = Usage(counts["input"], counts["output"], counts["cache_read"],
+                      counts["cache_write"])
+        costs = acc.pricing.cost(usage, self.model, tier)
+        metrics, v = acc.metrics, acc.metrics.variant
+        for direction in DIRECTIONS:
+            if counts[direction] or direction in ("input", "output"):
+                labels = (direction, label, sources[direction], tier, v)
+                metrics.tokens.labels(*labels).inc(counts[direction])
+                metrics.cost.labels(*labels).inc(costs[direction])
+        self.settled = Report(counts, sources, round(sum(costs.values()), 9), label, tier)
+        return self.settled
+
+    async def _estimate_input(self) -> int:
+        tok = self._acc.tokenizer
+        if self.surface == "anthropic":
+            text, overhead = (anthropic_prompt_text(self.payload),
+                              anthropic_prompt_overhead(self.payload))
+        else:
+            text, overhead = openai_prompt_text(self.payload), openai_prompt_overhead(self.payload)
+        return await tok.count_async(text) + overhead
+
+
+def _answer_text(obj: dict[str, Any]) -> str:
+    """Generated text of a non-stream answer (OpenAI or Anthropic), for estimating output."""
+    parts: list[str] = []
+    for choice in obj.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+        message = choice.get("message")
+        if isinstance(message, dict):
+            for key in ("reasoning_content", "content"):
+                if isinstance(message.get(key), str):
+                    parts.append(message[key])
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    parts.extend(str(function.get(k) or "") for k in ("name", "arguments"))
+    for block in obj.get("content") or []:
+        if isinstance(block, dict):
+            for key in ("text", "thinking"):
+                if isinstance(block.get(key), str):
+                    parts.append(block[key])
+            if block.get("type") == "tool_use":
+                parts.append(str(block.get("name") or ""))
+                parts.append(str(block.get("input") or ""))
+    return "\n".join(parts)
