@@ -74,3 +74,13 @@ def test_every_setting_has_an_env_name_and_help() -> None:
     rows = setting_fields()
     assert len({env for _, env, _, _ in rows}) == len(rows)
     assert all(help_ for _, _, help_, _ in rows)
+
+
+def test_configuration_doc_is_generated_from_the_settings() -> None:
+    from pathlib import Path
+
+    from zai_proxy.config import settings_markdown
+
+    doc = Path(__file__).parent.parent / "docs" / "configuration.md"
+    regenerate = "python -m zai_proxy.config > docs/configuration.md"
+    assert doc.read_text() == settings_markdown(), regenerate

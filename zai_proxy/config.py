@@ -325,3 +325,21 @@ def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
         merged = tuple(dict.fromkeys(settings.proxy_api_keys + file_keys))
         object.__setattr__(settings, "proxy_api_keys", merged)
     return settings
+
+
+def settings_markdown() -> str:
+    """docs/configuration.md, generated from the settings table (a test keeps them in sync)."""
+    rows = ["# Configuration", "",
+            "Generated from `zai_proxy/config.py` (`python -m zai_proxy.config`). Every variable "
+            "can also be given as a flag of `zai-proxy serve` (`--max-workers`, ...); flags win.",
+            "Durations take `250ms`, `30s`, `5m`, `6h`; sizes take `10MiB`. An invalid value stops "
+            "the program with a message naming the variable.", "",
+            "| variable | default | meaning |", "|---|---|---|"]
+    for _, env, help_, default in setting_fields():
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append(f"| `{env}` | {f'`{shown}`' if shown else '(unset)'} | {help_} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")
