@@ -13,7 +13,11 @@ async def test_health_ready_and_metrics() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://p") as c:
         assert (await c.get("/ready")).status_code == 503  # lifespan not started: starting
         async with app.router.lifespan_context(app):
-            health = (await c.get("/health")).json()
+            response = await c.get("/health", headers={"x-request-id": "probe-1"})
+            assert response.headers["x-request-id"] == "probe-1"
+            assert response.headers["x-zai-proxy-variant"] == "v2"
+            assert (await c.get("/metrics")).headers["x-request-id"]
+            health = response.json()
             assert (await c.get("/ready")).status_code == 200
             text = (await c.get("/metrics")).text
             app.state.lifecycle.drain()
@@ -21,7 +25,8 @@ async def test_health_ready_and_metrics() -> None:
             assert (await c.get("/health")).status_code == 200
     assert health["status"] == "ok" and health["deployment_variant"] == "v2"
     assert {"version", "uptime_seconds", "in_flight"} <= set(health)
-    assert 'zai_proxy_build_info{build_time="unknown",commit="abc123",deployment_variant="v2"' in text
+    build = 'zai_proxy_build_info{build_time="unknown",commit="abc123",deployment_variant="v2"'
+    assert build in text
     for line in text.splitlines():
         if line.startswith("zai_proxy_"):
             assert 'deployment_variant="v2"' in line, line

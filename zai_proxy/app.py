@@ -64,10 +64,12 @@ class ProxyApp(FastAPI):
     operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.operational:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+        elif scope["path"] not in self.operational:
             await self.proxy(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, self.proxy.stamped(scope, send))
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -129,7 +131,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.upstream = upstream
     app.state.limiter = limiter
     app.state.accounting = accounting
-    variant_header = {"x-zai-proxy-variant": settings.deployment_variant}
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -149,14 +150,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             tok = accounting.tokenizer
             body["tokenizer"] = {"encoding": tok.name, "source": tok.source,
                                  "warning": tok.warning}
-        return JSONResponse(body, headers=variant_header)
+        return JSONResponse(body)
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
         """Readiness: 200 while serving, 503 while starting or draining."""
         status = 200 if lifecycle.ready else 503
         return JSONResponse({"ready": lifecycle.ready, "phase": lifecycle.phase.value},
-                            status_code=status, headers=variant_header)
+                            status_code=status)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:

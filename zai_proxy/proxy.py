@@ -67,6 +67,20 @@ class ProxyHandler:
         self.variant = variant.encode()
         self.max_request_bytes = max_request_bytes
 
+    def stamped(self, scope: Scope, send: Any) -> Any:
+        """`send` that adds x-request-id and x-zai-proxy-variant (for the operational routes)."""
+        request_id = _request_id(header_value(scope["headers"], b"x-request-id")).encode()
+
+        async def stamp(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k not in (b"x-request-id", b"x-zai-proxy-variant")]
+                headers += [(b"x-request-id", request_id), (b"x-zai-proxy-variant", self.variant)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return stamp
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         headers: RawHeaders = scope["headers"]
         method: str = scope["method"]
