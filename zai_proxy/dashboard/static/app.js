@@ -1,0 +1,242 @@
+/* Dashboard page: loads /api/metrics, follows /api/events, draws one card per panel. */
+"use strict";
+
+(function () {
+  const PANELS = [
+    { id: "requests", title: "Request rate", fmt: "rate", series: [["rps", "requests"]],
+      head: (s) => `${fmt.rate(s.rps)} · ${fmt.count(s.requests)} req` },
+    { id: "latency", title: "Latency", fmt: "secs", series: [["p50", "p50"], ["p95", "p95"], ["p99", "p99"]],
+      head: (s) => `p50 ${fmt.secs(s.p50)} · p95 ${fmt.secs(s.p95)} · p99 ${fmt.secs(s.p99)}` },
+    { id: "ttfb", title: "Time to first byte", fmt: "secs",
+      series: [["ttfb_p50", "p50"], ["ttfb_p95", "p95"], ["ttfb_p99", "p99"]],
+      head: (s) => `p50 ${fmt.secs(s.ttfb_p50)} · p95 ${fmt.secs(s.ttfb_p95)} · p99 ${fmt.secs(s.ttfb_p99)}` },
+    { id: "errors", title: "Errors and 429s", fmt: "rate",
+      series: [["err_rate", "5xx"], ["r429_rate", "429 to clients"], ["up429_rate", "upstream 429"]],
+      head: (s) => `5xx ${fmt.pct(s.err_rate, s.rps)} · 429 ${fmt.rate(s.r429_rate)} · up 429 ${fmt.rate(s.up429_rate)}` },
+    { id: "tokens", title: "Tokens", fmt: "rate",
+      series: [["tok_in", "input"], ["tok_out", "output"], ["tok_cache", "cache"]],
+      head: (s) => `in ${fmt.rate(s.tok_in)} · out ${fmt.rate(s.tok_out)} · cache ${fmt.rate(s.tok_cache)}` },
+    { id: "cost", title: "Estimated cost", fmt: "usd", scale: 3600, series: [["cost_rate", "USD/h"]],
+      head: (s) => `${fmt.usd(s.cost_usd)} in window · ${fmt.usdh(s.cost_rate)}` },
+    { id: "concurrency", title: "Concurrency vs limit", fmt: "num",
+      series: [["inflight", "in flight"], ["conc_limit", "limit"], ["max_workers", "max workers"]],
+      head: (s) => `${fmt.num(s.inflight)} in flight · limit ${s.conc_limit ? fmt.num(s.conc_limit) : "none"} · max ${fmt.num(s.max_workers)}` },
+    { id: "ratelimit", title: "Rate limit", fmt: "num",
+      series: [["rl_rps", "admitted req/s"], ["rl_ceiling", "learned ceiling"], ["queue", "queue depth"]],
+      head: (s) => `${fmt.num(s.rl_rps)}/s · ceiling ${s.rl_ceiling ? fmt.num(s.rl_ceiling) : "none"} · queue ${fmt.num(s.queue)}` },
+    { id: "retries", title: "Retries", fmt: "rate", series: [["retry_rate", "retries"]],
+      head: (s) => `${fmt.rate(s.retry_rate)} · ${fmt.pct(s.retry_rate, s.rps)} of requests` },
+  ];
+  const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
+  const DASHES = [null, "6 4", "2 3"];
+  const nf = (d) => new Intl.NumberFormat([], { maximumFractionDigits: d });
+  const fmt = {
+    num: (v) => v == null ? "–" : Math.abs(v) >= 1e4 ? nf(1).format(v / 1e3) + "k" : nf(v < 10 ? 2 : 1).format(v),
+    rate: (v) => v == null ? "–" : fmt.num(v) + "/s",
+    count: (v) => v == null ? "–" : nf(0).format(v),
+    secs: (v) => v == null ? "–" : v < 1 ? nf(v < 0.01 ? 1 : 0).format(v * 1000) + " ms" : nf(2).format(v) + " s",
+    usd: (v) => v == null ? "–" : "$" + nf(v < 1 ? 4 : 2).format(v),
+    usdh: (v) => v == null ? "–" : "$" + nf(v * 3600 < 1 ? 4 : 2).format(v * 3600) + "/h",
+    pct: (part, whole) => part == null || !whole ? "–" : nf(1).format((100 * part) / whole) + "%",
+  };
+  const axisFmt = { rate: fmt.num, num: fmt.num, secs: fmt.secs, usd: (v) => "$" + nf(v < 1 ? 3 : 2).format(v) };
+
+  const key = new URLSearchParams(location.search).get("key");
+  const state = { range: localStorage.getItem("zd-range") || "15m", variant: "all", data: null,
+    config: null, status: null, lastEventId: null, lastData: 0, es: null, refetchAt: 0, timer: null };
+  const $ = (id) => document.getElementById(id);
+
+  function api(path) {
+    const url = new URL(path, location.origin);
+    if (key) url.searchParams.set("key", key);
+    return fetch(url, { credentials: "same-origin" }).then((r) => {
+      if (r.status === 401) { location.href = "/login"; throw new Error("unauthorized"); }
+      if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+      return r.json();
+    });
+  }
+
+  function variants() {
+    const names = new Set(state.data ? state.data.variants : []);
+    if (state.status) for (const v of Object.keys(state.status.variants)) names.add(v);
+    return [...names].sort();
+  }
+  const colorOf = (v) => `var(--v${Math.max(0, variants().indexOf(v)) % 6})`;
+  const shown = () => variants().filter((v) => state.variant === "all" || v === state.variant);
+
+  function buildPanels() {
+    $("panels").replaceChildren(...PANELS.map((p) => {
+      const card = document.createElement("section");
+      card.className = "panel";
+      card.dataset.panel = p.id;
+      card.innerHTML = `<h2>${p.title}</h2><div class="values"></div>` +
+        `<svg class="chart" role="img" aria-label="${p.title} chart"></svg><div class="legend"></div>`;
+      return card;
+    }));
+  }
+
+  function renderPanel(p) {
+    const card = document.querySelector(`[data-panel="${p.id}"]`);
+    const d = state.data;
+    if (!card || !d) return;
+    const lines = [];
+    card.querySelector(".values").replaceChildren(...shown().map((v) => {
+      const row = document.createElement("div");
+      row.className = "value";
+      row.dataset.variant = v;
+      row.innerHTML = `<span class="swatch" style="background:${colorOf(v)}"></span><b>${v}</b> `;
+      row.append(p.head(d.summary[v] || {}));
+      const cols = d.series[v];
+      const scaled = (vals) => p.scale ? vals.map((x) => x == null ? x : x * p.scale) : vals;
+      if (cols) p.series.forEach(([col, label], i) => lines.push({ t: cols.t, v: scaled(cols[col] || []),
+        color: colorOf(v), dash: DASHES[i], variant: v, series: col, label: `${v} ${label}` }));
+      return row;
+    }));
+    card.querySelector(".legend").innerHTML = p.series.length < 2 ? "" : p.series.map(([, label], i) =>
+      `<span><i style="border-top-style:${i ? (i === 1 ? "dashed" : "dotted") : "solid"}"></i>${label}</span>`).join("");
+    window.ZChart.render(card.querySelector("svg"), { from: d.to - spanOf(d.range), to: d.to,
+      lines, fmt: axisFmt[p.fmt], tooltip: $("tooltip") });
+  }
+
+  const spanOf = (r) => ({ "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 })[r];
+
+  function renderAll() {
+    renderSwitches();
+    PANELS.forEach(renderPanel);
+    renderTargets();
+  }
+
+  function renderSwitches() {
+    const choices = ["all", ...variants()];
+    $("variant-switch").replaceChildren(...choices.map((v) => button(v === "all" ? "both" : v,
+      v === state.variant, () => { state.variant = v; renderAll(); }, { variantChoice: v })));
+    $("range-switch").replaceChildren(...RANGES.map((r) => button(r, r === state.range, () => {
+      state.range = r; localStorage.setItem("zd-range", r); load(); }, { range: r })));
+  }
+
+  function button(text, active, onclick, data) {
+    const b = document.createElement("button");
+    b.type = "button"; b.textContent = text; b.onclick = onclick;
+    b.setAttribute("aria-pressed", String(active));
+    Object.assign(b.dataset, data);
+    return b;
+  }
+
+  function renderTargets() {
+    const s = state.status;
+    if (!s) return;
+    $("targets").replaceChildren(...s.targets.map((t) => {
+      const div = document.createElement("div");
+      div.className = "target " + (t.up ? "up" : "down");
+      div.dataset.target = t.url;
+      div.title = t.last_error || `${t.series} series, ${t.duration_ms} ms`;
+      div.innerHTML = `<span class="dot"></span>`;
+      div.append(`${t.url.replace(/^https?:\/\//, "")} ${t.up ? "· " + (t.variants.join(", ") || "no variants")
+        : "· down: " + (t.last_error || "not scraped yet")}`);
+      return div;
+    }));
+    const st = s.storage;
+    $("storage-banner").hidden = st.ok;
+    $("storage-banner").textContent = st.ok ? "" : `History storage failed (${st.error}); keeping history in memory only.`;
+    $("foot").textContent = `scraping every ${s.interval}s · history: ${st.backend}` +
+      (state.config ? ` · v${state.config.version}` : "");
+  }
+
+  async function load() {
+    const range = state.range;
+    try {
+      const data = await api(`/api/metrics?range=${range}`);
+      if (range !== state.range) return;
+      state.data = data;
+      if (state.variant !== "all" && !variants().includes(state.variant)) state.variant = "all";
+      renderAll();
+      if (!document.body.dataset.firstData && data.variants.length) {
+        document.body.dataset.firstData = String(Math.round(performance.now()));
+      }
+    } catch (err) { console.warn(err); }
+  }
+
+  /* Live points extend the raw-resolution series at once; a throttled reload refreshes the rest. */
+  function onMetrics(msg) {
+    state.lastData = Date.now();
+    const d = state.data;
+    const interval = state.config ? state.config.interval : d ? d.step : 5;
+    if (d && d.source === "raw" && d.step <= interval * 1.01) {
+      for (const [v, row] of Object.entries(msg.points)) {
+        const cols = d.series[v] || (d.series[v] = { t: [] });
+        if (!d.variants.includes(v)) d.variants.push(v);
+        if (cols.t.length && cols.t[cols.t.length - 1] >= row.t) continue;
+        const n = cols.t.length;
+        cols.t.push(row.t);
+        for (const [k, val] of Object.entries(row)) {
+          if (k === "t") continue;
+          if (!cols[k]) cols[k] = new Array(n).fill(null);
+          cols[k].push(val);
+        }
+        const cut = msg.ts - spanOf(d.range);
+        while (cols.t.length && cols.t[0] <= cut) for (const k of Object.keys(cols)) cols[k].shift();
+      }
+      d.to = msg.ts;
+      PANELS.forEach(renderPanel);
+    }
+    const wait = Math.max(5000, (d ? d.step : 5) * 1000);
+    if (Date.now() >= state.refetchAt) { state.refetchAt = Date.now() + wait; setTimeout(load, 200); }
+  }
+
+  function connect() {
+    const url = new URL("/api/events", location.origin);
+    if (key) url.searchParams.set("key", key);
+    if (state.lastEventId) url.searchParams.set("lastEventId", state.lastEventId);
+    const es = new EventSource(url);
+    state.es = es;
+    const track = (e) => { if (e.lastEventId) state.lastEventId = e.lastEventId; };
+    es.addEventListener("hello", (e) => { state.status = JSON.parse(e.data).status; state.lastData = Date.now(); renderTargets(); indicator(); });
+    es.addEventListener("metrics", (e) => { track(e); onMetrics(JSON.parse(e.data)); indicator(); });
+    es.addEventListener("status", (e) => { track(e); state.status = JSON.parse(e.data); renderTargets(); });
+    es.addEventListener("reset", () => load());
+    es.onerror = () => {
+      indicator();
+      if (es.readyState === EventSource.CLOSED) {  // the browser gave up (e.g. HTTP error): retry ourselves
+        clearTimeout(state.timer);
+        state.timer = setTimeout(connect, 2000 + Math.random() * 1000);
+      }
+    };
+  }
+
+  function indicator() {
+    const es = state.es, interval = state.config ? state.config.interval : 5;
+    let status = "live", text = "live";
+    const down = state.status && state.status.targets.length && state.status.targets.every((t) => !t.up);
+    if (!es || es.readyState !== EventSource.OPEN) { status = "disconnected"; text = "disconnected, reconnecting"; }
+    else if (Date.now() - state.lastData > (3 * interval + 2) * 1000) { status = "stale"; text = "stale: no data"; }
+    else if (down) { status = "stale"; text = "stale: all targets down"; }
+    $("conn").dataset.status = status;
+    $("conn-text").textContent = text;
+  }
+
+  const THEMES = ["auto", "light", "dark"];
+  function applyTheme(t) {
+    if (t === "auto") delete document.documentElement.dataset.theme;
+    else document.documentElement.dataset.theme = t;
+    $("theme-toggle").textContent = t;
+    $("theme-toggle").title = `Theme: ${t === "auto" ? "follow system" : t} (click to change)`;
+    localStorage.setItem("zd-theme", t);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    applyTheme(localStorage.getItem("zd-theme") || "auto");
+    $("theme-toggle").onclick = () => {
+      const cur = THEMES.indexOf($("theme-toggle").textContent);
+      applyTheme(THEMES[(cur + 1) % THEMES.length]);
+      renderAll();
+    };
+    buildPanels();
+    renderSwitches();
+    api("/api/config").then((c) => { state.config = c; }).catch(console.warn);
+    load();
+    connect();
+    setInterval(indicator, 1000);
+    let resize = null;
+    window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(renderAll, 150); });
+  });
+})();
