@@ -17,7 +17,8 @@ CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 
 def test_sigterm_under_load_loses_nothing(simulator: Process) -> None:
     proxy = start_zai_proxy("serve", env=proxy_env(
-        simulator, SHUTDOWN_DRAIN_SECONDS="1.5", SHUTDOWN_GRACE_SECONDS="10"), ready_path="/ready")
+        simulator, SHUTDOWN_DRAIN_SECONDS="1.5", SHUTDOWN_GRACE_SECONDS="10",
+        RATE_LIMIT_INITIAL="50"), ready_path="/ready")
     stop = threading.Event()
     failures: list[str] = []
     done = 0
@@ -59,7 +60,7 @@ def test_sigterm_under_load_loses_nothing(simulator: Process) -> None:
         bodies = [s.result() for s in streams]
     code = proxy.proc.wait(20)
     assert failures == []
-    assert done > 20
+    assert done >= 8  # every worker kept being served through the drain
     for body in bodies:  # every long stream ran to its end through the shutdown
         assert body.rstrip().endswith("data: [DONE]"), body[-200:]
     assert code == 0, proxy.output()[-2000:]
