@@ -7,6 +7,8 @@ had them so existing Grafana panels keep working. Label values are bounded by th
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -85,6 +87,10 @@ class Metrics:
                                   ["reason", V], registry=r)
         self.retries = Counter("zai_proxy_retry_attempts", "Retries by reason",
                                ["reason", V], registry=r)
+        # Label children looked up once per label set: `labels()` is a lock and a dict per call.
+        # Keys are bounded like the labels themselves (route templates, status codes).
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._route_children: dict[str, tuple[Any, Any]] = {}
         self.shared_degraded = Gauge("zai_proxy_shared_state_degraded",
                                      "1 while shared state is unreachable", [V],
                                      registry=r).labels(variant)
@@ -102,15 +108,27 @@ class Metrics:
     def finished(self, method: str, route: str, status: int, duration: float,
                  request_bytes: int, response_bytes: int) -> None:
         """Record one finished request: called exactly once per request."""
-        code = str(status)
-        v = self.variant
-        self.requests.labels(method, route, code, v).inc()
-        self.request_duration.labels(method, route, code, v).observe(duration)
-        self.request_size.labels(method, route, v).observe(request_bytes)
-        self.response_size.labels(method, route, code, v).observe(response_bytes)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            code, v = str(status), self.variant
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, code, v),
+                self.request_duration.labels(method, route, code, v),
+                self.request_size.labels(method, route, v),
+                self.response_size.labels(method, route, code, v))
+        children[0].inc()
+        children[1].observe(duration)
+        children[2].observe(request_bytes)
+        children[3].observe(response_bytes)
 
     def upstream_timing(self, route: str, ttfb: float | None, duration: float | None) -> None:
+        children = self._route_children.get(route)
+        if children is None:
+            children = self._route_children[route] = (
+                self.upstream_ttfb.labels(route, self.variant),
+                self.upstream_duration.labels(route, self.variant))
         if ttfb is not None:
-            self.upstream_ttfb.labels(route, self.variant).observe(ttfb)
+            children[0].observe(ttfb)
         if duration is not None:
-            self.upstream_duration.labels(route, self.variant).observe(duration)
+            children[1].observe(duration)

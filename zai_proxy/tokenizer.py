@@ -208,9 +208,14 @@ def _get_encoding(encoding: str, directory: Path) -> tiktoken.Encoding:
         saved = os.environ.get("TIKTOKEN_CACHE_DIR")
         os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
         try:
-            return tiktoken.get_encoding(encoding)
+            loaded = tiktoken.get_encoding(encoding)
         finally:
             if saved is None:
                 del os.environ["TIKTOKEN_CACHE_DIR"]
             else:
                 os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    # The Rust core holds its own copy of the ranks; tiktoken keeps the Python dict (~16 MB for
+    # cl100k_base) only to pickle the Encoding, which the proxy never does.
+    if isinstance(getattr(loaded, "_mergeable_ranks", None), dict):
+        loaded._mergeable_ranks = {}
+    return loaded

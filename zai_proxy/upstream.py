@@ -1,9 +1,14 @@
-"""The one shared upstream client, and the boundary where foreign exceptions become ours.
+"""The one shared upstream connection pool, and the boundary where foreign exceptions become ours.
 
-One `httpx.AsyncClient` (over aiohttp by default: several times less CPU per request than
-httpx's own transport) with explicit pool limits and timeouts. Three separate timeouts, none of
-them a total: connect, first byte (response headers; a non-stream LLM call sends them only when
-done) and between chunks (a long stream is never cut while it keeps talking).
+Requests go through one httpx transport (over aiohttp by default: several times less CPU per
+request than httpx's own) with explicit pool limits. The proxy calls the transport directly, not
+through `httpx.AsyncClient`: a proxy must neither follow redirects nor keep a cookie jar (a
+shared jar would replay one client's upstream cookies on every other client's requests), and
+skipping that machinery is a quarter of the per-request CPU.
+
+Three separate timeouts, none of them a total: connect, first byte (response headers; a
+non-stream LLM call sends them only when done) and between chunks (a long stream is never cut
+while it keeps talking).
 """
 
 from __future__ import annotations
@@ -40,24 +45,23 @@ class Upstream:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.first_byte_timeout = first_byte_timeout
         self.chunk_timeout = chunk_timeout
-        # The transport's own read timeout is only a backstop; the phases are timed below.
-        timeout = httpx.Timeout(connect=connect_timeout,
-                                read=max(first_byte_timeout, chunk_timeout) + 1.0,
-                                write=max(connect_timeout, 30.0), pool=first_byte_timeout)
-        self.client = httpx.AsyncClient(
-            transport=transport or default_transport(pool_size), timeout=timeout,
-            follow_redirects=False, trust_env=False)
+        self.transport = transport or default_transport(pool_size)
+        # The transport's own read timeout is only a backstop; the phases are timed here.
+        backstop = max(first_byte_timeout, chunk_timeout) + 1.0
+        self._timeouts = {"connect": connect_timeout, "read": backstop,
+                          "write": max(connect_timeout, 30.0), "pool": first_byte_timeout}
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     async def send(self, method: str, url: str, headers: RawHeaders,
                    body: bytes) -> httpx.Response:
         """Send and wait for the response headers (not the body)."""
-        request = httpx.Request(method, url, headers=headers, content=body)
+        request = httpx.Request(method, url, headers=headers, content=body,
+                                extensions={"timeout": self._timeouts})
         try:
             async with asyncio.timeout(self.first_byte_timeout):
-                return await self.client.send(request, stream=True)
+                response = await self.transport.handle_async_request(request)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"upstream sent no response within {self.first_byte_timeout:g}s") from None
@@ -69,6 +73,8 @@ class Upstream:
             raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from exc
         except (httpx.HTTPError, OSError) as exc:
             raise UpstreamUnreachable(f"upstream request failed: {type(exc).__name__}") from exc
+        response.request = request
+        return response
 
     def chunks(self, response: httpx.Response) -> BodyReader:
         """The response body as it arrives, with the between-chunks timeout."""
@@ -79,7 +85,8 @@ class BodyReader:
     """Async iterator over an upstream body; failures become UpstreamError subclasses.
 
     The silence timer runs only while waiting for the upstream, not while the caller relays a
-    chunk to a slow client.
+    chunk to a slow client. It is one timer per `chunk_timeout` period, re-armed lazily, rather
+    than a timer per chunk: a stream's chunks cost nothing but a timestamp.
     """
 
     def __init__(self, response: httpx.Response, chunk_timeout: float) -> None:
@@ -87,17 +94,30 @@ class BodyReader:
         self._chunk_timeout = chunk_timeout
         self._iterator: AsyncIterator[bytes] = (
             _already_read(response) if response.is_stream_consumed else response.aiter_raw())
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._timed_out = False
 
     def __aiter__(self) -> BodyReader:
         return self
 
     async def __anext__(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        self._waiting_since = loop.time()
+        if self._timer is None:
+            self._task = asyncio.current_task()
+            self._timer = loop.call_at(self._waiting_since + self._chunk_timeout, self._check)
         try:
-            async with asyncio.timeout(self._chunk_timeout):
-                return await self._iterator.__anext__()
+            return await self._iterator.__anext__()
         except StopAsyncIteration:
             raise
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._timed_out = False
+            if self._task is not None:
+                self._task.uncancel()
             raise UpstreamTimeout(
                 f"upstream was silent for {self._chunk_timeout:g}s mid-body") from None
         except UpstreamError:
@@ -105,8 +125,26 @@ class BodyReader:
         except (httpx.HTTPError, OSError) as exc:
             raise UpstreamInterrupted(
                 f"upstream connection broke mid-body: {type(exc).__name__}") from exc
+        finally:
+            self._waiting_since = None
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        since = self._waiting_since
+        now = loop.time()
+        if since is not None and now - since >= self._chunk_timeout:
+            self._timer = None
+            self._timed_out = True
+            if self._task is not None:
+                self._task.cancel("upstream silent")
+            return
+        due = (since if since is not None else now) + self._chunk_timeout
+        self._timer = loop.call_at(due, self._check)
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await self._response.aclose()
 
     async def __aenter__(self) -> BodyReader:
