@@ -106,7 +106,8 @@ class ProxyHandler:
         headers: RawHeaders = scope["headers"]
         try:
             ex.client = self.auth.client_id(headers) or _peer(scope)
-            route = self.router.resolve(scope["method"], scope["raw_path"].decode("latin-1"),
+            raw_path = scope.get("raw_path") or scope["path"].encode()
+            route = self.router.resolve(scope["method"], raw_path.decode("latin-1"),
                                         scope["query_string"].decode("latin-1"))
             ex.route = route.template
             body = await _read_body(receive, headers, self.max_request_bytes)
@@ -119,7 +120,7 @@ class ProxyHandler:
             return
         if payload is not None:
             model = payload.get("model")
-            ex.model = model if isinstance(model, str) else None
+            ex.model = model[:128] if isinstance(model, str) else None  # bounded in logs too
             ex.stream = payload.get("stream") is True
         watcher = DisconnectWatcher(receive, ex)
         try:
