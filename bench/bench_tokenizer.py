@@ -14,8 +14,8 @@ import statistics
 import time
 
 from zai_proxy.sse import SSEParser
+from zai_proxy.stream_usage import OpenAIStreamTracker
 from zai_proxy.tokenizer import Tokenizer, load_tokenizer
-from zai_proxy.usage import OpenAIStreamTracker
 
 PROSE = (
     "Operators must be able to trust the token numbers: every request ends with input and "

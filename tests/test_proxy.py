@@ -211,5 +211,5 @@ async def test_every_request_is_recorded_once() -> None:
 async def test_redirects_are_not_followed() -> None:
     harness = Harness(lambda r: httpx.Response(302, headers={"location": "http://elsewhere/"}))
     async with harness as client:
-        response = await client.get("/v1/models")
+        response = await client.get("/v1/files")
     assert response.status_code == 302 and len(harness.seen) == 1

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zai_proxy.sse import SSEBlock, SSEParser
+from zai_proxy.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
 from zai_proxy.usage import (
-    AnthropicStreamTracker,
-    OpenAIStreamTracker,
     Usage,
     add_include_usage,
     anthropic_usage,

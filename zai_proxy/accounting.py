@@ -26,12 +26,11 @@ from zai_proxy.estimate import (
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PricingTable
 from zai_proxy.routing import Route
-from zai_proxy.sse import SSEParser
+from zai_proxy.sse import SSEBlock, SSEParser
+from zai_proxy.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
 from zai_proxy.tokenizer import Tokenizer
 from zai_proxy.usage import (
     DIRECTIONS,
-    AnthropicStreamTracker,
-    OpenAIStreamTracker,
     Usage,
     add_include_usage,
     anthropic_usage,
@@ -94,6 +93,7 @@ class Ledger:
         strip = (self.stream and template in _STRIPPABLE and not request_wants_usage(payload))
         self.upstream_body = add_include_usage(body, payload) if strip else body
         self._strip = strip
+        self._dropped_cr = False
         self._parser = SSEParser() if self.stream else None
         self._tracker: OpenAIStreamTracker | AnthropicStreamTracker | None = None
         if self.stream:
@@ -114,15 +114,29 @@ class Ledger:
             return chunk
         # Stripping: relay whole blocks as soon as they are complete (a partial block is of no
         # use to an SSE client), except the usage-only chunk the proxy asked for itself.
-        return b"".join([block.raw for block in blocks if feed(block)])
+        return b"".join([block.raw for block in blocks if self._keep(block)])
+
+    def _keep(self, block: SSEBlock) -> bool:
+        assert self._tracker is not None
+        if self._dropped_cr and block.raw == b"\n":
+            # A read ended between the \r and \n closing the dropped chunk: the parser gave the
+            # \n as a block of its own, and it belongs to the chunk that was removed.
+            self._dropped_cr = False
+            return False
+        keep = self._tracker.feed(block)
+        self._dropped_cr = not keep and block.raw.endswith(b"\r")
+        return keep
 
     def flush(self) -> bytes:
         """At the end of a stream: whatever incomplete tail was held back."""
         if self._parser is None or self._tracker is None:
             return b""
         blocks = self._parser.close()
-        kept = [b.raw for b in blocks if self._tracker.feed(b)]
-        return b"".join(kept) if self._strip else b""
+        if not self._strip:
+            for block in blocks:
+                self._tracker.feed(block)
+            return b""
+        return b"".join([block.raw for block in blocks if self._keep(block)])
 
     def body(self, obj: Any) -> None:
         """A non-stream answer's parsed JSON."""

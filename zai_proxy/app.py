@@ -8,6 +8,7 @@ routing and middleware on the hot path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,7 +94,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     limiter = Limiter(settings, metrics, clock=clock)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
-    accounting = build_accounting(settings, metrics) if settings.token_counting_enabled else None
+    pricing = load_pricing(settings)
+    # The one known-model list: /v1/models answers it, metric labels are bounded by it.
+    catalog = ModelCatalog.from_pricing(pricing, settings.models)
+    accounting = (build_accounting(settings, metrics, pricing, catalog)
+                  if settings.token_counting_enabled else None)
     quotas = ClientQuotas(",".join(settings.client_rate_limits),
                           settings.rate_limit_storage_uri) if settings.client_rate_limits else None
 
@@ -124,7 +129,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         router=Router(settings.zai_target_url, settings.zai_anthropic_url), forwarder=forwarder,
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
-        accounting=accounting, quotas=quotas)
+        accounting=accounting, quotas=quotas,
+        models_body=json.dumps(catalog.openai_models_payload()).encode())
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
@@ -179,9 +185,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     return app
 
 
-def build_accounting(settings: Settings, metrics: Metrics) -> Accounting:
+def build_accounting(settings: Settings, metrics: Metrics, pricing: PricingTable,
+                     catalog: ModelCatalog) -> Accounting:
     """Tokenizer (loaded once, here, never on the request path), prices, model catalog."""
     tokenizer = load_tokenizer(settings.tokenizer_encoding, settings.tiktoken_cache_dir or None)
+    return Accounting(tokenizer=tokenizer, pricing=pricing, catalog=catalog, metrics=metrics,
+                      default_model=settings.tokenizer_model)
+
+
+def load_pricing(settings: Settings) -> PricingTable:
+    """The pricing table (built-in prices, PRICING_FILE over them, PEAK_* on top)."""
     try:
         pricing = PricingTable.load(settings.pricing_file or None)
     except (OSError, ValueError) as exc:
@@ -191,9 +204,7 @@ def build_accounting(settings: Settings, metrics: Metrics) -> Accounting:
     elif settings.peak_hours:
         start, end = (dt_time.fromisoformat(part) for part in settings.peak_hours.split("-"))
         pricing.peak = PeakWindow(start, end, settings.peak_timezone, settings.peak_multiplier)
-    catalog = ModelCatalog.from_pricing(pricing, settings.models)
-    return Accounting(tokenizer=tokenizer, pricing=pricing, catalog=catalog, metrics=metrics,
-                      default_model=settings.tokenizer_model)
+    return pricing
 
 
 class AdminGuard:

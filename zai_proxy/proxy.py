@@ -56,11 +56,12 @@ class ProxyHandler:
     def __init__(self, *, router: Router, forwarder: Forwarder, auth: ClientAuth,
                  lifecycle: Lifecycle, recorder: Recorder, api_key: str, variant: str,
                  max_request_bytes: int, accounting: Accounting | None = None,
-                 quotas: ClientQuotas | None = None) -> None:
+                 quotas: ClientQuotas | None = None, models_body: bytes | None = None) -> None:
         self.router = router
         self.forwarder = forwarder
         self.accounting = accounting
         self.quotas = quotas
+        self.models_body = models_body
         self.auth = auth
         self.lifecycle = lifecycle
         self.recorder = recorder
@@ -122,6 +123,9 @@ class ProxyHandler:
             model = payload.get("model")
             ex.model = model[:128] if isinstance(model, str) else None  # bounded in logs too
             ex.stream = payload.get("stream") is True
+        if route.template == "/v1/models" and self.models_body is not None:
+            await self._local(ex, send, self.models_body)
+            return
         watcher = DisconnectWatcher(receive, ex)
         try:
             await self._forward(ex, scope["method"], route, headers, body, payload, send)
@@ -233,14 +237,25 @@ class ProxyHandler:
             headers.append((b"connection", b"close"))
         return headers
 
+    def _json_headers(self, ex: Exchange, body: bytes) -> RawHeaders:
+        return [_JSON, (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", ex.request_id.encode()), (b"x-zai-proxy-variant", self.variant)]
+
+    async def _local(self, ex: Exchange, send: Any, body: bytes) -> None:
+        """A JSON answer the proxy gives itself (the configured model list)."""
+        ex.status = 200
+        ex.complete = True
+        headers = self._json_headers(ex, body)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        ex.response_bytes = len(body)
+
     async def _error(self, ex: Exchange, send: Any, error: ProxyError) -> None:
         body = error.body()
         ex.status = error.status
         ex.outcome = error.code
         ex.error = error.message
-        headers = [_JSON, (b"content-length", str(len(body)).encode()),
-                   (b"x-request-id", ex.request_id.encode()),
-                   (b"x-zai-proxy-variant", self.variant)]
+        headers = self._json_headers(ex, body)
         if isinstance(error, RateLimited):
             headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
         if isinstance(error, PayloadTooLarge | ServiceUnavailable) or self.lifecycle.draining:

@@ -1,0 +1,549 @@
+"""Token accounting in-process: the app in front of the simulator (httpx.ASGITransport) or a
+scripted upstream (httpx.MockTransport); exact token and cost counters, model labels, the log
+line, the switches (TOKEN_COUNTING_ENABLED, TOKENIZER_ENCODING, PRICING_FILE, PEAK_HOURS) and
+the peak tier with a fixed wall clock.
+
+Expected numbers are computed here from the simulator's documented rules (prompt tokens =
+sum of (1 + words(content)), output = chunks * words_per_chunk) and the shipped price list, not from
+the code under test. Tiktoken expectations use tiktoken itself, reading the package's bundled
+encoding file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tiktoken
+from prometheus_client import CollectorRegistry
+
+from zai_proxy.accounting import Accounting
+from zai_proxy.app import create_app
+from zai_proxy.catalog import ModelCatalog
+from zai_proxy.config import load_settings
+from zai_proxy.errors import ConfigError
+from zai_proxy.metrics import Metrics
+from zai_proxy.pricing import PricingTable
+from zai_proxy.routing import Router
+from zai_proxy.simulator import SimulatorSettings, anthropic_format, create_simulator_app
+from zai_proxy.simulator.generation import plan
+from zai_proxy.tokenizer import PACKAGE_ENCODINGS_DIR, load_tokenizer
+
+MILLION = 1_000_000
+# The shipped list prices (zai_proxy/data/pricing.json), USD per million tokens.
+PRICES: dict[str, dict[str, float]] = {
+    "glm-4.7": {"input": 0.60, "output": 2.20, "cache_read": 0.11, "cache_write": 0.0},
+    "glm-4.5-air": {"input": 0.20, "output": 1.10, "cache_read": 0.03, "cache_write": 0.0},
+    "embedding-3": {"input": 0.07, "output": 0.0, "cache_read": 0.0, "cache_write": 0.0},
+}
+TOKENS = "zai_proxy_tokens_total"
+COST = "zai_proxy_estimated_cost_usd_total"
+ACCESS = "zai_proxy.access"
+PROMPT = "hello there friend"  # 3 words -> simulator prompt tokens 1 + 3 = 4 per message
+STREAM_BODY = (b'{"model": "glm-4.7", "stream": true, '
+               b'"messages": [{"role": "user", "content": "x"}]}')
+
+
+def cl100k() -> tiktoken.Encoding:
+    """cl100k_base read by tiktoken from the package's bundled (offline) file."""
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(PACKAGE_ENCODINGS_DIR)
+    try:
+        return tiktoken.get_encoding("cl100k_base")
+    finally:
+        if saved is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+
+
+def count(text: str) -> int:
+    return len(cl100k().encode_ordinary(text))
+
+
+def heuristic(text: str) -> int:
+    return -(-len(text.encode()) // 4)
+
+
+def chat(content: str = PROMPT, model: str = "glm-4.7", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def reply_words(source: str, n: int) -> str:
+    """The simulator's reply text: `n` words cycling through the last user message."""
+    vocab = source.split()
+    return " ".join(vocab[i % len(vocab)] for i in range(n))
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Delegates to `inner` and keeps every request (body read) it forwarded."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.seen: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        self.seen.append(request)
+        return await self.inner.handle_async_request(request)
+
+
+class Proxy:
+    """The app with a fresh registry; `async with` runs its lifespan and yields a client."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
+                 sim: SimulatorSettings | None = None, **env: str) -> None:
+        settings = load_settings({"ZAI_API_KEY": "upstream-key", "RATE_LIMIT_STATE_FILE": "",
+                                  "MAX_RETRIES": "0", "PEAK_HOURS": "off", **env})
+        self.registry = CollectorRegistry()
+        inner = transport or httpx.ASGITransport(create_simulator_app(sim or SimulatorSettings()))
+        self.upstream = RecordingTransport(inner)
+        self.app = create_app(settings, transport=self.upstream, registry=self.registry)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(self.app),
+                                        base_url="http://proxy")
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+    def value(self, name: str, direction: str, model: str = "glm-4.7", source: str = "upstream",
+              tier: str = "standard") -> float | None:
+        return self.registry.get_sample_value(name, {
+            "direction": direction, "model": model, "source": source, "pricing_tier": tier,
+            "deployment_variant": "production"})
+
+    def tokens(self, direction: str, **labels: str) -> float | None:
+        return self.value(TOKENS, direction, **labels)
+
+    def cost(self, direction: str, **labels: str) -> float | None:
+        return self.value(COST, direction, **labels)
+
+    def series(self, name: str = TOKENS) -> dict[tuple[tuple[str, str], ...], float]:
+        """Every sample of `name` as {sorted labels: value}."""
+        out: dict[tuple[tuple[str, str], ...], float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name:
+                    out[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+
+def expected_cost(model: str, counts: dict[str, int], multiplier: float = 1.0
+                  ) -> dict[str, float]:
+    return {d: n * PRICES[model][d] / MILLION * multiplier for d, n in counts.items()}
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.msg for r in caplog.records if r.name == ACCESS and isinstance(r.msg, dict)]
+
+
+# --------------------------------------------------------------------------- upstream usage
+
+
+async def test_chat_non_stream_counts_upstream_usage_and_cost_exactly() -> None:
+    proxy = Proxy()
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(model="glm-4.5-air"),
+                                     headers={"x-sim-cached-tokens": "1"})
+    assert response.status_code == 200
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] == 4 and usage["completion_tokens"] == 10
+    # prompt_tokens includes the cached ones: input = 4 - 1, cache_read = 1.
+    counts = {"input": 3, "output": 10, "cache_read": 1}
+    for direction, n in counts.items():
+        assert proxy.tokens(direction, model="glm-4.5-air") == n
+    for direction, usd in expected_cost("glm-4.5-air", counts).items():
+        assert proxy.cost(direction, model="glm-4.5-air") == pytest.approx(usd, rel=1e-12)
+    # A zero cache_write is not recorded as a series; nothing is estimated.
+    assert proxy.tokens("cache_write", model="glm-4.5-air") is None
+    assert all(dict(k)["source"] == "upstream" for k in proxy.series())
+
+
+async def test_chat_stream_without_include_usage_is_stripped_but_counted() -> None:
+    proxy = Proxy(sim=SimulatorSettings(chunks=6, words_per_chunk=3))
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.status_code == 200
+    # The proxy asked the upstream for usage ...
+    upstream = json.loads(proxy.upstream.seen[0].content)
+    assert upstream["stream_options"] == {"include_usage": True}
+    # ... and the client got no usage chunk, still every content chunk and [DONE].
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert all("usage" not in c and c["choices"] for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == reply_words(PROMPT, 18)
+    assert proxy.tokens("input") == 4 and proxy.tokens("output") == 18
+
+
+async def test_chat_stream_with_include_usage_passes_usage_chunk_through() -> None:
+    proxy = Proxy()
+    body = json.dumps(chat(stream=True, stream_options={"include_usage": True})).encode()
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", content=body)
+    assert proxy.upstream.seen[0].content == body  # untouched
+    events = [json.loads(e.removeprefix("data: ")) for e in response.text.split("\n\n")
+              if e and e != "data: [DONE]"]
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"]["prompt_tokens"] == 4
+    assert proxy.tokens("input") == 4 and proxy.tokens("output") == 10
+
+
+async def test_anthropic_stream_counts_cache_read_and_cost() -> None:
+    proxy = Proxy()
+    body = {"model": "glm-4.7", "max_tokens": 100, "stream": True, "system": "be brief",
+            "messages": [{"role": "user", "content": PROMPT}]}
+    async with proxy as client:
+        response = await client.post("/v1/messages", json=body,
+                                     headers={"x-sim-cached-tokens": "3"})
+    assert response.status_code == 200 and "message_stop" in response.text
+    # prompt = words(system) 2 + (1 + 3) = 6; Anthropic's input_tokens excludes the cached 3.
+    counts = {"input": 3, "output": 10, "cache_read": 3}
+    for direction, n in counts.items():
+        assert proxy.tokens(direction) == n
+    for direction, usd in expected_cost("glm-4.7", counts).items():
+        assert proxy.cost(direction) == pytest.approx(usd, rel=1e-12)
+
+
+async def test_embeddings_count_input_only() -> None:
+    proxy = Proxy()
+    async with proxy as client:
+        response = await client.post("/v1/embeddings", json={
+            "model": "embedding-3", "input": ["one two three", "four"]})
+    assert response.json()["usage"]["prompt_tokens"] == 4
+    assert proxy.tokens("input", model="embedding-3") == 4
+    assert proxy.tokens("output", model="embedding-3") == 0
+    assert proxy.cost("input", model="embedding-3") == pytest.approx(4 * 0.07 / MILLION)
+
+
+async def test_errors_and_uncounted_routes_count_nothing() -> None:
+    proxy = Proxy()
+    async with proxy as client:
+        failed = await client.post("/v1/chat/completions", json=chat(),
+                                   headers={"x-sim-status": "500"})
+        limited = await client.post("/v1/chat/completions", json=chat(),
+                                    headers={"x-sim-status": "429"})
+        models = await client.get("/v1/models")
+    assert failed.status_code == 500 and limited.status_code == 429
+    assert models.status_code == 200
+    assert proxy.series() == {}
+
+
+# --------------------------------------------------------------------------- model labels
+
+
+@pytest.mark.parametrize(("model", "label"), [
+    ("GLM-4.7", "glm-4.7"),           # case-insensitive match keeps the configured spelling
+    ("mystery-model-9000", "other"),  # unknown: bounded label
+    ("my-glm", "my-glm"),             # configured via MODELS
+])
+async def test_model_label_is_bounded(model: str, label: str) -> None:
+    proxy = Proxy(MODELS="my-glm")
+    async with proxy as client:
+        await client.post("/v1/chat/completions", json=chat(model=model))
+    labels = {dict(k)["model"] for k in proxy.series()}
+    assert labels == {label}
+    # Unknown and extra models are priced like the fallback model (glm-4.7).
+    assert proxy.cost("output", model=label) == pytest.approx(10 * 2.20 / MILLION)
+
+
+async def test_request_without_model_uses_the_default_model_label() -> None:
+    proxy = Proxy(TOKENIZER_MODEL="glm-4.5-air")
+    async with proxy as client:
+        await client.post("/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": PROMPT}]})
+    assert proxy.tokens("input", model="glm-4.5-air") == 4
+    assert proxy.cost("input", model="glm-4.5-air") == pytest.approx(4 * 0.20 / MILLION)
+
+
+# --------------------------------------------------------------------------- log line
+
+
+async def test_access_log_line_carries_tokens_sources_and_cost(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    proxy = Proxy()
+    async with proxy as client:
+        await client.post("/v1/chat/completions", json=chat(model="glm-4.5-air"),
+                          headers={"x-request-id": "acct-1", "x-sim-cached-tokens": "2"})
+        await client.post("/v1/chat/completions", json=chat(), headers={
+            "x-request-id": "acct-2", "x-sim-no-usage": "1"})
+        await client.post("/v1/chat/completions", json=chat(),
+                          headers={"x-request-id": "acct-3", "x-sim-status": "500"})
+    lines = {line["request_id"]: line for line in access_lines(caplog)}
+    first = lines["acct-1"]
+    assert first["tokens"] == {
+        "input": 2, "output": 10, "cache_read": 2, "cache_write": 0,
+        "source": dict.fromkeys(("input", "output", "cache_read", "cache_write"), "upstream"),
+        "model_label": "glm-4.5-air", "pricing_tier": "standard"}
+    cost = sum(expected_cost("glm-4.5-air", {"input": 2, "output": 10, "cache_read": 2}).values())
+    assert first["cost_usd"] == pytest.approx(cost, abs=1e-9)
+    second = lines["acct-2"]["tokens"]
+    assert second["source"]["input"] == second["source"]["output"] == "estimate"
+    assert second["output"] == count(reply_words(PROMPT, 10))
+    assert lines["acct-2"]["cost_usd"] > 0
+    assert "tokens" not in lines["acct-3"] and "cost_usd" not in lines["acct-3"]
+
+
+# --------------------------------------------------------------------------- switches
+
+
+async def test_token_counting_disabled_counts_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    proxy = Proxy(TOKEN_COUNTING_ENABLED="false")
+    async with proxy as client:
+        stream = await client.post("/v1/chat/completions", content=STREAM_BODY)
+        plain = await client.post("/v1/chat/completions", json=chat())
+        health = (await client.get("/health")).json()
+    assert stream.status_code == plain.status_code == 200
+    # Nothing rewritten: the upstream got the client's body and no usage chunk was asked for.
+    assert proxy.upstream.seen[0].content == STREAM_BODY
+    assert '"usage"' not in stream.text
+    assert proxy.series() == {} and proxy.series(COST) == {}
+    assert "tokenizer" not in health
+    assert all("tokens" not in line for line in access_lines(caplog))
+
+
+async def test_missing_encoding_counts_with_labelled_heuristic(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="zai_proxy")
+    proxy = Proxy(TOKENIZER_ENCODING="no_such_encoding")
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(),
+                                     headers={"x-sim-no-usage": "1"})
+        upstream = await client.post("/v1/chat/completions", json=chat())
+        health = (await client.get("/health")).json()
+    assert response.status_code == upstream.status_code == 200
+    assert health["status"] == "ok"
+    assert health["tokenizer"]["source"] == "heuristic"
+    assert "no_such_encoding" in health["tokenizer"]["warning"]
+    warnings = [r for r in caplog.records if "heuristic" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    # ceil(utf8 bytes / 4) of "user\n<content>" plus 3 per message and 3 for the reply.
+    assert proxy.tokens("input", source="heuristic") == heuristic("user\n" + PROMPT) + 6
+    assert proxy.tokens("output", source="heuristic") == heuristic(reply_words(PROMPT, 10))
+    # Upstream usage stays upstream even when only the heuristic is available.
+    assert proxy.tokens("input") == 4 and proxy.tokens("output") == 10
+
+
+async def test_pricing_file_override(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"models": {
+        "glm-4.7": {"output": 10.0},
+        "house-model": {"input": 1.5, "output": 3.0, "cache_read": 0.5}}}))
+    proxy = Proxy(PRICING_FILE=str(path))
+    async with proxy as client:
+        await client.post("/v1/chat/completions", json=chat())
+        await client.post("/v1/chat/completions", json=chat(model="house-model"),
+                          headers={"x-sim-cached-tokens": "1"})
+    # Merged per direction: glm-4.7 keeps its default input price, output is the file's.
+    assert proxy.cost("input") == pytest.approx(4 * 0.60 / MILLION)
+    assert proxy.cost("output") == pytest.approx(10 * 10.0 / MILLION)
+    # A model only the file names is known (its own label) and priced from the file.
+    assert proxy.tokens("input", model="house-model") == 3
+    assert proxy.cost("input", model="house-model") == pytest.approx(3 * 1.5 / MILLION)
+    assert proxy.cost("cache_read", model="house-model") == pytest.approx(1 * 0.5 / MILLION)
+    assert proxy.cost("output", model="house-model") == pytest.approx(10 * 3.0 / MILLION)
+
+
+async def test_v1_models_lists_the_configured_models(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"models": {"house-model": {"input": 1.5, "output": 3.0}}}))
+    proxy = Proxy(PRICING_FILE=str(path), MODELS="my-glm")
+    async with proxy as client:
+        models = (await client.get("/v1/models")).json()
+    ids = [m["id"] for m in models["data"]]
+    assert "my-glm" in ids and "house-model" in ids and "glm-4.7" in ids
+
+
+def test_invalid_pricing_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"models": {"glm-4.7": {"output": -1}}}))
+    with pytest.raises(ConfigError, match="PRICING_FILE"):
+        Proxy(PRICING_FILE=str(path))
+
+
+async def test_peak_hours_all_day_prices_every_request_at_the_multiplier() -> None:
+    # start == end is the whole day: deterministic whatever the wall clock says.
+    proxy = Proxy(PEAK_HOURS="00:00-00:00", PEAK_TIMEZONE="Asia/Shanghai", PEAK_MULTIPLIER="3")
+    async with proxy as client:
+        await client.post("/v1/chat/completions", json=chat())
+    assert proxy.tokens("input", tier="peak") == 4
+    assert proxy.cost("output", tier="peak") == pytest.approx(10 * 2.20 * 3 / MILLION)
+    assert proxy.tokens("input", tier="standard") is None
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+async def test_no_usage_non_stream_is_estimated_with_tiktoken() -> None:
+    proxy = Proxy()
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(),
+                                     headers={"x-sim-no-usage": "1"})
+    text = response.json()["choices"][0]["message"]["content"]
+    assert proxy.tokens("input", source="estimate") == count("user\n" + PROMPT) + 6
+    assert proxy.tokens("output", source="estimate") == count(text)
+    duration = proxy.registry.get_sample_value(
+        "zai_proxy_token_count_duration_seconds_count", {"deployment_variant": "production"})
+    assert duration == 1
+
+
+async def test_truncated_stream_estimates_output_from_what_was_streamed() -> None:
+    proxy = Proxy(sim=SimulatorSettings(chunks=8))
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(stream=True),
+                                     headers={"x-sim-truncate": "1"})
+    chunks = [json.loads(e.removeprefix("data: ")) for e in response.text.split("\n\n") if e]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == reply_words(PROMPT, 16)
+    assert proxy.tokens("output", source="estimate") == count(text)
+    assert proxy.tokens("input", source="estimate") == count("user\n" + PROMPT) + 6
+
+
+async def test_anthropic_reset_keeps_upstream_input_and_estimates_output() -> None:
+    # The simulator's own event bytes, cut after 3 deltas by a connection reset.
+    gen = plan(prompt_tokens=4, source=PROMPT.split(), chunks=8, words_per_chunk=2,
+               cached_tokens=0)
+    events = anthropic_format.stream(gen, "glm-4.7", "r1", with_usage=True)
+    sent = events.head + b"".join(events.pieces[:3])
+
+    async def body() -> AsyncIterator[bytes]:
+        yield events.head
+        for piece in events.pieces[:3]:
+            yield piece
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=body())
+
+    proxy = Proxy(transport=httpx.MockTransport(handler))
+    request = {"model": "glm-4.7", "max_tokens": 100, "stream": True,
+               "messages": [{"role": "user", "content": PROMPT}]}
+    async with proxy as client:
+        response = await client.post("/v1/messages", json=request)
+    assert response.content.startswith(sent)
+    assert b"event: error" in response.content[len(sent):]
+    streamed = "".join(gen.pieces[:3])
+    assert streamed == reply_words(PROMPT, 6)
+    # message_start already reported the input; its output (1) is not the output.
+    assert proxy.tokens("input") == 4
+    assert proxy.tokens("output", source="estimate") == count(streamed)
+    assert proxy.tokens("output") is None
+
+
+# --------------------------------------------------------------------------- relay bytes
+
+
+def split_stream(data: bytes, size: int) -> Callable[[httpx.Request], httpx.Response]:
+    """An upstream that sends `data` as an SSE stream in reads of `size` bytes."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+            await asyncio.sleep(0)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              content=pieces())
+
+    return handler
+
+
+USAGE_CHUNK = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"glm-4.7",'
+               b'"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
+               b'"prompt_tokens_details":{"cached_tokens":2}}}\r\n\r\n')
+STREAM_HEAD = (b': keep-alive\r\n\r\n'
+               b'data: {"id":"c1","object":"chat.completion.chunk","model":"glm-4.7",\r\n'
+               b'data: "choices":[{"index":0,"delta":{"content":"h\xc3\xa9llo"}}]}\r\n\r\n'
+               b'data: {"id":"c1","object":"chat.completion.chunk","model":"glm-4.7",'
+               b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\r\n\r\n')
+STREAM_DONE = b"data: [DONE]\r\n\r\n"
+
+
+def lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize(("size", "crlf"), [
+    *((size, crlf) for size in (1, 2, 3, 7, 64, 10_000) for crlf in (False, True)),
+])
+async def test_stripping_removes_exactly_the_usage_chunk_whatever_the_read_sizes(
+        size: int, crlf: bool) -> None:
+    head, usage, done = (STREAM_HEAD, USAGE_CHUNK, STREAM_DONE) if crlf else (
+        lf(STREAM_HEAD), lf(USAGE_CHUNK), lf(STREAM_DONE))
+    proxy = Proxy(transport=httpx.MockTransport(split_stream(head + usage + done, size)))
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.content == head + done
+    assert proxy.tokens("input") == 5 and proxy.tokens("cache_read") == 2
+    assert proxy.tokens("output") == 3
+
+
+async def test_stripping_crlf_split_at_cr() -> None:
+    upstream = STREAM_HEAD + USAGE_CHUNK + STREAM_DONE
+    cut = len(STREAM_HEAD + USAGE_CHUNK) - 1  # read ends on the CR of the usage chunk's CRLF
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield upstream[:cut]
+        yield upstream[cut:]
+
+    proxy = Proxy(transport=httpx.MockTransport(lambda request: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=pieces())))
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.content == STREAM_HEAD + STREAM_DONE
+
+
+# --------------------------------------------------------------------------- peak tier
+
+
+def test_ledger_prices_by_the_tier_at_its_wall_clock() -> None:
+    pricing = PricingTable.default()  # peak 14:00-18:00 Asia/Shanghai, x2
+    now = {"t": datetime(2026, 1, 5, 7, 0, tzinfo=UTC)}  # 15:00 in Beijing: peak
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, "canary")
+    accounting = Accounting(tokenizer=load_tokenizer("cl100k_base"), pricing=pricing,
+                            catalog=ModelCatalog.from_pricing(pricing), metrics=metrics,
+                            default_model="glm-4.7", wall_clock=lambda: now["t"])
+    route = Router("https://up/api/paas/v4", "https://up/api/anthropic").resolve(
+        "POST", "/v1/chat/completions")
+    answer = {"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 500}}
+
+    def settle() -> Any:
+        payload = chat()
+        ledger = accounting.open(route, payload, json.dumps(payload).encode())
+        assert ledger is not None
+        ledger.body(answer)
+        return asyncio.run(ledger.settle())
+
+    peak = settle()
+    now["t"] = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # 18:00 in Beijing: the window is over
+    standard = settle()
+    assert peak.tier == "peak" and standard.tier == "standard"
+    assert standard.cost_usd == pytest.approx((1000 * 0.60 + 500 * 2.20) / MILLION)
+    assert peak.cost_usd == pytest.approx(2 * standard.cost_usd)
+
+    def sample(name: str, direction: str, tier: str) -> float | None:
+        return registry.get_sample_value(name, {
+            "direction": direction, "model": "glm-4.7", "source": "upstream",
+            "pricing_tier": tier, "deployment_variant": "canary"})
+
+    assert sample(TOKENS, "output", "peak") == sample(TOKENS, "output", "standard") == 500
+    assert sample(COST, "output", "peak") == pytest.approx(500 * 2.20 * 2 / MILLION)
+    assert sample(COST, "output", "standard") == pytest.approx(500 * 2.20 / MILLION)
