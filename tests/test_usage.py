@@ -188,3 +188,18 @@ def test_hostile_json_is_tolerated() -> None:
     tracker = OpenAIStreamTracker(strip_usage_chunk=True)
     assert tracker.feed(SSEBlock(raw=b"", data=deep.decode())) and tracker.usage() is None
     assert tracker.feed(SSEBlock(raw=b"", data='["not a chunk"]'))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STREAMS.glob("*.sse")))
+@pytest.mark.parametrize("strip", [False, True])
+def test_feed_raw_decides_exactly_like_feed(name: str, strip: bool) -> None:
+    """The relay path feeds raw bytes and parses lazily; it must agree with full parsing."""
+    stream = (STREAMS / name).read_bytes()
+    make = (AnthropicStreamTracker if name.startswith("anthropic")
+            else lambda: OpenAIStreamTracker(strip_usage_chunk=strip))
+    parsed, raw = make(), make()
+    blocks = SSEParser().feed(stream)
+    assert [parsed.feed(b) for b in blocks] == [raw.feed_raw(b.raw) for b in blocks]
+    assert parsed.usage() == raw.usage()
+    assert parsed.output_text() == raw.output_text()
+    assert parsed.done == raw.done and parsed.model == raw.model

@@ -26,7 +26,7 @@ from zai_proxy.estimate import (
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PricingTable
 from zai_proxy.routing import Route
-from zai_proxy.sse import SSEBlock, SSEParser
+from zai_proxy.sse import SSEParser
 from zai_proxy.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
 from zai_proxy.tokenizer import Tokenizer
 from zai_proxy.usage import (
@@ -71,6 +71,18 @@ class Accounting:
         self.metrics = metrics
         self.default_model = default_model
         self.wall_clock = wall_clock
+        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    def series(self, direction: str, model: str, source: str, tier: str) -> tuple[Any, Any]:
+        """The token and cost counters of one label set (looked up once, then cached; the
+        label values are bounded, so is the cache)."""
+        key = (direction, model, source, tier)
+        found = self._series.get(key)
+        if found is None:
+            labels = (*key, self.metrics.variant)
+            found = self._series[key] = (self.metrics.tokens.labels(*labels),
+                                         self.metrics.cost.labels(*labels))
+        return found
 
     def open(self, route: Route, payload: dict[str, Any] | None, body: bytes) -> Ledger | None:
         """A ledger for a countable request, or None (nothing to count on this route)."""
@@ -106,37 +118,37 @@ class Ledger:
     def relay(self, chunk: bytes) -> bytes:
         """The bytes of `chunk` to send on to the client (all of them unless stripping)."""
         assert self._parser is not None and self._tracker is not None
-        blocks = self._parser.feed(chunk)
-        feed = self._tracker.feed
+        blocks = self._parser.feed_raw(chunk)
         if not self._strip:
-            for block in blocks:
-                feed(block)
+            feed = self._tracker.feed_raw
+            for raw in blocks:
+                feed(raw)
             return chunk
         # Stripping: relay whole blocks as soon as they are complete (a partial block is of no
         # use to an SSE client), except the usage-only chunk the proxy asked for itself.
-        return b"".join([block.raw for block in blocks if self._keep(block)])
+        return b"".join([raw for raw in blocks if self._keep(raw)])
 
-    def _keep(self, block: SSEBlock) -> bool:
+    def _keep(self, raw: bytes) -> bool:
         assert self._tracker is not None
-        if self._dropped_cr and block.raw == b"\n":
+        if self._dropped_cr and raw == b"\n":
             # A read ended between the \r and \n closing the dropped chunk: the parser gave the
             # \n as a block of its own, and it belongs to the chunk that was removed.
             self._dropped_cr = False
             return False
-        keep = self._tracker.feed(block)
-        self._dropped_cr = not keep and block.raw.endswith(b"\r")
+        keep = self._tracker.feed_raw(raw)
+        self._dropped_cr = not keep and raw.endswith(b"\r")
         return keep
 
     def flush(self) -> bytes:
         """At the end of a stream: whatever incomplete tail was held back."""
         if self._parser is None or self._tracker is None:
             return b""
-        blocks = self._parser.close()
+        blocks = [block.raw for block in self._parser.close()]
         if not self._strip:
-            for block in blocks:
-                self._tracker.feed(block)
+            for raw in blocks:
+                self._tracker.feed_raw(raw)
             return b""
-        return b"".join([block.raw for block in blocks if self._keep(block)])
+        return b"".join([raw for raw in blocks if self._keep(raw)])
 
     def body(self, obj: Any) -> None:
         """A non-stream answer's parsed JSON."""
@@ -154,11 +166,9 @@ class Ledger:
         acc = self._acc
         tok = acc.tokenizer
         reported = self._body_usage
-        output_text = self._body_text
         complete = True
         if self._tracker is not None:
             reported = self._tracker.usage()
-            output_text = self._tracker.output_text()
             complete = self._tracker.done
         counts = dict.fromkeys(DIRECTIONS, 0)
         sources = dict.fromkeys(DIRECTIONS, "upstream")
@@ -173,7 +183,8 @@ class Ledger:
         if reported is None or not complete:
             # Cut short: a partial upstream count (Anthropic's message_start says 1) is not the
             # output; count what was actually streamed.
-            estimated = await tok.count_async(output_text)
+            text = self._tracker.output_text() if self._tracker is not None else self._body_text
+            estimated = await tok.count_async(text)
             counts["output"] = max(counts["output"] if reported else 0, estimated)
             sources["output"] = tok.source
             counted = True
@@ -184,12 +195,11 @@ class Ledger:
         usage = Usage(counts["input"], counts["output"], counts["cache_read"],
                       counts["cache_write"])
         costs = acc.pricing.cost(usage, self.model, tier)
-        metrics, v = acc.metrics, acc.metrics.variant
         for direction in DIRECTIONS:
             if counts[direction] or direction in ("input", "output"):
-                labels = (direction, label, sources[direction], tier, v)
-                metrics.tokens.labels(*labels).inc(counts[direction])
-                metrics.cost.labels(*labels).inc(costs[direction])
+                tokens, cost = acc.series(direction, label, sources[direction], tier)
+                tokens.inc(counts[direction])
+                cost.inc(costs[direction])
         self.settled = Report(counts, sources, round(sum(costs.values()), 9), label, tier)
         return self.settled
 

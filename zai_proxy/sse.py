@@ -108,6 +108,11 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEBlock]:
         """Add ``chunk``; return every block it completed, in order."""
+        return [self._block(raw, complete=True) for raw in self.feed_raw(chunk)]
+
+    def feed_raw(self, chunk: bytes) -> list[bytes]:
+        """Like :meth:`feed`, but the blocks' bytes only: fields are parsed by whoever needs
+        them (:func:`parse_block`), which on a relay path is almost nobody."""
         if not chunk:
             return []
         parts = self._parts
@@ -124,12 +129,12 @@ class SSEParser:
             parts.clear()
         return self._split(bytes(chunk), scan)
 
-    def _split(self, data: bytes, scan: int) -> list[SSEBlock]:
+    def _split(self, data: bytes, scan: int) -> list[bytes]:
         n = len(data)
         if data[-2:] == b"\n\n" and data.find(b"\n\n") == n - 2 and data[0] not in (_CR, _LF):
             if b"\r" not in data:  # the usual read: exactly one LF-terminated block
-                return [self._block(data, complete=True)]
-        blocks: list[SSEBlock] = []
+                return [data]
+        blocks: list[bytes] = []
         start = 0
         found = [-2, -2, -2]  # -2: not searched yet, -1: absent from here to the end
         while start < n:
@@ -154,7 +159,7 @@ class SSEParser:
                 end = best + 2
                 if data[best + 1] == _CR and end < n and data[end] == _LF:
                     end += 1
-            blocks.append(self._block(data[start:end], complete=True))
+            blocks.append(data[start:end])
             start = end
         return blocks
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from zai_proxy.sse import SSEBlock
+from zai_proxy.sse import SSEBlock, parse_block
 from zai_proxy.usage import Usage, _anthropic_fields, _from_fields, _sub, openai_usage
 
 __all__ = ["AnthropicStreamTracker", "OpenAIStreamTracker"]
 
 _EAGER_ANTHROPIC = frozenset({"message_start", "message_delta", "message_stop", "error"})
+# Blocks that only carry generated content (or keep-alives): parsed only for an estimate.
+_CONTENT_EVENTS = (b"event: content_block_delta", b"event: content_block_start",
+                   b"event: content_block_stop", b"event: ping")
+BOM = b"\xef\xbb\xbf"
 
 
 def _loads(data: str) -> dict[str, Any] | None:
@@ -43,11 +47,18 @@ class OpenAIStreamTracker:
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
         self._strip = strip_usage_chunk
         self._usage: Usage | None = None
-        self._pending: list[str | dict[str, Any]] = []  # in stream order, parsed lazily
+        self._pending: list[bytes | str | dict[str, Any]] = []  # stream order, parsed lazily
         self._parts: list[str] = []
         self._saw_done = False
         self._finished = False
         self.model: str | None = None
+
+    def feed_raw(self, raw: bytes) -> bool:
+        """`feed` for a block's bytes; most blocks are only searched, not parsed."""
+        if self.model is not None and b'"usage"' not in raw and b"[DONE]" not in raw:
+            self._pending.append(raw)
+            return True
+        return self.feed(parse_block(raw, strip_bom=raw.startswith(BOM)))
 
     def feed(self, block: SSEBlock) -> bool:
         data = block.data
@@ -76,6 +87,8 @@ class OpenAIStreamTracker:
     def _drain(self) -> None:
         pending, self._pending = self._pending, []
         for item in pending:
+            if isinstance(item, bytes):
+                item = parse_block(item).data or ""
             obj = item if isinstance(item, dict) else _loads(item)
             choices = obj.get("choices") if obj is not None else None
             if isinstance(choices, list):
@@ -136,10 +149,17 @@ class AnthropicStreamTracker:
 
     def __init__(self) -> None:
         self._fields: dict[str, int] = {}
-        self._pending: list[str] = []  # content events, parsed only for an estimate
+        self._pending: list[bytes | str] = []  # content events, parsed only for an estimate
         self._parts: list[str] = []
         self.model: str | None = None
         self.done = False  # saw message_stop
+
+    def feed_raw(self, raw: bytes) -> bool:
+        """`feed` for a block's bytes; content events are kept unparsed."""
+        if raw.startswith(_CONTENT_EVENTS):
+            self._pending.append(raw)
+            return True
+        return self.feed(parse_block(raw, strip_bom=raw.startswith(BOM)))
 
     def feed(self, block: SSEBlock) -> bool:
         data = block.data
@@ -180,7 +200,8 @@ class AnthropicStreamTracker:
     def output_text(self) -> str:
         """Text, thinking and tool-input JSON streamed so far, for estimating output tokens."""
         pending, self._pending = self._pending, []
-        for data in pending:
+        for item in pending:
+            data = (parse_block(item).data or "") if isinstance(item, bytes) else item
             obj = _loads(data)
             if obj is None:
                 continue
