@@ -88,7 +88,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     upstream = Upstream(connect_timeout=settings.connect_timeout,
                         first_byte_timeout=settings.first_byte_timeout,
                         chunk_timeout=settings.chunk_timeout,
-                        pool_size=settings.upstream_pool_size, transport=transport)
+                        # Every admitted request needs a connection: never fewer than the cap.
+                        pool_size=max(settings.upstream_pool_size, settings.max_workers),
+                        transport=transport)
     auth = ClientAuth(settings.proxy_api_keys)
     recorder = Recorder(metrics, settings.max_workers)
     limiter = Limiter(settings, metrics, clock=clock)

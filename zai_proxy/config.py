@@ -169,7 +169,8 @@ class Settings:
         "UPSTREAM_CHUNK_TIMEOUT", _positive(parse_duration),
         "longest silence between two body chunks from upstream", default=120.0)
     upstream_pool_size: int = _setting(
-        "UPSTREAM_POOL_SIZE", _positive(_int), "upstream connections kept open", default=256)
+        "UPSTREAM_POOL_SIZE", _positive(_int),
+        "upstream connections (at least MAX_WORKERS are always allowed)", default=256)
     shutdown_drain_seconds: float = _setting(
         "SHUTDOWN_DRAIN_SECONDS", _non_negative(parse_duration),
         "after SIGTERM: keep serving with /ready=503 this long", default=5.0)
