@@ -161,6 +161,8 @@ class Forwarder:
             opened.throttle = throttle
             self.metrics.upstream_429.labels(throttle.cls.value, self.metrics.variant).inc()
             self.metrics.upstream_error("429")
+            if not throttle.retryable:  # quota exhausted: relayed to the client, never retried
+                self.metrics.rejections.labels("quota_exhausted", self.metrics.variant).inc()
             feeds = throttle.feeds
             permit.observe(Outcome.RATE_LIMITED if feeds == "rate" else
                            Outcome.CONCURRENCY_LIMITED if feeds == "concurrency" else

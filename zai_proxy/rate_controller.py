@@ -60,6 +60,7 @@ class WindowStats:
     other: int = 0
     demand: bool = False
     seconds: float = 0.0
+    first: float | None = None  # first outcome of a busy spell that began inside this window
 
     @property
     def decisive(self) -> int:
@@ -110,6 +111,7 @@ class RateController:
         self._banked = 0.0  # requests of headroom we left unused under the ceiling
         self._stats = WindowStats()
         self._merged = 0
+        self._busy = False  # outcomes seen since the last idle window
         self._window_start = clock()
 
     def _clamp(self, rate: float) -> float:
@@ -125,6 +127,9 @@ class RateController:
     def record(self, outcome: Outcome) -> list[Adjustment]:
         """Count one attempt's outcome (at the time its status is known)."""
         adjustments = self.tick()
+        if not self._busy:
+            self._busy = True
+            self._stats.first = self.clock()
         if outcome is Outcome.ACCEPTED:
             self._stats.ok += 1
         elif outcome is Outcome.RATE_LIMITED:
@@ -147,14 +152,25 @@ class RateController:
         if now < self._window_start + self.window:
             return out
         elapsed = math.floor((now - self._window_start) / self.window)
+        ended = self._window_start + self.window
         self._window_start += elapsed * self.window
+        # A busy spell that began inside the window only had traffic from its first outcome on:
+        # count that part, else the accepted rate (a ceiling measurement) reads low.
+        first = self._stats.first
+        span = self.window if first is None else \
+            min(self.window, max(0.2 * self.window, ended - first))
+        idle = not (self._stats.decisive or self._stats.other)
+        if idle or elapsed > 1:
+            self._busy = False
         if not self.auto_evaluate:
-            self._stats.seconds += elapsed * self.window
+            self._stats.seconds += span + (elapsed - 1) * self.window
+            self._stats.first = None
             return out
-        if not (self._stats.decisive or self._stats.other):
+        if idle:
             self._take()  # idle: nothing to learn, nothing changes
             return out
-        self._stats.seconds += self.window
+        self._stats.seconds += span
+        self._stats.first = None
         self._merged += 1
         enough = self._stats.decisive >= self.min_outcomes
         if enough or self._stats.limited >= self.min_outcomes // 4:
@@ -256,6 +272,7 @@ class RateController:
         """Forget everything learned (admin reset)."""
         self.ceiling = self.ceiling_updated_at = None
         self._probing, self._clean, self._step = False, 0, self.probe_step
+        self._busy = False
         self._take()
         return self._set("reset", "reset", self.initial)
 
