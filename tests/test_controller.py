@@ -112,14 +112,38 @@ def test_probe_after_interval_and_clean_probe_raises_ceiling() -> None:
     assert ctl.rate == pytest.approx(21.0 * 1.10)  # next step doubled
 
 
-def test_failed_probe_is_undone_at_once_and_never_raises() -> None:
+def test_failed_probe_is_undone_at_once_and_keeps_a_right_estimate() -> None:
     clock = Clock()
     ctl = make(clock, initial=20, probe_interval=1)
     ctl.restore(20.0)
     assert window(ctl, clock, ok=98)[0].direction == "probe"
-    adj = window(ctl, clock, ok=100, limited=5)
+    adj = window(ctl, clock, ok=100, limited=5)  # 4.8% 429s: what a +5% probe earns by itself
     assert adj[0].direction == "decrease" and adj[0].reason == "probe failed"
     assert ctl.ceiling == pytest.approx(20.0) and ctl.rate == pytest.approx(19.6)
+
+
+def test_failed_probes_lift_an_estimate_stuck_just_under_the_ceiling() -> None:
+    # The upstream accepts 20/s; the estimate says 19.4. A +5% probe (20.4/s) fails by a little,
+    # but what it got accepted measures the ceiling: the estimate climbs toward 20, not away
+    # (short of it by the headroom an upstream may have banked while the proxy held below).
+    clock = Clock()
+    ctl = make(clock, initial=19, probe_interval=1)
+    ctl.restore(19.4)
+    estimates = []
+    for _ in range(6):
+        window(ctl, clock, ok=int(ctl.rate * 5))  # clean window at the hold: probe next
+        window(ctl, clock, ok=100, limited=2)  # the probe window: 20/s accepted, 2% 429s
+        estimates.append(ctl.ceiling)
+    assert estimates == sorted(estimates) and estimates[0] > 19.4 and estimates[-1] > 19.55
+
+
+def test_a_clearly_failed_probe_lowers_the_estimate_to_the_measurement() -> None:
+    clock = Clock()
+    ctl = make(clock, initial=20, probe_interval=1)
+    ctl.restore(20.0)
+    window(ctl, clock, ok=98)
+    window(ctl, clock, ok=75, limited=30)  # 29% 429s: the ceiling fell to ~15/s
+    assert ctl.ceiling == pytest.approx(15.0)
 
 
 def test_bounds_are_respected() -> None:

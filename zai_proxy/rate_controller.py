@@ -32,6 +32,9 @@ from typing import Literal
 Direction = Literal["increase", "decrease", "probe", "hold", "restore", "reset"]
 
 
+MAX_PROBE_STEP = 0.2
+
+
 class Outcome(StrEnum):
     """One upstream attempt as the controllers see it."""
 
@@ -208,6 +211,7 @@ class RateController:
         fraction = s.limited / s.decisive
         probing, self._probing = self._probing, False
         banked, self._banked = self._banked, 0.0
+        step = self._step  # the step of the probe this window may have been
         significant = s.limited >= self.min_limited and fraction > self.tolerance
         self._tolerated = self._tolerated + 1 if s.limited and not significant else 0
         if s.limited and (probing or significant or self._tolerated >= 2):
@@ -215,10 +219,17 @@ class RateController:
             self._clean, self._step, self._tolerated = 0, self.probe_step, 0
             strong = fraction >= self.strong_fraction or (s.demand and significant)
             if probing and self.ceiling is not None:
-                # Undo at once; a heavily throttled window measures the ceiling, but a failed
-                # probe never raises it.
-                if strong:
+                # Undo at once. A probe +step above a right estimate earns ~step of 429s by
+                # itself, so only more than twice that says the ceiling fell: then the accepted
+                # rate is the measurement. Otherwise the accepted rate (headroom banked while
+                # holding discounted) still measures the ceiling, weakly: move toward it, up or
+                # down, so an estimate just under the true ceiling is not stuck there forever.
+                if fraction > 2 * step:
                     self._learn(min(self.ceiling, accepted))
+                elif s.demand:
+                    measured = accepted if accepted <= self.ceiling else \
+                        max(self.ceiling, accepted - banked / s.seconds)
+                    self._learn(self.ceiling + self.alpha * (measured - self.ceiling))
                 return self._set("decrease", "probe failed", self.hold or self.rate)
             if strong or self.ceiling is None:
                 self._learn(accepted)  # the accepted rate is a measurement of the ceiling
@@ -236,7 +247,9 @@ class RateController:
                 self._probing = True  # masked: the bank is spent now, so repeat the same step
                 return self._set("probe", "probe masked by upstream burst, repeating", self.rate)
             self._learn(proven)
-            self._step *= 2  # consecutive clean probes climb geometrically
+            # Consecutive clean probes climb geometrically, but never by more than a fifth at
+            # once: a doubled step overshot a doubled ceiling by 70% in the benchmark.
+            self._step = min(self._step * 2, MAX_PROBE_STEP)
         elif not s.demand:
             return self._hold("no unmet demand")
         elif s.limited:
