@@ -85,12 +85,13 @@ def start_zai_proxy(
     ready_path: str = "/health",
     timeout: float = 20.0,
 ) -> Process:
-    """Run `python -m zai_proxy COMMAND --host 127.0.0.1 --port P ARGS` and wait until it answers."""
+    """Run `python -m zai_proxy COMMAND --host 127.0.0.1 --port P ARGS`; wait until it answers."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix=f"zai-{command}-", suffix=".log")[1])
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ZAI_", "PROXY_"))}
     full_env.update(env or {})
-    argv = [sys.executable, "-m", "zai_proxy", command, "--host", "127.0.0.1", "--port", str(port), *args]
+    argv = [sys.executable, "-m", "zai_proxy", command, "--host", "127.0.0.1", "--port",
+            str(port), *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     process = Process(proc, port, log, argv)

@@ -25,10 +25,9 @@ import pytest
 import tiktoken
 from prometheus_client import CollectorRegistry
 
+from tests.inprocess import InProcessProxy
 from zai_proxy.accounting import Accounting
-from zai_proxy.app import create_app
 from zai_proxy.catalog import ModelCatalog
-from zai_proxy.config import load_settings
 from zai_proxy.errors import ConfigError
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PricingTable
@@ -96,28 +95,15 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-class Proxy:
-    """The app with a fresh registry; `async with` runs its lifespan and yields a client."""
+class Proxy(InProcessProxy):
+    """The app in front of the simulator (or `transport`), recording what went upstream."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None,
                  sim: SimulatorSettings | None = None, **env: str) -> None:
-        settings = load_settings({"ZAI_API_KEY": "upstream-key", "RATE_LIMIT_STATE_FILE": "",
-                                  "MAX_RETRIES": "0", "PEAK_HOURS": "off", **env})
-        self.registry = CollectorRegistry()
         inner = transport or httpx.ASGITransport(create_simulator_app(sim or SimulatorSettings()))
         self.upstream = RecordingTransport(inner)
-        self.app = create_app(settings, transport=self.upstream, registry=self.registry)
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        await self._lifespan.__aenter__()
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(self.app),
-                                        base_url="http://proxy")
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
+        super().__init__(self.upstream, {"ZAI_API_KEY": "upstream-key", "PEAK_HOURS": "off",
+                                         "TOKEN_COUNTING_ENABLED": "true", **env})
 
     def value(self, name: str, direction: str, model: str = "glm-4.7", source: str = "upstream",
               tier: str = "standard") -> float | None:

@@ -15,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from zai_proxy.app import create_app
-from zai_proxy.config import load_settings
+from tests.inprocess import InProcessProxy
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
@@ -39,44 +37,21 @@ class Script:
         return await result if asyncio.iscoroutine(result) else result
 
 
-class Harness:
+class Harness(InProcessProxy):
     """The app with a scripted upstream and a fake sleep recording the retry delays."""
 
     def __init__(self, script: Script, **env: str) -> None:
-        settings = load_settings({
-            "ZAI_API_KEY": UPSTREAM_KEY, "RATE_LIMIT_STATE_FILE": "", "MAX_RETRIES": "3",
-            "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MAX": "1000",
-            "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2",
-            "UPSTREAM_CHUNK_TIMEOUT": "2", **env})
         self.script = script
-        self.registry = CollectorRegistry()
         self.delays: list[float] = []
 
         async def sleep(seconds: float) -> None:
             self.delays.append(seconds)
             await asyncio.sleep(0)
 
-        self.app = create_app(settings, transport=httpx.MockTransport(script),
-                              registry=self.registry, sleep=sleep)
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        await self._lifespan.__aenter__()
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(self.app),
-                                        base_url="http://proxy", timeout=10)
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, {"deployment_variant": "production", **labels})
-        return value or 0.0
-
-    @property
-    def admission(self) -> Any:
-        return self.app.state.limiter.admission
+        super().__init__(httpx.MockTransport(script), {
+            "MAX_RETRIES": "3", "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MAX": "1000",
+            "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2",
+            "UPSTREAM_CHUNK_TIMEOUT": "2", **env}, sleep=sleep)
 
     def in_flight(self) -> int:
         return int(self.admission.snapshot()["in_flight"])

@@ -16,7 +16,8 @@ def test_client_credentials_and_hop_by_hop_never_go_upstream() -> None:
 
 
 def test_anthropic_surface_uses_x_api_key_not_bearer() -> None:
-    out = dict(upstream_request_headers([(b"authorization", b"Bearer c")], "anthropic", "k", "r", 0))
+    client = [(b"authorization", b"Bearer c")]
+    out = dict(upstream_request_headers(client, "anthropic", "k", "r", 0))
     assert out[b"x-api-key"] == b"k" and b"authorization" not in out
 
 

@@ -14,11 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
+from tests.inprocess import InProcessProxy
 from tests.servers import RedisServer
-from zai_proxy.app import create_app
-from zai_proxy.config import load_settings
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 ADMIN_KEY = "admin-key-0123456789"
@@ -51,35 +49,12 @@ class Scripted:
                               headers={"retry-after": "1"})
 
 
-class App:
+class App(InProcessProxy):
     def __init__(self, handler: Any = None, **env: str) -> None:
-        self.settings = load_settings({
-            "ZAI_API_KEY": UPSTREAM_KEY, "MAX_RETRIES": "0", "TOKEN_COUNTING_ENABLED": "false",
-            "RATE_LIMIT_INITIAL": "100", "RATE_LIMIT_MAX": "100", "RATE_LIMIT_WINDOW": "10",
-            **env})
         self.clock = OffsetClock()
-        self.registry = CollectorRegistry()
-        self.app = create_app(self.settings, transport=httpx.MockTransport(handler or Scripted()),
-                              clock=self.clock, registry=self.registry)
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        await self._lifespan.__aenter__()
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(self.app),
-                                        base_url="http://proxy", timeout=10)
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
-
-    @property
-    def limiter(self) -> Any:
-        return self.app.state.limiter
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, {"deployment_variant": "production", **labels})
-        return value or 0.0
+        super().__init__(httpx.MockTransport(handler or Scripted()), {
+            "TOKEN_COUNTING_ENABLED": "false", "RATE_LIMIT_INITIAL": "100",
+            "RATE_LIMIT_MAX": "100", "RATE_LIMIT_WINDOW": "10", **env}, clock=self.clock)
 
     async def end_window(self) -> None:
         self.clock.offset += float(self.settings.rate_limit_window)

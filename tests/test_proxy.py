@@ -9,22 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
 
-from zai_proxy.app import create_app
-from zai_proxy.config import load_settings
+from tests.inprocess import UPSTREAM_KEY, InProcessProxy
 
-UPSTREAM_KEY = "upstream-secret-key-123"
 Handler = Callable[[httpx.Request], Any]
 
 
-class Harness:
+class Harness(InProcessProxy):
+    """The app with a scripted upstream that records every request it was sent."""
+
     def __init__(self, handler: Handler, **env: str) -> None:
-        settings = load_settings({"ZAI_API_KEY": UPSTREAM_KEY, "RATE_LIMIT_STATE_FILE": "",
-                                  "MAX_RETRIES": "0",
-                                  "UPSTREAM_FIRST_BYTE_TIMEOUT": "1",
-                                  "UPSTREAM_CHUNK_TIMEOUT": "1", **env})
-        self.registry = CollectorRegistry()
         self.seen: list[httpx.Request] = []
 
         async def record(request: httpx.Request) -> Any:
@@ -32,23 +26,8 @@ class Harness:
             result = handler(request)
             return await result if asyncio.iscoroutine(result) else result
 
-        self.app = create_app(settings, transport=httpx.MockTransport(record),
-                              registry=self.registry)
-
-    async def __aenter__(self) -> httpx.AsyncClient:
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        await self._lifespan.__aenter__()
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(self.app),
-                                        base_url="http://proxy")
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.registry.get_sample_value(name, {"deployment_variant": "production", **labels})
-        return value or 0.0
+        super().__init__(httpx.MockTransport(record), {
+            "UPSTREAM_FIRST_BYTE_TIMEOUT": "1", "UPSTREAM_CHUNK_TIMEOUT": "1", **env})
 
 
 def ok_json(request: httpx.Request) -> httpx.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import anthropic
@@ -51,7 +52,7 @@ def test_openai_stream_is_incremental(proxy: Process) -> None:
     # The upstream spends ~1 s sending 10 chunks 100 ms apart: the first must arrive long
     # before the last was sent, and chunks must keep arriving spread out, not in one burst.
     assert arrivals[0] < arrivals[-1] - 0.6
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert sum(1 for g in gaps if g > 0.05) >= 7
 
 
