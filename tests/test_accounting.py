@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import tiktoken
 from prometheus_client import CollectorRegistry
 
 from tests.inprocess import InProcessProxy
@@ -34,7 +32,7 @@ from zai_proxy.pricing import PricingTable
 from zai_proxy.routing import Router
 from zai_proxy.simulator import SimulatorSettings, anthropic_format, create_simulator_app
 from zai_proxy.simulator.generation import plan
-from zai_proxy.tokenizer import PACKAGE_ENCODINGS_DIR, load_tokenizer
+from zai_proxy.tokenizer import load_tokenizer
 
 MILLION = 1_000_000
 # The shipped list prices (zai_proxy/data/pricing.json), USD per million tokens.
@@ -51,21 +49,12 @@ STREAM_BODY = (b'{"model": "glm-4.7", "stream": true, '
                b'"messages": [{"role": "user", "content": "x"}]}')
 
 
-def cl100k() -> tiktoken.Encoding:
-    """cl100k_base read by tiktoken from the package's bundled (offline) file."""
-    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(PACKAGE_ENCODINGS_DIR)
-    try:
-        return tiktoken.get_encoding("cl100k_base")
-    finally:
-        if saved is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+_CL100K = load_tokenizer("cl100k_base")
 
 
 def count(text: str) -> int:
-    return len(cl100k().encode_ordinary(text))
+    """Tokens of `text` in cl100k_base, as tiktoken counts them (the proxy's default)."""
+    return _CL100K.count(text)
 
 
 def heuristic(text: str) -> int:

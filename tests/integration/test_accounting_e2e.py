@@ -29,13 +29,12 @@ import anthropic
 import httpx
 import openai
 import pytest
-import tiktoken
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
 from tests.servers import Process, start_zai_proxy
-from zai_proxy.tokenizer import PACKAGE_ENCODINGS_DIR
+from zai_proxy.tokenizer import load_tokenizer
 
 CHUNKS = 6
 WORDS = 2  # the simulator's default words per chunk
@@ -68,20 +67,12 @@ def proxy(sim: Process) -> Iterator[Process]:
 # --------------------------------------------------------------------------- helpers
 
 
-def cl100k() -> tiktoken.Encoding:
-    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(PACKAGE_ENCODINGS_DIR)
-    try:
-        return tiktoken.get_encoding("cl100k_base")
-    finally:
-        if saved is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+_CL100K = load_tokenizer("cl100k_base")
 
 
 def count(text: str) -> int:
-    return len(cl100k().encode_ordinary(text))
+    """Tokens of `text` in cl100k_base, as tiktoken counts them (the proxy's default)."""
+    return _CL100K.count(text)
 
 
 def normalise(data: bytes) -> bytes:
