@@ -450,3 +450,12 @@ async def test_every_path_releases_its_slot() -> None:
                 await client.post("/v1/chat/completions", json=body)
             assert harness.in_flight() == 0
             assert harness.admission.snapshot()["queue_depth"] == 0
+
+
+async def test_an_empty_2xx_on_a_pass_through_route_is_not_retried() -> None:
+    script = Script(lambda request: httpx.Response(204))
+    harness = Harness(script)
+    async with harness as client:
+        response = await client.delete("/v1/files/file-1")
+    assert response.status_code == 204 and len(script.seen) == 1
+    assert harness.sample("zai_proxy_retry_attempts_total", reason="empty_response") == 0

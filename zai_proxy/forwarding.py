@@ -74,8 +74,13 @@ class Forwarder:
         self.wall_clock = wall_clock
 
     async def open(self, ex: Exchange, method: str, url: str, headers: RawHeaders,
-                   body: bytes) -> Opened:
-        """The answer to relay (after any retries), or RateLimited / UpstreamError."""
+                   body: bytes, *, expect_json: bool = True) -> Opened:
+        """The answer to relay (after any retries), or RateLimited / UpstreamError.
+
+        `expect_json`: a 2xx answer must carry a JSON body (or be a stream); an empty or
+        unparsable one is a broken answer worth retrying. Off for pass-through routes, where
+        an empty 2xx (a 204, say) is legitimate.
+        """
         retries = 0
         while True:
             permit = await self._admit(ex, priority=retries > 0)
@@ -96,7 +101,7 @@ class Forwarder:
                           else None)
                 failure: Exception = error
             else:
-                reason, retry_after = self._judge(opened)
+                reason, retry_after = self._judge(opened, expect_json)
                 if reason is None:
                     return opened
                 await opened.close()
@@ -151,7 +156,8 @@ class Forwarder:
             raise
         return opened
 
-    def _judge(self, opened: Opened) -> tuple[RetryReason | None, float | None]:
+    def _judge(self, opened: Opened,
+               expect_json: bool) -> tuple[RetryReason | None, float | None]:
         """Feed the controllers; say whether (and why) this answer is worth another try."""
         status = opened.status
         permit = opened.permit
@@ -178,8 +184,7 @@ class Forwarder:
                     self.metrics.upstream_error("empty_streaming")
                     return retry_reason(status=status, empty_or_truncated=True), None
                 return None, None
-            if not opened.body or (_is_json(opened.content_type)
-                                   and not _parse(opened)):
+            if expect_json and not _parse(opened):
                 self.metrics.upstream_error("truncated_response")
                 return retry_reason(status=status, empty_or_truncated=True), None
         return None, None
@@ -206,10 +211,6 @@ async def _first_chunk(chunks: BodyReader) -> bytes:
         if chunk:
             return chunk
     return b""
-
-
-def _is_json(content_type: str) -> bool:
-    return "json" in content_type
 
 
 def _parse(opened: Opened) -> bool:

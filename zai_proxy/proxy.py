@@ -154,7 +154,7 @@ class ProxyHandler:
                                       code="proxy_client_quota",
                                       retry_after=decision.retry_after)
             opened = await self.forwarder.open(ex, method, route.upstream_url, upstream_headers,
-                                               upstream_body)
+                                               upstream_body, expect_json=route.json_body)
         except ProxyError as error:
             await self._error(ex, send, error)
             return
