@@ -113,13 +113,17 @@ def test_absolute_form_target_still_goes_to_the_configured_upstream(
         open_proxy: Process, simulator: Process) -> None:
     # RFC 9112 requires servers to accept absolute-form; its host must be ignored.
     with socket.create_connection(("127.0.0.1", open_proxy.port), timeout=5) as sock:
-        sock.sendall(b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\n"
-                     b"Connection: close\r\n\r\n")
+        body = b'{"model": "glm-4.7", "prompt": "absolute"}'
+        sock.sendall(b"POST http://evil.example/v1/completions HTTP/1.1\r\n"
+                     b"Host: evil.example\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+                     b"Connection: close\r\n\r\n" + body)
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
-    assert reply.startswith(b"HTTP/1.1 200") and b"glm-4.7" in reply
-    assert httpx.get(f"{simulator.url}/_stats").json()["last_request"]["path"].endswith("/models")
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    last = httpx.get(f"{simulator.url}/_stats").json()["last_request"]
+    assert last["path"] == "/api/paas/v4/completions"
 
 
 @pytest.mark.parametrize("target", [
