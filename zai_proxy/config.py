@@ -332,7 +332,8 @@ def settings_markdown() -> str:
     """docs/configuration.md, generated from the settings table (a test keeps them in sync)."""
     rows = ["# Configuration", "",
             "Generated from `zai_proxy/config.py` (`python -m zai_proxy.config`). Every variable "
-            "can also be given as a flag of `zai-proxy serve` (`--max-workers`, ...); flags win.",
+            "but the secrets (ZAI_API_KEY, PROXY_API_KEYS, ADMIN_API_KEY: environment only) can "
+            "also be given as a flag of `zai-proxy serve` (`--max-workers`, ...); flags win.",
             "Durations take `250ms`, `30s`, `5m`, `6h`; sizes take `10MiB`. An invalid value stops "
             "the program with a message naming the variable.", "",
             "| variable | default | meaning |", "|---|---|---|"]

@@ -31,16 +31,23 @@ from zai_proxy.lifecycle import Lifecycle
 log = logging.getLogger("zai_proxy")
 
 
+# Secrets come from the environment only: a flag would show them in `ps` and /proc/PID/cmdline.
+SECRET_SETTINGS = frozenset({"zai_api_key", "admin_api_key", "proxy_api_keys"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per setting; each help line names its environment variable and default."""
+    secrets = sorted(env for attr, env, _, _ in setting_fields() if attr in SECRET_SETTINGS)
     parser = argparse.ArgumentParser(
         prog="zai-proxy serve",
         description="Run the proxy. Every flag overrides its environment variable; "
                     "invalid values stop the program with a message naming the variable.",
+        epilog=f"Secrets are read from the environment only: {', '.join(secrets)}.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     for attr, env, help_, default in setting_fields():
-        shown = "<set>" if attr in {"zai_api_key", "admin_api_key", "proxy_api_keys"} and default \
-            else (",".join(default) if isinstance(default, tuple) else default)
+        if attr in SECRET_SETTINGS:
+            continue
+        shown = ",".join(default) if isinstance(default, tuple) else default
         parser.add_argument(f"--{attr.replace('_', '-')}", dest=attr, metavar=env,
                             help=f"{help_} [env {env}, default {shown!s}]")
     return parser
