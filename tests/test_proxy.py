@@ -192,3 +192,18 @@ async def test_redirects_are_not_followed() -> None:
     async with harness as client:
         response = await client.get("/v1/files")
     assert response.status_code == 302 and len(harness.seen) == 1
+
+
+async def test_anthropic_stream_dying_ends_with_an_anthropic_error_event() -> None:
+    chunks = [b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+              b'{"input_tokens":3,"output_tokens":1}}}\n\n']
+    harness = Harness(lambda r: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=BrokenStream(chunks)))
+    async with harness as client:
+        response = await client.post("/v1/messages", json={"model": "glm-4.7", "stream": True,
+                                                           "max_tokens": 8, "messages": []})
+    tail = response.content[len(chunks[0]):]
+    assert tail.startswith(b"event: error\ndata: ")
+    event = json.loads(tail.split(b"data: ", 1)[1])
+    assert event["type"] == "error"
+    assert set(event["error"]) == {"message", "type", "param", "code"}
