@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from zai_proxy import switch
+from zai_proxy import kube_objects, switch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubectl"
 
@@ -397,11 +397,11 @@ def test_metric_variants_parsing() -> None:
         "zai_proxy_max_workers 10\n"
         'process_cpu_seconds_total{deployment_variant="zzz"} 1\n'
     )
-    assert switch.metric_variants(text) == {"v2": 2, None: 1}
+    assert kube_objects.metric_variants(text) == {"v2": 2, None: 1}
     with pytest.raises(ValueError, match="1 series without deployment_variant"):
-        switch.check_metrics_variant(text, "v2")
+        kube_objects.check_metrics_variant(text, "v2")
     with pytest.raises(ValueError, match="no zai_proxy_"):
-        switch.check_metrics_variant("up 1\n", "v2")
+        kube_objects.check_metrics_variant("up 1\n", "v2")
 
 
 def test_deployment_problem() -> None:
@@ -416,10 +416,10 @@ def test_deployment_problem() -> None:
             "availableReplicas": 2,
         },
     }
-    assert switch.deployment_problem(base) is None
+    assert kube_objects.deployment_problem(base) is None
     rolling = json.loads(json.dumps(base))
     rolling["status"]["replicas"] = 3
-    assert "rollout is in progress" in str(switch.deployment_problem(rolling))
+    assert "rollout is in progress" in str(kube_objects.deployment_problem(rolling))
     stale = json.loads(json.dumps(base))
     stale["metadata"]["generation"] = 3
-    assert "not observed" in str(switch.deployment_problem(stale))
+    assert "not observed" in str(kube_objects.deployment_problem(stale))
