@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from zai_proxy.catalog import ModelCatalog
@@ -24,7 +24,7 @@ from zai_proxy.estimate import (
     openai_prompt_text,
 )
 from zai_proxy.metrics import Metrics
-from zai_proxy.pricing import PricingTable
+from zai_proxy.pricing import PricingTable, Tier
 from zai_proxy.routing import Route
 from zai_proxy.sse import SSEParser
 from zai_proxy.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
@@ -72,6 +72,18 @@ class Accounting:
         self.default_model = default_model
         self.wall_clock = wall_clock
         self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._tier: tuple[Tier, datetime, datetime] | None = None
+
+    def tier(self) -> Tier:
+        """The pricing tier now. Peak windows are given in whole minutes, so the answer is
+        kept until the next minute starts (time zone arithmetic once a minute, not per request)."""
+        now = self.wall_clock()
+        cached = self._tier
+        if cached is None or not cached[1] <= now < cached[2]:
+            minute = now.replace(second=0, microsecond=0)
+            cached = self._tier = (self.pricing.tier_at(now), minute,
+                                   minute + timedelta(minutes=1))
+        return cached[0]
 
     def series(self, direction: str, model: str, source: str, tier: str) -> tuple[Any, Any]:
         """The token and cost counters of one label set (looked up once, then cached; the
@@ -126,6 +138,12 @@ class Ledger:
             return chunk
         # Stripping: relay whole blocks as soon as they are complete (a partial block is of no
         # use to an SSE client), except the usage-only chunk the proxy asked for itself.
+        if len(blocks) == 1 and not self._dropped_cr:  # the usual read: one whole event
+            raw = blocks[0]
+            if self._tracker.feed_raw(raw):
+                return raw
+            self._dropped_cr = raw.endswith(b"\r")
+            return b""
         return b"".join([raw for raw in blocks if self._keep(raw)])
 
     def _keep(self, raw: bytes) -> bool:
@@ -191,7 +209,7 @@ class Ledger:
         if counted:
             acc.metrics.token_count_duration.observe(time.perf_counter() - started)
         label = acc.catalog.label(self.model)
-        tier = acc.pricing.tier_at(acc.wall_clock())
+        tier = acc.tier()
         usage = Usage(counts["input"], counts["output"], counts["cache_read"],
                       counts["cache_write"])
         costs = acc.pricing.cost(usage, self.model, tier)
