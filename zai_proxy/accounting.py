@@ -42,6 +42,8 @@ from zai_proxy.usage import (
 _COUNTED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                       "/v1/messages"})
 _STRIPPABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
+# A read ending in a blank line (LF or CRLF) ends on an event boundary.
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,13 @@ class Ledger:
     def relay(self, chunk: bytes) -> bytes:
         """The bytes of `chunk` to send on to the client (all of them unless stripping)."""
         assert self._parser is not None and self._tracker is not None
+        tracker = self._tracker
+        if (self._parser.idle and not self._dropped_cr and chunk.endswith(_EVENT_ENDS)
+                and tracker.skippable(chunk)):
+            # The usual read: whole events that can be neither usage nor the end. Relayed as
+            # they are; parsed later only if an estimate ever needs their text.
+            tracker.defer(chunk)
+            return chunk
         blocks = self._parser.feed_raw(chunk)
         if not self._strip:
             feed = self._tracker.feed_raw

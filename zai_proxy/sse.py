@@ -102,6 +102,11 @@ class SSEParser:
         self._at_start = True  # the stream's first block may start with a BOM
 
     @property
+    def idle(self) -> bool:
+        """True when no incomplete block is held: the next byte starts a new block."""
+        return not self._parts
+
+    @property
     def pending(self) -> bytes:
         """Bytes of the incomplete tail, not yet part of any returned block."""
         return b"".join(self._parts)

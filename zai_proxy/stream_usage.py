@@ -10,9 +10,10 @@ no usage, or the stream was cut short): the common case pays one substring test 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from zai_proxy.sse import SSEBlock, parse_block
+from zai_proxy.sse import SSEBlock, SSEParser, parse_block
 from zai_proxy.usage import Usage, _anthropic_fields, _from_fields, _sub, openai_usage
 
 __all__ = ["AnthropicStreamTracker", "OpenAIStreamTracker"]
@@ -22,6 +23,22 @@ _EAGER_ANTHROPIC = frozenset({"message_start", "message_delta", "message_stop", 
 _CONTENT_EVENTS = (b"event: content_block_delta", b"event: content_block_start",
                    b"event: content_block_stop", b"event: ping")
 BOM = b"\xef\xbb\xbf"
+
+
+# Whole events relayed without parsing, split into blocks only if ever needed: a 1-tuple, so
+# deferring copies nothing.
+_Deferred = tuple[bytes]
+
+
+def _blocks(
+    pending: Sequence[_Deferred | bytes | str | dict[str, Any]],
+) -> Iterator[bytes | str | dict[str, Any]]:
+    """Pending items in order, deferred runs of events split into their blocks."""
+    for item in pending:
+        if isinstance(item, tuple):
+            yield from SSEParser().feed_raw(item[0])
+        else:
+            yield item
 
 
 def _loads(data: str) -> dict[str, Any] | None:
@@ -47,11 +64,20 @@ class OpenAIStreamTracker:
     def __init__(self, *, strip_usage_chunk: bool = False) -> None:
         self._strip = strip_usage_chunk
         self._usage: Usage | None = None
-        self._pending: list[bytes | str | dict[str, Any]] = []  # stream order, parsed lazily
+        self._pending: list[_Deferred | bytes | str | dict[str, Any]] = []  # in stream order
         self._parts: list[str] = []
         self._saw_done = False
         self._finished = False
         self.model: str | None = None
+
+    @staticmethod
+    def skippable(events: bytes) -> bool:
+        """Whole events that can carry neither usage nor the end of the stream."""
+        return b'"usage"' not in events and b"[DONE]" not in events
+
+    def defer(self, events: bytes) -> None:
+        """Keep whole `skippable` events unparsed, in stream order (parsed for an estimate)."""
+        self._pending.append((events,))
 
     def feed_raw(self, raw: bytes) -> bool:
         """`feed` for a block's bytes; most blocks are only searched, not parsed."""
@@ -86,7 +112,7 @@ class OpenAIStreamTracker:
 
     def _drain(self) -> None:
         pending, self._pending = self._pending, []
-        for item in pending:
+        for item in _blocks(pending):
             if isinstance(item, bytes):
                 item = parse_block(item).data or ""
             obj = item if isinstance(item, dict) else _loads(item)
@@ -149,10 +175,20 @@ class AnthropicStreamTracker:
 
     def __init__(self) -> None:
         self._fields: dict[str, int] = {}
-        self._pending: list[bytes | str] = []  # content events, parsed only for an estimate
+        self._pending: list[_Deferred | bytes | str] = []  # content, parsed for an estimate
         self._parts: list[str] = []
         self.model: str | None = None
         self.done = False  # saw message_stop
+
+    @staticmethod
+    def skippable(events: bytes) -> bool:
+        """Whole events with no message_start/delta/stop or error among them (a false alarm,
+        such as generated text that says "message_", only costs a parse)."""
+        return b"message_" not in events and b"error" not in events
+
+    def defer(self, events: bytes) -> None:
+        """Keep whole `skippable` events unparsed, in stream order (parsed for an estimate)."""
+        self._pending.append((events,))
 
     def feed_raw(self, raw: bytes) -> bool:
         """`feed` for a block's bytes; content events are kept unparsed."""
@@ -200,7 +236,9 @@ class AnthropicStreamTracker:
     def output_text(self) -> str:
         """Text, thinking and tool-input JSON streamed so far, for estimating output tokens."""
         pending, self._pending = self._pending, []
-        for item in pending:
+        for item in _blocks(pending):
+            if isinstance(item, dict):
+                continue
             data = (parse_block(item).data or "") if isinstance(item, bytes) else item
             obj = _loads(data)
             if obj is None:
