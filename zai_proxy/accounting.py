@@ -120,6 +120,8 @@ class Ledger:
         self.upstream_body = add_include_usage(body, payload) if strip else body
         self._strip = strip
         self._dropped_cr = False
+        self._lf_only = True  # until a CR shows up (see relay)
+        self._held = b""  # LF path: bytes of an event not complete yet
         self._parser = SSEParser() if self.stream else None
         self._tracker: OpenAIStreamTracker | AnthropicStreamTracker | None = None
         if self.stream:
@@ -130,28 +132,45 @@ class Ledger:
         self.settled: Report | None = None
 
     def relay(self, chunk: bytes) -> bytes:
-        """The bytes of `chunk` to send on to the client (all of them unless stripping)."""
+        """The bytes of `chunk` to send on to the client (all of them unless stripping).
+
+        Stripping relays whole events as soon as they are complete (a partial event is of no
+        use to an SSE client), except the usage-only chunk the proxy asked for itself. While
+        the stream has only LF line endings (Z.AI's), events are found with one `rfind` per
+        read, and a run of events is split into blocks only when it may hold usage or the
+        end; a CR hands the rest of the stream to the general parser.
+        """
         assert self._parser is not None and self._tracker is not None
-        tracker = self._tracker
+        if self._lf_only:
+            held = self._held
+            data = held + chunk if held else chunk
+            if b"\r" not in chunk:
+                cut = data.rfind(b"\n\n") + 2
+                if cut == 1:  # no event completed yet
+                    self._held = data
+                    return b"" if self._strip else chunk
+                ready, self._held = data[:cut], data[cut:]
+                if self._tracker.skippable(ready):
+                    self._tracker.defer(ready)
+                    return ready if self._strip else chunk
+                out = self._blocks(self._parser.feed_raw(ready))  # whole events: parser stays idle
+                return out if self._strip else chunk
+            self._lf_only, self._held = False, b""
+            out = self._blocks(self._parser.feed_raw(data))
+            return out if self._strip else chunk
         if (self._parser.idle and not self._dropped_cr and chunk.endswith(_EVENT_ENDS)
-                and tracker.skippable(chunk)):
-            # The usual read: whole events that can be neither usage nor the end. Relayed as
-            # they are; parsed later only if an estimate ever needs their text.
-            tracker.defer(chunk)
+                and self._tracker.skippable(chunk)):
+            self._tracker.defer(chunk)
             return chunk
-        blocks = self._parser.feed_raw(chunk)
+        out = self._blocks(self._parser.feed_raw(chunk))
+        return out if self._strip else chunk
+
+    def _blocks(self, blocks: list[bytes]) -> bytes:
+        """Feed complete blocks to the tracker; the ones to relay when stripping."""
+        assert self._tracker is not None
         if not self._strip:
-            feed = self._tracker.feed_raw
             for raw in blocks:
-                feed(raw)
-            return chunk
-        # Stripping: relay whole blocks as soon as they are complete (a partial block is of no
-        # use to an SSE client), except the usage-only chunk the proxy asked for itself.
-        if len(blocks) == 1 and not self._dropped_cr:  # the usual read: one whole event
-            raw = blocks[0]
-            if self._tracker.feed_raw(raw):
-                return raw
-            self._dropped_cr = raw.endswith(b"\r")
+                self._tracker.feed_raw(raw)
             return b""
         return b"".join([raw for raw in blocks if self._keep(raw)])
 
@@ -170,12 +189,10 @@ class Ledger:
         """At the end of a stream: whatever incomplete tail was held back."""
         if self._parser is None or self._tracker is None:
             return b""
-        blocks = [block.raw for block in self._parser.close()]
-        if not self._strip:
-            for raw in blocks:
-                self._tracker.feed_raw(raw)
-            return b""
-        return b"".join([raw for raw in blocks if self._keep(raw)])
+        if self._held:  # an unterminated last event (LF path): the parser closes it
+            self._parser.feed_raw(self._held)
+            self._held = b""
+        return self._blocks([block.raw for block in self._parser.close()])
 
     def body(self, obj: Any) -> None:
         """A non-stream answer's parsed JSON."""
