@@ -12,6 +12,7 @@ encoding file.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from tests.inprocess import InProcessProxy
+from tests.test_usage import CASES, EOL, STREAMS, usage_chunk, variants
 from zai_proxy.accounting import Accounting
 from zai_proxy.catalog import ModelCatalog
 from zai_proxy.errors import ConfigError
@@ -522,3 +527,49 @@ def test_ledger_prices_by_the_tier_at_its_wall_clock() -> None:
     assert sample(TOKENS, "output", "peak") == sample(TOKENS, "output", "standard") == 500
     assert sample(COST, "output", "peak") == pytest.approx(500 * 2.20 * 2 / MILLION)
     assert sample(COST, "output", "standard") == pytest.approx(500 * 2.20 / MILLION)
+
+
+# --------------------------------------------------------------------------- Ledger on any split
+
+
+
+def _ledger(surface: str, strip: bool) -> Any:
+    from zai_proxy.accounting import Accounting
+    from zai_proxy.catalog import ModelCatalog
+    from zai_proxy.metrics import Metrics
+    from zai_proxy.pricing import PricingTable
+
+    pricing = PricingTable.default()
+    acc = Accounting(tokenizer=load_tokenizer("cl100k_base"), pricing=pricing,
+                     catalog=ModelCatalog.from_pricing(pricing),
+                     metrics=Metrics(CollectorRegistry(), "t"), default_model="glm-4.7")
+    path = "/v1/messages" if surface == "anthropic" else "/v1/chat/completions"
+    route = Router("http://u/api/paas/v4", "http://u/api/anthropic").resolve("POST", path)
+    payload: dict[str, Any] = {"model": "glm-4.7", "stream": True, "messages": []}
+    if not strip:
+        payload["stream_options"] = {"include_usage": True}
+    return acc.open(route, payload, json.dumps(payload).encode())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("ending", ["lf", "crlf", "cr"])
+@hsettings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0), max_size=30), strip=st.booleans())
+async def test_ledger_relays_exactly_on_any_split(name: str, ending: str, cuts: list[int],
+                                                  strip: bool) -> None:
+    """Relayed bytes are the stream (minus the usage chunk the proxy asked for), and the usage
+    is the upstream's, wherever the reads end and whatever the line endings."""
+    surface, usage, _, has_chunk = CASES[name]
+    stream = variants((STREAMS / name).read_bytes())[ending]
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    edges = [0, *points, len(stream)]
+    ledger = _ledger(surface, strip)
+    relayed = b"".join(ledger.relay(stream[a:b]) for a, b in itertools.pairwise(edges))
+    relayed += ledger.flush()
+    expected = stream
+    if strip and has_chunk and surface == "openai":
+        expected = stream.replace(usage_chunk(stream, EOL[ending]), b"", 1)
+    assert relayed == expected
+    report = await ledger.settle()
+    if usage is not None:
+        assert report.counts["output"] == usage.output and report.sources["output"] == "upstream"
