@@ -45,12 +45,6 @@ class Unauthorized(ProxyError):
     code = "proxy_invalid_api_key"
 
 
-class Forbidden(ProxyError):
-    status = 403
-    type = "permission_error"
-    code = "proxy_forbidden"
-
-
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"
@@ -80,12 +74,6 @@ class RateLimited(ProxyError):
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after
-
-
-class ServiceUnavailable(ProxyError):
-    status = 503
-    type = "server_error"
-    code = "proxy_unavailable"
 
 
 class UpstreamError(ProxyError):

@@ -25,7 +25,6 @@ class Lifecycle:
         self.started_at = clock()
         self.phase = Phase.STARTING
         self.in_flight = 0
-        self.drain_started_at: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -44,6 +43,4 @@ class Lifecycle:
 
     def drain(self) -> None:
         """Stop being ready; idempotent."""
-        if self.phase is not Phase.DRAINING:
-            self.phase = Phase.DRAINING
-            self.drain_started_at = self._clock()
+        self.phase = Phase.DRAINING

@@ -38,10 +38,10 @@ class Limiter:
         self.state_file = settings.rate_limit_state_file
         self.state_max_age = settings.rate_limit_state_max_age
         shared_uri = settings.rate_limit_storage_uri
+        shared = shared_uri.startswith(("redis", "async+redis"))
         self.shared: SharedState | None = None
         # Without shared storage each replica takes its share of the account's limits.
-        share = 1.0 if shared_uri.startswith(("redis", "async+redis")) \
-            else float(settings.rate_limit_replicas)
+        share = 1.0 if shared else float(settings.rate_limit_replicas)
         self.bounds = (settings.rate_limit_min / share, settings.rate_limit_max / share)
         self.rate = RateController(
             clock=clock, initial=settings.rate_limit_initial / share, minimum=self.bounds[0],
@@ -53,7 +53,7 @@ class Limiter:
             clock=clock, max_workers=settings.max_workers, window=settings.rate_limit_window,
             probe_interval=settings.rate_limit_probe_interval)
         self.coordinator: SharedCoordinator | None = None
-        if share == 1.0 and shared_uri.startswith(("redis", "async+redis")):
+        if shared:
             url = shared_uri.removeprefix("async+")
             self.shared = SharedState(url, namespace=f"zai-proxy:{settings.deployment_variant}",
                                       replicas=settings.rate_limit_replicas, clock=clock)

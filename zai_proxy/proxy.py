@@ -27,7 +27,6 @@ from zai_proxy.errors import (
     PayloadTooLarge,
     ProxyError,
     RateLimited,
-    ServiceUnavailable,
     UpstreamError,
     sse_error_event,
 )
@@ -258,7 +257,7 @@ class ProxyHandler:
         headers = self._json_headers(ex, body)
         if isinstance(error, RateLimited):
             headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
-        if isinstance(error, PayloadTooLarge | ServiceUnavailable) or self.lifecycle.draining:
+        if isinstance(error, PayloadTooLarge) or self.lifecycle.draining:
             headers.append((b"connection", b"close"))
         ex.complete = True
         await send({"type": "http.response.start", "status": error.status, "headers": headers})

@@ -46,8 +46,6 @@ ENDPOINTS: dict[str, Endpoint] = {
     )
 }
 
-ROUTE_LABELS = (*ENDPOINTS, OTHER_V1, OTHER)
-
 
 @dataclass(frozen=True, slots=True)
 class Route:
