@@ -53,11 +53,17 @@ class Limiter:
             clock=clock, max_workers=settings.max_workers, window=settings.rate_limit_window,
             probe_interval=settings.rate_limit_probe_interval)
         self.coordinator: SharedCoordinator | None = None
+        # Background tick: every second, or ten times a window when windows are short.
+        self.tick_interval = min(1.0, settings.rate_limit_window / 10)
         if shared:
             url = shared_uri.removeprefix("async+")
             self.shared = SharedState(url, namespace=f"zai-proxy:{settings.deployment_variant}",
                                       replicas=settings.rate_limit_replicas, clock=clock)
-            self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall)
+            # Every replica pushes its counts at its first tick after a window ends; the leader
+            # must wait longer than one tick before it sums them, or it decides on part of the
+            # replicas' counts (one of two replicas: a ceiling learned at half its value).
+            self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall,
+                                                 grace=2.5 * self.tick_interval)
         self.admission = Admission(
             self.rate, self.concurrency, queue_max=settings.queue_max,
             queue_timeout=settings.queue_timeout_seconds, clock=clock, gate=self.shared,
@@ -121,7 +127,7 @@ class Limiter:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.tick_interval)
             try:
                 self.admission.tick()
                 if self.coordinator is not None:
