@@ -207,3 +207,34 @@ async def test_close_rejects_waiters() -> None:
     await settle()
     await adm.close()
     assert isinstance(task.result(), Rejection)
+
+
+async def test_pacing_caps_paced_requests_and_lets_unpaced_ones_pass() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=10, timeout=100)
+    adm.set_pacing(1.0)
+    assert isinstance(await adm.acquire("batch", paced=True), Permit)  # the pacer's one token
+    paced = asyncio.create_task(adm.acquire("batch", paced=True))
+    await vt.advance(0.1)
+    unpaced = asyncio.create_task(adm.acquire("interactive"))
+    await vt.advance(0.2)
+    # The interactive request queued behind the paced one is served at the rate (10/s)...
+    assert isinstance(unpaced.result(), Permit) and not paced.done()
+    await vt.advance(0.5)
+    assert not paced.done()
+    await vt.advance(0.25)  # ...the paced one only when the pacer (1/s) has a token again
+    assert isinstance(paced.result(), Permit)
+    assert adm.snapshot()["pacing_rate"] == 1.0
+
+
+async def test_pacing_off_again_and_paced_estimate_rejects_early() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=10, timeout=5)
+    adm.set_pacing(0.1)  # one paced request per 10 s
+    assert isinstance(await adm.acquire("a", paced=True), Permit)
+    early = await adm.acquire("a", paced=True)
+    assert isinstance(early, Rejection) and early.reason == "queue_timeout"
+    assert early.retry_after >= 10
+    adm.set_pacing(None)
+    await vt.advance(0.1)
+    assert isinstance(await adm.acquire("a", paced=True), Permit)

@@ -301,3 +301,49 @@ def test_a_busy_spell_starting_mid_window_is_measured_over_its_busy_part() -> No
     now[0] = 1010.0
     ctl.tick()
     assert ctl.ceiling == pytest.approx(19.0)
+
+
+async def test_limiter_state_export_and_adopt_between_proxies_of_one_account(
+        tmp_path: Path) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    source = App(Scripted(n_ok=100, n_1303=20), RATE_LIMIT_STATE_FILE="", ADMIN_API_KEY=ADMIN_KEY,
+                 DEPLOYMENT_VARIANT="v1")
+    async with source as client:
+        await learn(source, client, 120)
+        doc = (await client.get("/admin/limiter-state", headers=admin)).json()
+        denied = await client.get("/admin/limiter-state")
+    assert denied.status_code == 401
+    assert doc["account"] == source.settings.account and len(doc["account"]) == 16
+    assert UPSTREAM_KEY not in json.dumps(doc)
+    assert doc["variant"] == "v1" and doc["shared"] is False
+    assert doc["rate"]["ceiling"] == approx_10
+    # Two replicas without Redis: each holds half the account's ceiling.
+    state = tmp_path / "state.json"
+    target = App(RATE_LIMIT_STATE_FILE=str(state), ADMIN_API_KEY=ADMIN_KEY,
+                 DEPLOYMENT_VARIANT="v2", RATE_LIMIT_REPLICAS="2")
+    async with target as client:
+        put = await client.put("/admin/limiter-state", headers=admin, json=doc)
+        health = (await client.get("/health")).json()["rate_limit"]
+        back = (await client.get("/admin/limiter-state", headers=admin)).json()
+    assert put.status_code == 200, put.text
+    assert health["ceiling"] == pytest.approx(doc["rate"]["ceiling"] / 2)
+    assert back["rate"]["ceiling"] == pytest.approx(doc["rate"]["ceiling"])
+    assert json.loads(state.read_text())["ceiling"] == pytest.approx(health["ceiling"])
+
+
+async def test_limiter_state_of_another_account_or_malformed_is_refused() -> None:
+    admin = {"x-api-key": ADMIN_KEY}
+    app = App(RATE_LIMIT_STATE_FILE="", ADMIN_API_KEY=ADMIN_KEY)
+    async with app as client:
+        before = (await client.get("/health")).json()["rate_limit"]
+        other = await client.put("/admin/limiter-state", headers=admin,
+                                 json={"account": "0" * 16, "rate": {"ceiling": 5}})
+        garbled = await client.put("/admin/limiter-state", headers=admin, content=b"[[[")
+        negative = await client.put("/admin/limiter-state", headers=admin, json={
+            "account": app.settings.account, "rate": {"ceiling": -3}})
+        after = (await client.get("/health")).json()["rate_limit"]
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "proxy_account_mismatch"
+    assert garbled.status_code == 400 and negative.status_code == 400
+    assert negative.json()["error"]["param"] == "rate.ceiling"
+    assert after["ceiling"] == before["ceiling"] is None

@@ -97,6 +97,7 @@ class _Waiter:
     deadline: float
     enqueued: float
     future: asyncio.Future[Permit | Rejection] = field(repr=False)
+    paced: bool = False  # also needs a token of the quota pacer (when pacing is on)
     gone: bool = False  # admitted, expired or cancelled: skip it in the queues
 
 
@@ -128,27 +129,55 @@ class Admission:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Quota pacing (see `set_pacing`): a second bucket only paced requests draw from.
+        self.pacer: TokenBucket | None = None
 
-    def _estimate(self, position: int) -> float:
-        return (position + 1) / self.rate.rate
+    def set_pacing(self, rate: float | None) -> None:
+        """Cap paced requests (`acquire(paced=True)`) at `rate` req/s; None turns pacing off.
+
+        Unpaced requests (exempt clients, retries) never wait for the pacer, and a paced
+        client waiting for it never holds up an unpaced one behind it in the queue.
+        """
+        now = self.clock()
+        if rate is None or rate <= 0:
+            self.pacer = None
+        elif self.pacer is None:
+            self.pacer = TokenBucket(rate, now)
+        elif self.pacer.rate != rate:
+            self.pacer.set_rate(rate, now)
+        self._wake.set()
+
+    def _estimate(self, position: int, paced: bool = False) -> float:
+        rate = self.rate.rate
+        if paced and self.pacer is not None:
+            rate = min(rate, self.pacer.rate)
+        return (position + 1) / rate
 
     async def acquire(
-        self, client_id: str, *, priority: bool = False, deadline: float | None = None
+        self, client_id: str, *, priority: bool = False, deadline: float | None = None,
+        paced: bool = False,
     ) -> Permit | Rejection:
-        """Wait for a token and a slot. `deadline` is absolute on this admission's clock."""
+        """Wait for a token and a slot. `deadline` is absolute on this admission's clock.
+
+        `paced`: the request also waits for the quota pacer when pacing is on (`set_pacing`).
+        """
         now = self.clock()
         limit = now + self.queue_timeout
         deadline = limit if deadline is None else min(deadline, limit)
-        if not self.depth and self.in_flight < self.concurrency.limit:
+        paced = paced and not priority
+        if not self.depth and self.in_flight < self.concurrency.limit and (
+                not paced or self.pacer is None or self.pacer.wait_time(now) == 0.0):
             if await self.gate.take(self.rate.rate, now) == 0.0:
+                if paced and self.pacer is not None:
+                    self.pacer.try_take(now)
                 return self._grant(client_id, now)
         if self.depth >= self.queue_max:
-            return Rejection("queue_full", max(1.0, self._estimate(self.depth)))
-        expected = self._estimate(len(self._priority) if priority else self.depth)
+            return Rejection("queue_full", max(1.0, self._estimate(self.depth, paced)))
+        expected = self._estimate(len(self._priority) if priority else self.depth, paced)
         if now + expected > deadline:
             return Rejection("queue_timeout", max(1.0, expected))
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(client_id, priority, deadline, now, future)
+        waiter = _Waiter(client_id, priority, deadline, now, future, paced)
         if priority:
             self._priority.append(waiter)
         else:
@@ -188,11 +217,24 @@ class Admission:
             del self._clients[client]
         return None
 
+    def _next_unpaced(self) -> _Waiter | None:
+        """The first waiter in serving order that does not need the pacer (heads only)."""
+        for waiter in self._priority:
+            if not waiter.gone:
+                return waiter
+        for waiters in self._clients.values():
+            head = next((w for w in waiters if not w.gone), None)
+            if head is not None and not head.paced:
+                return head
+        return None
+
     def _pop(self, waiter: _Waiter) -> None:
         if waiter.priority:
             self._priority.popleft()
             return
         waiters = self._clients[waiter.client_id]
+        while waiters[0] is not waiter:  # gone waiters ahead of it
+            waiters.popleft()
         waiters.popleft()
         if waiters:
             self._clients.move_to_end(waiter.client_id)  # the next client's turn
@@ -236,14 +278,24 @@ class Admission:
                     self._emit(self.concurrency.note_demand(self.depth))
                     await self._wait(timeout)
                     continue
+                pacer = self.pacer
+                if waiter.paced and pacer is not None and (paced := pacer.wait_time(now)) > 0:
+                    # Paced work waits for the pacer; unpaced work behind it goes first.
+                    unpaced = self._next_unpaced()
+                    if unpaced is None:
+                        await self._wait(paced if timeout is None else min(paced, timeout))
+                        continue
+                    waiter = unpaced
                 wait = await self.gate.take(self.rate.rate, now)
                 if wait > 0.0:
                     self._emit(self.rate.note_demand(self.depth))
                     await self._wait(wait if timeout is None else min(wait, timeout))
                     continue
-                if self._next() is not waiter:  # it left while the gate answered
+                if waiter.gone:  # it left while the gate answered
                     await self.gate.refund(now)
                     continue
+                if waiter.paced and pacer is not None:
+                    pacer.try_take(now)
                 self._pop(waiter)
                 waiter.gone = True
                 self.depth -= 1
@@ -258,6 +310,10 @@ class Admission:
 
     def _release(self) -> None:
         self.in_flight -= 1
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the queue again now (limits changed from outside: restore, adopt)."""
         self._wake.set()
 
     def _emit(self, adjustments: list[Adjustment]) -> None:
@@ -293,6 +349,7 @@ class Admission:
             "max_workers": self.concurrency.max_workers,
             "queue_depth": self.depth,
             "in_flight": self.in_flight,
+            "pacing_rate": None if self.pacer is None else self.pacer.rate,
         }
 
     async def close(self) -> None:

@@ -36,6 +36,7 @@ from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.config import Settings
 from zai_proxy.errors import (
     ConfigError,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     ProxyError,
@@ -62,7 +63,8 @@ class ProxyApp(FastAPI):
     which also answers (and records) the 404s for paths it does not serve."""
 
     proxy: ProxyHandler
-    operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit"})
+    operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit",
+                             "/admin/limiter-state"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -183,8 +185,35 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         log.warning("rate limit reset by admin request")
         return JSONResponse({"reset": True, "rate_limit": limiter.health()})
 
+    @app.get("/admin/limiter-state")
+    async def get_limiter_state(request: Request) -> Response:
+        """The learned ceilings as an account-level document (ADMIN_API_KEY)."""
+        if (denied := admin.check(request.headers)) is not None:
+            return denied
+        return JSONResponse(limiter.export_state())
+
+    @app.put("/admin/limiter-state")
+    async def put_limiter_state(request: Request) -> Response:
+        """Adopt ceilings another proxy of this account exported (ADMIN_API_KEY)."""
+        if (denied := admin.check(request.headers)) is not None:
+            return denied
+        body = await request.body()
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return _error_response(InvalidRequest("limiter state is not valid JSON"))
+        try:
+            applied = await limiter.import_state(doc)
+        except ProxyError as error:
+            return _error_response(error)
+        return JSONResponse({"applied": applied, "rate_limit": limiter.health()})
+
     _install_error_handlers(app)
     return app
+
+
+def _error_response(error: ProxyError) -> Response:
+    return Response(error.body(), status_code=error.status, media_type="application/json")
 
 
 def build_accounting(settings: Settings, metrics: Metrics, pricing: PricingTable,
@@ -217,20 +246,18 @@ class AdminGuard:
 
     def check(self, headers: Any) -> Response | None:
         if self._auth is None:
-            return Response(NotFound("admin routes are off: set ADMIN_API_KEY").body(),
-                            status_code=404, media_type="application/json")
+            return _error_response(NotFound("admin routes are off: set ADMIN_API_KEY"))
         try:
             self._auth.client_id([(k.encode(), v.encode()) for k, v in headers.items()])
         except Unauthorized as exc:
-            return Response(exc.body(), status_code=401, media_type="application/json")
+            return _error_response(exc)
         return None
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error the framework makes is OpenAI-shaped too."""
 
-    def respond(error: ProxyError) -> Response:
-        return Response(error.body(), status_code=error.status, media_type="application/json")
+    respond = _error_response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:

@@ -254,6 +254,13 @@ class Settings:
         """True when no upstream key is set: `serve` starts the built-in simulator."""
         return not self.zai_api_key
 
+    @property
+    def account(self) -> str:
+        """The Z.AI account this proxy spends (hash of key + OpenAI base; see `account`)."""
+        from zai_proxy.account import account_id
+
+        return account_id(self.zai_api_key, self.zai_target_url)
+
 
 def setting_fields() -> list[tuple[str, str, str, Any]]:
     """(attribute, env name, help, default) for every setting, for --help and docs."""

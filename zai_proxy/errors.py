@@ -57,6 +57,14 @@ class MethodNotAllowed(ProxyError):
     code = "proxy_method_not_allowed"
 
 
+class AccountMismatch(ProxyError):
+    """A document (learned limiter state) of another Z.AI account than this proxy's."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "proxy_account_mismatch"
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"

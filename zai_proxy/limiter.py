@@ -19,12 +19,24 @@ from typing import Any
 from zai_proxy.admission import Admission
 from zai_proxy.concurrency_controller import ConcurrencyController
 from zai_proxy.config import Settings
+from zai_proxy.errors import AccountMismatch, InvalidRequest
 from zai_proxy.limiter_state import LimiterState, load_state, save_state
 from zai_proxy.metrics import Metrics
 from zai_proxy.rate_controller import Adjustment, RateController
 from zai_proxy.shared_state import SharedCoordinator, SharedState
 
 log = logging.getLogger("zai_proxy.limiter")
+STATE_DOC_VERSION = 1
+
+
+def _positive_number(value: object, name: str) -> float | None:
+    """A positive finite number, None for null/absent; InvalidRequest for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < float("inf")):
+        raise InvalidRequest(f"limiter state: {name} must be a positive number", param=name)
+    return float(value)
 
 
 class Limiter:
@@ -35,6 +47,8 @@ class Limiter:
                  wall: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
         self.clock, self.wall = clock, wall
+        self.account = settings.account
+        self.variant = settings.deployment_variant
         self.state_file = settings.rate_limit_state_file
         self.state_max_age = settings.rate_limit_state_max_age
         shared_uri = settings.rate_limit_storage_uri
@@ -42,6 +56,7 @@ class Limiter:
         self.shared: SharedState | None = None
         # Without shared storage each replica takes its share of the account's limits.
         share = 1.0 if shared else float(settings.rate_limit_replicas)
+        self.share = share
         self.bounds = (settings.rate_limit_min / share, settings.rate_limit_max / share)
         self.rate = RateController(
             clock=clock, initial=settings.rate_limit_initial / share, minimum=self.bounds[0],
@@ -113,6 +128,71 @@ class Limiter:
             log.warning("limiter state not saved", extra={"fields": {
                 "path": self.state_file, "error": str(exc)}})
             self._saved = learned  # do not retry every second; the next change tries again
+
+    def set_quota_pacing(self, rate: float | None) -> None:
+        """Cap paced requests at `rate` req/s for the whole account (None: pacing off).
+
+        Each replica takes its share (RATE_LIMIT_REPLICAS) of the account's rate.
+        """
+        replicas = self.shared.replicas if self.shared is not None else self.share
+        self.admission.set_pacing(None if rate is None else rate / replicas)
+
+    def export_state(self) -> dict[str, Any]:
+        """The learned ceilings as one account-level document (`GET /admin/limiter-state`).
+
+        Rates are for the whole account (this replica's share times RATE_LIMIT_REPLICAS), so a
+        target with another replica count takes its own share of them; the concurrency ceiling
+        is per replica, like MAX_WORKERS.
+        """
+        ceiling = self.rate.ceiling
+        updated = self.rate.ceiling_updated_at
+        return {
+            "version": STATE_DOC_VERSION,
+            "account": self.account,
+            "variant": self.variant,
+            "shared": self.shared is not None,
+            "replicas": int(self.share),
+            "exported_at": self.wall(),
+            "rate": {
+                "ceiling": None if ceiling is None else ceiling * self.share,
+                "current": self.rate.rate * self.share,
+                "learned_seconds_ago": None if updated is None
+                else round(self.clock() - updated, 3),
+            },
+            "concurrency": {"ceiling": self.concurrency.ceiling},
+        }
+
+    async def import_state(self, doc: object) -> dict[str, Any]:
+        """Adopt ceilings exported by another proxy of the same account (`PUT`).
+
+        Raises InvalidRequest for a malformed document and AccountMismatch for another
+        account's; persists what it adopted. Returns what was applied.
+        """
+        if not isinstance(doc, dict):
+            raise InvalidRequest("limiter state must be a JSON object")
+        account = doc.get("account")
+        if not isinstance(account, str):
+            raise InvalidRequest("limiter state has no account", param="account")
+        if account != self.account:
+            raise AccountMismatch("limiter state belongs to another Z.AI account "
+                                  "(another key or upstream base); not adopted")
+        rate, conc = (part if isinstance(part := doc.get(key), dict) else {}
+                      for key in ("rate", "concurrency"))
+        ceiling = _positive_number(rate.get("ceiling"), "rate.ceiling")
+        conc_ceiling = _positive_number(conc.get("ceiling"), "concurrency.ceiling")
+        applied: dict[str, Any] = {"rate_ceiling": None, "concurrency_ceiling": None}
+        if ceiling is not None:
+            local = min(self.bounds[1], max(self.bounds[0], ceiling / self.share))
+            self._count(self.rate.restore(local))
+            applied["rate_ceiling"] = local * self.share
+        if conc_ceiling is not None:
+            self.concurrency.restore(int(conc_ceiling))
+            applied["concurrency_ceiling"] = self.concurrency.ceiling
+        self.admission.wake()
+        log.warning("limiter state adopted from another proxy of this account",
+                    extra={"fields": {"from_variant": doc.get("variant"), **applied}})
+        await self.persist()
+        return applied
 
     async def reset(self) -> None:
         """Forget learned ceilings (admin action); persisted at once."""

@@ -314,6 +314,11 @@ class TokenBucket:
         self.rate = rate
         self.tokens = min(self.tokens, self.capacity)
 
+    def wait_time(self, now: float) -> float:
+        """Seconds until a token is available (0.0: now), without taking it."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
     def try_take(self, now: float) -> float:
         """Take one token: 0.0 if taken, else the seconds until one is available."""
         self._refill(now)
