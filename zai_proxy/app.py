@@ -32,7 +32,7 @@ from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
 from zai_proxy.auth import ClientAuth
 from zai_proxy.catalog import ModelCatalog
-from zai_proxy.client_connections import ClientConnections
+from zai_proxy.client_connections import ClientBounds, ClientConnections
 from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.config import Settings
 from zai_proxy.errors import (
@@ -92,7 +92,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # Retirement and the client connections it releases (the server builds its protocol
     # from `connections`; in-process tests have no server and only see the flag).
     retirement = Retirement(clock)
-    connections = ClientConnections(metrics)
+    recorder = Recorder(metrics, settings.max_workers)
+    connections = ClientConnections(metrics, recorder, ClientBounds(
+        max_header_bytes=settings.max_header_bytes, read_timeout=settings.client_read_timeout,
+        write_timeout=settings.client_write_timeout, send_buffer=settings.client_send_buffer,
+        max_connections=settings.max_connections))
     retirement.subscribe(connections.retire)
     retirement.subscribe(lambda retired: metrics.retired.set(1 if retired else 0))
     upstream = Upstream(connect_timeout=settings.connect_timeout,
@@ -102,7 +106,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
                         transport=transport)
     auth = ClientAuth(settings.proxy_api_keys)
-    recorder = Recorder(metrics, settings.max_workers)
     limiter = Limiter(settings, metrics, clock=clock)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)

@@ -13,14 +13,23 @@ failing any request:
   connection; keeping the window to connections idle that long keeps such races rare;
 - just before closing, the socket is peeked: bytes already there mean a request is arriving,
   and that connection is answered (with `Connection: close`) instead of closed.
+
+It also holds the client-side bounds every connection enforces (`ClientBounds`) and records
+the requests the server refuses itself (431, 408, 503, 400) like every other request: one
+metric update and one log line each.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zai_proxy.exchange import Exchange
 from zai_proxy.metrics import Metrics
+from zai_proxy.recorder import Recorder
 
 if TYPE_CHECKING:
     from zai_proxy.http_protocol import ClientProtocol
@@ -31,14 +40,37 @@ log = logging.getLogger("zai_proxy")
 RELEASE_IDLE_SECONDS = 1.0
 
 
+# Paths served even to connections over MAX_CONNECTIONS: probes, scrapes and the admin API
+# (the switch retires an overloaded pod through it).
+ALWAYS_SERVED = ("/health", "/ready", "/metrics", "/admin/")
+
+
+@dataclass(frozen=True)
+class ClientBounds:
+    """What one client may take: header bytes, time to send a request, time to read a reply."""
+
+    max_header_bytes: int = 64 * 1024
+    read_timeout: float = 30.0
+    write_timeout: float = 60.0
+    send_buffer: int = 256 * 1024
+    max_connections: int = 4096
+
+
 class ClientConnections:
     """Open client connections; `release()` / `keep()` flip whether clients are asked to go."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, recorder: Recorder | None = None,
+                 bounds: ClientBounds | None = None) -> None:
         self.metrics = metrics
+        self.recorder = recorder
+        self.bounds = bounds or ClientBounds()
         self.live: set[ClientProtocol] = set()
         self._retired = False
         self._draining = False
+        metrics.max_connections.set(self.bounds.max_connections)
+        self._bound_children = {
+            name: metrics.client_bounds.labels(name, metrics.variant)
+            for name in ("max_header_bytes", "read_timeout", "write_timeout", "max_connections")}
 
     @property
     def releasing(self) -> bool:
@@ -50,6 +82,24 @@ class ClientConnections:
         from zai_proxy.http_protocol import ClientProtocol
 
         return type("BoundClientProtocol", (ClientProtocol,), {"registry": self})
+
+    def exceeded(self, bound: str) -> None:
+        """A client hit `bound` (a label of zai_proxy_client_bound_exceeded_total)."""
+        self._bound_children[bound].inc()
+
+    def refused(self, method: str, status: int, outcome: str, message: str,
+                request_bytes: int) -> None:
+        """Record a request the server answered itself, before the app saw it."""
+        if self.recorder is None:
+            return
+        ex = Exchange(request_id=uuid.uuid4().hex[:20], method=method,
+                      started=time.perf_counter(), status=status, outcome=outcome,
+                      error=message, request_bytes=request_bytes, complete=True)
+        self.recorder.finished(ex)
+
+    def over_capacity(self) -> bool:
+        """True when a connection opened now would pass MAX_CONNECTIONS."""
+        return len(self.live) >= self.bounds.max_connections
 
     def opened(self, conn: ClientProtocol) -> None:
         self.live.add(conn)

@@ -105,6 +105,13 @@ class Metrics:
             "zai_proxy_client_connections_released",
             "Idle keep-alive connections closed to release their client (retire, drain)",
             [V], registry=r).labels(variant)
+        self.client_bounds = Counter(
+            "zai_proxy_client_bound_exceeded",
+            "Clients cut off or refused by a bound (MAX_HEADER_BYTES, CLIENT_READ_TIMEOUT_SECONDS, "
+            "CLIENT_WRITE_TIMEOUT_SECONDS, MAX_CONNECTIONS)", ["bound", V], registry=r)
+        self.max_connections = Gauge("zai_proxy_max_connections",
+                                     "Client connection cap (MAX_CONNECTIONS)", [V],
+                                     registry=r).labels(variant)
 
     def set_build(self, version: str, commit: str, build_time: str) -> None:
         self.build_info.labels(version, commit, build_time, self.variant).set(1)
