@@ -106,6 +106,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
                         transport=transport)
     auth = ClientAuth(settings.proxy_api_keys)
+    metrics.set_auth_mode("open" if auth.open else "keys")
+    metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
     limiter = Limiter(settings, metrics, clock=clock)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
@@ -168,6 +170,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "ready": lifecycle.ready,
             "retired": retirement.retired,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
+            "auth": "open" if auth.open else "keys",
             "rate_limit": limiter.health(),
         }
         if accounting is not None:
@@ -186,6 +189,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @app.get("/metrics")
     async def metrics_route() -> Response:
         limiter.refresh_gauges()
+        metrics.set_auth_mode("open" if auth.open else "keys")  # the key file may change
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     admin = AdminGuard(settings.admin_api_key)

@@ -137,7 +137,8 @@ class Settings:
     host: str = _setting("HOST", str, "address to listen on", default="0.0.0.0")
     port: int = _setting("PORT", _positive(_int), "port to listen on", default=8080)
     zai_api_key: str = _setting(
-        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator",
+        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator "
+        "(set but empty: refused)",
         default="", repr=False)
     zai_target_url: str = _setting(
         "ZAI_TARGET_URL", parse_url, "OpenAI-compatible upstream base",
@@ -308,6 +309,11 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
         except ValueError as exc:
             shown = "<hidden>" if not f.repr else repr(text)
             raise ConfigError(f"{name}={shown} is invalid: expected {exc}") from None
+    # Unset means the offline simulator (README); set but empty is a broken Secret or a
+    # typo, and must never silently turn a production proxy into a simulator.
+    if "ZAI_API_KEY" in env and not env["ZAI_API_KEY"].strip():
+        raise ConfigError("ZAI_API_KEY is set but empty: set the upstream key, or unset "
+                          "ZAI_API_KEY to run against the built-in simulator")
     settings = Settings(**values)
     return _validated(settings, _read_key_file(settings.proxy_api_keys_file))
 

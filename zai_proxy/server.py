@@ -146,6 +146,10 @@ async def _start_simulator(
     base = f"http://127.0.0.1:{port}"
     log.warning("ZAI_API_KEY is not set: serving against the built-in simulated upstream",
                 extra={"fields": {"simulator": base}})
+    # Loud whatever LOG_LEVEL says: answers from here are simulated, not Z.AI's.
+    print(f"zai-proxy: SIMULATED UPSTREAM ({base}): ZAI_API_KEY is not set, every answer is "
+          "made up by the built-in simulator; /health shows \"upstream\": \"simulated\"",
+          file=sys.stderr, flush=True)
     simulated = dataclasses.replace(
         settings, zai_api_key="simulated-upstream-key", zai_target_url=f"{base}/api/paas/v4",
         zai_anthropic_url=f"{base}/api/anthropic", upstream_simulated=True)
