@@ -1,13 +1,18 @@
 # zai-proxy container image.
 #
-# BASE_IMAGE: a Debian image with python3, python3-venv and ca-certificates. No registry is needed:
-# .ci/steps/20-image.sh builds one locally with debootstrap and imports it as zai-proxy-base:local.
+# BASE_IMAGE: a Debian image with python3 (3.11, which requirements.lock is resolved for),
+# python3-venv and ca-certificates. The default is the public Python slim image, so a plain
+#   docker build -t zai-proxy:0.1.0 .
+# works wherever a registry is reachable. Without one, .ci/steps/20-image.sh builds a base
+# locally with debootstrap (Debian bookworm's python3 is 3.11) and passes it:
 #   docker build --network host --build-arg BASE_IMAGE=zai-proxy-base:local \
 #     --build-arg VERSION=0.1.0 --build-arg COMMIT="$(git rev-parse HEAD)" -t zai-proxy:0.1.0 .
+# Dependencies come from requirements.lock only (exact versions, every file's hash checked);
+# regenerate it with scripts/lock.sh.
 # Optional pip settings for the build stage only (never in the final image):
 #   --build-arg PIP_INDEX_URL=...               a package index other than pip's default
 #   --secret id=pip-ca,src=/path/to/ca.pem      a CA bundle pip must trust (needs BuildKit/buildah)
-ARG BASE_IMAGE=zai-proxy-base:local
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
 ARG PIP_INDEX_URL=""
@@ -17,14 +22,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 SHELL ["/bin/sh", "-eu", "-c"]
 WORKDIR /src
 RUN python3 -m venv /opt/venv
-COPY pyproject.toml README.md ./
-COPY zai_proxy ./zai_proxy
-# The project and its dependencies into the venv (the tiktoken encodings are package data), then
-# pip and setuptools out of it: the final image installs nothing.
+# The locked dependencies first (their own layer: it changes only with the lock), hashes
+# required; the build backend is in the lock too.
+COPY requirements.lock ./
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     if [ -z "${PIP_INDEX_URL}" ]; then unset PIP_INDEX_URL; fi; \
-    /opt/venv/bin/pip install . ; \
+    /opt/venv/bin/pip install --require-hashes --no-deps -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY zai_proxy ./zai_proxy
+# Then the project itself, with nothing more from the index (the tiktoken encodings are package
+# data), then pip and setuptools out of the venv: the final image installs nothing.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --no-index . ; \
+    /opt/venv/bin/pip check; \
     /opt/venv/bin/pip uninstall -y pip setuptools wheel; \
     /opt/venv/bin/python -c "import zai_proxy.cli, pathlib, zai_proxy as z; \
 assert any(pathlib.Path(z.__file__).parent.joinpath('_encodings').iterdir())"

@@ -21,8 +21,11 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if ! .venv/bin/python -c 'import zai_proxy, pytest, openai' 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
+   || [ pyproject.toml -nt .venv/.installed ] || [ requirements.lock -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --upgrade pip
+  # The runtime dependencies exactly as the image gets them (hashes checked), then the
+  # project and its test extras around them (pip keeps what is already satisfied).
+  .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
   .venv/bin/python -m pip install -q -e '.[test]'
   touch .venv/.installed
 fi

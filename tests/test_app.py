@@ -30,3 +30,21 @@ async def test_health_ready_and_metrics() -> None:
     for line in text.splitlines():
         if line.startswith("zai_proxy_"):
             assert 'deployment_variant="v2"' in line, line
+
+
+async def test_health_and_metrics_show_the_auth_mode() -> None:
+    import httpx
+
+    from tests.inprocess import InProcessProxy
+
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    for env, mode in (({}, "open"), ({"PROXY_API_KEYS": "worker-key-123456"}, "keys")):
+        proxy = InProcessProxy(upstream, env)
+        async with proxy as client:
+            health = (await client.get("/health")).json()
+            assert health["auth"] == mode and health["upstream"] == "z.ai"
+            await client.get("/metrics")
+            assert proxy.sample("zai_proxy_auth_mode", mode=mode) == 1
+            other = "keys" if mode == "open" else "open"
+            assert proxy.sample("zai_proxy_auth_mode", mode=other) == 0
+            assert proxy.sample("zai_proxy_upstream_simulated") == 0

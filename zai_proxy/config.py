@@ -137,7 +137,8 @@ class Settings:
     host: str = _setting("HOST", str, "address to listen on", default="0.0.0.0")
     port: int = _setting("PORT", _positive(_int), "port to listen on", default=8080)
     zai_api_key: str = _setting(
-        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator",
+        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator "
+        "(set but empty: refused)",
         default="", repr=False)
     zai_target_url: str = _setting(
         "ZAI_TARGET_URL", parse_url, "OpenAI-compatible upstream base",
@@ -246,6 +247,26 @@ class Settings:
         "CLIENT_RATE_LIMITS", parse_list, "per-client limits, e.g. 600/minute", default=())
     admin_api_key: str = _setting(
         "ADMIN_API_KEY", str, "enables /admin routes with this key", default="", repr=False)
+    # Client-side bounds (conn): enforced per connection by the server (http_protocol.py).
+    max_header_bytes: int = _setting(
+        "MAX_HEADER_BYTES", _positive(parse_size),
+        "largest request line + headers accepted (answered 431)", default=64 * 1024)
+    client_read_timeout: float = _setting(
+        "CLIENT_READ_TIMEOUT_SECONDS", _positive(parse_duration),
+        "a request's headers and body must arrive within this from its first byte (else 408)",
+        default=30.0)
+    client_write_timeout: float = _setting(
+        "CLIENT_WRITE_TIMEOUT_SECONDS", _positive(parse_duration),
+        "longest a client may leave the response unread (slow reader) before it is cut off",
+        default=60.0)
+    client_send_buffer: int = _setting(
+        "CLIENT_SEND_BUFFER_BYTES", _non_negative(parse_size),
+        "kernel send buffer per client socket (bounds what a stalled reader pins; "
+        "0 = kernel autotuning, up to megabytes)", default=256 * 1024)
+    max_connections: int = _setting(
+        "MAX_CONNECTIONS", _positive(_int),
+        "open client connections served; more get 503 (probes, /metrics and /admin still served)",
+        default=4096)
     # Not read from the environment: set by `serve` when it starts the built-in simulator.
     upstream_simulated: bool = field(default=False, metadata={"env": None})
 
@@ -288,6 +309,11 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
         except ValueError as exc:
             shown = "<hidden>" if not f.repr else repr(text)
             raise ConfigError(f"{name}={shown} is invalid: expected {exc}") from None
+    # Unset means the offline simulator (README); set but empty is a broken Secret or a
+    # typo, and must never silently turn a production proxy into a simulator.
+    if "ZAI_API_KEY" in env and not env["ZAI_API_KEY"].strip():
+        raise ConfigError("ZAI_API_KEY is set but empty: set the upstream key, or unset "
+                          "ZAI_API_KEY to run against the built-in simulator")
     settings = Settings(**values)
     return _validated(settings, _read_key_file(settings.proxy_api_keys_file))
 

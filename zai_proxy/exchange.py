@@ -11,6 +11,18 @@ class ClientGone(Exception):
     """The client disconnected before the proxy finished answering."""
 
 
+# Set in the ASGI scope by the server (http_protocol.py) when it cut a client off for
+# breaking a bound, so the request is recorded as the client's fault with the right reason.
+CLIENT_FAULT = "zai_proxy.client_fault"
+_GONE = {"read_timeout": (408, "client_read_timeout"),
+         "write_timeout": (499, "client_write_timeout")}
+
+
+def client_gone(scope: Any) -> tuple[int, str]:
+    """(status, outcome) to record for a request whose client went away."""
+    return _GONE.get(scope.get(CLIENT_FAULT), (499, "client_disconnected"))
+
+
 @dataclass(slots=True)
 class Exchange:
     """What one request did; filled in along the request path, recorded once at the end."""

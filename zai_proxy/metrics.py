@@ -94,6 +94,36 @@ class Metrics:
         self.shared_degraded = Gauge("zai_proxy_shared_state_degraded",
                                      "1 while shared state is unreachable", [V],
                                      registry=r).labels(variant)
+        # Server side (conn): retirement, client connections, exposure.
+        self.retired = Gauge("zai_proxy_retired",
+                             "1 while retired (POST /admin/retire): clients are asked to leave",
+                             [V], registry=r).labels(variant)
+        self.client_connections = Gauge("zai_proxy_client_connections",
+                                        "Open client connections", [V],
+                                        registry=r).labels(variant)
+        self.connections_released = Counter(
+            "zai_proxy_client_connections_released",
+            "Idle keep-alive connections closed to release their client (retire, drain)",
+            [V], registry=r).labels(variant)
+        self.client_bounds = Counter(
+            "zai_proxy_client_bound_exceeded",
+            "Clients cut off or refused by a bound (MAX_HEADER_BYTES, CLIENT_READ_TIMEOUT_SECONDS, "
+            "CLIENT_WRITE_TIMEOUT_SECONDS, MAX_CONNECTIONS)", ["bound", V], registry=r)
+        self.auth_mode = Gauge("zai_proxy_auth_mode",
+                               "1 for the client authentication mode in force: keys (client keys "
+                               "required) or open (every client that can connect)",
+                               ["mode", V], registry=r)
+        self.upstream_simulated = Gauge("zai_proxy_upstream_simulated",
+                                        "1 when serving the built-in simulator (ZAI_API_KEY "
+                                        "unset), 0 against Z.AI", [V],
+                                        registry=r).labels(variant)
+        self.max_connections = Gauge("zai_proxy_max_connections",
+                                     "Client connection cap (MAX_CONNECTIONS)", [V],
+                                     registry=r).labels(variant)
+
+    def set_auth_mode(self, mode: str) -> None:
+        for known in ("keys", "open"):
+            self.auth_mode.labels(known, self.variant).set(1 if known == mode else 0)
 
     def set_build(self, version: str, commit: str, build_time: str) -> None:
         self.build_info.labels(version, commit, build_time, self.variant).set(1)

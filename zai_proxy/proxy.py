@@ -30,7 +30,7 @@ from zai_proxy.errors import (
     UpstreamError,
     sse_error_event,
 )
-from zai_proxy.exchange import ClientGone, DisconnectWatcher, Exchange
+from zai_proxy.exchange import ClientGone, DisconnectWatcher, Exchange, client_gone
 from zai_proxy.forwarding import Forwarder, Opened
 from zai_proxy.headers import (
     RawHeaders,
@@ -95,8 +95,7 @@ class ProxyHandler:
         try:
             await self._handle(ex, scope, receive, send)
         except ClientGone:
-            ex.status = 499
-            ex.outcome = "client_disconnected"
+            ex.status, ex.outcome = client_gone(scope)
         finally:
             self.lifecycle.in_flight -= 1
             self.recorder.in_flight(self.lifecycle.in_flight)

@@ -146,6 +146,10 @@ async def _start_simulator(
     base = f"http://127.0.0.1:{port}"
     log.warning("ZAI_API_KEY is not set: serving against the built-in simulated upstream",
                 extra={"fields": {"simulator": base}})
+    # Loud whatever LOG_LEVEL says: answers from here are simulated, not Z.AI's.
+    print(f"zai-proxy: SIMULATED UPSTREAM ({base}): ZAI_API_KEY is not set, every answer is "
+          "made up by the built-in simulator; /health shows \"upstream\": \"simulated\"",
+          file=sys.stderr, flush=True)
     simulated = dataclasses.replace(
         settings, zai_api_key="simulated-upstream-key", zai_target_url=f"{base}/api/paas/v4",
         zai_anthropic_url=f"{base}/api/anthropic", upstream_simulated=True)
@@ -164,11 +168,18 @@ async def serve(settings: Settings) -> int:
     lifecycle: Lifecycle = app.state.lifecycle
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", http="httptools", loop="none",
+        lifespan="on", http=app.state.connections.protocol_class(), loop="none",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + 0.999),
         timeout_keep_alive=30, server_header=False, date_header=True)
+    loop = asyncio.get_running_loop()
+
+    def on_drain() -> None:  # runs in the signal handler: loop work is scheduled, not done
+        app.state.metrics.ready.set(0)
+        # Release keep-alive clients during the drain period (as retire does).
+        loop.call_soon_threadsafe(app.state.connections.drain)
+
     server = DrainingServer(config, lifecycle, settings.shutdown_drain_seconds,
-                            on_drain=lambda: app.state.metrics.ready.set(0))
+                            on_drain=on_drain)
     await server.serve()
     if simulator is not None:
         simulator[0].should_exit = True

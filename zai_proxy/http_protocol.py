@@ -1,0 +1,300 @@
+"""uvicorn's httptools protocol, with what a proxy facing many clients needs per connection.
+
+One instance per client connection. Added to uvicorn's own behaviour:
+
+- **Release** (retire, drain): it knows since when it has been idle, so releasing
+  (`ClientConnections`) closes only connections idle for about a second, and answers the next
+  response on a busy one with `Connection: close`. Before closing an idle connection (release
+  or keep-alive timeout) it peeks at the socket: a request already on its way is answered
+  rather than cut.
+- **Header cap** (`MAX_HEADER_BYTES`): request line + headers larger than the cap are answered
+  431 without buffering more (httptools itself has no limit).
+- **Read timeout** (`CLIENT_READ_TIMEOUT_SECONDS`): from a request's first byte, its headers
+  and body must arrive within the timeout, however they are trickled; else 408 and close (the
+  SDKs retry a 408). A fresh connection that sends nothing is closed after the keep-alive
+  timeout.
+- **Write timeout** (`CLIENT_WRITE_TIMEOUT_SECONDS`): when the transport's buffer stays above
+  its high-water mark (the client stopped reading) for that long, the connection is aborted:
+  the request's task sees the disconnect, its upstream response and concurrency slot are
+  released, and it is recorded as `client_write_timeout` (499, the client's fault).
+- **Send buffer** (`CLIENT_SEND_BUFFER_BYTES`): the kernel's send buffer of each client socket
+  is bounded (autotuning would let a stalled reader pin megabytes of kernel memory, and hide
+  the stall from the write timeout until they are full).
+- **Connection cap** (`MAX_CONNECTIONS`): requests on connections beyond it get 503 with
+  `Retry-After` and `Connection: close`; probes, /metrics and /admin are still served.
+- Requests httptools cannot parse get an OpenAI-shaped 400 instead of uvicorn's text/plain.
+
+Everything here uses one timer per request or per stall and the transport's flow-control
+callbacks, never work per chunk: the request path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from zai_proxy.client_connections import ALWAYS_SERVED, RELEASE_IDLE_SECONDS, ClientConnections
+from zai_proxy.errors import error_body
+from zai_proxy.exchange import CLIENT_FAULT
+
+# Where the connection is in its current request (uvicorn keeps no such state itself).
+IDLE, HEADERS, BODY, ANSWERING = range(4)
+
+
+def data_waiting(transport: asyncio.BaseTransport) -> bool:
+    """True when the peer has sent bytes the event loop has not delivered yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+    except (OSError, ValueError):
+        return False
+    try:
+        return bool(dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing there; others: the connection is gone anyway
+        return False
+    finally:
+        dup.close()
+
+
+def _path(url: bytes) -> str:
+    try:
+        return (httptools.parse_url(url).path or b"").decode("latin-1")
+    except httptools.HttpParserInvalidURLError:
+        return ""
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; `send_400_response` answers it."""
+
+
+class ClientProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with release and client bounds (see module docstring)."""
+
+    registry: ClientConnections  # set on the subclass `ClientConnections.protocol_class` makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        bounds = self.registry.bounds
+        self.max_header_bytes = bounds.max_header_bytes
+        self.read_timeout = bounds.read_timeout
+        self.write_timeout = bounds.write_timeout
+        # loop.time() since when no request is being read or answered; None while busy.
+        self.idle_since: float | None = None
+        self.phase = IDLE
+        self.pending = 0  # bytes received of the current request's head (an upper bound)
+        self.over_capacity = False
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.write_timer: asyncio.TimerHandle | None = None
+        # (status, code, message, extra headers) of a request the server answers itself.
+        self.refusal: tuple[int, str, str, list[bytes]] | None = None
+
+    # -- connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        send_buffer = self.registry.bounds.send_buffer
+        sock = transport.get_extra_info("socket")
+        if send_buffer and sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+            except OSError:  # not a TCP socket (tests' fakes): nothing to bound
+                pass
+        self.idle_since = self.loop.time()
+        if self.registry.over_capacity():
+            self.over_capacity = True
+            self.registry.exceeded("max_connections")
+        # uvicorn arms no timer on a fresh connection: one that never sends would stay forever.
+        self._arm_idle_timer(self.timeout_keep_alive)
+        self.registry.opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.closed(self)
+        self._cancel_read_timer()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused or cut off: nothing more is read
+        self.idle_since = None
+        if self.phase <= HEADERS:
+            if self.read_timer is None:
+                self.read_timer = self.loop.call_later(self.read_timeout, self._read_timed_out)
+            self.pending += len(data)
+        super().data_received(data)
+        if self.refusal is None and self.phase == HEADERS and self.pending > self.max_header_bytes:
+            self._refuse_head_too_large()
+
+    # -- parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.phase = HEADERS
+
+    def on_headers_complete(self) -> None:
+        if self.pending > self.max_header_bytes:  # only then is the exact size worth computing
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_header_bytes:
+                self.registry.exceeded("max_header_bytes")
+                self._stop(431, "proxy_header_too_large",
+                           f"request headers of {size} bytes exceed the "
+                           f"{self.max_header_bytes}-byte limit (MAX_HEADER_BYTES)")
+        if self.over_capacity and not _path(self.url).startswith(ALWAYS_SERVED):
+            self._stop(503, "proxy_too_many_connections",
+                       "the proxy serves no more connections now; retry shortly",
+                       [b"retry-after: 1\r\n"])
+        super().on_headers_complete()
+        self.phase = BODY
+        self.pending = 0
+        if (self.registry.releasing or self.over_capacity) and self.cycle is not None:
+            self.cycle.keep_alive = False  # uvicorn then sends `connection: close` and closes
+
+    def on_body(self, body: bytes) -> None:
+        if self.refusal is None:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.refusal is None:
+            super().on_message_complete()
+            self.phase = ANSWERING
+            self._cancel_read_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle now (not closing, none pipelined)
+            self.phase = IDLE
+            self.idle_since = self.loop.time()
+            if self.registry.releasing:
+                self.release()
+
+    # -- answers the server gives itself
+
+    def _stop(self, status: int, code: str, message: str,
+              extra: list[bytes] | None = None) -> None:
+        self.refusal = (status, code, message, extra or [])
+        raise _Refused(message)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn calls this when parsing fails: a refusal of ours, or a malformed request."""
+        if self.refusal is None:
+            self.refusal = (400, "proxy_bad_http_request", f"malformed HTTP request: {msg}", [])
+        self._send_refusal()
+
+    def _refuse_head_too_large(self) -> None:
+        self.refusal = (431, "proxy_header_too_large",
+                        f"request headers exceed the {self.max_header_bytes}-byte limit "
+                        "(MAX_HEADER_BYTES)", [])
+        self.registry.exceeded("max_header_bytes")
+        self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        assert self.refusal is not None
+        status, code, message, extra = self.refusal
+        type_ = "server_error" if status >= 500 else "invalid_request_error"
+        body = error_body(message, type_, code)
+        head = [STATUS_LINE[status]]
+        head += [name + b": " + value + b"\r\n"
+                 for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n",
+                 b"content-length: %d\r\n" % len(body), b"connection: close\r\n", *extra, b"\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        self._cancel_read_timer()
+        method = self.scope["method"] if self.scope and "method" in self.scope else "other"
+        self.registry.refused(method, status, code, message, 0)
+
+    # -- timers
+
+    def _cancel_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def _read_timed_out(self) -> None:
+        """The request did not arrive in full within CLIENT_READ_TIMEOUT_SECONDS."""
+        self.read_timer = None
+        if self.transport.is_closing() or self.phase not in (IDLE, HEADERS, BODY):
+            return
+        self.registry.exceeded("read_timeout")
+        message = (f"the request did not arrive within {self.read_timeout:g} s "
+                   "(CLIENT_READ_TIMEOUT_SECONDS)")
+        cycle = self.cycle
+        if self.phase == BODY and cycle is not None and not cycle.response_complete:
+            # The app is waiting for the body: answer for it, and let it see the client gone.
+            cycle.scope[CLIENT_FAULT] = "read_timeout"  # type: ignore[literal-required]
+            if not cycle.response_started:
+                body = error_body(message, "invalid_request_error", "proxy_request_timeout")
+                self.transport.write(b"".join([
+                    STATUS_LINE[408], b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+                cycle.response_started = True
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
+            return
+        self.refusal = (408, "proxy_request_timeout", message, [])
+        self._send_refusal()
+
+    def pause_writing(self) -> None:
+        """The client stopped reading: start the write (slow reader) timer."""
+        super().pause_writing()
+        if self.write_timer is None:
+            self.write_timer = self.loop.call_later(self.write_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_timed_out(self) -> None:
+        """The client left the response unread for CLIENT_WRITE_TIMEOUT_SECONDS: cut it off."""
+        self.write_timer = None
+        self.registry.exceeded("write_timeout")
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope[CLIENT_FAULT] = "write_timeout"  # type: ignore[literal-required]
+        self.transport.abort()  # close() would wait for a flush that never comes
+
+    # -- releasing
+
+    def release(self) -> None:
+        """Ask this client to go: close when idle long enough, or after the current response."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.idle_since is None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False
+            return  # a request whose headers are still arriving gets keep_alive off when parsed
+        idle_for = self.loop.time() - self.idle_since
+        self._arm_idle_timer(max(0.0, RELEASE_IDLE_SECONDS - idle_for))
+
+    def keep(self) -> None:
+        """Undo `release` for an idle connection: back to the ordinary keep-alive timeout."""
+        if self.transport is None or self.transport.is_closing() or self.idle_since is None:
+            return
+        idle_for = self.loop.time() - self.idle_since
+        self._arm_idle_timer(max(0.0, self.timeout_keep_alive - idle_for))
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(delay, self.timeout_keep_alive_handler)
+
+    def timeout_keep_alive_handler(self) -> None:
+        """Close an idle connection, unless a request has just arrived on it."""
+        self.timeout_keep_alive_task = None
+        if self.transport.is_closing() or self.idle_since is None:
+            return
+        if data_waiting(self.transport):
+            return  # data_received follows; the response closes the connection if releasing
+        if self.registry.releasing:
+            self.registry.metrics.connections_released.inc()
+        self.transport.close()
