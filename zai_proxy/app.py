@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
-from zai_proxy.auth import ClientAuth
+from zai_proxy.auth import ClientAuth, KeyEntry
 from zai_proxy.catalog import ModelCatalog
 from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.config import Settings
@@ -49,6 +49,7 @@ from zai_proxy.limiter import Limiter
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PeakWindow, PricingTable
 from zai_proxy.proxy import ProxyHandler
+from zai_proxy.quota import Quota
 from zai_proxy.recorder import Recorder
 from zai_proxy.retry import RetryPolicy
 from zai_proxy.routing import Router
@@ -78,7 +79,8 @@ class ProxyApp(FastAPI):
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                clock: Callable[[], float] = time.monotonic,
                registry: CollectorRegistry | None = None,
-               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> ProxyApp:
+               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+               wall: Callable[[], float] = time.time) -> ProxyApp:
     """Build the proxy app from validated settings; collaborators are injectable for tests."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise
@@ -93,7 +95,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         # Every admitted request needs a connection: never fewer than the cap.
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
                         transport=transport)
-    auth = ClientAuth(settings.proxy_api_keys)
+    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
     recorder = Recorder(metrics, settings.max_workers)
     limiter = Limiter(settings, metrics, clock=clock)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
@@ -103,6 +105,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
     accounting = (build_accounting(settings, metrics, pricing, catalog)
                   if settings.token_counting_enabled else None)
+    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     quotas = ClientQuotas(",".join(settings.client_rate_limits),
                           settings.rate_limit_storage_uri) if settings.client_rate_limits else None
 
@@ -115,6 +118,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             log.warning("token estimates use a heuristic: %s", accounting.tokenizer.warning)
         limiter.restore()
         limiter.start()
+        quota.start()
+        if unknown := sorted(quota.exempt - set(auth.names())):
+            log.warning("QUOTA_PACING_EXEMPT names no configured key: %s", ", ".join(unknown))
         lifecycle.serving()
         metrics.ready.set(1)
         try:
@@ -122,6 +128,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             lifecycle.drain()
             metrics.ready.set(0)
+            await quota.stop()
             await limiter.stop()
             await upstream.aclose()
             if accounting is not None:
@@ -134,13 +141,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
         accounting=accounting, quotas=quotas,
-        models_body=json.dumps(catalog.openai_models_payload()).encode())
+        models_body=json.dumps(catalog.openai_models_payload()).encode(), quota=quota)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     app.state.upstream = upstream
     app.state.limiter = limiter
     app.state.accounting = accounting
+    app.state.quota = quota
+    app.state.auth = auth
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -155,6 +164,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "ready": lifecycle.ready,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "rate_limit": limiter.health(),
+            "quota": quota.health(),
         }
         if accounting is not None:
             tok = accounting.tokenizer
@@ -172,6 +182,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @app.get("/metrics")
     async def metrics_route() -> Response:
         limiter.refresh_gauges()
+        quota.refresh_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     admin = AdminGuard(settings.admin_api_key)
@@ -242,7 +253,7 @@ class AdminGuard:
     """Admin routes: 404 when ADMIN_API_KEY is unset, 401 without the key (constant time)."""
 
     def __init__(self, key: str) -> None:
-        self._auth = ClientAuth((key,)) if key else None
+        self._auth = ClientAuth((KeyEntry(key),)) if key else None
 
     def check(self, headers: Any) -> Response | None:
         if self._auth is None:

@@ -117,7 +117,7 @@ class Forwarder:
             await self.sleep(delay)
 
     async def _admit(self, ex: Exchange, *, priority: bool) -> Permit:
-        result = await self.admission.acquire(ex.client, priority=priority)
+        result = await self.admission.acquire(ex.client, priority=priority, paced=ex.paced)
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(result.reason, self.metrics.variant).inc()
             raise RateLimited(
