@@ -81,6 +81,7 @@ class Quota:
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
+        self._paced_rate: float | None = None
         self._loop = PollLoop(self.poll_once, interval=self.interval) if self.monitor else None
         self._unflushed = 0.0
         self._to_publish: list[Block] = []
@@ -255,6 +256,12 @@ class Quota:
         in_flight = self.limiter.admission.in_flight * self.replicas
         pacing = even_pacing(views, now=now, in_flight=in_flight,
                              tokens_per_request=self.state.tokens_per_request)
+        if pacing.status == "paced":
+            self._paced_rate = pacing.rate
+        elif pacing.status == "calibrating" and self._paced_rate is not None:
+            # A window just reset and the monitor has not said when the new one does: hold the
+            # last rate for that poll rather than release everything queued into it at once.
+            pacing = Pacing(self._paced_rate, None, None, "holding")
         if (pacing.status != (self.pacing.status if self.pacing else None)
                 or pacing.window != (self.pacing.window if self.pacing else None)):
             log.info("quota pacing %s", pacing.status, extra={"fields": {

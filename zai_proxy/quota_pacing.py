@@ -32,7 +32,7 @@ class Pacing:
     rate: float | None
     paused_until: float | None
     window: Window | None
-    status: str  # "paced", "paused", "calibrating" (nothing known to pace by yet)
+    status: str  # "paced", "paused", "calibrating" (nothing to pace by), "holding" (see Quota)
     tokens_left: float | None = None
 
 
