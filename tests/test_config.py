@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from zai_proxy.config import load_settings, parse_duration, parse_size, setting_fields
@@ -62,7 +64,7 @@ def test_cli_overrides_win_over_environment() -> None:
     assert s.port == 9100 and s.deployment_variant == "v1"
 
 
-def test_key_file_is_checked_at_startup_and_kept_apart_from_the_list(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_key_file_is_checked_at_startup_and_kept_apart_from_the_list(tmp_path: Path) -> None:
     # ClientAuth merges both (and re-reads the file when it changes); settings keep the variable.
     keys = tmp_path / "keys"
     keys.write_text("# workers\nworker-key-0001\n\nbob:worker-key-0002\n")
@@ -94,7 +96,8 @@ def test_named_keys_and_quota_settings() -> None:
     for env, named in ({"QUOTA_PACING": "fast"}, "QUOTA_PACING"), (
             {"ZAI_MONITOR_URL": "ftp://x"}, "ZAI_MONITOR_URL"), (
             {"QUOTA_POLL_SECONDS": "-1"}, "QUOTA_POLL_SECONDS"), (
-            {"PROXY_API_KEYS": "a:worker-key-0001,b:worker-key-0001"}, "PROXY_API_KEYS"):
+            {"PROXY_API_KEYS": "a:worker-key-0001,b:worker-key-0001"}, "PROXY_API_KEYS"), (
+            {"QUOTA_PACING": "even", "QUOTA_POLL_SECONDS": "0"}, "QUOTA_POLL_SECONDS"):
         with pytest.raises(ConfigError, match=named):
             load_settings(env)
 

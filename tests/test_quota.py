@@ -7,6 +7,7 @@ upstream attempt" is checked where it happens.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -111,6 +112,24 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert upstream.chats == 3
         assert (await client.get("/health")).json()["quota"]["blocked"] is None
+
+
+async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> None:
+    upstream, wall = Upstream(), Wall()
+    upstream.spent = ("1308", T0 + 60)
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.2)  # the others queue behind this one (MAX_WORKERS=1)
+        return upstream.handle(request)
+
+    proxy = InProcessProxy(httpx.MockTransport(slow), {"MAX_WORKERS": "1"}, wall=wall)
+    async with proxy as client:
+        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=CHAT)
+                                         for _ in range(5)))
+    codes = sorted(a.json()["error"]["code"] for a in answers)
+    assert codes == ["1308"] + ["proxy_quota_exhausted"] * 4
+    assert upstream.chats == 1  # admitted after the block began: answered without an attempt
+    assert proxy.admission.in_flight == 0  # their slots were given back
 
 
 async def test_a_weekly_1310_blocks_until_its_own_reset() -> None:

@@ -115,3 +115,10 @@ async def test_the_loop_polls_on_its_interval_and_soon_after_a_poke() -> None:
     assert len(polls) == 3  # the failed poll did not stop it
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_monitor_message_quoting_the_key_is_scrubbed() -> None:
+    answer = {"code": 1000, "msg": f"key {KEY} is not valid for this API"}
+    result = await client(lambda request: httpx.Response(200, json=answer)).fetch()
+    assert isinstance(result, Invalid) and result.reason == "api_error"
+    assert KEY not in result.detail and "<key>" in result.detail

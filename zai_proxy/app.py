@@ -98,14 +98,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
     recorder = Recorder(metrics, settings.max_workers)
     limiter = Limiter(settings, metrics, clock=clock)
+    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
-                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
+                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
+                          before_attempt=quota.recheck)
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
     accounting = (build_accounting(settings, metrics, pricing, catalog)
                   if settings.token_counting_enabled else None)
-    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     quotas = ClientQuotas(",".join(settings.client_rate_limits),
                           settings.rate_limit_storage_uri) if settings.client_rate_limits else None
 

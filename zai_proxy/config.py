@@ -369,6 +369,9 @@ def _validated(settings: Settings) -> Settings:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"PEAK_TIMEZONE={settings.peak_timezone!r} is not an IANA time zone "
                           "such as Asia/Shanghai") from None
+    if settings.quota_pacing == "even" and not settings.quota_poll_seconds:
+        raise ConfigError("QUOTA_PACING=even paces by the quota monitor: QUOTA_POLL_SECONDS "
+                          "must be more than 0")
     if settings.client_rate_limits:
         from zai_proxy.client_quotas import parse_client_limits
 

@@ -24,6 +24,7 @@ import httpx
 from zai_proxy.classify import BEIJING, Throttle, ThrottleClass
 from zai_proxy.config import Settings
 from zai_proxy.errors import QuotaExhausted
+from zai_proxy.exchange import Exchange
 from zai_proxy.limiter import Limiter
 from zai_proxy.metrics import Metrics
 from zai_proxy.quota_monitor import REASONS, WINDOWS, Invalid, QuotaReport
@@ -111,6 +112,12 @@ class Quota:
             self.metrics.quota_rejections.inc()
             return refusal(Block(window, CODES[window], paused, now, "poll"), now, paced=True)
         return None
+
+    def recheck(self, ex: Exchange) -> QuotaExhausted | None:
+        """After admission, before an attempt: a block that began while the request queued."""
+        if self.state.block is None:
+            return None
+        return self.check(ex.client)
 
     def paced(self, client: str) -> bool:
         """Whether this client's requests wait for the quota pacer."""

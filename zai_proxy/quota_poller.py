@@ -58,7 +58,10 @@ class MonitorClient:
             return Invalid("http_error", f"HTTP {status}")
         if body is None:
             return Invalid("invalid_response", f"answer larger than {MAX_BODY_BYTES} bytes")
-        return parse_monitor(body)
+        result = parse_monitor(body)
+        if isinstance(result, Invalid):  # its detail quotes the monitor's own message
+            return Invalid(result.reason, self._scrub(result.detail))
+        return result
 
     async def _get(self) -> tuple[int, bytes | None]:
         headers = {"authorization": self._key, "accept": "application/json"}
