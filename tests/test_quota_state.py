@@ -91,6 +91,12 @@ def test_shared_blocks_are_adopted_unless_expired_or_shorter() -> None:
     state.adopt(Block("five_hour", "1308", T0 + 50, T0, "shared"), T0)
     state.adopt(Block("five_hour", "1308", T0 + 20, T0, "shared"), T0)
     assert state.block is not None and state.block.until == T0 + 50
+    # A later poll with budget lifts it, and the shared copy seen again is not re-adopted.
+    state.on_report(report(tokens_limit(used=10, reset=T0 + 50)), T0 + 1)
+    state.adopt(Block("five_hour", "1308", T0 + 50, T0, "shared"), T0 + 2)
+    assert state.blocked(T0 + 2) is None
+    state.adopt(Block("five_hour", "1308", T0 + 60, T0 + 3, "shared"), T0 + 3)  # a newer 1308
+    assert state.blocked(T0 + 3) is not None
 
 
 def run(state: QuotaState, start: float, seconds: int, tokens_per_second: float) -> float:

@@ -130,7 +130,8 @@ class Quota:
         code = "1308" if throttle.cls is ThrottleClass.QUOTA_5H else "1310"
         block = self.state.on_throttle(code, throttle.reset_at, self.wall())
         if block is not None:
-            self._to_publish.append(block)
+            if self.share is not None:
+                self._to_publish.append(block)
             self._log_block()
         if self._loop is not None:
             self._loop.poke()
@@ -196,7 +197,7 @@ class Quota:
                 return  # another replica polls; the tick adopts its report
         result = await self.monitor.fetch()
         at = self.wall()
-        self._apply(result, at, self.state.tokens, count=True)
+        self._apply(result, at, self.state.tokens)
         if share is not None and share.leader:
             doc: dict[str, Any] = {"at": at, "tokens_at": self.state.tokens,
                                    "ok": not isinstance(result, Invalid)}
@@ -208,21 +209,20 @@ class Quota:
             self._adopted_at = at
         self.pace(self.wall())
 
-    def _apply(self, result: QuotaReport | Invalid, at: float, tokens_at: float, *,
-               count: bool) -> None:
+    def _apply(self, result: QuotaReport | Invalid, at: float, tokens_at: float) -> None:
         change = self.poll.record(result, at)
         if change is not None:
             log.log(change[0], change[1], extra={"fields": {"monitor": self.monitor_url}})
         if isinstance(result, Invalid):
-            if count:
-                self.metrics.quota_poll_errors.labels(result.reason, self.metrics.variant).inc()
+            self.metrics.quota_poll_errors.labels(result.reason, self.metrics.variant).inc()
             return
         before = {b.window for b in self._blocks()}
         self.state.on_report(result, at, tokens_at)
         after = {b.window for b in self._blocks()}
-        self._to_lift.extend(before - after)
-        self._to_publish.extend(b for b in self._blocks() if b.source == "poll"
-                                and b.window in after - before)
+        if self.share is not None:
+            self._to_lift.extend(before - after)
+            self._to_publish.extend(b for b in self._blocks() if b.source == "poll"
+                                    and b.window in after - before)
         self._log_block()
 
     def _blocks(self) -> list[Block]:

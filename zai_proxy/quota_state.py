@@ -152,7 +152,12 @@ class QuotaState:
         return block
 
     def adopt(self, block: Block, now: float) -> None:
-        """A block another replica saw (shared state); ignored once expired."""
+        """A block another replica saw (shared state); ignored once expired, or when a poll
+        taken after it began shows budget (the leader lifts the shared copy a moment later)."""
+        state = self.windows[block.window]
+        if (state.polled_at is not None and state.polled_at >= block.since
+                and state.limit is not None and not state.limit.spent):
+            return
         if block.until > now:
             current = self._blocks.get(block.window)
             if current is None or current.until < block.until:
