@@ -1,7 +1,7 @@
 """Real-socket benchmark of quota awareness: the proxy in front of the simulator's compressed
 five-hour window (issue 11's targets), several runs, spread reported.
 
-    .venv/bin/python bench/bench_quota.py                      # every scenario, 3 runs (~7 min)
+    .venv/bin/python bench/bench_quota.py                      # every scenario, 3 runs (~9 min)
     .venv/bin/python bench/bench_quota.py --scenario wall --runs 1
 
 Processes: `zai-proxy simulate` (a five-hour budget of BUDGET tokens over a WINDOW-second rolling
@@ -14,7 +14,9 @@ when it opened and reset, every request it refused (arrival time) and the tokens
 - wall (pacing off, demand 1.4x what the budget allows, so the budget runs out at ~0.7 of the
   window): upstream attempts between the first 1308 and the reset; clients' Retry-After against
   the true reset; how long after the reset service resumes; the time to exhaustion the proxy
-  projected at the middle of the window against when the 1308 actually came.
+  projected at the middle of the window against when the 1308 actually came (when a poll saw
+  the budget spent before any request hit it, no 1308 comes at all: then against the first
+  request the proxy refused). wall-bursty: the same with the demand in 4 s on/off bursts.
 - pacing (QUOTA_PACING=even, demand 2x what the budget allows): 1308s in the window, share of
   the budget used by its end.
 - monitor (budget never runs out, 10 req/s): 4 s phases with the monitor answering normally,
@@ -145,9 +147,21 @@ class Run:
     health: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
 
 
+def schedule(rate: float, seconds: float, burst: float | None = None) -> list[float]:
+    """Send times (s from start): evenly at `rate`, or with `burst` s periods, twice the rate in
+    the first half of each and nothing in the second (the same mean)."""
+    if burst is None:
+        return [i / rate for i in range(int(rate * seconds))]
+    times, half = [], burst / 2
+    for period in range(int(seconds / burst)):
+        times += [period * burst + i / (2 * rate) for i in range(int(2 * rate * half))]
+    return times
+
+
 async def load(proxy: Proc, rate: float, seconds: float, run: Run,
-               health_every: float = 0.5) -> None:
-    """Open loop: `rate` req/s for `seconds`, every answer kept; /health sampled meanwhile."""
+               health_every: float = 0.5, burst: float | None = None) -> None:
+    """Open loop: `rate` req/s for `seconds` (see `schedule`), every answer kept; /health
+    sampled meanwhile."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -181,8 +195,8 @@ async def load(proxy: Proc, rate: float, seconds: float, run: Run,
         sampling = asyncio.create_task(sampler())
         tasks: set[asyncio.Task[None]] = set()
         start = time.monotonic()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.monotonic()
+        for at in schedule(rate, seconds, burst):
+            delay = start + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(one())
@@ -208,27 +222,28 @@ def sim_config(sim: Proc, **values: Any) -> None:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
-def wall(_: int) -> dict[str, float]:
+def wall(_: int, burst: float | None = None) -> dict[str, float]:
     """Pacing off, demand 1.4x the budget's rate, through the first reset and a bit beyond."""
     sim = start_simulator(BUDGET)
     proxy = start_proxy(sim)
     run = Run()
     try:
-        asyncio.run(load(proxy, 1.4 * BUDGET_RATE, WINDOW + 6, run))
+        asyncio.run(load(proxy, 1.4 * BUDGET_RATE, WINDOW + 6, run, burst=burst))
         window = sim_quota(sim)["history"][0]
     finally:
         proxy.stop()
         sim.stop()
     opened, reset = window["opened_at"], window["reset_at"]
-    first_1308 = window["first_refusal_at"]
     refusals = window["refusals"]
-    # The proxy knows once the first 1308 answer reached it (~ when its client got it).
-    learned = min(a.done for a in run.answers if a.code == "1308")
     local = [a for a in run.answers if a.code == "proxy_quota_exhausted"]
+    # The budget ran out when the first request was refused: by the upstream (1308), or by the
+    # proxy itself when a poll saw the budget spent before any request hit the wall.
+    first_1308 = window["first_refusal_at"] or min(a.sent for a in local)
+    # The proxy knows once its first quota answer (relayed 1308 or local) left it.
+    learned = min(a.done for a in run.answers if a.code in ("1308", "proxy_quota_exhausted"))
     deviation = [a.done + (a.retry_after or 0) - reset for a in local]
     after_reset = sorted((a for a in run.answers if a.sent >= reset), key=lambda a: a.sent)
-    first_ok = next(a for a in after_reset if a.status == 200)
-    last_refused = max((a.sent for a in after_reset if a.status == 429), default=reset)
+    refused_after = [a for a in after_reset if a.cls is not None and a.cls.startswith("quota")]
     middle = opened + WINDOW / 2
     t, quota = next((t, q) for t, q in run.health if t >= middle)
     eta = quota["windows"]["five_hour"]["exhaustion_eta_seconds"]
@@ -236,13 +251,14 @@ def wall(_: int) -> dict[str, float]:
     return {
         "first_1308_at_fraction": (first_1308 - opened) / WINDOW,
         "upstream_1308s": len(refusals),
-        "attempts_after_first_1308": len(refusals) - 1,
+        "attempts_after_first_1308": max(0, len(refusals) - 1),
         "attempts_after_proxy_learned": sum(1 for r in refusals if r > learned),
         "local_429s": len(local),
         "retry_after_minus_true_reset_min_s": min(deviation),
         "retry_after_minus_true_reset_max_s": max(deviation),
-        "resume_after_reset_s": first_ok.sent - reset,
-        "last_local_429_after_reset_s": last_refused - reset,
+        "first_sent_after_reset_s": after_reset[0].sent - reset,
+        "first_sent_after_reset_served": float(after_reset[0].status == 200),
+        "quota_429s_of_requests_sent_after_reset": len(refused_after),
         "eta_error_vs_1308_from_middle": abs(projected - first_1308) / (first_1308 - middle),
         "eta_projected_minus_actual_s": projected - first_1308,
     }
@@ -266,11 +282,16 @@ def pacing(_: int) -> dict[str, float]:
     return {
         "upstream_1308s_in_window": len(window["refusals"]),
         "budget_used": window["used"] / window["limit"],
-        "served_in_window": codes.get(None, 0),
+        "answered_200_of_sent_in_window": codes.get(None, 0),
         "paced_queue_429s": codes.get("proxy_queue_timeout", 0) + codes.get(
             "proxy_queue_full", 0),
         "paced_reserved_429s": codes.get("proxy_quota_paced", 0),
     }
+
+
+def wall_bursty(i: int) -> dict[str, float]:
+    """The same, demand in 4 s bursts (twice 1.4x for 2 s, then nothing for 2 s)."""
+    return wall(i, burst=4.0)
 
 
 PHASES = (("normal", {}), ("503", {"monitor_fault": "error"}),
@@ -321,7 +342,8 @@ def spread(values: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=("wall", "pacing", "monitor", "all"), default="all")
+    parser.add_argument("--scenario", choices=("wall", "wall-bursty", "pacing", "monitor", "all"),
+                        default="all")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     lines = [f"bench_quota {dt.datetime.now().isoformat(timespec='seconds')}: window "
@@ -334,7 +356,7 @@ def main() -> int:
         lines.append(text)
 
     emit(lines[0])
-    for name, scenario in (("wall", wall), ("pacing", pacing)):
+    for name, scenario in (("wall", wall), ("wall-bursty", wall_bursty), ("pacing", pacing)):
         if args.scenario not in (name, "all"):
             continue
         results = [scenario(i) for i in range(args.runs)]

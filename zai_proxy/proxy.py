@@ -1,7 +1,8 @@
 """The request path: a pure ASGI handler for every `/v1/...` call.
 
-read and check the request -> client quota -> admission and upstream attempt(s) (`Forwarder`)
--> relay (token accounting watching) -> settle usage -> record once.
+read and check the request -> plan quota (a local 429 while it is spent) -> client quota ->
+admission and upstream attempt(s) (`Forwarder`) -> relay (token accounting watching) -> settle
+usage -> record once.
 
 Streams are relayed chunk by chunk as the upstream sends them; a non-stream body is read whole
 (it is needed whole for usage and to spot an empty 2xx) and sent with its length. A client that
