@@ -155,7 +155,7 @@ class QuotaState:
         """A block another replica saw (shared state); ignored once expired, or when a poll
         taken after it began shows budget (the leader lifts the shared copy a moment later)."""
         state = self.windows[block.window]
-        if (state.polled_at is not None and state.polled_at >= block.since
+        if (state.polled_at is not None and state.polled_at > block.since
                 and state.limit is not None and not state.limit.spent):
             return
         if block.until > now:
