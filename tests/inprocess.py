@@ -19,7 +19,8 @@ from zai_proxy.config import Settings, load_settings
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 # No state file, no retries unless a test asks: each test sees one attempt per request.
-TEST_ENV = {"ZAI_API_KEY": UPSTREAM_KEY, "RATE_LIMIT_STATE_FILE": "", "MAX_RETRIES": "0"}
+TEST_ENV = {"ZAI_API_KEY": UPSTREAM_KEY, "RATE_LIMIT_STATE_FILE": "", "MAX_RETRIES": "0",
+            "QUOTA_POLL_SECONDS": "0"}
 
 
 class InProcessProxy:
@@ -28,10 +29,13 @@ class InProcessProxy:
     def __init__(self, transport: httpx.AsyncBaseTransport, env: Mapping[str, str], *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 wall: Callable[[], float] | None = None,
                  client_timeout: float = 10.0) -> None:
         self.settings: Settings = load_settings({**TEST_ENV, **env})
         self.registry = CollectorRegistry()
         extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+        if wall is not None:
+            extra["wall"] = wall
         self.app: ProxyApp = create_app(self.settings, transport=transport, clock=clock,
                                         registry=self.registry, **extra)
         self._client_timeout = client_timeout

@@ -1,11 +1,31 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
 import pytest
 
-from zai_proxy.auth import ClientAuth, presented_key
+from zai_proxy import auth as auth_module
+from zai_proxy.auth import ClientAuth, KeyEntry, fingerprint, parse_entry, presented_key
 from zai_proxy.errors import Unauthorized
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bearer(key: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + key.encode())]
 
 
 def test_open_proxy_accepts_everyone() -> None:
     assert ClientAuth(()).client_id([]) is None
+    assert ClientAuth(()).open
 
 
 def test_keys_by_bearer_or_x_api_key() -> None:
@@ -13,9 +33,105 @@ def test_keys_by_bearer_or_x_api_key() -> None:
     a = auth.client_id([(b"authorization", b"Bearer worker-key-1")])
     b = auth.client_id([(b"x-api-key", b"worker-key-2")])
     assert a and b and a != b and "worker" not in a
+    assert a == fingerprint("worker-key-1") and a.startswith("key-") and len(a) == 16
     for headers in ([], [(b"authorization", b"Bearer nope")], [(b"authorization", b"Basic x")]):
         with pytest.raises(Unauthorized):
             auth.client_id(headers)
+
+
+def test_named_keys_identify_clients_by_name_and_a_name_may_hold_several_keys() -> None:
+    auth = ClientAuth(("batch:worker-key-1", "batch:worker-key-1b", "chat:worker-key-2",
+                       "worker-key-3"))
+    assert auth.client_id(bearer("worker-key-1")) == "batch"
+    assert auth.client_id(bearer("worker-key-1b")) == "batch"  # rotation: same client
+    assert auth.client_id(bearer("worker-key-2")) == "chat"
+    assert auth.client_id(bearer("worker-key-3")) == fingerprint("worker-key-3")
+    assert auth.names() == sorted({"batch", "chat", fingerprint("worker-key-3")})
+    with pytest.raises(Unauthorized):
+        auth.client_id(bearer("batch:worker-key-1"))  # the name is not part of the key
+
+
+def test_entries_parse_name_and_key_and_reject_bad_ones_without_showing_the_key() -> None:
+    assert parse_entry(" alice:k3y-with:colon ") == KeyEntry("k3y-with:colon", "alice")
+    assert parse_entry("no-name-key-1") == KeyEntry("no-name-key-1", None)
+    for bad in ("alice:short", "tiny"):
+        with pytest.raises(ValueError) as info:
+            parse_entry(bad)
+        assert "short" not in str(info.value) and "tiny" not in str(info.value)
+    assert "k3y" not in repr(parse_entry("alice:k3y-with:colon"))
+
+
+def test_not_a_name_prefix_makes_the_whole_entry_the_key() -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        parse_entry("not a name:key-value-1")
+
+
+def test_key_file_merges_with_the_list_and_is_reread_when_it_changes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# workers\nbatch:worker-key-0001\n\nworker-key-0002\n")
+    clock = Clock()
+    auth = ClientAuth(("inline:inline-key-001",), key_file=str(keys), clock=clock)
+    assert auth.client_id(bearer("inline-key-001")) == "inline"
+    assert auth.client_id(bearer("worker-key-0001")) == "batch"
+    # Rotate batch's key and add a worker: written atomically, as a Secret volume does.
+    replacement = tmp_path / "keys.new"
+    replacement.write_text("batch:worker-key-0003\nnew:worker-key-0004\n")
+    os.replace(replacement, keys)
+    assert auth.client_id(bearer("worker-key-0001")) == "batch"  # not looked at yet (< 1 s)
+    clock.now += 1.0
+    with caplog.at_level(logging.WARNING, logger="zai_proxy.auth"):
+        assert auth.client_id(bearer("worker-key-0003")) == "batch"
+    assert "reloaded" in caplog.text and "worker-key" not in caplog.text
+    assert auth.client_id(bearer("worker-key-0004")) == "new"
+    assert auth.client_id(bearer("inline-key-001")) == "inline"  # the list stays
+    for gone in ("worker-key-0001", "worker-key-0002"):
+        with pytest.raises(Unauthorized):
+            auth.client_id(bearer(gone))
+
+
+def test_a_broken_key_file_keeps_the_keys_in_force_and_is_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("worker-key-0001\n")
+    clock = Clock()
+    auth = ClientAuth((), key_file=str(keys), clock=clock)
+    with caplog.at_level(logging.ERROR, logger="zai_proxy.auth"):
+        for text in ("worker-key-0001\nshort\n", "# emptied\n", "worker-key-0001\nshort\n"):
+            keys.write_text(text)
+            clock.now += 1.0
+            assert auth.client_id(bearer("worker-key-0001")) == fingerprint("worker-key-0001")
+        keys.unlink()
+        clock.now += 1.0
+        assert auth.client_id(bearer("worker-key-0001"))
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    # one line per distinct problem: short key, no key, short key again, file gone
+    assert len(errors) == 4 and all("stay in force" in r.getMessage() for r in errors)
+    assert auth.file_error is not None
+    keys.write_text("worker-key-0009\n")
+    clock.now += 1.0
+    assert auth.client_id(bearer("worker-key-0009")) and auth.file_error is None
+
+
+def test_the_key_file_is_looked_at_once_a_second_at_most(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("worker-key-0001\n")
+    clock = Clock()
+    auth = ClientAuth((), key_file=str(keys), clock=clock)
+    calls: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if path == str(keys):
+            calls.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth_module.os, "stat", counting_stat)
+    for _ in range(1000):
+        auth.client_id(bearer("worker-key-0001"))
+        clock.now += 0.01  # 1000 requests over 10 s
+    assert 9 <= len(calls) <= 11
 
 
 def test_presented_key() -> None:

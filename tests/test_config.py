@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from zai_proxy.config import load_settings, parse_duration, parse_size, setting_fields
@@ -62,12 +64,42 @@ def test_cli_overrides_win_over_environment() -> None:
     assert s.port == 9100 and s.deployment_variant == "v1"
 
 
-def test_key_file_merges_with_key_list(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_key_file_is_checked_at_startup_and_kept_apart_from_the_list(tmp_path: Path) -> None:
+    # ClientAuth merges both (and re-reads the file when it changes); settings keep the variable.
     keys = tmp_path / "keys"
-    keys.write_text("# workers\nworker-key-0001\n\nworker-key-0002\n")
+    keys.write_text("# workers\nworker-key-0001\n\nbob:worker-key-0002\n")
     s = load_settings({"PROXY_API_KEYS": "inline-key-001", "PROXY_API_KEYS_FILE": str(keys)})
-    assert s.proxy_api_keys == ("inline-key-001", "worker-key-0001", "worker-key-0002")
+    assert s.proxy_api_keys == ("inline-key-001",)
+    assert s.proxy_api_keys_file == str(keys)
     assert "worker-key" not in repr(s)
+    keys.write_text("bob:short\n")
+    with pytest.raises(ConfigError, match="PROXY_API_KEYS_FILE") as info:
+        load_settings({"PROXY_API_KEYS_FILE": str(keys)})
+    assert "short" not in str(info.value) and "bob" in str(info.value)
+    keys.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        load_settings({"PROXY_API_KEYS_FILE": str(keys)})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings({"PROXY_API_KEYS_FILE": str(tmp_path / "missing")})
+
+
+def test_named_keys_and_quota_settings() -> None:
+    s = load_settings({"PROXY_API_KEYS": "alice:worker-key-0001,worker-key-0002",
+                       "QUOTA_PACING": "EVEN", "QUOTA_PACING_EXEMPT": "alice, bob",
+                       "QUOTA_POLL_SECONDS": "30s"})
+    assert s.quota_pacing == "even" and s.quota_pacing_exempt == ("alice", "bob")
+    assert s.quota_poll_seconds == 30.0 and s.quota_local_reject is True
+    assert s.monitor_url == "https://api.z.ai"
+    mirror = load_settings({"ZAI_TARGET_URL": "https://open.bigmodel.cn/api/paas/v4"})
+    assert mirror.monitor_url == "https://open.bigmodel.cn"
+    assert load_settings({"ZAI_MONITOR_URL": "http://monitor:9/"}).monitor_url == "http://monitor:9"
+    for env, named in ({"QUOTA_PACING": "fast"}, "QUOTA_PACING"), (
+            {"ZAI_MONITOR_URL": "ftp://x"}, "ZAI_MONITOR_URL"), (
+            {"QUOTA_POLL_SECONDS": "-1"}, "QUOTA_POLL_SECONDS"), (
+            {"PROXY_API_KEYS": "a:worker-key-0001,b:worker-key-0001"}, "PROXY_API_KEYS"), (
+            {"QUOTA_PACING": "even", "QUOTA_POLL_SECONDS": "0"}, "QUOTA_POLL_SECONDS"):
+        with pytest.raises(ConfigError, match=named):
+            load_settings(env)
 
 
 def test_every_setting_has_an_env_name_and_help() -> None:

@@ -359,6 +359,11 @@ def test_promtool_check_and_test_rules() -> None:
         assert "SUCCESS" in done.stdout
 
 
+# Issue 11: budget projected to run out before its reset, budget spent, poller failing.
+QUOTA_ALERTS = ("ZaiProxyQuotaRunsOutBeforeReset", "ZaiProxyQuotaExhausted",
+                "ZaiProxyQuotaPollerFailing")
+
+
 def alerts() -> dict[str, dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
@@ -374,6 +379,7 @@ def test_required_alerts_exist_and_are_unit_tested() -> None:
         "ZaiProxyQueueRejections",
         "ZaiProxyVariantErrorRatioWorse",
         "ZaiProxyTargetDown",
+        *QUOTA_ALERTS,
     ):
         assert needed in names
     tested = {
@@ -382,6 +388,7 @@ def test_required_alerts_exist_and_are_unit_tested() -> None:
         for t in case.get("alert_rule_test", [])
     }
     assert {"ZaiProxyUpstream429RatioHigh", "ZaiProxyVariantErrorRatioWorse"} <= tested
+    assert set(QUOTA_ALERTS) <= tested
     for name, rule in alerts().items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"], name

@@ -15,7 +15,6 @@ import pytest
 
 from zai_proxy.simulator import (
     ConcurrencyCeiling,
-    QuotaBudget,
     RateCeiling,
     SimulatorSettings,
     add_arguments,
@@ -83,7 +82,7 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-# ---- pure: schedule, ceilings, quota --------------------------------------------------------
+# ---- pure: schedule, ceilings --------------------------------------------------------------
 
 
 def test_parse_schedule_sorts_and_validates() -> None:
@@ -160,22 +159,6 @@ def test_concurrency_ceiling_counts_and_peak() -> None:
     assert ceiling.peak == 0
     unlimited = ConcurrencyCeiling(0)
     assert all(unlimited.try_enter() for _ in range(100))
-
-
-def test_quota_budget_window_opens_on_first_use_and_rolls() -> None:
-    clock = FakeClock()
-    quota = QuotaBudget(2, window_s=100, clock=clock)
-    assert quota.seconds_to_reset() == 100
-    clock.advance(50)
-    assert not quota.exhausted()
-    quota.consume()
-    quota.consume()
-    assert quota.exhausted() and quota.remaining() == 0
-    clock.advance(60)
-    assert quota.seconds_to_reset() == pytest.approx(40)
-    clock.advance(40)
-    assert not quota.exhausted() and quota.remaining() == 2
-    assert QuotaBudget(0, clock=clock).remaining() is None
 
 
 # ---- pure: token rules, knobs, settings -----------------------------------------------------
@@ -488,23 +471,6 @@ async def test_concurrency_ceiling_answers_1302_while_a_stream_is_open() -> None
         assert (await slow).status_code == 200
         stats = (await c.get("/_stats")).json()
         assert stats["in_flight"] == 0 and stats["peak_in_flight"] == 1
-        assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 200
-
-
-async def test_quota_answers_1308_with_reset_time() -> None:
-    async with client_for(SimulatorSettings(quota=2), FakeClock()) as c:
-        for _ in range(2):
-            assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 200
-        over = await c.post(CHAT, json=chat_body(), headers=BEARER)
-        assert over.status_code == 429
-        error = over.json()["error"]
-        assert error["code"] == "1308"
-        assert error["message"].startswith("Usage limit reached for 5 hour. Your limit will "
-                                           "reset at 20")
-        assert isinstance(error["next_reset_time"], int) and error["next_reset_time"] > 1e12
-        stats = (await c.get("/_stats")).json()
-        assert stats["ceilings"]["quota_remaining"] == 0
-        await c.post("/_stats/reset")
         assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 200
 
 

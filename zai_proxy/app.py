@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
-from zai_proxy.auth import ClientAuth
+from zai_proxy.auth import ClientAuth, KeyEntry
 from zai_proxy.catalog import ModelCatalog
 from zai_proxy.client_connections import ClientBounds, ClientConnections
 from zai_proxy.client_quotas import ClientQuotas
@@ -50,6 +50,7 @@ from zai_proxy.limiter import Limiter
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PeakWindow, PricingTable
 from zai_proxy.proxy import ProxyHandler
+from zai_proxy.quota import Quota
 from zai_proxy.recorder import Recorder
 from zai_proxy.retirement import Retirement
 from zai_proxy.retry import RetryPolicy
@@ -80,7 +81,8 @@ class ProxyApp(FastAPI):
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
                clock: Callable[[], float] = time.monotonic,
                registry: CollectorRegistry | None = None,
-               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> ProxyApp:
+               sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+               wall: Callable[[], float] = time.time) -> ProxyApp:
     """Build the proxy app from validated settings; collaborators are injectable for tests."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise
@@ -105,12 +107,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         # Every admitted request needs a connection: never fewer than the cap.
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
                         transport=transport)
-    auth = ClientAuth(settings.proxy_api_keys)
+    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
     metrics.set_auth_mode("open" if auth.open else "keys")
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
     limiter = Limiter(settings, metrics, clock=clock)
+    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
-                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
+                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
+                          before_attempt=quota.recheck)
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
@@ -128,6 +132,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             log.warning("token estimates use a heuristic: %s", accounting.tokenizer.warning)
         limiter.restore()
         limiter.start()
+        quota.start()
+        if unknown := sorted(quota.exempt - set(auth.names())):
+            log.warning("QUOTA_PACING_EXEMPT names no configured key: %s", ", ".join(unknown))
         lifecycle.serving()
         metrics.ready.set(1)
         try:
@@ -135,6 +142,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             lifecycle.drain()
             metrics.ready.set(0)
+            await quota.stop()
             await limiter.stop()
             await upstream.aclose()
             if accounting is not None:
@@ -147,7 +155,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
         accounting=accounting, quotas=quotas,
-        models_body=json.dumps(catalog.openai_models_payload()).encode())
+        models_body=json.dumps(catalog.openai_models_payload()).encode(), quota=quota)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
@@ -156,6 +164,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.accounting = accounting
     app.state.retirement = retirement
     app.state.connections = connections
+    app.state.quota = quota
+    app.state.auth = auth
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -172,6 +182,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "auth": "open" if auth.open else "keys",
             "rate_limit": limiter.health(),
+            "quota": quota.health(),
         }
         if accounting is not None:
             tok = accounting.tokenizer
@@ -190,6 +201,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     async def metrics_route() -> Response:
         limiter.refresh_gauges()
         metrics.set_auth_mode("open" if auth.open else "keys")  # the key file may change
+        quota.refresh_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     admin = AdminGuard(settings.admin_api_key)
@@ -279,7 +291,7 @@ class AdminGuard:
     """Admin routes: 404 when ADMIN_API_KEY is unset, 401 without the key (constant time)."""
 
     def __init__(self, key: str) -> None:
-        self._auth = ClientAuth((key,)) if key else None
+        self._auth = ClientAuth((KeyEntry(key),)) if key else None
 
     def check(self, headers: Any) -> Response | None:
         if self._auth is None:

@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -125,6 +124,17 @@ def _storage_uri(text: str) -> str:
     return text.strip()
 
 
+def _optional_url(text: str) -> str:
+    return parse_url(text) if text.strip() else ""
+
+
+def _pacing_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in {"off", "even"}:
+        raise ValueError("off or even")
+    return mode
+
+
 def _setting(env: str, parse: Callable[[str], Any], help_: str, **kw: Any) -> Any:
     """A dataclass field that knows its environment variable, parser and help text."""
     return field(metadata={"env": env, "parse": parse, "help": help_}, **kw)
@@ -150,10 +160,11 @@ class Settings:
         "DEPLOYMENT_VARIANT", _variant, "value of the deployment_variant label",
         default="production")
     proxy_api_keys: tuple[str, ...] = _setting(
-        "PROXY_API_KEYS", parse_list, "comma-separated client keys; unset = open proxy",
-        default=(), repr=False)
+        "PROXY_API_KEYS", parse_list, "comma-separated client keys, each `name:key` or `key`; "
+        "unset (and no file) = open proxy", default=(), repr=False)
     proxy_api_keys_file: str = _setting(
-        "PROXY_API_KEYS_FILE", str, "file with one client key per line", default="")
+        "PROXY_API_KEYS_FILE", str, "file with one client key (`name:key` or `key`) per line, "
+        "re-read when it changes", default="")
     max_request_bytes: int = _setting(
         "MAX_REQUEST_BYTES", _positive(parse_size), "largest request body accepted",
         default=10 * 1024 * 1024)
@@ -267,6 +278,29 @@ class Settings:
         "MAX_CONNECTIONS", _positive(_int),
         "open client connections served; more get 503 (probes, /metrics and /admin still served)",
         default=4096)
+    # Plan quota (area: quota, issue 11).
+    zai_monitor_url: str = _setting(
+        "ZAI_MONITOR_URL", _optional_url, "quota monitor base (GET /api/monitor/usage/quota/limit);"
+        " unset = scheme and host of ZAI_TARGET_URL (https://api.z.ai)", default="")
+    quota_poll_seconds: float = _setting(
+        "QUOTA_POLL_SECONDS", _non_negative(parse_duration),
+        "poll the quota monitor this often (0 = off)", default=60.0)
+    quota_poll_timeout: float = _setting(
+        "QUOTA_POLL_TIMEOUT", _positive(parse_duration), "longest wait for one quota poll",
+        default=10.0)
+    quota_local_reject: bool = _setting(
+        "QUOTA_LOCAL_REJECT", parse_bool, "answer 429 locally (no upstream attempt) while a "
+        "five-hour or weekly quota is spent, until its reset", default=True)
+    quota_pacing: str = _setting(
+        "QUOTA_PACING", _pacing_mode, "off, or even: cap the admitted rate so the quota left "
+        "lasts until its reset", default="off")
+    quota_pacing_exempt: tuple[str, ...] = _setting(
+        "QUOTA_PACING_EXEMPT", parse_list, "client key names never paced (comma-separated)",
+        default=())
+    quota_burn_window: float = _setting(
+        "QUOTA_BURN_WINDOW", _positive(parse_duration),
+        "burn rate and time to exhaustion are measured over this much recent time",
+        default=900.0)
     # Not read from the environment: set by `serve` when it starts the built-in simulator.
     upstream_simulated: bool = field(default=False, metadata={"env": None})
 
@@ -274,6 +308,14 @@ class Settings:
     def needs_simulator(self) -> bool:
         """True when no upstream key is set: `serve` starts the built-in simulator."""
         return not self.zai_api_key
+
+    @property
+    def monitor_url(self) -> str:
+        """Base of Z.AI's quota monitor: ZAI_MONITOR_URL, else ZAI_TARGET_URL's origin."""
+        if self.zai_monitor_url:
+            return self.zai_monitor_url
+        parts = urlsplit(self.zai_target_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def account(self) -> str:
@@ -315,24 +357,31 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
         raise ConfigError("ZAI_API_KEY is set but empty: set the upstream key, or unset "
                           "ZAI_API_KEY to run against the built-in simulator")
     settings = Settings(**values)
-    return _validated(settings, _read_key_file(settings.proxy_api_keys_file))
+    _check_keys(settings)
+    return _validated(settings)
 
 
-def _read_key_file(path: str) -> tuple[str, ...]:
-    if not path:
-        return ()
+def _check_keys(settings: Settings) -> None:
+    """PROXY_API_KEYS entries and the key file must parse (the file is read again, and
+    whenever it changes, by `ClientAuth`)."""
+    from zai_proxy.auth import parse_entries, read_key_file
+
     try:
-        text = Path(path).read_text()
+        parse_entries(settings.proxy_api_keys)
+    except ValueError as exc:
+        raise ConfigError(f"PROXY_API_KEYS is invalid: {exc}") from None
+    path = settings.proxy_api_keys_file
+    if not path:
+        return
+    try:
+        read_key_file(path)
     except OSError as exc:
         raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} cannot be read: {exc.strerror}") from None
-    keys = tuple(line.strip() for line in text.splitlines()
-                 if line.strip() and not line.lstrip().startswith("#"))
-    if not keys:
-        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} holds no key (one per line expected)")
-    return keys
+    except ValueError as exc:
+        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} {exc}") from None
 
 
-def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
+def _validated(settings: Settings) -> Settings:
     if settings.rate_limit_min > settings.rate_limit_max:
         raise ConfigError("RATE_LIMIT_MIN must not exceed RATE_LIMIT_MAX")
     if not settings.rate_limit_min <= settings.rate_limit_initial <= settings.rate_limit_max:
@@ -346,6 +395,9 @@ def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"PEAK_TIMEZONE={settings.peak_timezone!r} is not an IANA time zone "
                           "such as Asia/Shanghai") from None
+    if settings.quota_pacing == "even" and not settings.quota_poll_seconds:
+        raise ConfigError("QUOTA_PACING=even paces by the quota monitor: QUOTA_POLL_SECONDS "
+                          "must be more than 0")
     if settings.client_rate_limits:
         from zai_proxy.client_quotas import parse_client_limits
 
@@ -353,11 +405,6 @@ def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
             parse_client_limits(",".join(settings.client_rate_limits))
         except ValueError as exc:
             raise ConfigError(f"CLIENT_RATE_LIMITS is invalid: {exc}") from None
-    if any(len(key) < 8 for key in settings.proxy_api_keys + file_keys):
-        raise ConfigError("PROXY_API_KEYS / PROXY_API_KEYS_FILE: every key needs 8+ characters")
-    if file_keys:
-        merged = tuple(dict.fromkeys(settings.proxy_api_keys + file_keys))
-        object.__setattr__(settings, "proxy_api_keys", merged)
     return settings
 
 

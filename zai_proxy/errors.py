@@ -22,6 +22,8 @@ class ProxyError(Exception):
     param: str | None = None
     # The route template the error belongs to, when known (a metric label).
     route: str | None = None
+    # Response headers the error adds to its answer (besides Retry-After for RateLimited).
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -82,6 +84,20 @@ class RateLimited(ProxyError):
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after
+
+
+class QuotaExhausted(RateLimited):
+    """The account's plan quota is spent (or, paced, reserved): answered without the upstream.
+
+    Same class as Z.AI's own 1308/1310 answers (`x-zai-error-class: quota`, the Z.AI code in
+    `x-zai-error-code`, a message carrying "Your limit will reset at ...").
+    """
+
+    def __init__(self, message: str, *, code: str, retry_after: float, zai_code: str) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.zai_code = zai_code
+        self.extra_headers = ((b"x-zai-error-class", b"quota"),
+                              (b"x-zai-error-code", zai_code.encode()))
 
 
 class UpstreamError(ProxyError):

@@ -45,6 +45,7 @@ class Exchange:
     upstream_ended: float | None = None
     attempts: int = 0
     admission_wait: float = 0.0
+    paced: bool = False  # admission also waits for the quota pacer (QUOTA_PACING)
     # Set just before the last byte is sent: from then on a disconnect is not the client leaving.
     complete: bool = False
     usage: Any = None

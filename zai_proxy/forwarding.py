@@ -20,6 +20,7 @@ from typing import Any
 from zai_proxy.admission import Admission, Permit, Rejection
 from zai_proxy.classify import Throttle, classify_429
 from zai_proxy.errors import (
+    ProxyError,
     RateLimited,
     UpstreamError,
     UpstreamInterrupted,
@@ -65,8 +66,12 @@ class Forwarder:
 
     def __init__(self, *, upstream: Upstream, admission: Admission, policy: RetryPolicy,
                  metrics: Metrics, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 before_attempt: Callable[[Exchange], ProxyError | None] | None = None) -> None:
         self.upstream = upstream
+        # Asked after admission, before every attempt: an error it returns is the answer (the
+        # plan quota ran out while the request waited in the queue).
+        self.before_attempt = before_attempt
         self.admission = admission
         self.policy = policy
         self.metrics = metrics
@@ -84,6 +89,9 @@ class Forwarder:
         retries = 0
         while True:
             permit = await self._admit(ex, priority=retries > 0)
+            if self.before_attempt is not None and (refused := self.before_attempt(ex)):
+                permit.release()
+                raise refused
             ex.attempts += 1
             retry_after: float | None = None
             reason: RetryReason | None
@@ -117,7 +125,7 @@ class Forwarder:
             await self.sleep(delay)
 
     async def _admit(self, ex: Exchange, *, priority: bool) -> Permit:
-        result = await self.admission.acquire(ex.client, priority=priority)
+        result = await self.admission.acquire(ex.client, priority=priority, paced=ex.paced)
         if isinstance(result, Rejection):
             self.metrics.rejections.labels(result.reason, self.metrics.variant).inc()
             raise RateLimited(

@@ -121,6 +121,34 @@ class Metrics:
                                      "Client connection cap (MAX_CONNECTIONS)", [V],
                                      registry=r).labels(variant)
 
+        # Plan quota (area: quota). `window` is five_hour or weekly; `client` a key's name.
+        self.quota_used = Gauge("zai_proxy_quota_used_ratio",
+                                "Share of the window's quota used (estimated now)",
+                                ["window", V], registry=r)
+        self.quota_remaining = Gauge("zai_proxy_quota_remaining",
+                                     "Quota left in the window as polled, in the monitor's unit",
+                                     ["window", V], registry=r)
+        self.quota_reset = Gauge("zai_proxy_quota_reset_timestamp_seconds",
+                                 "When the window's quota resets (epoch s)", ["window", V],
+                                 registry=r)
+        self.quota_eta = Gauge("zai_proxy_quota_exhaustion_eta_seconds",
+                               "Seconds until the window's quota is spent at the recent burn "
+                               "(+Inf: not burning)", ["window", V], registry=r)
+        self.quota_rejections = Counter("zai_proxy_quota_rejections",
+                                        "Requests answered locally because the quota is spent",
+                                        [V], registry=r).labels(variant)
+        self.quota_poll_errors = Counter("zai_proxy_quota_poll_errors",
+                                         "Failed polls of the quota monitor", ["reason", V],
+                                         registry=r)
+        self.quota_poll_up = Gauge("zai_proxy_quota_poll_up",
+                                   "1 while the last quota poll succeeded (absent: polling off)",
+                                   [V], registry=r)
+        self.quota_pacing_rate = Gauge("zai_proxy_quota_pacing_requests_per_second",
+                                       "Account-level pacing rate (0 = pacing off or paused)",
+                                       [V], registry=r).labels(variant)
+        self.client_tokens = Counter("zai_proxy_client_tokens", "Tokens by client key name",
+                                     ["client", "direction", V], registry=r)
+
     def set_auth_mode(self, mode: str) -> None:
         for known in ("keys", "open"):
             self.auth_mode.labels(known, self.variant).set(1 if known == mode else 0)

@@ -1,7 +1,8 @@
 """The request path: a pure ASGI handler for every `/v1/...` call.
 
-read and check the request -> client quota -> admission and upstream attempt(s) (`Forwarder`)
--> relay (token accounting watching) -> settle usage -> record once.
+read and check the request -> plan quota (a local 429 while it is spent) -> client quota ->
+admission and upstream attempt(s) (`Forwarder`) -> relay (token accounting watching) -> settle
+usage -> record once.
 
 Streams are relayed chunk by chunk as the upstream sends them; a non-stream body is read whole
 (it is needed whole for usage and to spot an empty 2xx) and sent with its length. A client that
@@ -39,6 +40,7 @@ from zai_proxy.headers import (
     upstream_request_headers,
 )
 from zai_proxy.lifecycle import Lifecycle
+from zai_proxy.quota import Quota
 from zai_proxy.recorder import Recorder
 from zai_proxy.routing import Route, Router
 
@@ -55,8 +57,10 @@ class ProxyHandler:
     def __init__(self, *, router: Router, forwarder: Forwarder, auth: ClientAuth,
                  lifecycle: Lifecycle, recorder: Recorder, api_key: str, variant: str,
                  max_request_bytes: int, accounting: Accounting | None = None,
-                 quotas: ClientQuotas | None = None, models_body: bytes | None = None) -> None:
+                 quotas: ClientQuotas | None = None, models_body: bytes | None = None,
+                 quota: Quota | None = None) -> None:
         self.router = router
+        self.quota = quota
         self.forwarder = forwarder
         self.accounting = accounting
         self.quotas = quotas
@@ -139,6 +143,13 @@ class ProxyHandler:
 
     async def _forward(self, ex: Exchange, method: str, route: Route, headers: RawHeaders,
                        body: bytes, payload: dict[str, Any] | None, send: Any) -> None:
+        quota = self.quota
+        if quota is not None:  # a spent plan quota is answered here, before admission
+            refused = quota.check(ex.client)
+            if refused is not None:
+                await self._error(ex, send, refused)
+                return
+            ex.paced = quota.paced(ex.client)
         ledger = self.accounting.open(route, payload, body) if self.accounting else None
         upstream_body = ledger.upstream_body if ledger is not None else body
         upstream_headers = upstream_request_headers(headers, route.surface, self.api_key,
@@ -156,6 +167,8 @@ class ProxyHandler:
         except ProxyError as error:
             await self._error(ex, send, error)
             return
+        if quota is not None and opened.throttle is not None:
+            quota.observe(opened.throttle)
         try:
             if opened.body is not None:
                 await self._relay_whole(ex, opened, ledger, send)
@@ -167,6 +180,8 @@ class ProxyHandler:
                 report = await ledger.settle()
                 ex.usage = report.log_fields()
                 ex.cost = report.cost_usd
+                if quota is not None:
+                    quota.settled("anonymous" if self.auth.open else ex.client, report.counts)
                 if self.quotas is not None:
                     await self.quotas.record_tokens(ex.client, sum(report.counts.values()))
 
@@ -256,6 +271,7 @@ class ProxyHandler:
         headers = self._json_headers(ex, body)
         if isinstance(error, RateLimited):
             headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+        headers.extend(error.extra_headers)
         if isinstance(error, PayloadTooLarge) or self.lifecycle.draining:
             headers.append((b"connection", b"close"))
         ex.complete = True

@@ -135,11 +135,13 @@ def _bind(host: str, port: int) -> socket.socket:
 async def _start_simulator(
     settings: Settings,
 ) -> tuple[Settings, _EmbeddedServer, asyncio.Task[None]]:
-    from zai_proxy.simulator import SimulatorSettings, create_simulator_app
+    from zai_proxy.simulator import create_simulator_app, settings_from_env
 
     sock = _bind("127.0.0.1", settings.simulator_port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_simulator_app(SimulatorSettings()), log_config=None,
+    # SIM_* variables configure it (e.g. SIM_QUOTA_5H_TOKENS); the quota monitor is polled at
+    # its origin, which ZAI_MONITOR_URL defaults to.
+    config = uvicorn.Config(create_simulator_app(settings_from_env()), log_config=None,
                             access_log=False, lifespan="off", log_level="warning")
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -26,12 +26,16 @@ from zai_proxy.dashboard.compute import Point
 from zai_proxy.dashboard.events import Broker
 from zai_proxy.dashboard.storage import History
 from zai_proxy.dashboard.views import (
+    QUOTA_WINDOWS,
     RANGES,
     BadRequest,
     live_row,
     parse_variants,
     plan,
+    quota_windows,
     series,
+    top_clients,
+    window_start,
     window_summary,
 )
 
@@ -136,6 +140,27 @@ def create_dashboard_app(
         body["storage"] = storage.health()
         return JSONResponse(body)
 
+    async def quota(request: Request) -> Response:
+        """The plan quota per variant and the top clients of each window (tokens since the
+        window began, every variant together: they spend one account)."""
+        now = clock()
+        latest: dict[str, Point] = {}
+        for point in dash.recent:
+            if point.ts > now - 300 and (point.variant not in latest
+                                         or point.ts >= latest[point.variant].ts):
+                latest[point.variant] = point
+        windows = quota_windows(latest)
+        clients = {}
+        for name in QUOTA_WINDOWS:
+            readings = [w[name] for w in windows.values() if name in w]
+            resets = [r["reset_at"] for r in readings if r["reset_at"] is not None]
+            used = [r["used_ratio"] for r in readings if r["used_ratio"] is not None]
+            since = window_start(name, max(resets) if resets else None, now)
+            points = await storage.query(since, now + 1, now - since > 6 * 3600)
+            clients[name] = {"since": since, "used_ratio": max(used) if used else None,
+                             "clients": top_clients(points, max(used) if used else None)}
+        return JSONResponse({"now": now, "variants": windows, "windows": clients})
+
     async def status(request: Request) -> Response:
         return JSONResponse(dash.status())
 
@@ -166,6 +191,7 @@ def create_dashboard_app(
     app = Starlette(
         routes=[
             Route("/", index), Route("/api/metrics", metrics), Route("/api/status", status),
+            Route("/api/quota", quota),
             Route("/api/config", config), Route("/healthz", healthz),
             Route("/api/events", events), Mount("/static", StaticFiles(directory=STATIC)),
         ],

@@ -87,7 +87,7 @@ def points_from_readings(
     for previous, current in pairs:
         for (name, items), value in current.gauges.items():
             labels = dict(items)
-            add_gauge(point(labels), name, value)
+            add_gauge(point(labels), name, value, labels)
         for (name, items), value in current.counters.items():
             labels = dict(items)
             p = point(labels)

@@ -44,6 +44,20 @@ GAUGES: dict[str, str] = {
     "zai_proxy_ready": "ready",
     "zai_proxy_shared_state_degraded": "degraded",
 }
+# The account's plan quota (by `window`): every replica of one account exports its reading of the
+# same budget, so targets combine by the most alarming one (max used, min time to exhaustion),
+# never by sum.
+WINDOW_GAUGES: dict[tuple[str, str], str] = {
+    ("zai_proxy_quota_used_ratio", "five_hour"): "quota_5h",
+    ("zai_proxy_quota_used_ratio", "weekly"): "quota_week",
+    ("zai_proxy_quota_exhaustion_eta_seconds", "five_hour"): "quota_5h_eta",
+    ("zai_proxy_quota_exhaustion_eta_seconds", "weekly"): "quota_week_eta",
+    ("zai_proxy_quota_reset_timestamp_seconds", "five_hour"): "quota_5h_reset",
+    ("zai_proxy_quota_reset_timestamp_seconds", "weekly"): "quota_week_reset",
+}
+GAUGE_FIELDS = (*GAUGES.values(), *WINDOW_GAUGES.values())
+# Tokens by client key name, kept per client: `client:<name>` counter fields.
+CLIENT_PREFIX = "client:"
 # Row column -> counter field; the page plots these as per-second rates.
 RATES = {
     "rps": "requests",
@@ -118,6 +132,8 @@ def add_counter(point: Point, name: str, labels: Labels, delta: float) -> None:
             _add(point.counters, "errors_5xx", delta)
         elif code == "429":
             _add(point.counters, "status_429", delta)
+    elif name == "zai_proxy_client_tokens_total":
+        _add(point.counters, CLIENT_PREFIX + labels.get("client", "?"), delta)
     elif name == "zai_proxy_tokens_total":
         direction = TOKEN_DIRECTIONS.get(labels.get("direction", ""))
         if direction:
@@ -132,10 +148,17 @@ def add_counter(point: Point, name: str, labels: Labels, delta: float) -> None:
         buckets[le] = buckets.get(le, 0.0) + delta
 
 
-def add_gauge(point: Point, name: str, value: float) -> None:
-    """Gauges add up across label sets and targets (each pod holds its own share)."""
-    if name in GAUGES and not math.isnan(value):
+def add_gauge(point: Point, name: str, value: float, labels: Labels | None = None) -> None:
+    """Gauges add up across label sets and targets (each pod holds its own share); the
+    account's quota readings combine by the most alarming value instead (see WINDOW_GAUGES)."""
+    if math.isnan(value):
+        return
+    if name in GAUGES:
         _add(point.gauges, GAUGES[name], value)
+    elif labels is not None and (key := WINDOW_GAUGES.get((name, labels.get("window", "")))):
+        if key in point.gauges:
+            value = (min if key.endswith("_eta") else max)(point.gauges[key], value)
+        point.gauges[key] = value
 
 
 def merge(points: Iterable[Point], ts: float, variant: str) -> Point:
@@ -167,9 +190,15 @@ def row(point: Point) -> dict[str, float | None]:
         buckets = point.hists.get(hist, {})
         for name, q in QUANTILES.items():
             out[prefix + name] = histogram_quantile(q, buckets)
-    for name in GAUGES.values():
+    for name in GAUGE_FIELDS:
         out[name] = point.gauges.get(name)
     return out
+
+
+def client_tokens(point: Point) -> dict[str, float]:
+    """Tokens per client name in a point (from `zai_proxy_client_tokens_total`)."""
+    return {key[len(CLIENT_PREFIX):]: value for key, value in point.counters.items()
+            if key.startswith(CLIENT_PREFIX)}
 
 
 def summary(point: Point) -> dict[str, float | None]:

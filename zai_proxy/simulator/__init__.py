@@ -1,12 +1,14 @@
 """The built-in simulated Z.AI upstream (`zai-proxy simulate`).
 
 Serves Z.AI's paths on one port: `/api/paas/v4/{chat/completions,completions,embeddings,models}`
-(Bearer auth) and `/api/anthropic/v1/messages[/count_tokens]` (`x-api-key` auth; Bearer alone
-gets the edge's bare 404 page), plus `/health`, `/_stats`, `/_stats/reset` and `/_config`.
+(Bearer auth), `/api/anthropic/v1/messages[/count_tokens]` (`x-api-key` auth; Bearer alone
+gets the edge's bare 404 page) and the quota monitor `/api/monitor/usage/quota/limit` (raw key
+in `Authorization`), plus `/health`, `/_stats`, `/_stats/reset` and `/_config`.
 Replies and usage are deterministic functions of the request (rules in `generation`); hidden
 ceilings answer Z.AI's real 429 bodies (1302 concurrency, 1303 rate with Retry-After,
-1308/1310 quota with `next_reset_time`); on the Anthropic routes the same error sits in
-Anthropic's envelope, `{"type":"error","error":{"type":"rate_limit_error","code":"1303",...}}`.
+1308/1310 quota with `next_reset_time` once a five-hour or weekly token budget is spent,
+`simulator.quota`); on the Anthropic routes the same error sits in Anthropic's envelope,
+`{"type":"error","error":{"type":"rate_limit_error","code":"1303",...}}`.
 
 Per-request overrides (request headers; malformed values are ignored):
 
@@ -34,27 +36,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from zai_proxy.simulator.app import SimulatorApp, create_simulator_app
-from zai_proxy.simulator.ceiling import ConcurrencyCeiling, QuotaBudget, RateCeiling
+from zai_proxy.simulator.ceiling import ConcurrencyCeiling, RateCeiling
+from zai_proxy.simulator.quota import PlanQuota, TokenWindow
 from zai_proxy.simulator.settings import (
     DEFAULT_MODELS,
     SimulatorSettings,
     add_arguments,
     parse_schedule,
     settings_from_args,
+    settings_from_env,
 )
 
 __all__ = [
     "DEFAULT_MODELS",
     "ConcurrencyCeiling",
-    "QuotaBudget",
+    "PlanQuota",
     "RateCeiling",
     "SimulatorApp",
     "SimulatorSettings",
+    "TokenWindow",
     "add_arguments",
     "create_simulator_app",
     "main",
     "parse_schedule",
     "settings_from_args",
+    "settings_from_env",
 ]
 
 

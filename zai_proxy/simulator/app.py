@@ -4,14 +4,17 @@ Routes (also under the Coding Plan base `/api/coding/paas/v4`):
 `POST /api/paas/v4/chat/completions`, `POST /api/paas/v4/completions`,
 `POST /api/paas/v4/embeddings`, `GET /api/paas/v4/models` (Bearer auth, 401 JSON otherwise);
 `POST /api/anthropic/v1/messages`, `POST /api/anthropic/v1/messages/count_tokens` (`x-api-key`
-auth; a Bearer header without it gets the edge's bare 404 page); `GET /health`;
+auth; a Bearer header without it gets the edge's bare 404 page);
+`GET /api/monitor/usage/quota/limit` (the quota monitor: raw key in `Authorization`, no Bearer;
+`monitor_fault` / `monitor_delay_ms` make it fail or slow); `GET /health`;
 `GET /_stats`, `POST /_stats/reset` (zeroes counters, restarts the schedule, refills the quota);
 `GET /_config`, `POST /_config` (JSON subset of the numeric settings, applied live).
 
 Per API request: auth, then a forced outcome (`x-sim-status`, `x-sim-429-code`) bypassing the
 limits, then admission in the order quota (1308/1310) → concurrency (1302) → rate (1303 with
 Retry-After), then the base latency, then `fail_rate` faults (500 JSON / 502 edge page), then the
-reply. In-flight counts a request from admission until its body ended or the client left.
+reply, whose prompt + completion tokens the plan quota's windows consume (`simulator.quota`).
+In-flight counts a request from admission until its body ended or the client left.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from zai_proxy.simulator import errors
-from zai_proxy.simulator.ceiling import ConcurrencyCeiling, QuotaBudget, RateCeiling
+from zai_proxy.simulator.ceiling import ConcurrencyCeiling, RateCeiling
 from zai_proxy.simulator.generation import StreamPlan
 from zai_proxy.simulator.overrides import PREFIX, RequestKnobs, apply_headers, base_knobs
+from zai_proxy.simulator.quota import PlanQuota
 from zai_proxy.simulator.routes import ANTHROPIC_PREFIX, API_ROUTES, Call, Reply, handle_api
 from zai_proxy.simulator.settings import SimulatorSettings, updated
 from zai_proxy.simulator.stats import Stats, describe_request
@@ -45,6 +49,7 @@ from zai_proxy.simulator.transport import (
 )
 
 CODING_PREFIX = "/api/coding/paas/v4/"
+MONITOR_PATH = "/api/monitor/usage/quota/limit"
 
 
 class SimulatorApp:
@@ -55,8 +60,13 @@ class SimulatorApp:
         self.clock = clock
         self.rate = RateCeiling(settings.rate_ceiling, settings.ceiling_schedule, clock)
         self.concurrency = ConcurrencyCeiling(settings.concurrency_ceiling)
-        self.quota = QuotaBudget(settings.quota, settings.quota_window_s, clock)
+        self.quota = PlanQuota(
+            five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
+            five_hour_s=settings.quota_5h_window_s, weekly_s=settings.quota_weekly_window_s,
+            mode="fixed" if settings.quota_reset == "fixed" else "rolling",
+            level=settings.quota_level, clock=clock)
         self.stats = Stats(clock)
+        self.monitor_polls = 0
         self._knobs = base_knobs(settings)
         self._random = random.Random(settings.seed)
         self._ids = itertools.count(1)
@@ -86,6 +96,9 @@ class SimulatorApp:
         method: str = scope["method"]
         if path.startswith(CODING_PREFIX):
             path = "/api/paas/v4/" + path[len(CODING_PREFIX):]
+        if path == MONITOR_PATH:
+            await self._monitor(method, scope, send)
+            return
         internal = self._internal.get((method, path))
         if internal is not None:
             try:
@@ -165,6 +178,7 @@ class SimulatorApp:
             if not isinstance(reply, Reply):
                 await self._answer(send, path, reply)
                 return
+            self.quota.consume(reply.tokens)
             await self._reply(send, receive, call, reply)
         except SimulatedReset:
             self.stats.record_event("reset")
@@ -195,7 +209,7 @@ class SimulatorApp:
             code = 1303
         if code is not None:
             self.stats.record_429(str(code))
-            answer = errors.forced_429(code, knobs.retry_after, self.quota.seconds_to_reset())
+            answer = errors.forced_429(code, knobs.retry_after, self.quota.seconds_to_reset(code))
         else:
             assert knobs.status is not None
             answer = errors.status_answer(knobs.status)
@@ -203,15 +217,14 @@ class SimulatorApp:
 
     def _admit(self) -> tuple[str, errors.Answer] | None:
         """Take a quota unit, an in-flight slot and a rate slot, or say which 429 to send."""
-        code = self.settings.quota_code
-        if self.quota.exhausted():
-            return str(code), errors.quota_exhausted(code, self.quota.seconds_to_reset())
+        spent = self.quota.refusal()
+        if spent is not None:
+            return str(spent[0]), errors.quota_exhausted(*spent)
         if not self.concurrency.try_enter():
             return "1302", errors.too_many(1302)
         if not self.rate.try_acquire():
             self.concurrency.leave()
             return "1303", errors.too_many(1303, self.rate.retry_after())
-        self.quota.consume()
         return None
 
     async def _answer(self, send: Send, path: str, answer: errors.Answer) -> None:
@@ -250,6 +263,33 @@ class SimulatorApp:
         else:
             await send_whole(send, 200, json_type, payload)
 
+    async def _monitor(self, method: str, scope: Scope, send: Send) -> None:
+        """`GET /api/monitor/usage/quota/limit`: the raw key in `Authorization` (no Bearer)."""
+        self.monitor_polls += 1
+        if method != "GET":
+            await send_whole(send, *errors.zai_error(405, "405", "Method Not Allowed"))
+            return
+        key = next((v.decode("latin-1").strip() for k, v in scope["headers"]
+                    if k.lower() == b"authorization"), "")
+        fault = self.settings.monitor_fault
+        delay = self.settings.monitor_delay_ms / 1000.0
+        if fault == "slow" and not delay:
+            delay = 30.0
+        if delay:
+            await asyncio.sleep(delay)
+        expect = self.settings.expect_key
+        if fault == "unauthorized" or not key or key.lower().startswith("bearer ") or (
+                expect and key != expect):
+            answer = errors.json_answer(401, {"code": 1001, "msg": "token expired or incorrect",
+                                              "success": False})
+        elif fault == "error":
+            answer = errors.server_error(503)
+        elif fault == "garbage":
+            answer = (200, [errors.HTML_TYPE], b"<html><body>maintenance</body></html>")
+        else:
+            answer = errors.json_answer(200, self.quota.monitor_answer())
+        await send_whole(send, *answer)
+
     # internal routes
 
     async def _health(self, _: bytes) -> errors.Answer:
@@ -262,16 +302,16 @@ class SimulatorApp:
         snapshot["ceilings"] = {
             "rate": self.rate.current(),
             "concurrency": self.concurrency.limit,
-            "quota": self.quota.limit,
-            "quota_used": self.quota.used,
-            "quota_remaining": self.quota.remaining(),
         }
+        snapshot["quota"] = self.quota.snapshot()
+        snapshot["monitor_polls"] = self.monitor_polls
         return errors.json_answer(200, snapshot)
 
     async def _reset(self, _: bytes) -> errors.Answer:
         self.stats.reset()
         self.rate.reset()
         self.quota.reset()
+        self.monitor_polls = 0
         self.concurrency.reset_peak()
         return errors.json_answer(200, {"status": "reset"})
 
@@ -293,8 +333,10 @@ class SimulatorApp:
         self._knobs = base_knobs(settings)
         self.rate.configure(settings.rate_ceiling, settings.ceiling_schedule)
         self.concurrency.limit = settings.concurrency_ceiling
-        self.quota.limit = settings.quota
-        self.quota.window_s = settings.quota_window_s
+        self.quota.configure(
+            five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
+            five_hour_s=settings.quota_5h_window_s, weekly_s=settings.quota_weekly_window_s,
+            level=settings.quota_level)
 
 
 def create_simulator_app(

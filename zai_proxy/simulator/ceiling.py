@@ -4,7 +4,8 @@
   `rate=20` allows 20 in any 1 s, `rate=0.5` allows 1 in any 2 s); the rate follows a schedule of
   `(seconds since start, req/s)` pairs. A rate of 0 means no ceiling.
 - `ConcurrencyCeiling`: in-flight counter with an optional cap, also tracking the peak.
-- `QuotaBudget`: a number of admissions per window that starts at the first admission.
+
+The plan quota (token budgets per window) is `simulator.quota`.
 """
 
 from __future__ import annotations
@@ -115,49 +116,3 @@ class ConcurrencyCeiling:
 
     def reset_peak(self) -> None:
         self.peak = self.in_flight
-
-
-class QuotaBudget:
-    """`limit` admissions per `window_s` seconds (0 = unlimited); the window opens on first use."""
-
-    def __init__(self, limit: int = 0, window_s: float = 5 * 3600.0, clock: Clock = time.monotonic):
-        self.limit = limit
-        self.window_s = window_s
-        self._clock = clock
-        self.used = 0
-        self._opened: float | None = None
-
-    def _roll(self, now: float) -> None:
-        if self._opened is not None and now >= self._opened + self.window_s:
-            self._opened, self.used = None, 0
-
-    def exhausted(self) -> bool:
-        """True when the budget is used up for the current window."""
-        if not self.limit:
-            return False
-        self._roll(self._clock())
-        return self.used >= self.limit
-
-    def consume(self) -> None:
-        """Count one admission (opens the window on first use)."""
-        now = self._clock()
-        self._roll(now)
-        if self._opened is None:
-            self._opened = now
-        self.used += 1
-
-    def seconds_to_reset(self) -> float:
-        """Seconds until the window closes (the full window if it has not opened)."""
-        if self._opened is None:
-            return self.window_s
-        return max(0.0, self._opened + self.window_s - self._clock())
-
-    def remaining(self) -> int | None:
-        """Admissions left in this window, None when unlimited."""
-        if not self.limit:
-            return None
-        self._roll(self._clock())
-        return max(0, self.limit - self.used)
-
-    def reset(self) -> None:
-        self._opened, self.used = None, 0

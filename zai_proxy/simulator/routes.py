@@ -49,10 +49,12 @@ class Call:
 
 @dataclass(frozen=True)
 class Reply:
-    """A 200 reply: a JSON body or a stream plan; `chunks` paces a non-stream reply."""
+    """A 200 reply: a JSON body or a stream plan; `chunks` paces a non-stream reply; `tokens`
+    (prompt + completion) is what the reply costs the plan quota."""
 
     payload: bytes | StreamPlan
     chunks: int = 0
+    tokens: int = 0
 
 
 Handler = Callable[[Call], "Reply | errors.Answer"]
@@ -88,6 +90,11 @@ def _generate(call: Call, prompt_tokens: int, source: list[str], tool: str | Non
     )
 
 
+def _cost(gen: Generation) -> int:
+    """Tokens a generation takes from the plan quota: the whole prompt plus the completion."""
+    return gen.prompt_tokens + gen.completion_tokens
+
+
 def _messages(call: Call) -> list[Any] | None:
     messages = call.body.get("messages")
     return messages if isinstance(messages, list) and messages else None
@@ -103,9 +110,10 @@ def chat_completions(call: Call) -> Reply | errors.Answer:
     usage = not call.knobs.no_usage
     if call.body.get("stream"):
         stream_usage = usage and _include_usage(call.body)
-        return Reply(openai.chat_stream(gen, _model(call), call.rid, call.created, stream_usage))
+        return Reply(openai.chat_stream(gen, _model(call), call.rid, call.created, stream_usage),
+                     tokens=_cost(gen))
     body = openai.chat_completion(gen, _model(call), call.rid, call.created, usage)
-    return Reply(body, len(gen.pieces) or 1)
+    return Reply(body, len(gen.pieces) or 1, _cost(gen))
 
 
 def completions(call: Call) -> Reply | errors.Answer:
@@ -117,9 +125,10 @@ def completions(call: Call) -> Reply | errors.Answer:
     usage = not call.knobs.no_usage
     if call.body.get("stream"):
         stream_usage = usage and _include_usage(call.body)
-        return Reply(openai.text_stream(gen, _model(call), call.rid, call.created, stream_usage))
+        return Reply(openai.text_stream(gen, _model(call), call.rid, call.created, stream_usage),
+                     tokens=_cost(gen))
     body = openai.text_completion(gen, _model(call), call.rid, call.created, usage)
-    return Reply(body, len(gen.pieces))
+    return Reply(body, len(gen.pieces), _cost(gen))
 
 
 def embeddings(call: Call) -> Reply | errors.Answer:
@@ -133,7 +142,8 @@ def embeddings(call: Call) -> Reply | errors.Answer:
         call.settings.embedding_dim)
     counts = [embedding_tokens(item) for item in inputs]
     model = call.body.get("model") or "embedding-3"
-    return Reply(openai.embeddings(inputs, counts, str(model), dim, not call.knobs.no_usage))
+    return Reply(openai.embeddings(inputs, counts, str(model), dim, not call.knobs.no_usage),
+                 tokens=sum(counts))
 
 
 def models(call: Call) -> Reply | errors.Answer:
@@ -151,8 +161,9 @@ def messages(call: Call) -> Reply | errors.Answer:
     gen = _generate(call, prompt, last_user_words(items), wants_tool(call.body, items))
     usage = not call.knobs.no_usage
     if call.body.get("stream"):
-        return Reply(anthropic.stream(gen, _model(call), call.rid, usage))
-    return Reply(anthropic.message(gen, _model(call), call.rid, usage), len(gen.pieces) or 1)
+        return Reply(anthropic.stream(gen, _model(call), call.rid, usage), tokens=_cost(gen))
+    return Reply(anthropic.message(gen, _model(call), call.rid, usage), len(gen.pieces) or 1,
+                 _cost(gen))
 
 
 def count_tokens(call: Call) -> Reply | errors.Answer:

@@ -26,6 +26,7 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 
 Schedule = tuple[tuple[float, float], ...]
+MONITOR_FAULTS = ("", "error", "slow", "garbage", "unauthorized")
 
 
 def parse_schedule(text: str) -> Schedule:
@@ -67,9 +68,14 @@ class SimulatorSettings:
     rate_ceiling: float = 0.0
     ceiling_schedule: Schedule = ()
     concurrency_ceiling: int = 0
-    quota: int = 0
-    quota_window_s: float = 5 * 3600.0
-    quota_code: int = 1308
+    quota_5h_tokens: int = 0
+    quota_weekly_tokens: int = 0
+    quota_5h_window_s: float = 5 * 3600.0
+    quota_weekly_window_s: float = 7 * 86400.0
+    quota_reset: str = "rolling"
+    quota_level: str = "pro"
+    monitor_fault: str = ""
+    monitor_delay_ms: float = 0.0
     fail_rate: float = 0.0
     seed: int = 0
     cache_ratio: float = 0.0
@@ -82,12 +88,18 @@ class SimulatorSettings:
             raise ValueError("chunks and words_per_chunk must be at least 1")
         if not 0.0 <= self.fail_rate <= 1.0 or not 0.0 <= self.cache_ratio <= 1.0:
             raise ValueError("fail_rate and cache_ratio must be within [0, 1]")
-        if self.quota_code not in (1308, 1310):
-            raise ValueError("quota_code must be 1308 (five-hour) or 1310 (weekly/monthly)")
+        if self.quota_reset not in ("rolling", "fixed"):
+            raise ValueError("quota_reset must be rolling or fixed")
+        if self.monitor_fault not in MONITOR_FAULTS:
+            raise ValueError(f"monitor_fault must be one of {', '.join(map(repr, MONITOR_FAULTS))}")
+        if min(self.quota_5h_tokens, self.quota_weekly_tokens, self.monitor_delay_ms) < 0:
+            raise ValueError("quota budgets and monitor_delay_ms must be >= 0")
+        if min(self.quota_5h_window_s, self.quota_weekly_window_s) <= 0:
+            raise ValueError("quota windows must be longer than 0 s")
         if min(self.latency_ms, self.ttft_ms, self.chunk_gap_ms, self.rate_ceiling) < 0:
             raise ValueError("times and ceilings must not be negative")
-        if self.concurrency_ceiling < 0 or self.quota < 0 or self.embedding_dim < 1:
-            raise ValueError("concurrency_ceiling and quota must be >= 0, embedding_dim >= 1")
+        if self.concurrency_ceiling < 0 or self.embedding_dim < 1:
+            raise ValueError("concurrency_ceiling must be >= 0, embedding_dim >= 1")
 
 
 def _models(text: str) -> tuple[str, ...]:
@@ -104,9 +116,15 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--rate-ceiling", "rate_ceiling", float, "hidden req/s ceiling over a sliding window, 0=none"),
     ("--ceiling-schedule", "ceiling_schedule", parse_schedule, "e.g. '0:20,60:10' (s:req/s)"),
     ("--concurrency-ceiling", "concurrency_ceiling", int, "hidden in-flight ceiling, 0=none"),
-    ("--quota", "quota", int, "requests allowed per quota window, 0=unlimited"),
-    ("--quota-window-s", "quota_window_s", float, "quota window length (s)"),
-    ("--quota-code", "quota_code", int, "429 code once the quota is used: 1308 or 1310"),
+    ("--quota-5h-tokens", "quota_5h_tokens", int, "five-hour budget in tokens (1308), 0=none"),
+    ("--quota-weekly-tokens", "quota_weekly_tokens", int, "weekly budget in tokens (1310), 0=none"),
+    ("--quota-5h-window-s", "quota_5h_window_s", float, "length of the five-hour window (s)"),
+    ("--quota-weekly-window-s", "quota_weekly_window_s", float, "length of the weekly window (s)"),
+    ("--quota-reset", "quota_reset", str, "rolling (opens at first use) or fixed (back to back)"),
+    ("--quota-level", "quota_level", str, "plan level the quota monitor reports"),
+    ("--monitor-fault", "monitor_fault", str, "quota monitor fault: error, slow, garbage, "
+     "unauthorized ('' = none)"),
+    ("--monitor-delay-ms", "monitor_delay_ms", float, "quota monitor latency (ms)"),
     ("--fail-rate", "fail_rate", float, "fraction of admitted requests answered 500/502"),
     ("--seed", "seed", int, "seed of the fault-injection random generator"),
     ("--cache-ratio", "cache_ratio", float, "fraction of prompt tokens reported as cached"),
@@ -135,6 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def settings_from_env() -> SimulatorSettings:
+    """Settings from the `SIM_*` environment variables alone (the simulator `serve` embeds)."""
+    values = {name: _env_default(name, parse, getattr(SimulatorSettings(), name))
+              for _, name, parse, _ in _OPTIONS}
+    return SimulatorSettings(**values)
+
+
 def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
     """Build settings from a namespace filled by a parser that ran `add_arguments`."""
     known = {f.name for f in fields(SimulatorSettings)}
@@ -144,7 +169,9 @@ def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
 
 LIVE_FIELDS = (
     "latency_ms", "ttft_ms", "chunks", "chunk_gap_ms", "words_per_chunk", "rate_ceiling",
-    "ceiling_schedule", "concurrency_ceiling", "quota", "fail_rate", "cache_ratio",
+    "ceiling_schedule", "concurrency_ceiling", "fail_rate", "cache_ratio",
+    "quota_5h_tokens", "quota_weekly_tokens", "quota_5h_window_s", "quota_weekly_window_s",
+    "quota_level", "monitor_fault", "monitor_delay_ms",
 )
 
 

@@ -26,7 +26,12 @@
       head: (s) => `${fmt.num(s.rl_rps)}/s · ceiling ${s.rl_ceiling ? fmt.num(s.rl_ceiling) : "none"} · queue ${fmt.num(s.queue)}` },
     { id: "retries", title: "Retries", fmt: "rate", series: [["retry_rate", "retries"]],
       head: (s) => `${fmt.rate(s.retry_rate)} · ${fmt.pct(s.retry_rate, s.rps)} of requests` },
+    { id: "quota", title: "Plan quota used", fmt: "ratio",
+      series: [["quota_5h", "five-hour"], ["quota_week", "weekly"]],
+      head: (s) => `5h ${fmt.ratio(s.quota_5h)} · ${fmt.eta(s.quota_5h_eta, s.quota_5h_reset)}` +
+        ` · weekly ${fmt.ratio(s.quota_week)}` },
   ];
+  const WINDOWS = [["five_hour", "five-hour window"], ["weekly", "weekly window"]];
   const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
   const DASHES = [null, "6 4", "2 3"];
   const nf = (d) => new Intl.NumberFormat([], { maximumFractionDigits: d });
@@ -38,12 +43,24 @@
     usd: (v) => v == null ? "–" : "$" + nf(v < 1 ? 4 : 2).format(v),
     usdh: (v) => v == null ? "–" : "$" + nf(v * 3600 < 1 ? 4 : 2).format(v * 3600) + "/h",
     pct: (part, whole) => part == null || !whole ? "–" : nf(1).format((100 * part) / whole) + "%",
+    ratio: (v) => v == null ? "–" : nf(1).format(100 * v) + "%",
+    dur: (v) => v == null ? "–" : v < 90 ? nf(0).format(v) + " s" : v < 5400 ? nf(0).format(v / 60) + " min"
+      : v < 172800 ? nf(1).format(v / 3600) + " h" : nf(1).format(v / 86400) + " d",
+    /* Time to exhaustion, compared with the reset: the point of showing it. */
+    eta: (eta, reset) => {
+      if (eta == null) return reset ? `resets in ${fmt.dur(reset - Date.now() / 1000)}` : "no burn yet";
+      const left = reset ? reset - Date.now() / 1000 : null;
+      return left != null && eta < left ? `out in ${fmt.dur(eta)}, reset in ${fmt.dur(left)}`
+        : `lasts to reset${left != null ? " in " + fmt.dur(left) : ""}`;
+    },
   };
-  const axisFmt = { rate: fmt.num, num: fmt.num, secs: fmt.secs, usd: (v) => "$" + nf(v < 1 ? 3 : 2).format(v) };
+  const axisFmt = { rate: fmt.num, num: fmt.num, secs: fmt.secs, usd: (v) => "$" + nf(v < 1 ? 3 : 2).format(v),
+    ratio: fmt.ratio };
 
   const key = new URLSearchParams(location.search).get("key");
   const state = { range: localStorage.getItem("zd-range") || "15m", variant: "all", data: null,
-    config: null, status: null, lastEventId: null, lastData: 0, es: null, refetchAt: 0, timer: null };
+    config: null, status: null, lastEventId: null, lastData: 0, es: null, refetchAt: 0, timer: null,
+    quota: null, quotaAt: 0 };
   const $ = (id) => document.getElementById(id);
 
   function api(path) {
@@ -65,6 +82,10 @@
   const shown = () => variants().filter((v) => state.variant === "all" || v === state.variant);
 
   function buildPanels() {
+    const clients = document.createElement("section");
+    clients.className = "panel";
+    clients.dataset.panel = "clients";
+    clients.innerHTML = `<h2>Top clients of the current quota window</h2><div class="clients"></div>`;
     $("panels").replaceChildren(...PANELS.map((p) => {
       const card = document.createElement("section");
       card.className = "panel";
@@ -72,7 +93,51 @@
       card.innerHTML = `<h2>${p.title}</h2><div class="values"></div>` +
         `<svg class="chart" role="img" aria-label="${p.title} chart"></svg><div class="legend"></div>`;
       return card;
+    }), clients);
+  }
+
+  /* Who burns the budget: tokens since the window began, all variants (one account). */
+  function renderClients() {
+    const box = document.querySelector('[data-panel="clients"] .clients');
+    const q = state.quota;
+    if (!box || !q) return;
+    const vs = shown();
+    box.replaceChildren(...WINDOWS.map(([name, title]) => {
+      const w = q.windows[name];
+      const div = document.createElement("div");
+      div.className = "window";
+      div.dataset.window = name;
+      const rows = (w ? w.clients : []).map((c) => {
+        const tokens = vs.reduce((n, v) => n + (c.by_variant[v] || 0), 0);
+        return { ...c, tokens };
+      }).filter((c) => c.tokens > 0);
+      const budget = w && w.used_ratio != null ? `${fmt.ratio(w.used_ratio)} of the budget used` : "no budget reported";
+      div.innerHTML = `<h3>${title} <span>${budget}</span></h3>`;
+      if (!rows.length) {
+        div.append(Object.assign(document.createElement("p"), { className: "empty", textContent: "no client tokens yet" }));
+        return div;
+      }
+      const table = document.createElement("table");
+      table.innerHTML = "<thead><tr><th>client</th><th>tokens</th><th>share of tokens</th><th>share of budget</th></tr></thead>";
+      const body = document.createElement("tbody");
+      for (const c of rows) {
+        const tr = document.createElement("tr");
+        tr.dataset.client = c.client;
+        const share = c.share_of_budget;
+        tr.innerHTML = `<td></td><td>${fmt.count(c.tokens)}</td><td>${fmt.ratio(c.share_of_tokens)}</td>` +
+          `<td><span class="bar" style="width:${(60 * Math.min(1, share || 0)).toFixed(1)}px"></span>${fmt.ratio(share)}</td>`;
+        tr.firstChild.textContent = c.client;
+        body.append(tr);
+      }
+      table.append(body);
+      div.append(table);
+      return div;
     }));
+  }
+
+  async function loadQuota() {
+    state.quotaAt = Date.now();
+    try { state.quota = await api("/api/quota"); renderClients(); } catch (err) { console.warn(err); }
   }
 
   function renderPanel(p) {
@@ -103,6 +168,7 @@
   function renderAll() {
     renderSwitches();
     PANELS.forEach(renderPanel);
+    renderClients();
     renderTargets();
   }
 
@@ -192,7 +258,10 @@
     const track = (e) => { if (e.lastEventId) state.lastEventId = e.lastEventId; };
     es.addEventListener("hello", (e) => { state.status = JSON.parse(e.data).status; state.lastData = Date.now(); renderTargets(); indicator(); });
     es.addEventListener("metrics", (e) => { track(e); onMetrics(JSON.parse(e.data)); indicator(); });
-    es.addEventListener("status", (e) => { track(e); state.status = JSON.parse(e.data); renderTargets(); });
+    es.addEventListener("status", (e) => {
+      track(e); state.status = JSON.parse(e.data); renderTargets();
+      if (Date.now() - state.quotaAt >= 5000) loadQuota();
+    });
     es.addEventListener("reset", () => load());
     es.onerror = () => {
       indicator();
@@ -234,6 +303,7 @@
     renderSwitches();
     api("/api/config").then((c) => { state.config = c; }).catch(console.warn);
     load();
+    loadQuota();
     connect();
     setInterval(indicator, 1000);
     let resize = null;

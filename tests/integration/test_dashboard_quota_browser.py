@@ -1,0 +1,102 @@
+"""The dashboard's quota panel and top clients in headless Chromium, against proxies v1 and v2.
+
+Each proxy runs its built-in simulator with a five-hour budget (SIM_QUOTA_5H_TOKENS), polls its
+monitor every second, and has two named client keys; `batch` sends three times what `chat`
+sends. The page must chart the used budget for both variants and list both clients, `batch`
+first, with their share of the budget.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import Process, require_binary, start_zai_proxy
+
+KEYS = {"batch": "worker-key-batch-01", "chat": "worker-key-chat-001"}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Process, list[Process]]]:
+    env = {"SIM_QUOTA_5H_TOKENS": "20000", "QUOTA_POLL_SECONDS": "1",
+           "PROXY_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
+           "SHUTDOWN_DRAIN_SECONDS": "0", "RATE_LIMIT_STATE_FILE": ""}
+    proxies = [start_zai_proxy("serve", env={**env, "DEPLOYMENT_VARIANT": v})
+               for v in ("v1", "v2")]
+    dashboard = None
+    try:
+        args = [a for p in proxies for a in ("--target", p.url)]
+        dashboard = start_zai_proxy("dashboard", *args, "--interval", "1",
+                                    "--db", str(tmp_path / "dash.sqlite3"), ready_path="/healthz")
+        yield dashboard, proxies
+    finally:
+        for process in [dashboard, *proxies]:
+            if process is not None:
+                process.terminate(10)
+
+
+def traffic(proxies: list[Process], stop: threading.Event) -> None:
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            for proxy in proxies:
+                for name, times in (("batch", 3), ("chat", 1)):
+                    for _ in range(times):
+                        client.post(f"{proxy.url}/v1/chat/completions", json=BODY,
+                                    headers={"authorization": f"Bearer {KEYS[name]}"})
+            stop.wait(0.3)
+
+
+QUOTA_READY = """() => {
+  const card = document.querySelector('[data-panel="quota"]');
+  const lines = ["v1", "v2"].every((v) => [...card.querySelectorAll(`path[data-variant="${v}"]`)]
+    .some((p) => +p.dataset.points >= 2));
+  const rows = [...document.querySelectorAll(
+    '[data-panel="clients"] [data-window="five_hour"] tbody tr')].map((tr) => tr.dataset.client);
+  return lines && rows.includes("batch") && rows.includes("chat");
+}"""
+
+
+def test_quota_panel_and_top_clients_for_both_variants(
+        stack: tuple[Process, list[Process]]) -> None:
+    executable = require_binary("chromium", "chromium-browser")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    dashboard, proxies = stack
+    stop = threading.Event()
+    sender = threading.Thread(target=traffic, args=(proxies, stop), daemon=True)
+    sender.start()
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
+                page.goto(dashboard.url + "/")
+                page.click('[data-range="5m"]')
+                page.wait_for_function(QUOTA_READY, timeout=40_000)
+                heads = {v: page.text_content(
+                    f'[data-panel="quota"] .value[data-variant="{v}"]') or ""
+                    for v in ("v1", "v2")}
+                rows = page.eval_on_selector_all(
+                    '[data-panel="clients"] [data-window="five_hour"] tbody tr',
+                    "trs => trs.map((tr) => [tr.dataset.client, "
+                    "...[...tr.children].map((td) => td.textContent)])")
+                window = page.text_content('[data-panel="clients"] [data-window="five_hour"] h3')
+            finally:
+                browser.close()
+    finally:
+        stop.set()
+        sender.join(30)
+    for variant, head in heads.items():
+        assert head.startswith(variant) and "5h " in head and "%" in head, heads
+        assert "weekly \u2013" in head  # an en dash: the simulator has no weekly budget here
+    assert [r[0] for r in rows] == ["batch", "chat"]  # batch burns three times as much
+    batch, chat = rows
+    assert int(batch[2].replace(",", "")) > 2 * int(chat[2].replace(",", ""))
+    assert batch[3].endswith("%") and batch[4].endswith("%") and batch[4] != "\u2013"
+    assert window is not None and "of the budget used" in window

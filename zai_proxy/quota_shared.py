@@ -1,0 +1,165 @@
+"""Quota state shared by every replica of one account through Redis.
+
+Keys live under `zai-proxy:acct:<account>:quota:` (the account, never the deployment variant:
+v1 and v2 spend the same plan):
+
+- `leader`: the replica that polls the monitor (a lock it renews each poll, expiring after three
+  poll intervals, so another replica takes over when the leader goes away);
+- `report`: the leader's last poll as JSON (`at`, `ok`, `reason`, `detail`, `tokens_at`, the
+  parsed `report`), which the other replicas adopt instead of polling;
+- `tokens`: the tokens every replica counted (each adds its own once a tick), so the cost of a
+  token and the burn rate are the account's, not one replica's share;
+- `block:<window>`: a 1308/1310 one replica got, until its reset, so the others stop at once.
+
+Any Redis failure makes the share `degraded` (logged once, shown on /health): each replica then
+polls the monitor and counts tokens on its own until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, fields
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from zai_proxy.quota_monitor import WINDOWS, Limit, QuotaReport
+from zai_proxy.quota_state import Block
+
+log = logging.getLogger("zai_proxy.quota")
+T = TypeVar("T")
+
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_LIMIT_FIELDS = frozenset(f.name for f in fields(Limit))
+
+
+def report_to_doc(report: QuotaReport) -> dict[str, Any]:
+    return {"level": report.level, "limits": [asdict(limit) for limit in report.limits]}
+
+
+def report_from_doc(doc: object) -> QuotaReport | None:
+    """The report another replica published, or None when it is not one."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("limits"), list):
+        return None
+    limits = []
+    for item in doc["limits"]:
+        if isinstance(item, dict) and set(item) <= _LIMIT_FIELDS:
+            limits.append(Limit(**item))
+    level = doc.get("level")
+    return QuotaReport(level if isinstance(level, str) else None, tuple(limits))
+
+
+def block_from_doc(raw: object) -> Block | None:
+    try:
+        doc = json.loads(raw) if isinstance(raw, str | bytes) else None
+        if not isinstance(doc, dict) or doc.get("window") not in WINDOWS:
+            return None
+        return Block(doc["window"], str(doc["code"]), float(doc["until"]), float(doc["since"]),
+                     "shared")
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class QuotaShare:
+    """The Redis side of quota sharing; every method degrades to a harmless default."""
+
+    def __init__(self, url: str, account: str, *, op_timeout: float = 0.5,
+                 retry_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 redis: Any = None) -> None:
+        self.redis = redis if redis is not None else aioredis.Redis.from_url(
+            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout)
+        self.prefix = f"zai-proxy:acct:{account}:quota:"
+        self.me = uuid.uuid4().hex
+        self.clock, self.retry_interval = clock, retry_interval
+        self.degraded = False
+        self.reason: str | None = None
+        self.leader = False
+        self._retry_at = 0.0
+        self._lead = self.redis.register_script(_LEAD)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        if self.degraded and self.clock() < self._retry_at:
+            return None
+        try:
+            result = await op()
+        except (TimeoutError, aioredis.RedisError, OSError) as exc:
+            if not self.degraded:
+                log.error("quota sharing degraded: each replica polls on its own: %r", exc)
+            self.degraded, self.reason = True, f"{type(exc).__name__}: {exc}"[:200]
+            self._retry_at = self.clock() + self.retry_interval
+            self.leader = False
+            return None
+        if self.degraded:
+            log.warning("quota sharing recovered: Redis answers again")
+            self.degraded, self.reason = False, None
+        return result
+
+    async def lead(self, ttl: float) -> bool:
+        """Take or renew the polling lock; True when this replica is the one to poll."""
+        won = await self._call(lambda: self._lead(keys=[self.key("leader")],
+                                                  args=[self.me, int(ttl * 1000)]))
+        self.leader = bool(won)
+        return self.leader
+
+    async def publish(self, doc: dict[str, Any]) -> None:
+        await self._call(lambda: self.redis.set(self.key("report"), json.dumps(doc), ex=86400))
+
+    async def publish_block(self, block: Block, now: float) -> None:
+        ttl = int(max(1.0, block.until - now) * 1000)
+        doc = {"window": block.window, "code": block.code, "until": block.until,
+               "since": block.since}
+        await self._call(lambda: self.redis.set(self.key(f"block:{block.window}"),
+                                                json.dumps(doc), px=ttl))
+
+    async def lift(self, window: str) -> None:
+        await self._call(lambda: self.redis.delete(self.key(f"block:{window}")))
+
+    async def sync(self, tokens: float) -> tuple[float, dict[str, Any] | None, list[Block]] | None:
+        """Add this replica's new tokens; read the account's total, the report, the blocks."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incrbyfloat(self.key("tokens"), tokens)
+            pipe.get(self.key("report"))
+            for window in WINDOWS:
+                pipe.get(self.key(f"block:{window}"))
+            result: list[Any] = await pipe.execute()
+            return result
+
+        answer = await self._call(run)
+        if answer is None:
+            return None
+        total, raw_report, *raw_blocks = answer
+        try:
+            report = json.loads(raw_report) if raw_report else None
+        except ValueError:
+            report = None
+        blocks = [b for b in (block_from_doc(raw) for raw in raw_blocks) if b is not None]
+        return float(total), report if isinstance(report, dict) else None, blocks
+
+    def health(self) -> dict[str, Any]:
+        return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}
+
+    async def aclose(self) -> None:
+        try:
+            await self.redis.aclose()
+        except Exception:  # closing a broken connection must not fail shutdown
+            pass
