@@ -639,7 +639,7 @@ def test_deployments_cannot_start_open(tmp_path: Path) -> None:
                                   "PROXY_API_KEYS_FILE": str(keys)})
         from zai_proxy.auth import ClientAuth
 
-        assert not ClientAuth(settings.proxy_api_keys).open
+        assert not ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file).open
         # ...an emptied Secret stops it (exit 2) instead of opening it, and so does an empty
         # upstream key.
         keys.write_text("# no keys left\n")
