@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import time as dt_time
 from typing import Any
@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     recorder = Recorder(metrics, settings.max_workers)
     limiter = Limiter(settings, metrics, clock=clock)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
-                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep)
+                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
+                          max_response_bytes=settings.max_response_bytes)
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
@@ -130,7 +131,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app = ProxyApp(title="zai-proxy", version=version, lifespan=lifespan, docs_url=None,
                    redoc_url=None)
     app.proxy = ProxyHandler(
-        router=Router(settings.zai_target_url, settings.zai_anthropic_url), forwarder=forwarder,
+        router=Router(settings.zai_target_url, settings.zai_anthropic_url,
+                      passthrough_unknown=settings.passthrough_unknown), forwarder=forwarder,
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
         accounting=accounting, quotas=quotas,
@@ -212,8 +214,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     return app
 
 
-def _error_response(error: ProxyError) -> Response:
-    return Response(error.body(), status_code=error.status, media_type="application/json")
+def _error_response(error: ProxyError, headers: Mapping[str, str] | None = None) -> Response:
+    if isinstance(error, Unauthorized):
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="zai-proxy"'}
+    return Response(error.body(), status_code=error.status, media_type="application/json",
+                    headers=headers)
 
 
 def build_accounting(settings: Settings, metrics: Metrics, pricing: PricingTable,
@@ -263,8 +268,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             return respond(NotFound("no such route"))
-        if exc.status_code == 405:
-            return respond(MethodNotAllowed("method not allowed on this route"))
+        if exc.status_code == 405:  # Starlette names the allowed methods in its Allow header
+            return respond(MethodNotAllowed("method not allowed on this route"), exc.headers)
         error = ProxyError(str(exc.detail))
         error.status = exc.status_code
         return respond(error)

@@ -156,6 +156,15 @@ class Settings:
     max_request_bytes: int = _setting(
         "MAX_REQUEST_BYTES", _positive(parse_size), "largest request body accepted",
         default=10 * 1024 * 1024)
+    # Request path (harden, issue 12).
+    passthrough_unknown: bool = _setting(
+        "PASSTHROUGH_UNKNOWN", parse_bool,
+        "forward /v1 paths outside the route table (only GET, HEAD, POST, PUT, PATCH, DELETE; "
+        "never counted); off = 404", default=False)
+    max_response_bytes: int = _setting(
+        "MAX_RESPONSE_BYTES", _positive(parse_size),
+        "largest non-stream answer read whole to count its tokens (502 past it); other large "
+        "answers are relayed as they arrive", default=32 * 1024 * 1024)
     max_workers: int = _setting(
         "MAX_WORKERS", _positive(_int), "cap on requests in flight upstream", default=10)
     connect_timeout: float = _setting(
@@ -292,6 +301,19 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
     return _validated(settings, _read_key_file(settings.proxy_api_keys_file))
 
 
+ADMIN_KEY_MIN_LENGTH = 16
+
+
+def _check_pricing_file(path: str) -> None:
+    """Load PRICING_FILE once at startup, so a bad one stops the program with its name."""
+    from zai_proxy.pricing import PricingTable
+
+    try:
+        PricingTable.load(path)
+    except (ValueError, RecursionError) as exc:  # pricing reports I/O errors as ValueError
+        raise ConfigError(f"PRICING_FILE is invalid: {exc}") from None
+
+
 def _read_key_file(path: str) -> tuple[str, ...]:
     if not path:
         return ()
@@ -329,6 +351,11 @@ def _validated(settings: Settings, file_keys: tuple[str, ...]) -> Settings:
             raise ConfigError(f"CLIENT_RATE_LIMITS is invalid: {exc}") from None
     if any(len(key) < 8 for key in settings.proxy_api_keys + file_keys):
         raise ConfigError("PROXY_API_KEYS / PROXY_API_KEYS_FILE: every key needs 8+ characters")
+    if settings.admin_api_key and len(settings.admin_api_key.strip()) < ADMIN_KEY_MIN_LENGTH:
+        raise ConfigError(f"ADMIN_API_KEY needs {ADMIN_KEY_MIN_LENGTH}+ characters (it guards "
+                          "the limiter state); generate one with: openssl rand -hex 24")
+    if settings.pricing_file:
+        _check_pricing_file(settings.pricing_file)
     if file_keys:
         merged = tuple(dict.fromkeys(settings.proxy_api_keys + file_keys))
         object.__setattr__(settings, "proxy_api_keys", merged)
