@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
@@ -263,6 +264,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     """Every error the framework makes is OpenAI-shaped too."""
 
     respond = _error_response
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+        # The client left while its body was being read (an admin PUT): nobody to answer,
+        # nothing to log as a server fault.
+        return respond(InvalidRequest("the client disconnected before sending its body"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
