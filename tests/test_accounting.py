@@ -573,3 +573,65 @@ async def test_ledger_relays_exactly_on_any_split(name: str, ending: str, cuts: 
     report = await ledger.settle()
     if usage is not None:
         assert report.counts["output"] == usage.output and report.sources["output"] == "upstream"
+
+
+# --------------------------------------------------------------------------- route table
+
+
+def _async_upstream(results: dict[str, dict[str, Any]]) -> httpx.MockTransport:
+    """Z.AI's async chat: submission answers a task id, the result endpoint the completion."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/async/chat/completions"):
+            return httpx.Response(200, json={"id": "task-1", "model": "glm-4.7",
+                                             "task_status": "PROCESSING"})
+        task = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(200, json=results[task])
+
+    return httpx.MockTransport(answer)
+
+
+async def test_async_chat_is_counted_once_from_its_result() -> None:
+    done = {"id": "task-1", "model": "glm-4.5-air", "task_status": "SUCCESS",
+            "choices": [{"message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 30}}
+    pending = {"id": "task-2", "model": "glm-4.7", "task_status": "PROCESSING"}
+    # A result that reports no prompt tokens: nothing to estimate them from (the GET has none).
+    bare = {"id": "task-3", "model": "glm-4.7", "task_status": "SUCCESS",
+            "usage": {"prompt_tokens": 0, "completion_tokens": 5}}
+    proxy = Proxy(_async_upstream({"task-1": done, "task-2": pending, "task-3": bare}))
+    async with proxy as client:
+        submitted = await client.post("/v1/async/chat/completions", json=chat())
+        assert submitted.status_code == 200 and proxy.series() == {}  # a task id: nothing yet
+        polls = [await client.get("/v1/async-result/task-2"),
+                 await client.get("/v1/async-result/task-1"),
+                 await client.get("/v1/async-result/task-1"),  # polled again once finished
+                 await client.get("/v1/async-result/task-3")]
+    assert [p.status_code for p in polls] == [200] * 4
+    assert polls[2].json() == done  # relayed unchanged
+    assert proxy.tokens("input", model="glm-4.5-air") == 120
+    assert proxy.tokens("output", model="glm-4.5-air") == 30
+    assert proxy.cost("output", model="glm-4.5-air") == pytest.approx(30 * 1.10 / MILLION)
+    assert proxy.tokens("output") == 5 and not proxy.tokens("input")
+    assert sum(proxy.series().values()) == 155  # counted once, never estimated
+    assert {dict(labels)["source"] for labels in proxy.series()} == {"upstream"}
+
+
+async def test_path_parameters_cannot_route_around_accounting() -> None:
+    proxy = Proxy(PASSTHROUGH_UNKNOWN="1")
+    async with proxy as client:
+        sneaky = await client.post("/v1/chat/completions;x", json=chat())
+        counted = await client.post("/v1/chat/completions", json=chat())
+    assert sneaky.status_code == 404 and counted.status_code == 200
+    assert len(proxy.upstream.seen) == 1
+    assert proxy.tokens("input") == 4
+
+
+async def test_a_stream_request_answered_with_whole_json_counts_its_usage() -> None:
+    answer = {"choices": [{"message": {"content": "hi"}}],
+              "usage": {"prompt_tokens": 11, "completion_tokens": 7}}
+    proxy = Proxy(httpx.MockTransport(lambda r: httpx.Response(200, json=answer)))
+    async with proxy as client:
+        response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    assert response.json() == answer
+    assert (proxy.tokens("input"), proxy.tokens("output")) == (11, 7)

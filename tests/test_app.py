@@ -48,3 +48,29 @@ async def test_health_and_metrics_show_the_auth_mode() -> None:
             other = "keys" if mode == "open" else "open"
             assert proxy.sample("zai_proxy_auth_mode", mode=other) == 0
             assert proxy.sample("zai_proxy_upstream_simulated") == 0
+
+
+async def test_a_client_leaving_mid_body_on_an_admin_route_is_not_a_server_error() -> None:
+    """Found by the fuzzer: PUT /admin/limiter-state whose client is gone before its body
+    arrived raised ClientDisconnect out of the app (a traceback in the log)."""
+    settings = load_settings({"ZAI_API_KEY": "k" * 12, "ADMIN_API_KEY": "admin-key-0123456789",
+                              "RATE_LIMIT_STATE_FILE": ""})
+    app = create_app(settings, transport=httpx.MockTransport(lambda r: httpx.Response(200)),
+                     registry=CollectorRegistry())
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT",
+             "scheme": "http", "path": "/admin/limiter-state",
+             "raw_path": b"/admin/limiter-state", "query_string": b"", "root_path": "",
+             "headers": [(b"authorization", b"Bearer admin-key-0123456789"),
+                         (b"content-length", b"100")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8080)}
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)  # raised ClientDisconnect before the fix
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400

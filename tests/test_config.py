@@ -142,3 +142,31 @@ def test_serve_exits_2_naming_an_empty_upstream_key() -> None:
                           timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert "ZAI_API_KEY is set but empty" in done.stderr
+
+
+@pytest.mark.parametrize("key", ["admin", "0123456789abcde", " " * 20 + "short"])
+def test_admin_key_needs_sixteen_characters(key: str) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_API_KEY") as info:
+        load_settings({"ADMIN_API_KEY": key})
+    assert key.strip() not in str(info.value)  # a secret: never echoed
+    assert load_settings({"ADMIN_API_KEY": "0123456789abcdef"}).admin_api_key
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"models": {"m": {"input": -1}}}',
+                                     "[1, 2]", '{"peak": {"tz": "Mars/Olympus"}}',
+                                     "[" * 100_000])
+def test_a_bad_pricing_file_is_refused_when_settings_load(tmp_path, content) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "pricing.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match="PRICING_FILE"):
+        load_settings({"PRICING_FILE": str(path)})
+
+
+def test_request_path_settings() -> None:
+    s = load_settings({})
+    assert s.passthrough_unknown is False and s.max_response_bytes == 32 * 1024 * 1024
+    s = load_settings({"PASSTHROUGH_UNKNOWN": "1", "MAX_RESPONSE_BYTES": "1MiB"})
+    assert s.passthrough_unknown and s.max_response_bytes == 1024 * 1024
+    with pytest.raises(ConfigError, match="MAX_RESPONSE_BYTES"):
+        load_settings({"MAX_RESPONSE_BYTES": "0"})

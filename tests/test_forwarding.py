@@ -459,3 +459,108 @@ async def test_an_empty_2xx_on_a_pass_through_route_is_not_retried() -> None:
         response = await client.delete("/v1/files/file-1")
     assert response.status_code == 204 and len(script.seen) == 1
     assert harness.sample("zai_proxy_retry_attempts_total", reason="empty_response") == 0
+
+
+# -- bounded bodies (issue 12) -----------------------------------------------------------------
+
+
+class Counted(httpx.AsyncByteStream):
+    """A streamed body that counts how many of its chunks the proxy has pulled."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+def first_body_watch(harness: Harness, body: Counted) -> list[int]:
+    """Wrap the app: the number of chunks pulled upstream when the first body byte went out."""
+    seen: list[int] = []
+    app = harness.app.proxy
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def spy(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body") and not seen:
+                seen.append(body.pulled)
+            await send(message)
+
+        await app(scope, receive, spy)
+
+    harness.app.proxy = watched  # type: ignore[assignment]
+    return seen
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_json_answer_over_max_response_bytes_is_a_clean_502(declared: bool) -> None:
+    big = b'{"choices":[],"pad":"' + b"x" * 300_000 + b'"}'
+    chunks = [big[i:i + 65536] for i in range(0, len(big), 65536)]
+    headers = {"content-type": "application/json"}
+    if declared:
+        headers["content-length"] = str(len(big))
+    body = Counted(chunks)
+    script = Script(lambda request: httpx.Response(200, headers=headers, stream=body))
+    harness = Harness(script, MAX_RESPONSE_BYTES="256KiB")
+    async with harness as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "proxy_upstream_response_too_large"
+    assert body.pulled == (0 if declared else 5)  # never more than the cap (+ one chunk)
+    assert len(script.seen) == 1 and harness.in_flight() == 0
+    assert harness.sample("zai_proxy_upstream_errors_total", error_type="response_too_large") == 1
+
+
+async def test_a_large_body_nobody_counts_is_relayed_as_it_arrives() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, not JSON
+    body = Counted([data[i:i + 65536] for i in range(0, len(data), 65536)])
+    script = Script(lambda request: httpx.Response(
+        200, headers={"content-type": "application/octet-stream",
+                      "content-length": str(len(data))}, stream=body))
+    harness = Harness(script, MAX_RESPONSE_BYTES="256KiB")
+    first = first_body_watch(harness, body)
+    async with harness as client:
+        response = await client.get("/v1/files/file-1/content")
+    assert response.status_code == 200 and response.content == data
+    assert response.headers["content-length"] == str(len(data))
+    assert "cache-control" not in response.headers  # not dressed up as an event stream
+    assert first == [5]  # the first bytes left after 5 of 16 chunks: streamed, not buffered
+    assert harness.in_flight() == 0
+
+
+async def test_a_long_error_body_is_relayed_whole_not_cut() -> None:
+    page = b"<html>" + b"e" * 600_000 + b"</html>"
+    script = Script(lambda request: httpx.Response(
+        404, headers={"content-type": "text/html"},
+        stream=Chunks([page[i:i + 65536] for i in range(0, len(page), 65536)])))
+    harness = Harness(script)
+    async with harness as client:
+        response = await client.get("/v1/files/nope")
+    assert (response.status_code, response.content) == (404, page)
+    assert len(script.seen) == 1
+
+
+async def test_large_json_answers_are_parsed_off_the_event_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import zai_proxy.forwarding as forwarding
+
+    parsed: list[int] = []
+    original = forwarding.parse_off_loop
+
+    async def recording(body: bytes) -> Any:
+        parsed.append(len(body))
+        return await original(body)
+
+    monkeypatch.setattr(forwarding, "parse_off_loop", recording)
+    small = json.dumps({"choices": [], "usage": {"prompt_tokens": 1}}).encode()
+    large = json.dumps({"data": [{"embedding": [0.5] * 20_000}]}).encode()
+    script = Script(lambda r: httpx.Response(200, content=large if b"big" in r.content
+                                             else small))
+    harness = Harness(script)
+    async with harness as client:
+        one = await client.post("/v1/embeddings", json={"input": "small"})
+        two = await client.post("/v1/embeddings", json={"input": "big"})
+    assert (one.content, two.content) == (small, large)
+    assert parsed == [len(large)]

@@ -1,11 +1,15 @@
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from zai_proxy.errors import MethodNotAllowed, NotFound
-from zai_proxy.routing import OTHER_V1, Router
+from zai_proxy.errors import MethodNotAllowed, NotFound, RouteNotAccounted
+from zai_proxy.routing import ENDPOINTS, OTHER_V1, PASSTHROUGH_METHODS, Router, Tokens
 
 OPENAI = "https://api.z.ai/api/paas/v4"
 ANTHROPIC = "https://api.z.ai/api/anthropic"
 router = Router(OPENAI, ANTHROPIC)
+passthrough = Router(OPENAI, ANTHROPIC, passthrough_unknown=True)
 
 
 @pytest.mark.parametrize(("method", "path", "template", "url"), [
@@ -13,16 +17,45 @@ router = Router(OPENAI, ANTHROPIC)
     ("POST", "/v1/completions", "/v1/completions", OPENAI + "/completions"),
     ("POST", "/v1/embeddings", "/v1/embeddings", OPENAI + "/embeddings"),
     ("GET", "/v1/models", "/v1/models", OPENAI + "/models"),
-    ("GET", "/v1/models/glm-4.7", OTHER_V1, OPENAI + "/models/glm-4.7"),
-    ("DELETE", "/v1/files/file-1", OTHER_V1, OPENAI + "/files/file-1"),
+    ("HEAD", "/v1/models", "/v1/models", OPENAI + "/models"),
+    ("GET", "/v1/models/glm-4.7", "/v1/models/{model}", OPENAI + "/models/glm-4.7"),
+    ("POST", "/v1/async/chat/completions", "/v1/async/chat/completions",
+     OPENAI + "/async/chat/completions"),
+    ("GET", "/v1/async-result/task-123", "/v1/async-result/{id}",
+     OPENAI + "/async-result/task-123"),
+    ("POST", "/v1/images/generations", "/v1/images/generations",
+     OPENAI + "/images/generations"),
+    ("POST", "/v1/videos/generations", "/v1/videos/generations",
+     OPENAI + "/videos/generations"),
+    ("GET", "/v1/files", "/v1/files", OPENAI + "/files"),
+    ("POST", "/v1/files", "/v1/files", OPENAI + "/files"),
+    ("DELETE", "/v1/files/file-1", "/v1/files/{file_id}", OPENAI + "/files/file-1"),
+    ("GET", "/v1/files/file-1/content", "/v1/files/{file_id}/content",
+     OPENAI + "/files/file-1/content"),
+    ("GET", "/v1/files/content/content", "/v1/files/{file_id}/content",
+     OPENAI + "/files/content/content"),
     ("POST", "/v1/messages", "/v1/messages", ANTHROPIC + "/v1/messages"),
     ("POST", "/v1/messages/count_tokens", "/v1/messages/count_tokens",
      ANTHROPIC + "/v1/messages/count_tokens"),
+    ("POST", "/v1/chat/completions/", "/v1/chat/completions", OPENAI + "/chat/completions"),
 ])
 def test_routes_map_onto_the_configured_bases(method: str, path: str, template: str,
                                               url: str) -> None:
-    route = router.resolve(method, path)
-    assert (route.template, route.upstream_url) == (template, url)
+    for r in (router, passthrough):
+        route = r.resolve(method, path)
+        assert (route.template, route.upstream_url) == (template, url)
+        assert route.tokens is ENDPOINTS[template].tokens
+
+
+def test_the_table_says_how_each_route_spends_tokens() -> None:
+    chat = router.resolve("POST", "/v1/chat/completions")
+    assert (chat.tokens, chat.json_body, chat.stream_usage) == (Tokens.PROMPT, True, True)
+    messages = router.resolve("POST", "/v1/messages")
+    assert (messages.tokens, messages.stream_usage) == (Tokens.PROMPT, False)
+    assert router.resolve("POST", "/v1/async/chat/completions").tokens is Tokens.DEFERRED
+    assert router.resolve("GET", "/v1/async-result/t").tokens is Tokens.RESULT
+    assert router.resolve("POST", "/v1/messages/count_tokens").tokens is Tokens.NONE
+    assert router.resolve("GET", "/v1/files").tokens is Tokens.NONE
 
 
 def test_query_string_is_kept() -> None:
@@ -33,19 +66,87 @@ def test_query_string_is_kept() -> None:
     "/v1//evil.example/x", "/v1/../admin", "/v1/./models", "/v1/%2e%2e/x", "/v1/a%2fb",
     "/v1/a%2Fb", "/v1/a%5cb", "/v1/a\\b", "//evil.example/v1/models", "/v1/http://evil/x",
     "http://evil.example/v1/models", "/v1/models/%252e%252e", "/v1/a/../../x", "/v1", "/v2/x",
-    "/", "/v1/@evil.example", "/v1/models#frag",
+    "/", "/v1/models#frag", "/v1/chat/completions//", "/v1/files/a b", "/v1/files/\x00",
 ])
-def test_path_escapes_are_rejected(path: str) -> None:
-    try:
-        route = router.resolve("GET", path)
-    except NotFound:
-        return
-    # Anything that resolves must stay on a configured host with a clean path.
-    assert route.upstream_url.startswith(OPENAI + "/") or route.upstream_url.startswith(ANTHROPIC)
-    assert ".." not in route.upstream_url and "//" not in route.upstream_url.split("://", 1)[1]
+@pytest.mark.parametrize("r", [router, passthrough], ids=["closed", "passthrough"])
+def test_path_escapes_are_rejected(path: str, r: Router) -> None:
+    with pytest.raises(NotFound):
+        r.resolve("GET", path)
 
 
-def test_wrong_method_on_a_known_route() -> None:
+@pytest.mark.parametrize("path", [
+    "/v1/chat/completions;x", "/v1/chat/completions;x=1", "/v1/chat;v=1/completions",
+    "/v1/files/f;1/content", "/v1/x;y",
+])
+@pytest.mark.parametrize("r", [router, passthrough], ids=["closed", "passthrough"])
+def test_path_parameters_are_rejected(path: str, r: Router) -> None:
+    with pytest.raises(NotFound):
+        r.resolve("POST", path)
+
+
+@pytest.mark.parametrize("path", ["/v1/x", "/v1/assistants", "/v1/chat/completions/extra",
+                                  "/v1/models/a/b", "/v1/@evil.example"])
+def test_unknown_paths_are_404_by_default(path: str) -> None:
+    with pytest.raises(NotFound) as info:
+        router.resolve("GET", path)
+    assert type(info.value) is NotFound and info.value.status == 404
+
+
+@pytest.mark.parametrize("method", sorted(PASSTHROUGH_METHODS))
+def test_passthrough_forwards_unknown_paths_uncounted_on_the_openai_base(method: str) -> None:
+    route = passthrough.resolve(method, "/v1/assistants/a1/@x", "q=1")
+    assert route.template == OTHER_V1 and route.tokens is Tokens.NONE and not route.json_body
+    assert route.upstream_url == OPENAI + "/assistants/a1/@x?q=1"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "OPTIONS", "PROPFIND", "get", "X"])
+def test_passthrough_never_forwards_other_methods(method: str) -> None:
     with pytest.raises(MethodNotAllowed) as info:
-        router.resolve("GET", "/v1/chat/completions")
-    assert info.value.route == "/v1/chat/completions"
+        passthrough.resolve(method, "/v1/whatever")
+    assert info.value.allow == PASSTHROUGH_METHODS and info.value.route == OTHER_V1
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/v1/chat/completions", {"POST"}),
+    ("TRACE", "/v1/chat/completions", {"POST"}),
+    ("POST", "/v1/models", {"GET", "HEAD"}),
+    ("PUT", "/v1/files/f1", {"GET", "HEAD", "DELETE"}),
+])
+@pytest.mark.parametrize("r", [router, passthrough], ids=["closed", "passthrough"])
+def test_wrong_method_on_a_known_route_names_the_allowed_ones(method: str, path: str,
+                                                              allowed: set[str],
+                                                              r: Router) -> None:
+    with pytest.raises(MethodNotAllowed) as info:
+        r.resolve(method, path)
+    assert info.value.allow == allowed
+    assert info.value.route == r.resolve(sorted(allowed)[0], path).template
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/batches", "/v1/agents"])
+@pytest.mark.parametrize("r", [router, passthrough], ids=["closed", "passthrough"])
+def test_token_spending_routes_the_proxy_cannot_count_are_refused(path: str, r: Router) -> None:
+    with pytest.raises(RouteNotAccounted) as info:
+        r.resolve("POST", path)
+    assert info.value.status == 404 and info.value.route == path
+
+
+_PATH_CHARS = st.sampled_from([*"abv1/.;%:@~-_=+?#\\ ", "..", "//", "%2e", "%2f", "chat",
+                               "completions", "files", "models", "async-result"])
+
+
+@hsettings(max_examples=400, deadline=None, derandomize=True)
+@given(tail=st.lists(_PATH_CHARS, max_size=12).map("".join),
+       method=st.sampled_from(["GET", "POST", "HEAD", "DELETE", "TRACE", "PUT"]))
+def test_any_path_stays_on_a_base_under_a_bounded_label(tail: str, method: str) -> None:
+    """Whatever the path, a route is a table template or /v1/other, its URL is a base plus a
+    clean path, and anything else is a 404 or 405."""
+    labels = set(ENDPOINTS) | {OTHER_V1}
+    try:
+        route = passthrough.resolve(method, "/v1/" + tail)
+    except (NotFound, MethodNotAllowed):
+        return
+    assert route.template in labels
+    assert route.upstream_url.startswith((OPENAI + "/", ANTHROPIC + "/v1/"))
+    rest = route.upstream_url.split("://", 1)[1]
+    assert "//" not in rest and "/../" not in rest and "/./" not in rest and ";" not in rest
+    assert "%" not in rest and "\\" not in rest and "#" not in rest

@@ -6,11 +6,18 @@ relayed stream (removing only that extra usage-only chunk), and at the end `sett
 usage where the API reported it, tiktoken estimates (or the labelled heuristic) where it did
 not, cost from the pricing table, metrics and the log fields. Every direction carries its own
 source, so an Anthropic stream cut short keeps its upstream input count and estimates output.
+
+What is counted comes from the route table (`routing.Tokens`): prompt routes as above; an async
+task's result (`/v1/async-result/{id}`) from the usage it reports, once per task (a client that
+polls a finished task again is not charged twice; remembered per process for the last
+`RESULTS_REMEMBERED` tasks), never estimated (its prompt is not in the request). The async
+submission itself is not counted: its answer is a task id, and its tokens are the result's.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +32,7 @@ from zai_proxy.estimate import (
 )
 from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PricingTable, Tier
-from zai_proxy.routing import Route
+from zai_proxy.routing import Route, Tokens
 from zai_proxy.sse import SSEParser
 from zai_proxy.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
 from zai_proxy.tokenizer import Tokenizer
@@ -38,10 +45,7 @@ from zai_proxy.usage import (
     request_wants_usage,
 )
 
-# Routes whose answers carry usage; the rest (models, other /v1 paths) count nothing.
-_COUNTED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                      "/v1/messages"})
-_STRIPPABLE = frozenset({"/v1/chat/completions", "/v1/completions"})
+RESULTS_REMEMBERED = 10_000
 # A read ending in a blank line (LF or CRLF) ends on an event boundary.
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
@@ -75,6 +79,7 @@ class Accounting:
         self.wall_clock = wall_clock
         self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._tier: tuple[Tier, datetime, datetime] | None = None
+        self._results: OrderedDict[str, None] = OrderedDict()
 
     def tier(self) -> Tier:
         """The pricing tier now. Peak windows are given in whole minutes, so the answer is
@@ -100,23 +105,40 @@ class Accounting:
 
     def open(self, route: Route, payload: dict[str, Any] | None, body: bytes) -> Ledger | None:
         """A ledger for a countable request, or None (nothing to count on this route)."""
-        if payload is None or route.template not in _COUNTED:
-            return None
-        return Ledger(self, route.template, route.surface, payload, body)
+        if route.tokens is Tokens.PROMPT:
+            if payload is None:
+                return None
+            return Ledger(self, route.surface, payload, body, stream_usage=route.stream_usage)
+        if route.tokens is Tokens.RESULT:
+            return Ledger(self, route.surface, {}, body,
+                          result_of=route.upstream_url.partition("?")[0])
+        return None
+
+    def claim_result(self, task: str) -> bool:
+        """True the first time the result of `task` is counted (within the remembered ones)."""
+        results = self._results
+        if task in results:
+            return False
+        results[task] = None
+        if len(results) > RESULTS_REMEMBERED:
+            results.popitem(last=False)
+        return True
 
 
 class Ledger:
     """One request's accounting; `relay` sits on the stream path, so it stays cheap."""
 
-    def __init__(self, accounting: Accounting, template: str, surface: str,
-                 payload: dict[str, Any], body: bytes) -> None:
+    def __init__(self, accounting: Accounting, surface: str, payload: dict[str, Any],
+                 body: bytes, *, stream_usage: bool = False, result_of: str | None = None) -> None:
         self._acc = accounting
         self.surface = surface
         self.payload = payload
         model = payload.get("model")
         self.model = model if isinstance(model, str) and model else accounting.default_model
         self.stream = payload.get("stream") is True
-        strip = (self.stream and template in _STRIPPABLE and not request_wants_usage(payload))
+        # An async task's result: counted from the usage it reports, once per task.
+        self.result_of = result_of
+        strip = self.stream and stream_usage and not request_wants_usage(payload)
         self.upstream_body = add_include_usage(body, payload) if strip else body
         self._strip = strip
         self._dropped_cr = False
@@ -129,6 +151,7 @@ class Ledger:
                              else OpenAIStreamTracker(strip_usage_chunk=strip))
         self._body_usage: Usage | None = None
         self._body_text: str = ""
+        self._whole = False  # answered with a whole body (even to a stream request)
         self.settled: Report | None = None
 
     def relay(self, chunk: bytes) -> bytes:
@@ -196,8 +219,11 @@ class Ledger:
 
     def body(self, obj: Any) -> None:
         """A non-stream answer's parsed JSON."""
+        self._whole = True
         if not isinstance(obj, dict):
             return
+        if self.result_of is not None and isinstance(obj.get("model"), str) and obj["model"]:
+            self.model = obj["model"]  # a result names its model; the GET did not
         self._body_usage = (anthropic_usage(obj) if self.surface == "anthropic"
                             else openai_usage(obj))
         if self._body_usage is None:
@@ -210,24 +236,32 @@ class Ledger:
         acc = self._acc
         tok = acc.tokenizer
         reported = self._body_usage
+        if self.result_of is not None and (reported is None
+                                           or not acc.claim_result(self.result_of)):
+            # Not finished, not a chat task, or counted already: nothing to charge.
+            self.settled = Report(dict.fromkeys(DIRECTIONS, 0), dict.fromkeys(DIRECTIONS, "none"),
+                                  0.0, acc.catalog.label(self.model), acc.tier())
+            return self.settled
         complete = True
-        if self._tracker is not None:
-            reported = self._tracker.usage()
-            complete = self._tracker.done
+        tracker = None if self._whole else self._tracker
+        if tracker is not None:
+            reported = tracker.usage()
+            complete = tracker.done
         counts = dict.fromkeys(DIRECTIONS, 0)
         sources = dict.fromkeys(DIRECTIONS, "upstream")
         if reported is not None:
             counts.update(reported.by_direction())
         started = time.perf_counter()
         counted = False
-        if reported is None or counts["input"] + counts["cache_read"] == 0:
+        if self.result_of is None and (reported is None
+                                       or counts["input"] + counts["cache_read"] == 0):
             counts["input"] = await self._estimate_input()
             sources["input"] = tok.source
             counted = True
         if reported is None or not complete:
             # Cut short: a partial upstream count (Anthropic's message_start says 1) is not the
             # output; count what was actually streamed.
-            text = self._tracker.output_text() if self._tracker is not None else self._body_text
+            text = tracker.output_text() if tracker is not None else self._body_text
             estimated = await tok.count_async(text)
             counts["output"] = max(counts["output"] if reported else 0, estimated)
             sources["output"] = tok.source

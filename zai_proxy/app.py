@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import time as dt_time
 from typing import Any
@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
+                          max_response_bytes=settings.max_response_bytes,
                           before_attempt=quota.recheck)
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
@@ -151,7 +153,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app = ProxyApp(title="zai-proxy", version=version, lifespan=lifespan, docs_url=None,
                    redoc_url=None)
     app.proxy = ProxyHandler(
-        router=Router(settings.zai_target_url, settings.zai_anthropic_url), forwarder=forwarder,
+        router=Router(settings.zai_target_url, settings.zai_anthropic_url,
+                      passthrough_unknown=settings.passthrough_unknown), forwarder=forwarder,
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
         accounting=accounting, quotas=quotas,
@@ -261,8 +264,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     return app
 
 
-def _error_response(error: ProxyError) -> Response:
-    return Response(error.body(), status_code=error.status, media_type="application/json")
+def _error_response(error: ProxyError, headers: Mapping[str, str] | None = None) -> Response:
+    if isinstance(error, Unauthorized):
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="zai-proxy"'}
+    return Response(error.body(), status_code=error.status, media_type="application/json",
+                    headers=headers)
 
 
 def build_accounting(settings: Settings, metrics: Metrics, pricing: PricingTable,
@@ -308,12 +314,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     respond = _error_response
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+        # The client left while its body was being read (an admin PUT): nobody to answer,
+        # nothing to log as a server fault.
+        return respond(InvalidRequest("the client disconnected before sending its body"))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             return respond(NotFound("no such route"))
-        if exc.status_code == 405:
-            return respond(MethodNotAllowed("method not allowed on this route"))
+        if exc.status_code == 405:  # Starlette names the allowed methods in its Allow header
+            return respond(MethodNotAllowed("method not allowed on this route"), exc.headers)
         error = ProxyError(str(exc.detail))
         error.status = exc.status_code
         return respond(error)

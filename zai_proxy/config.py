@@ -168,6 +168,15 @@ class Settings:
     max_request_bytes: int = _setting(
         "MAX_REQUEST_BYTES", _positive(parse_size), "largest request body accepted",
         default=10 * 1024 * 1024)
+    # Request path (harden, issue 12).
+    passthrough_unknown: bool = _setting(
+        "PASSTHROUGH_UNKNOWN", parse_bool,
+        "forward /v1 paths outside the route table (only GET, HEAD, POST, PUT, PATCH, DELETE; "
+        "never counted); off = 404", default=False)
+    max_response_bytes: int = _setting(
+        "MAX_RESPONSE_BYTES", _positive(parse_size),
+        "largest non-stream answer read whole to count its tokens (502 past it); other large "
+        "answers are relayed as they arrive", default=32 * 1024 * 1024)
     max_workers: int = _setting(
         "MAX_WORKERS", _positive(_int), "cap on requests in flight upstream", default=10)
     connect_timeout: float = _setting(
@@ -361,6 +370,19 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
     return _validated(settings)
 
 
+ADMIN_KEY_MIN_LENGTH = 16
+
+
+def _check_pricing_file(path: str) -> None:
+    """Load PRICING_FILE once at startup, so a bad one stops the program with its name."""
+    from zai_proxy.pricing import PricingTable
+
+    try:
+        PricingTable.load(path)
+    except (ValueError, RecursionError) as exc:  # pricing reports I/O errors as ValueError
+        raise ConfigError(f"PRICING_FILE is invalid: {exc}") from None
+
+
 def _check_keys(settings: Settings) -> None:
     """PROXY_API_KEYS entries and the key file must parse (the file is read again, and
     whenever it changes, by `ClientAuth`)."""
@@ -405,6 +427,11 @@ def _validated(settings: Settings) -> Settings:
             parse_client_limits(",".join(settings.client_rate_limits))
         except ValueError as exc:
             raise ConfigError(f"CLIENT_RATE_LIMITS is invalid: {exc}") from None
+    if settings.admin_api_key and len(settings.admin_api_key.strip()) < ADMIN_KEY_MIN_LENGTH:
+        raise ConfigError(f"ADMIN_API_KEY needs {ADMIN_KEY_MIN_LENGTH}+ characters (it guards "
+                          "the limiter state); generate one with: openssl rand -hex 24")
+    if settings.pricing_file:
+        _check_pricing_file(settings.pricing_file)
     return settings
 
 

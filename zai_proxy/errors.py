@@ -42,6 +42,8 @@ class InvalidRequest(ProxyError):
 
 
 class Unauthorized(ProxyError):
+    """Answered with `WWW-Authenticate: Bearer realm="zai-proxy"` (RFC 9110 §11.6.1)."""
+
     status = 401
     type = "authentication_error"
     code = "proxy_invalid_api_key"
@@ -53,10 +55,28 @@ class NotFound(ProxyError):
     code = "proxy_not_found"
 
 
+class RouteNotAccounted(NotFound):
+    """A known endpoint that consumes tokens the proxy cannot count: never forwarded."""
+
+    code = "proxy_route_not_accounted"
+
+
 class MethodNotAllowed(ProxyError):
+    """Answered with an `Allow` header listing `allow` (RFC 9110 §15.5.6)."""
+
     status = 405
     type = "invalid_request_error"
     code = "proxy_method_not_allowed"
+
+    def __init__(self, message: str, *, allow: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class UriTooLong(ProxyError):
+    status = 414
+    type = "invalid_request_error"
+    code = "proxy_uri_too_long"
 
 
 class AccountMismatch(ProxyError):
@@ -125,6 +145,21 @@ class UpstreamInterrupted(UpstreamError):
 
     code = "proxy_upstream_interrupted"
     error_type = "stream_interrupted"
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The upstream's answer could not be read as HTTP (a header over the client's limit, ...).
+    Not retried: the same request gets the same answer."""
+
+    code = "proxy_upstream_bad_response"
+    error_type = "bad_response"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    """A body the proxy must read whole (to count its tokens) is over MAX_RESPONSE_BYTES."""
+
+    code = "proxy_upstream_response_too_large"
+    error_type = "response_too_large"
 
 
 class UpstreamTruncated(UpstreamInterrupted):

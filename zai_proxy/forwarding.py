@@ -6,6 +6,12 @@ truncated 2xx bodies, a stream that ends before its first byte, and retryable 42
 exhaustion); each retry waits (jittered, honouring Retry-After and Z.AI's hints) and goes through
 admission again, ahead of new work. The permit (a concurrency slot) stays with the answer until
 its body has been relayed: Z.AI counts an open stream as a concurrent request.
+
+Bodies are bounded. A 2xx body the proxy must read whole (JSON it counts tokens from or checks)
+is read up to `max_response_bytes` and answered 502 past it: relaying it unread would let its
+tokens past accounting. Any other non-stream body is read whole only while it is small
+(`STREAM_ABOVE`); past that it is relayed as it arrives. Error bodies are read up to
+`ERROR_BODY_BUDGET` (enough to classify them); a longer one is relayed as it arrives, not cut.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from zai_proxy.admission import Admission, Permit, Rejection
 from zai_proxy.classify import Throttle, classify_429
 from zai_proxy.errors import (
@@ -24,24 +32,30 @@ from zai_proxy.errors import (
     RateLimited,
     UpstreamError,
     UpstreamInterrupted,
+    UpstreamResponseTooLarge,
     UpstreamTruncated,
     UpstreamUnreachable,
 )
 from zai_proxy.exchange import Exchange
 from zai_proxy.headers import RawHeaders
+from zai_proxy.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
 from zai_proxy.metrics import Metrics
 from zai_proxy.rate_controller import Outcome
 from zai_proxy.retry import RetryPolicy, RetryReason, retry_reason
 from zai_proxy.upstream import BodyReader, Upstream
 
-# Error bodies are read with a budget: they decide retries, they are not relayed as streams.
+# Error bodies are read with a budget: enough to decide retries and classify a 429.
 ERROR_BODY_BUDGET = 256 * 1024
+# A body nobody needs whole is buffered (one send, with its length) only up to this size.
+STREAM_ABOVE = 256 * 1024
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
 class Opened:
     """An upstream answer ready to relay. `body` is set when it was read whole already;
-    otherwise `first` is the stream's first chunk and `chunks` the rest."""
+    otherwise `first` is the start of the body and `chunks` the rest (an event stream when
+    `sse`, else a large body relayed as it arrives)."""
 
     status: int
     headers: RawHeaders
@@ -51,7 +65,9 @@ class Opened:
     body: bytes | None = None
     first: bytes = b""
     throttle: Throttle | None = None
-    parsed: Any = None  # the JSON of a whole 2xx body, parsed once here
+    parsed: Any = None  # the JSON of a whole 2xx body, parsed once here (when `json_ok`)
+    json_ok: bool = False
+    sse: bool = False
 
     async def close(self) -> None:
         """Close the upstream response and free the slot; safe to call more than once."""
@@ -67,8 +83,10 @@ class Forwarder:
     def __init__(self, *, upstream: Upstream, admission: Admission, policy: RetryPolicy,
                  metrics: Metrics, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  wall_clock: Callable[[], float] = time.time,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  before_attempt: Callable[[Exchange], ProxyError | None] | None = None) -> None:
         self.upstream = upstream
+        self.max_response_bytes = max_response_bytes
         # Asked after admission, before every attempt: an error it returns is the answer (the
         # plan quota ran out while the request waited in the queue).
         self.before_attempt = before_attempt
@@ -78,14 +96,21 @@ class Forwarder:
         self.sleep = sleep
         self.wall_clock = wall_clock
 
-    async def open(self, ex: Exchange, method: str, url: str, headers: RawHeaders,
-                   body: bytes, *, expect_json: bool = True) -> Opened:
-        """The answer to relay (after any retries), or RateLimited / UpstreamError.
+    def build(self, method: str, url: str, headers: RawHeaders, body: bytes) -> httpx.Request:
+        """The upstream request (UriTooLong / InvalidRequest for a URL httpx refuses); made
+        before admission, so a refusal costs no rate token."""
+        return self.upstream.build(method, url, headers, body)
+
+    async def open(self, ex: Exchange, request: httpx.Request, *, expect_json: bool = True,
+                   read_whole: bool = False) -> Opened:
+        """The answer to `request` (after any retries), or RateLimited / UpstreamError.
 
         `expect_json`: a 2xx answer must carry a JSON body (or be a stream); an empty or
         unparsable one is a broken answer worth retrying. Off for pass-through routes, where
-        an empty 2xx (a 204, say) is legitimate.
+        an empty 2xx (a 204, say) is legitimate. `read_whole` (implied by `expect_json`): a
+        non-stream 2xx body is needed whole and parsed (it is counted), up to the size cap.
         """
+        read_whole = read_whole or expect_json
         retries = 0
         while True:
             permit = await self._admit(ex, priority=retries > 0)
@@ -96,7 +121,7 @@ class Forwarder:
             retry_after: float | None = None
             reason: RetryReason | None
             try:
-                opened = await self._attempt(ex, method, url, headers, body, permit)
+                opened = await self._attempt(ex, request, permit, read_whole)
             except BaseException as error:
                 if not isinstance(error, UpstreamError):  # cancelled: the client left
                     permit.release()
@@ -110,8 +135,8 @@ class Forwarder:
                 failure: Exception = error
             else:
                 reason, retry_after = self._judge(opened, expect_json)
-                if reason is None:
-                    return opened
+                if reason is None or (opened.body is None and opened.first):
+                    return opened  # fine, or a long error body already being relayed
                 await opened.close()
                 failure = _Retryable(opened)
             delay = self.policy.next_delay(retries, retry_after) if reason else None
@@ -136,24 +161,39 @@ class Forwarder:
         self.metrics.admission_wait.observe(result.waited)
         return result
 
-    async def _attempt(self, ex: Exchange, method: str, url: str, headers: RawHeaders,
-                       body: bytes, permit: Permit) -> Opened:
+    async def _attempt(self, ex: Exchange, request: httpx.Request, permit: Permit,
+                       read_whole: bool) -> Opened:
         if ex.upstream_started is None:
             ex.upstream_started = time.perf_counter()
-        response = await self.upstream.send(method, url, headers, body)
+        response = await self.upstream.send(request)
         ex.upstream_ttfb = time.perf_counter()
-        ex.upstream_status = response.status_code
+        status = ex.upstream_status = response.status_code
         chunks = self.upstream.chunks(response)
         content_type = response.headers.get("content-type", "")
-        opened = Opened(response.status_code, list(response.headers.raw), content_type, chunks,
-                        permit)
+        raw = list(response.headers.raw)
+        opened = Opened(status, raw, content_type, chunks, permit)
         try:
-            if response.status_code >= 300 or not content_type.startswith("text/event-stream"):
-                budget = ERROR_BODY_BUDGET if response.status_code >= 300 else None
-                opened.body = await _read_all(chunks, budget)
-                ex.upstream_ended = time.perf_counter()
-            else:
+            if status < 300 and content_type.startswith("text/event-stream"):
+                opened.sse = True
                 opened.first = await _first_chunk(chunks)
+            else:
+                whole = read_whole and status < 300
+                limit = (self.max_response_bytes if whole else
+                         STREAM_ABOVE if status < 300 else ERROR_BODY_BUDGET)
+                if whole and _declared_length(raw) > limit:
+                    raise UpstreamResponseTooLarge(_too_large(limit))
+                data, complete = await _read_upto(chunks, limit)
+                if complete:
+                    opened.body = data
+                    ex.upstream_ended = time.perf_counter()
+                    if whole and len(data) <= INLINE_MAX:
+                        _parse(opened, data)  # small: inline, no await on the hot path
+                    elif whole:
+                        await _parse_off_loop(opened, data)
+                elif whole:
+                    raise UpstreamResponseTooLarge(_too_large(limit))
+                else:
+                    opened.first = data
         except UpstreamInterrupted as exc:
             await opened.chunks.aclose()
             if opened.first or opened.body is not None:
@@ -192,7 +232,7 @@ class Forwarder:
                     self.metrics.upstream_error("empty_streaming")
                     return retry_reason(status=status, empty_or_truncated=True), None
                 return None, None
-            if expect_json and not _parse(opened):
+            if expect_json and not opened.json_ok:
                 self.metrics.upstream_error("truncated_response")
                 return retry_reason(status=status, empty_or_truncated=True), None
         return None, None
@@ -203,15 +243,30 @@ class _Retryable(Exception):
         self.opened = opened
 
 
-async def _read_all(chunks: BodyReader, budget: int | None) -> bytes:
+async def _read_upto(chunks: BodyReader, limit: int) -> tuple[bytes, bool]:
+    """The body if it ends within `limit` bytes (True), else what was read so far (False)."""
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:
         parts.append(chunk)
         size += len(chunk)
-        if budget is not None and size > budget:
-            break
-    return b"".join(parts)
+        if size > limit:
+            return b"".join(parts), False
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), True
+
+
+def _declared_length(raw: RawHeaders) -> int:
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
+def _too_large(limit: int) -> str:
+    return f"the upstream answer is larger than MAX_RESPONSE_BYTES ({limit} bytes)"
 
 
 async def _first_chunk(chunks: BodyReader) -> bytes:
@@ -221,12 +276,21 @@ async def _first_chunk(chunks: BodyReader) -> bytes:
     return b""
 
 
-def _parse(opened: Opened) -> bool:
+def _parse(opened: Opened, body: bytes) -> None:
+    """Parse a whole 2xx body once; `json_ok` says whether it is JSON."""
     try:
-        opened.parsed = json.loads(opened.body or b"")
-    except (ValueError, RecursionError):
-        return False
-    return True
+        opened.parsed = json.loads(body)
+    except PARSE_ERRORS:
+        return
+    opened.json_ok = True
+
+
+async def _parse_off_loop(opened: Opened, body: bytes) -> None:
+    try:
+        opened.parsed = await parse_off_loop(body)
+    except PARSE_ERRORS:
+        return
+    opened.json_ok = True
 
 
 def _str_headers(raw: RawHeaders) -> dict[str, str]:

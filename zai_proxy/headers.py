@@ -3,7 +3,10 @@
 Hop-by-hop headers (RFC 9110 §7.6.1, plus any named in `Connection`) never cross. Client
 credentials never go upstream: the proxy adds the upstream key itself, as `Authorization: Bearer`
 for the OpenAI surface and `x-api-key` for the Anthropic surface (Z.AI's edge rejects Bearer
-there). Upstream cookies never reach clients.
+there). Neither client cookies nor the client's forwarding headers (`Forwarded`,
+`X-Forwarded-*`, `X-Real-IP`) go upstream, and upstream cookies never reach clients. `Expect`
+is dropped: the proxy has read the whole body before it calls the upstream, and a hop that
+never answers `100 Continue` would hold the request (and its slot) until the first-byte timeout.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = HOP_BY_HOP | {
     b"host", b"content-length", b"authorization", b"x-api-key", b"cookie",
     b"accept-encoding", b"x-request-id", b"forwarded", b"x-forwarded-for",
-    b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip",
+    b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"expect",
 }
+_FORWARDED_PREFIX = b"x-forwarded-"
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"set-cookie", b"x-request-id", b"server",
                                b"date"}
 
@@ -41,8 +45,10 @@ def upstream_request_headers(client: RawHeaders, surface: str, api_key: str,
     `Accept-Encoding: identity` keeps upstream bodies readable for token accounting; bodies are
     relayed as received either way.
     """
-    drop = _REQUEST_DROP | _connection_tokens(client)
-    out = [(n, v) for n, v in client if n.lower() not in drop]
+    tokens = _connection_tokens(client)
+    drop = _REQUEST_DROP | tokens if tokens else _REQUEST_DROP
+    out = [(n, v) for n, v in client
+           if (k := n.lower()) not in drop and not k.startswith(_FORWARDED_PREFIX)]
     if surface == "anthropic":
         out.append((b"x-api-key", api_key.encode()))
     else:
@@ -57,7 +63,8 @@ def client_response_headers(upstream: Iterable[tuple[bytes, bytes]], request_id:
                             variant: bytes) -> RawHeaders:
     """Headers for the client: the upstream's, filtered, plus request id and variant."""
     upstream = list(upstream)
-    drop = _RESPONSE_DROP | _connection_tokens(upstream)
+    tokens = _connection_tokens(upstream)
+    drop = _RESPONSE_DROP | tokens if tokens else _RESPONSE_DROP
     out = [(n.lower(), v) for n, v in upstream if n.lower() not in drop]
     out.append((b"x-request-id", request_id))
     out.append((b"x-zai-proxy-variant", variant))

@@ -5,9 +5,15 @@ admission and upstream attempt(s) (`Forwarder`) -> relay (token accounting watch
 usage -> record once.
 
 Streams are relayed chunk by chunk as the upstream sends them; a non-stream body is read whole
-(it is needed whole for usage and to spot an empty 2xx) and sent with its length. A client that
-leaves cancels the request at once: the upstream response is closed, the slot freed, and the
-request recorded as 499.
+(it is needed whole for usage and to spot an empty 2xx) and sent with its length, unless it is
+large and nobody needs it whole (see `forwarding`): then it is relayed as it arrives, with the
+upstream's length. A client that leaves cancels the request at once: the upstream response is
+closed, the slot freed, and the request recorded as 499.
+
+Everything that can refuse a request (route, body, JSON, the upstream URL) runs before the
+request asks for admission, so a refused request never costs a rate token or a slot. Framing
+follows RFC 9110: no body and no `Content-Length` on 204 and 304, a HEAD answer carries the
+upstream's length and no body; 401 carries `WWW-Authenticate`, 405 carries `Allow`.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import math
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from zai_proxy.accounting import Accounting, Ledger
 from zai_proxy.auth import ClientAuth
 from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.errors import (
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
     ProxyError,
     RateLimited,
+    Unauthorized,
     UpstreamError,
     sse_error_event,
 )
@@ -39,6 +48,7 @@ from zai_proxy.headers import (
     header_value,
     upstream_request_headers,
 )
+from zai_proxy.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
 from zai_proxy.lifecycle import Lifecycle
 from zai_proxy.quota import Quota
 from zai_proxy.recorder import Recorder
@@ -49,6 +59,13 @@ Message = dict[str, Any]
 
 _JSON = (b"content-type", b"application/json")
 _KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="zai-proxy"')
+# Statuses whose answers never have a body (RFC 9110 §6.4.1); no Content-Length on them either.
+_NO_BODY = frozenset({204, 304})
+# Longest Retry-After the proxy passes on (a weekly quota resets within 7 days).
+_MAX_RETRY_AFTER = 7 * 86400.0
+# Query bytes kept as they are when the client sent non-ASCII ones (percent-encoded otherwise).
+_QUERY_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 
 
 class ProxyHandler:
@@ -111,11 +128,14 @@ class ProxyHandler:
             ex.client = self.auth.client_id(headers) or _peer(scope)
             raw_path = scope.get("raw_path") or scope["path"].encode()
             route = self.router.resolve(scope["method"], raw_path.decode("latin-1"),
-                                        scope["query_string"].decode("latin-1"))
+                                        _query(scope["query_string"]))
             ex.route = route.template
             body = await _read_body(receive, headers, self.max_request_bytes)
             ex.request_bytes = len(body)
-            payload = _parse_json(body) if route.json_body and scope["method"] == "POST" else None
+            payload = None
+            if route.json_body and scope["method"] == "POST":
+                payload = (_parse_json(body) if len(body) <= INLINE_MAX
+                           else await _parse_json_off_loop(body))
         except ProxyError as error:
             if error.route is not None:
                 ex.route = error.route
@@ -150,11 +170,15 @@ class ProxyHandler:
                 await self._error(ex, send, refused)
                 return
             ex.paced = quota.paced(ex.client)
-        ledger = self.accounting.open(route, payload, body) if self.accounting else None
-        upstream_body = ledger.upstream_body if ledger is not None else body
-        upstream_headers = upstream_request_headers(headers, route.surface, self.api_key,
-                                                     ex.request_id, len(upstream_body))
+        head = method == "HEAD"
         try:
+            ledger = (self.accounting.open(route, payload, body)
+                      if self.accounting is not None and not head else None)
+            upstream_body = ledger.upstream_body if ledger is not None else body
+            upstream_headers = upstream_request_headers(headers, route.surface, self.api_key,
+                                                         ex.request_id, len(upstream_body))
+            request = self.forwarder.build(method, route.upstream_url, upstream_headers,
+                                           upstream_body)
             if self.quotas is not None:
                 decision = await self.quotas.check(ex.client)
                 if not decision.allowed:
@@ -162,8 +186,8 @@ class ProxyHandler:
                     raise RateLimited(f"client quota {decision.limit} exceeded",
                                       code="proxy_client_quota",
                                       retry_after=decision.retry_after)
-            opened = await self.forwarder.open(ex, method, route.upstream_url, upstream_headers,
-                                               upstream_body, expect_json=route.json_body)
+            opened = await self.forwarder.open(ex, request, expect_json=route.json_body,
+                                               read_whole=ledger is not None)
         except ProxyError as error:
             await self._error(ex, send, error)
             return
@@ -171,7 +195,7 @@ class ProxyHandler:
             quota.observe(opened.throttle)
         try:
             if opened.body is not None:
-                await self._relay_whole(ex, opened, ledger, send)
+                await self._relay_whole(ex, opened, ledger, send, head)
             else:
                 await self._relay_stream(ex, route, opened, ledger, send)
         finally:
@@ -186,12 +210,20 @@ class ProxyHandler:
                     await self.quotas.record_tokens(ex.client, sum(report.counts.values()))
 
     async def _relay_whole(self, ex: Exchange, opened: Opened, ledger: Ledger | None,
-                           send: Any) -> None:
+                           send: Any, head: bool) -> None:
         data = opened.body or b""
-        if ledger is not None and opened.parsed is not None:
+        if ledger is not None and opened.json_ok:
             ledger.body(opened.parsed)
         headers = self._headers(ex, opened)
-        headers.append((b"content-length", str(len(data)).encode()))
+        if opened.status in _NO_BODY:
+            data = b""
+        elif head:  # the length the upstream gave for the GET, if it gave one; no body
+            data = b""
+            length = _upstream_length(opened.headers)
+            if length is not None:
+                headers.append((b"content-length", length))
+        else:
+            headers.append((b"content-length", str(len(data)).encode()))
         ex.status = opened.status
         ex.complete = True
         await send({"type": "http.response.start", "status": opened.status, "headers": headers})
@@ -200,12 +232,19 @@ class ProxyHandler:
 
     async def _relay_stream(self, ex: Exchange, route: Route, opened: Opened,
                             ledger: Ledger | None, send: Any) -> None:
+        """An event stream, or (not `opened.sse`) a large body relayed as it arrives."""
         headers = self._headers(ex, opened)
-        headers.append((b"x-accel-buffering", b"no"))
-        headers.append((b"cache-control", b"no-cache"))
+        if opened.sse:
+            headers.append((b"x-accel-buffering", b"no"))
+            headers.append((b"cache-control", b"no-cache"))
+        else:
+            length = _upstream_length(opened.headers)
+            if length is not None:
+                headers.append((b"content-length", length))
         ex.status = opened.status
         await send({"type": "http.response.start", "status": opened.status, "headers": headers})
-        relay = ledger.relay if ledger is not None else None
+        watching = ledger if ledger is not None and ledger.stream and opened.sse else None
+        relay = watching.relay if watching is not None else None
         sent = 0
         chunk = opened.first
         try:
@@ -223,14 +262,20 @@ class ProxyHandler:
             ex.status = 502
             ex.outcome = "upstream_interrupted"
             ex.error = error.message
-            tail = (ledger.flush() if ledger is not None else b"") + sse_error_event(
+            ex.response_bytes = sent
+            if not opened.sse:
+                # No in-band way to say so: leave the response unfinished, and the server
+                # closes the connection, so the client sees a cut body, never a whole-looking one.
+                ex.complete = True
+                return
+            tail = (watching.flush() if watching is not None else b"") + sse_error_event(
                 error, anthropic=route.surface == "anthropic")
             ex.complete = True
             await send({"type": "http.response.body", "body": tail})
             ex.response_bytes = sent + len(tail)
             return
         ex.upstream_ended = time.perf_counter()
-        tail = ledger.flush() if ledger is not None else b""
+        tail = watching.flush() if watching is not None else b""
         ex.complete = True
         await send({"type": "http.response.body", "body": tail})
         ex.response_bytes = sent + len(tail)
@@ -244,7 +289,7 @@ class ProxyHandler:
                 headers.append((b"x-zai-error-code", throttle.code.encode()))
             wait = throttle.wait_seconds(time.time())
             if wait is not None and header_value(headers, b"retry-after") is None:
-                headers.append((b"retry-after", str(max(1, math.ceil(wait))).encode()))
+                headers.append((b"retry-after", _retry_after(wait)))
             ex.outcome = f"upstream_429_{throttle.cls.value}"
         if self.lifecycle.draining:
             headers.append((b"connection", b"close"))
@@ -255,7 +300,8 @@ class ProxyHandler:
                 (b"x-request-id", ex.request_id.encode()), (b"x-zai-proxy-variant", self.variant)]
 
     async def _local(self, ex: Exchange, send: Any, body: bytes) -> None:
-        """A JSON answer the proxy gives itself (the configured model list)."""
+        """A JSON answer the proxy gives itself (the configured model list; for HEAD the
+        server sends the headers only)."""
         ex.status = 200
         ex.complete = True
         headers = self._json_headers(ex, body)
@@ -270,7 +316,11 @@ class ProxyHandler:
         ex.error = error.message
         headers = self._json_headers(ex, body)
         if isinstance(error, RateLimited):
-            headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+            headers.append((b"retry-after", _retry_after(error.retry_after)))
+        elif isinstance(error, Unauthorized):
+            headers.append(_WWW_AUTHENTICATE)
+        elif isinstance(error, MethodNotAllowed) and error.allow:
+            headers.append((b"allow", ", ".join(sorted(error.allow)).encode()))
         headers.extend(error.extra_headers)
         if isinstance(error, PayloadTooLarge) or self.lifecycle.draining:
             headers.append((b"connection", b"close"))
@@ -310,11 +360,52 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         raise InvalidRequest("request body is empty; a JSON object is required")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except PARSE_ERRORS as exc:
+        raise _invalid_json(exc) from None
+    return _object(payload)
+
+
+async def _parse_json_off_loop(body: bytes) -> dict[str, Any]:
+    try:
+        payload = await parse_off_loop(body)
+    except PARSE_ERRORS as exc:
+        raise _invalid_json(exc) from None
+    return _object(payload)
+
+
+def _invalid_json(exc: Exception) -> InvalidRequest:
+    if isinstance(exc, RecursionError):
+        return InvalidRequest("request body is not valid JSON: nested too deeply")
+    return InvalidRequest(f"request body is not valid JSON: {str(exc)[:200]}")
+
+
+def _object(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
     return payload
+
+
+def _query(raw: bytes) -> str:
+    """The client's query for the upstream URL: as sent, non-ASCII bytes percent-encoded."""
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return quote(raw, safe=_QUERY_SAFE)
+
+
+def _retry_after(seconds: float) -> bytes:
+    """A Retry-After value: whole seconds, at least 1, at most a week (also for inf and NaN)."""
+    if not seconds < _MAX_RETRY_AFTER:
+        seconds = _MAX_RETRY_AFTER
+    return str(max(1, math.ceil(seconds))).encode()
+
+
+def _upstream_length(raw: RawHeaders) -> bytes | None:
+    """The upstream's Content-Length value, when it sent a valid one."""
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            return value if value.isdigit() else None
+    return None
 
 
 # Generated request ids: a random per-process prefix and a counter. Unique across replicas and

@@ -4,7 +4,12 @@ Requests go through one httpx transport (over aiohttp by default: several times 
 request than httpx's own) with explicit pool limits. The proxy calls the transport directly, not
 through `httpx.AsyncClient`: a proxy must neither follow redirects nor keep a cookie jar (a
 shared jar would replay one client's upstream cookies on every other client's requests), and
-skipping that machinery is a quarter of the per-request CPU.
+skipping that machinery is a quarter of the per-request CPU. The aiohttp session under the
+default transport is built here, with a `DummyCookieJar`: left to itself the transport would
+make a session with aiohttp's default jar, which stores every upstream `Set-Cookie`.
+
+`build` makes the upstream request (and refuses a URL the client cannot have meant) before the
+request is admitted, so a refusal never costs a rate token.
 
 Three separate timeouts, none of them a total: connect, first byte (response headers; a
 non-stream LLM call sends them only when done) and between chunks (a long stream is never cut
@@ -17,23 +22,38 @@ import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
 
+import aiohttp
 import httpx
 
 from zai_proxy.errors import (
+    InvalidRequest,
+    UpstreamBadResponse,
     UpstreamError,
     UpstreamInterrupted,
     UpstreamTimeout,
     UpstreamUnreachable,
+    UriTooLong,
 )
 from zai_proxy.headers import RawHeaders
 
+KEEPALIVE_SECONDS = 30.0
+# httpx refuses longer URLs (httpx._urlparse.MAX_URL_LENGTH).
+MAX_URL_LENGTH = 65536
+
 
 def default_transport(pool_size: int) -> httpx.AsyncBaseTransport:
+    """The aiohttp-backed transport, on a session without a cookie jar."""
     from httpx_aiohttp import AiohttpTransport
 
+    def session() -> aiohttp.ClientSession:  # called once, inside the running loop
+        connector = aiohttp.TCPConnector(limit=pool_size, keepalive_timeout=KEEPALIVE_SECONDS,
+                                         ssl=transport.ssl_context)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     trust_env=False)
+
     limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size,
-                          keepalive_expiry=30.0)
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, trust_env=False)
+                          keepalive_expiry=KEEPALIVE_SECONDS)
+    transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
     return transport
 
 
@@ -54,11 +74,21 @@ class Upstream:
     async def aclose(self) -> None:
         await self.transport.aclose()
 
-    async def send(self, method: str, url: str, headers: RawHeaders,
-                   body: bytes) -> httpx.Response:
+    def build(self, method: str, url: str, headers: RawHeaders, body: bytes) -> httpx.Request:
+        """The upstream request, or UriTooLong / InvalidRequest for a URL httpx refuses."""
+        if len(url) > MAX_URL_LENGTH:
+            raise UriTooLong(f"the upstream URL would be {len(url)} characters; at most "
+                             f"{MAX_URL_LENGTH} are allowed")
+        try:
+            return httpx.Request(method, url, headers=headers, content=body,
+                                 extensions={"timeout": self._timeouts})
+        except httpx.InvalidURL as exc:
+            error = InvalidRequest(f"invalid request target: {exc}")
+            error.code = "proxy_invalid_url"
+            raise error from None
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
         """Send and wait for the response headers (not the body)."""
-        request = httpx.Request(method, url, headers=headers, content=body,
-                                extensions={"timeout": self._timeouts})
         try:
             async with asyncio.timeout(self.first_byte_timeout):
                 response = await self.transport.handle_async_request(request)
@@ -71,6 +101,11 @@ class Upstream:
             raise UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from exc
+        except aiohttp.ClientResponseError as exc:
+            # An answer aiohttp cannot parse (a header over its limit, ...): httpx_aiohttp
+            # passes it on untranslated.
+            raise UpstreamBadResponse(
+                f"upstream answer could not be read: {exc.message[:200]}") from exc
         except (httpx.HTTPError, OSError) as exc:
             raise UpstreamUnreachable(f"upstream request failed: {type(exc).__name__}") from exc
         response.request = request

@@ -133,7 +133,9 @@ def add_include_usage(raw_body: bytes, payload: dict[str, Any]) -> bytes:
 
     When ``stream_options`` is absent the key is inserted right after the top-level ``{`` and
     every other byte the client sent is kept; when it exists without ``include_usage: true``
-    the body is re-serialised (compact, non-ASCII kept). Unchanged if the client asked already.
+    (or the body does not start with ``{``: a BOM, UTF-16) the body is re-serialised as UTF-8
+    (compact, non-ASCII kept, ASCII-escaped if it holds a lone surrogate, which UTF-8 cannot
+    carry). Unchanged if the client asked already.
     """
     if request_wants_usage(payload):
         return raw_body
@@ -148,6 +150,8 @@ def add_include_usage(raw_body: bytes, payload: dict[str, Any]) -> bytes:
     options = payload.get("stream_options")
     merged = dict(options) if isinstance(options, dict) else {}
     merged["include_usage"] = True
-    return json.dumps(
-        {**payload, "stream_options": merged}, ensure_ascii=False, separators=(",", ":")
-    ).encode("utf-8")
+    obj = {**payload, "stream_options": merged}
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate the client sent escaped ("\ud800"): keep it so
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
