@@ -7,7 +7,7 @@ import math
 import pytest
 
 from zai_proxy.quota_monitor import Limit, QuotaReport
-from zai_proxy.quota_state import UNKNOWN_RESET_BLOCK, Block, QuotaState
+from zai_proxy.quota_state import MAX_RESET_HORIZON, UNKNOWN_RESET_BLOCK, Block, QuotaState
 
 T0 = 1_767_000_000.0  # epoch seconds
 
@@ -48,6 +48,22 @@ def test_a_quota_429_without_reset_uses_the_polled_reset_else_a_short_block() ->
     block = five.on_throttle("1308", T0 - 5, T0 + 1)  # a hint already past: ignored
     assert block is not None and block.until == T0 + 900
     assert five.on_throttle("1302", None, T0) is None
+
+
+def test_a_reset_hint_beyond_a_month_is_bounded_from_every_source() -> None:
+    """Found by the fuzzer: a 1308 whose reset hint was 1e999 s made the local refusal (and
+    its "Your limit will reset at ..." text) overflow into a 500."""
+    state = QuotaState()
+    block = state.on_throttle("1308", 1e999, T0)
+    assert block is not None and block.until == T0 + MAX_RESET_HORIZON
+    polled = QuotaState()
+    polled.on_report(report(tokens_limit(6, used=10_000, reset=1e300)), T0)
+    polled.blocked(T0 + 1)
+    assert polled.block is not None and polled.block.until == T0 + MAX_RESET_HORIZON
+    shared = QuotaState()
+    shared.adopt(Block("weekly", "1310", 1e300, T0, "shared"), T0)
+    shared.blocked(T0 + 1)
+    assert shared.block is not None and shared.block.until == T0 + MAX_RESET_HORIZON
 
 
 def test_a_poll_showing_the_budget_spent_blocks_and_a_later_one_with_budget_lifts() -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from zai_proxy.quota_monitor import WINDOWS, Limit, QuotaReport, Window
@@ -27,6 +27,9 @@ from zai_proxy.quota_monitor import WINDOWS, Limit, QuotaReport, Window
 # A 1308/1310 without a reset hint, while no poll says when the window resets: refuse this long,
 # then let one request find out.
 UNKNOWN_RESET_BLOCK = 60.0
+# No plan window resets further out than a month: a hint beyond that (an upstream's `1e999`, a
+# garbled date) is noise, and refusing on it would stop the account for good.
+MAX_RESET_HORIZON = 31 * 86400.0
 # Evidence needed before a percentage-only budget's used ratio yields a ratio per token: whole
 # percent steps make a smaller increase mostly rounding.
 PERCENT_EVIDENCE = 0.05
@@ -147,7 +150,7 @@ class QuotaState:
         if until is None or until <= now:
             known = state.reset_at
             until = known if known is not None and known > now else now + UNKNOWN_RESET_BLOCK
-        block = Block(window, code, until, now, "upstream")
+        block = Block(window, code, min(until, now + MAX_RESET_HORIZON), now, "upstream")
         self._set(block)
         return block
 
@@ -159,6 +162,8 @@ class QuotaState:
                 and state.limit is not None and not state.limit.spent):
             return
         if block.until > now:
+            if block.until > now + MAX_RESET_HORIZON:
+                block = replace(block, until=now + MAX_RESET_HORIZON)
             current = self._blocks.get(block.window)
             if current is None or current.until < block.until:
                 self._set(block)
@@ -194,6 +199,7 @@ class QuotaState:
         if limit.spent:
             reset = limit.reset_at if limit.reset_at is not None and limit.reset_at > at else (
                 at + UNKNOWN_RESET_BLOCK)
+            reset = min(reset, at + MAX_RESET_HORIZON)
             current = self._blocks.get(state.name)
             if current is None or current.until < reset:
                 self._set(Block(state.name, CODES[state.name], reset, at, "poll"))
