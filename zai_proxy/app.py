@@ -32,6 +32,7 @@ from zai_proxy import __version__
 from zai_proxy.accounting import Accounting
 from zai_proxy.auth import ClientAuth
 from zai_proxy.catalog import ModelCatalog
+from zai_proxy.client_connections import ClientConnections
 from zai_proxy.client_quotas import ClientQuotas
 from zai_proxy.config import Settings
 from zai_proxy.errors import (
@@ -50,6 +51,7 @@ from zai_proxy.metrics import Metrics
 from zai_proxy.pricing import PeakWindow, PricingTable
 from zai_proxy.proxy import ProxyHandler
 from zai_proxy.recorder import Recorder
+from zai_proxy.retirement import Retirement
 from zai_proxy.retry import RetryPolicy
 from zai_proxy.routing import Router
 from zai_proxy.tokenizer import load_tokenizer
@@ -64,7 +66,7 @@ class ProxyApp(FastAPI):
 
     proxy: ProxyHandler
     operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit",
-                             "/admin/limiter-state"})
+                             "/admin/limiter-state", "/admin/retire"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -87,6 +89,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     metrics.set_build(version, settings.commit, settings.build_time)
     metrics.max_workers.set(settings.max_workers)
     lifecycle = Lifecycle(clock)
+    # Retirement and the client connections it releases (the server builds its protocol
+    # from `connections`; in-process tests have no server and only see the flag).
+    retirement = Retirement(clock)
+    connections = ClientConnections(metrics)
+    retirement.subscribe(connections.retire)
+    retirement.subscribe(lambda retired: metrics.retired.set(1 if retired else 0))
     upstream = Upstream(connect_timeout=settings.connect_timeout,
                         first_byte_timeout=settings.first_byte_timeout,
                         chunk_timeout=settings.chunk_timeout,
@@ -141,6 +149,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.upstream = upstream
     app.state.limiter = limiter
     app.state.accounting = accounting
+    app.state.retirement = retirement
+    app.state.connections = connections
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -153,6 +163,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "uptime_seconds": round(lifecycle.uptime(), 3),
             "in_flight": lifecycle.in_flight,
             "ready": lifecycle.ready,
+            "retired": retirement.retired,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "rate_limit": limiter.health(),
         }
@@ -184,6 +195,25 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         await limiter.reset()
         log.warning("rate limit reset by admin request")
         return JSONResponse({"reset": True, "rate_limit": limiter.health()})
+
+    @app.post("/admin/retire")
+    async def retire(request: Request) -> Response:
+        """Release this pod's clients (ADMIN_API_KEY): see `zai_proxy.retirement`."""
+        return _set_retired(request, True)
+
+    @app.delete("/admin/retire")
+    async def unretire(request: Request) -> Response:
+        """Keep clients again: undoes POST /admin/retire (ADMIN_API_KEY)."""
+        return _set_retired(request, False)
+
+    def _set_retired(request: Request, retired: bool) -> Response:
+        if (denied := admin.check(request.headers)) is not None:
+            return denied
+        if retirement.set(retired):
+            log.warning("retired by admin request: clients are asked to leave" if retired
+                        else "un-retired by admin request: clients are kept again",
+                        extra={"fields": {"connections": len(connections.live)}})
+        return JSONResponse({"retired": retirement.retired})
 
     @app.get("/admin/limiter-state")
     async def get_limiter_state(request: Request) -> Response:

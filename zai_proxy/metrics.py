@@ -94,6 +94,17 @@ class Metrics:
         self.shared_degraded = Gauge("zai_proxy_shared_state_degraded",
                                      "1 while shared state is unreachable", [V],
                                      registry=r).labels(variant)
+        # Server side (conn): retirement, client connections, exposure.
+        self.retired = Gauge("zai_proxy_retired",
+                             "1 while retired (POST /admin/retire): clients are asked to leave",
+                             [V], registry=r).labels(variant)
+        self.client_connections = Gauge("zai_proxy_client_connections",
+                                        "Open client connections", [V],
+                                        registry=r).labels(variant)
+        self.connections_released = Counter(
+            "zai_proxy_client_connections_released",
+            "Idle keep-alive connections closed to release their client (retire, drain)",
+            [V], registry=r).labels(variant)
 
     def set_build(self, version: str, commit: str, build_time: str) -> None:
         self.build_info.labels(version, commit, build_time, self.variant).set(1)

@@ -164,11 +164,18 @@ async def serve(settings: Settings) -> int:
     lifecycle: Lifecycle = app.state.lifecycle
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", http="httptools", loop="none",
+        lifespan="on", http=app.state.connections.protocol_class(), loop="none",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + 0.999),
         timeout_keep_alive=30, server_header=False, date_header=True)
+    loop = asyncio.get_running_loop()
+
+    def on_drain() -> None:  # runs in the signal handler: loop work is scheduled, not done
+        app.state.metrics.ready.set(0)
+        # Release keep-alive clients during the drain period (as retire does).
+        loop.call_soon_threadsafe(app.state.connections.drain)
+
     server = DrainingServer(config, lifecycle, settings.shutdown_drain_seconds,
-                            on_drain=lambda: app.state.metrics.ready.set(0))
+                            on_drain=on_drain)
     await server.serve()
     if simulator is not None:
         simulator[0].should_exit = True
