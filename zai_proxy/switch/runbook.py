@@ -156,14 +156,17 @@ class Switcher:
         return {version: self.cluster.variant_pods(service, version) for version in versions}
 
     def sample(self, pods: Sequence[Mapping[str, Any]]) -> Sample:
-        """Requests started on each pod now (pods whose /metrics cannot be read are left out)."""
-        at = self.clock()
+        """Requests started on each pod now (pods whose /metrics cannot be read are left out).
+
+        Stamped when the last read returned: a request counted in the sample started before
+        that moment, so "received its last request by <sample time>" is a true upper bound.
+        """
         counts = {}
         for pod in pods:
             count = self.cluster.pod_requests(pod)
             if count is not None:
                 counts[pod_name(pod)] = count
-        return Sample(at, counts)
+        return Sample(self.clock(), counts)
 
     # -- steps that change something
 
