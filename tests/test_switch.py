@@ -565,6 +565,16 @@ def test_unreadable_old_metrics_are_not_taken_for_quiet(cluster: Cluster, capsys
     assert f"'v1' cannot be read ({V1[0]})" in out
 
 
+def test_no_retire_spares_the_old_variant_but_unretires_the_target(
+    cluster: Cluster, capsys: Any
+) -> None:
+    cluster.edit(lambda s: s.update(retired=dict.fromkeys(V2, True)))
+    code, out = run(capsys, "--to", "v2", "--no-retire")
+    assert code == 0, out
+    assert "pods of the other variants are not retired (--no-retire)" in out
+    assert cluster.retired() == dict.fromkeys(V2, False)
+
+
 def test_traffic_check_can_be_skipped(cluster: Cluster, capsys: Any) -> None:
     cluster.edit(lambda s: s.update(traffic={"per_read": 5}))
     code, out = run(capsys, "--to", "v2", "--no-retire", "--traffic-timeout", "0")

@@ -193,9 +193,8 @@ class Switcher:
 
         Only pods whose /health says `retired` are called; one that stays retired would push
         every client away after each response, so failing to un-retire it stops the switch.
+        (Done with --no-retire too: that flag spares the old variant, not a retired target.)
         """
-        if not self.options.retire:
-            return []
         retired = [pod_name(p) for p in pods if healths.get(pod_name(p), {}).get("retired")]
         self.steps.step("target pods take keep-alive clients (not retired)")
         if not retired:
