@@ -326,6 +326,12 @@ class Workers:
     base_url: str
     openai_workers: int = 20
     anthropic_workers: int = 4
+    # The first of the OpenAI workers never stream (batch jobs). Worth knowing: the OpenAI SDK
+    # does not put a connection back in its pool after a stream, so a streaming worker opens a
+    # new connection after each stream and drifts to the new variant on its own; a worker that
+    # never streams keeps its pooled connection as long as it calls more often than the
+    # keep-alive timeouts.
+    batch_workers: int = 10
     seed: int = 1
     pauses: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.95, 1.05)
     calls: list[Call] = field(default_factory=list)
@@ -353,6 +359,12 @@ class Workers:
 
     def failures(self) -> list[Call]:
         return [c for c in self.calls if not c.ok]
+
+    def population(self, worker: int) -> str:
+        """openai-batch (never streams), openai-chat or anthropic (stream half the time)."""
+        if worker >= self.openai_workers:
+            return "anthropic"
+        return "openai-batch" if worker < self.batch_workers else "openai-chat"
 
     def _hooks(self, worker: int) -> dict[str, list[Callable[..., Any]]]:
         starts: dict[int, float] = {}
@@ -383,8 +395,9 @@ class Workers:
                                          http_client=anthropic.DefaultHttpxClient(
                                              event_hooks=hooks))
         with client:
+            batch = self.population(worker) == "openai-batch"
             while not self._stop.is_set():
-                stream = rng.random() < 0.5
+                stream = not batch and rng.random() < 0.5
                 start = time.monotonic()
                 complete, ok, error = False, True, ""
                 try:

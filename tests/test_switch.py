@@ -175,7 +175,8 @@ def test_dry_run_checks_everything_and_changes_nothing(cluster: Cluster, capsys:
     code, out = run(capsys, "--to", "v2", "--dry-run")
     assert code == 0, out
     assert "dry run: would patch service zai-proxy selector version: v1 -> v2" in out
-    assert f"dry run: would PUT {V1[0]}'s /admin/limiter-state to {', '.join(V2)}" in out
+    assert f"dry run: would PUT {V1[0]}'s learned ceilings (rate ceiling 18.00 req/s" in out
+    assert f"to {', '.join(V2)}" in out
     assert cluster.selector()["version"] == "v1"
     assert not any("patch" in c or "scale" in c for c in cluster.calls())
     assert all(method == "GET" for _, method, _ in cluster.admin_calls()), cluster.admin_calls()
@@ -314,7 +315,7 @@ def test_metrics_missing_variant_label(cluster: Cluster, capsys: Any) -> None:
     assert code == 1
     assert (
         "FAILED at step 'probe pod /metrics': zai-proxy-v2-7c9f-ccccc: expected only "
-        "deployment_variant='v2', found 4 series without deployment_variant" in out
+        "deployment_variant='v2', found 5 series without deployment_variant" in out
     )
     assert cluster.patches() == []
 
@@ -418,7 +419,7 @@ def test_service_metrics_show_old_variant_restores(cluster: Cluster, capsys: Any
     cluster.edit(lambda s: s.update(service_metrics_variant="v1"))
     code, out = run(capsys, "--to", "v2")
     assert_restored(cluster, code, out, "verify service /metrics")
-    assert "sample 1: expected only deployment_variant='v2', found 4 series with 'v1'" in out
+    assert "sample 1: expected only deployment_variant='v2', found 5 series with 'v1'" in out
 
 
 def test_service_metrics_unreachable_restores(cluster: Cluster, capsys: Any) -> None:
@@ -668,6 +669,29 @@ def test_carries_the_most_recently_learned_ceiling(cluster: Cluster, capsys: Any
     calls = cluster.calls()
     last_put = max(i for i, c in enumerate(calls) if "PUT" in c)
     assert last_put < next(i for i, c in enumerate(calls) if "patch" in c)
+
+
+def test_old_variant_backlog_gets_its_share_then_the_target_all(
+    cluster: Cluster, capsys: Any
+) -> None:
+    doc = {**learned(20.0, 30.0), "rate": {"ceiling": 20.0, "current": 16.0,
+                                            "learned_seconds_ago": 30.0}}
+    cluster.edit(lambda s: s.update(limiter_state={V1[0]: doc}, queued={V1[0]: 4, V1[1]: 2}))
+    code, out = run(capsys, "--to", "v2")
+    assert code == 0, out
+    ceilings = [(pod, put["rate"]["ceiling"]) for pod, put in cluster.state()["puts"]]
+    # First what v1 leaves (20 - 16 req/s) before the patch, the whole 20 once v1's queue is empty.
+    assert ceilings == [(V2[0], 4.0), (V2[1], 4.0), (V2[0], 20.0), (V2[1], 20.0)], ceilings
+    assert "'v1' still has 6 request(s) queued for admission and sends 16.00 req/s" in out
+    assert "'v2' holds 4.00 req/s of the account's 20.00 until 'v1' has sent its queued " \
+           "requests, then all of it" in out
+    assert "'v1' has no request queued any more" in out
+    assert "ok: 'v2' holds the whole learned ceiling (rate ceiling 20.00 req/s" in out
+    calls = cluster.calls()
+    puts = [i for i, c in enumerate(calls) if "PUT" in c]
+    patch_at = next(i for i, c in enumerate(calls) if "patch" in c)
+    assert puts[1] < patch_at < puts[2]
+    assert cluster.state()["queued"] == {V1[0]: 0, V1[1]: 0}
 
 
 def test_shared_limiter_state_needs_no_carry(cluster: Cluster, capsys: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from zai_proxy.kube import KubectlError
-from zai_proxy.switch.carry import choose_source, describe, learned_at
+from zai_proxy.switch.carry import choose_source, describe, interim, learned_at
 from zai_proxy.switch.pod_admin import classify
 
 NOW = 1_800_000_000.0
@@ -60,6 +60,28 @@ def test_nothing_learned_chooses_nothing() -> None:
 def test_describe_ignores_nonsense_numbers() -> None:
     assert describe(doc(float("nan"), 3, conc=-1), NOW) == "no rate ceiling learned"
     assert describe({"rate": {"ceiling": True}}, NOW) == "no rate ceiling learned"
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "old_rate", "backlog", "expected"),
+    [
+        (20.0, 16.0, 30, 4.0),  # the target gets what the old variant leaves
+        (20.0, 20.0, 30, 1.0),  # at least 5% of the ceiling
+        (20.0, 25.0, 30, 1.0),
+        (20.0, 16.0, 0, None),  # nothing queued: the whole ceiling at once
+        (20.0, None, 30, None),  # the old rate is unknown: the whole ceiling at once
+        (None, 16.0, 30, None),  # no ceiling learned: nothing to share
+        (20.0, 0.5, 30, 19.5),
+    ],
+)
+def test_interim_share(ceiling: float | None, old_rate: float | None, backlog: float,
+                       expected: float | None) -> None:
+    result = interim(doc(ceiling, 5), old_rate, backlog)
+    if expected is None:
+        assert result is None
+    else:
+        assert result is not None and result["rate"]["ceiling"] == pytest.approx(expected)
+        assert result["account"] == "a" * 16 and result["rate"]["learned_seconds_ago"] == 5
 
 
 def error(stderr: str) -> KubectlError:

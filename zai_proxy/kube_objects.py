@@ -138,6 +138,22 @@ def slice_endpoints(slices: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     return ready, not_ready - ready
 
 
+def metric_total(text: str, family: str) -> float | None:
+    """The sum of one metric family's samples on a /metrics page (counters: their `_total`).
+
+    None when the page has no such family or cannot be parsed.
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, IndexError):
+        return None
+    for found in families:
+        if found.name == family:
+            return float(sum(s.value for s in found.samples
+                             if found.type != "counter" or s.name.endswith("_total")))
+    return None
+
+
 def requests_started(text: str) -> float | None:
     """Requests a proxy has started: `zai_proxy_requests_total` (finished) plus in flight.
 
@@ -145,15 +161,7 @@ def requests_started(text: str) -> float | None:
     ends, so a stream that began before a switch and ends after it is not new traffic. None when
     the page has no `zai_proxy_requests_total` family (not a zai-proxy, or an unreadable page).
     """
-    finished: float | None = None
-    in_flight = 0.0
-    try:
-        families = list(text_string_to_metric_families(text))
-    except (ValueError, IndexError):
+    finished = metric_total(text, "zai_proxy_requests")
+    if finished is None:
         return None
-    for family in families:
-        if family.name == "zai_proxy_requests":
-            finished = sum(s.value for s in family.samples if s.name.endswith("_total"))
-        elif family.name == "zai_proxy_concurrent_requests":
-            in_flight = sum(s.value for s in family.samples)
-    return None if finished is None else finished + in_flight
+    return finished + (metric_total(text, "zai_proxy_concurrent_requests") or 0.0)

@@ -9,7 +9,10 @@ that starts from `RATE_LIMIT_INITIAL` costs its workers minutes of 429s or of a 
 `--no-carry-limits` switches anyway.
 
 The choice among serving pods that disagree is pure (`choose_source`): the most recently learned
-rate ceiling wins, since the account's ceiling is what the latest evidence says it is.
+rate ceiling wins, since the account's ceiling is what the latest evidence says it is. So is the
+hand-over (`interim`): while the old variant still sends requests it had queued before the
+switch, the target holds only the part of the ceiling the old variant leaves, and the whole of it
+once that backlog is gone.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ HINT = ("fix that, or pass --no-carry-limits to switch without them (the target 
         "from its RATE_LIMIT_INITIAL and relearns the ceiling with 429s)")
 
 
-def _number(value: object) -> float | None:
+def number(value: object) -> float | None:
+    """A finite positive number, else None (JSON booleans are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) and value > 0 else None
@@ -36,17 +40,17 @@ def _number(value: object) -> float | None:
 
 def rate_ceiling(doc: Mapping[str, Any]) -> float | None:
     rate = doc.get("rate")
-    return _number(rate.get("ceiling")) if isinstance(rate, dict) else None
+    return number(rate.get("ceiling")) if isinstance(rate, dict) else None
 
 
 def concurrency_ceiling(doc: Mapping[str, Any]) -> float | None:
     conc = doc.get("concurrency")
-    return _number(conc.get("ceiling")) if isinstance(conc, dict) else None
+    return number(conc.get("ceiling")) if isinstance(conc, dict) else None
 
 
 def learned_at(doc: Mapping[str, Any]) -> float | None:
     """Epoch second the rate ceiling was learned: `exported_at - rate.learned_seconds_ago`."""
-    exported = _number(doc.get("exported_at"))
+    exported = number(doc.get("exported_at"))
     rate = doc.get("rate")
     ago = rate.get("learned_seconds_ago") if isinstance(rate, dict) else None
     if exported is None or isinstance(ago, bool) or not isinstance(ago, int | float):
@@ -123,9 +127,42 @@ def choose_source(docs: Mapping[str, Mapping[str, Any]], now: float) -> Choice:
     return Choice(None, "no serving pod has learned a ceiling yet")
 
 
+MIN_INTERIM_SHARE = 0.05  # of the ceiling: the target always admits something meanwhile
+
+
+def interim(
+    doc: Mapping[str, Any], old_rate: float | None, backlog: float
+) -> dict[str, Any] | None:
+    """The document the target holds while the old variant still sends its queued requests.
+
+    Without Redis both variants would each send at the full ceiling during that overlap, so the
+    account sees twice its ceiling and both learn a lower one from the 429s. The target gets what
+    the old variant leaves: the ceiling minus the old variant's current rate (at least 5% of the
+    ceiling). None when there is no backlog, or nothing to share.
+    """
+    ceiling = rate_ceiling(doc)
+    if backlog <= 0 or ceiling is None or old_rate is None:
+        return None
+    share = max(ceiling - old_rate, ceiling * MIN_INTERIM_SHARE)
+    if share >= ceiling:
+        return None
+    copy = {**doc, "rate": {**doc["rate"], "ceiling": share}}
+    return copy
+
+
+@dataclass
+class CarryPlan:
+    """What the carry step chose: the source pod, its document, the pods it goes to."""
+
+    source: str
+    doc: dict[str, Any]
+    targets: list[str]
+    target_variant: str
+
+
 @dataclass
 class CeilingCarry:
-    """The carry step over the pods' admin API."""
+    """The carry step over the pods' admin API: plan (reads only), then put."""
 
     admin: PodAdmin
     steps: Steps
@@ -140,9 +177,9 @@ class CeilingCarry:
                                  f"{failure}; {HINT}") from None
         return docs
 
-    def run(self, source: Sequence[str], target: Sequence[str], source_variant: str | None,
-            target_variant: str, now: float, dry_run: bool = False) -> None:
-        """Read the serving pods' state, check the target's, PUT the chosen document to it."""
+    def plan(self, source: Sequence[str], target: Sequence[str], source_variant: str | None,
+             target_variant: str, now: float) -> CarryPlan | None:
+        """Read the serving pods' state and the target's; None (said why) if nothing to carry."""
         src = self.read(source, f"serving ({source_variant})")
         dst = self.read(target, f"target ({target_variant})")
         accounts = {doc["account"] for doc in src.values()}
@@ -157,25 +194,25 @@ class CeilingCarry:
         if not src:
             self.steps.ok(f"no serving pod to carry ceilings from: {target_variant!r} keeps "
                           "its own")
-            return
+            return None
         everyone = [*src.values(), *dst.values()]
         if all(doc["shared"] for doc in everyone):
             self.steps.ok(f"limiter state is shared through Redis by every pod of both variants "
                           f"(account {next(iter(accounts))}): nothing to carry")
-            return
+            return None
         choice = choose_source(src, now)
         if choice.pod is None:
             self.steps.ok(f"{choice.reason}: {target_variant!r} starts from its own "
                           "RATE_LIMIT_INITIAL")
-            return
+            return None
         self.steps.note(f"source: {choice.reason}")
-        if dry_run:
-            self.steps.ok(f"dry run: would PUT {choice.pod}'s {STATE_PATH} to "
-                          f"{', '.join(target)}")
-            return
-        for pod in target:
+        return CarryPlan(choice.pod, src[choice.pod], list(target), target_variant)
+
+    def put(self, plan: CarryPlan, doc: Mapping[str, Any]) -> None:
+        """PUT `doc` to every target pod, printing what each applied; StepFailed on a refusal."""
+        for pod in plan.targets:
             try:
-                answer = self.admin.call(pod, "PUT", STATE_PATH, src[choice.pod])
+                answer = self.admin.call(pod, "PUT", STATE_PATH, doc)
             except AdminFailure as failure:
                 reason = ("it belongs to another Z.AI account" if failure.status == 409
                           else "it refused the document" if failure.status == 400 else "")
@@ -183,13 +220,11 @@ class CeilingCarry:
                                  f"{'; ' + reason if reason else ''}; {HINT}") from None
             applied = answer.get("applied", {}) if isinstance(answer, dict) else {}
             self.steps.note(f"{pod} applied: {_applied(applied)}")
-        self.steps.ok(f"carried {choice.pod}'s learned ceilings ({describe(src[choice.pod], now)})"
-                      f" to {len(target)} {target_variant!r} pod(s) before moving traffic")
 
 
 def _applied(applied: Mapping[str, Any]) -> str:
-    rate = _number(applied.get("rate_ceiling"))
-    conc = _number(applied.get("concurrency_ceiling"))
+    rate = number(applied.get("rate_ceiling"))
+    conc = number(applied.get("concurrency_ceiling"))
     parts = [f"rate ceiling {rate:.2f} req/s" if rate is not None else "no rate ceiling",
              f"concurrency ceiling {conc:g}" if conc is not None else "no concurrency ceiling"]
     return ", ".join(parts)

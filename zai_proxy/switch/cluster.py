@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from zai_proxy.kube import Kubectl, KubectlError
-from zai_proxy.kube_objects import format_selector, pod_port, requests_started, slice_endpoints
+from zai_proxy.kube_objects import (
+    format_selector,
+    metric_total,
+    pod_port,
+    requests_started,
+    slice_endpoints,
+)
 from zai_proxy.switch.steps import Options, StepFailed
 
 
@@ -132,5 +138,12 @@ class Cluster:
         """Requests the pod has started (finished + in flight), or None when unreadable."""
         try:
             return requests_started(self.pod_get(pod, "/metrics"))
+        except KubectlError:
+            return None
+
+    def pod_queued(self, pod: Mapping[str, Any]) -> float | None:
+        """Requests waiting in the pod's admission queue (`zai_proxy_queue_depth`), or None."""
+        try:
+            return metric_total(self.pod_get(pod, "/metrics"), "zai_proxy_queue_depth")
         except KubectlError:
             return None

@@ -28,7 +28,7 @@ from typing import Any
 
 from zai_proxy.kube import Kubectl, KubectlError
 from zai_proxy.kube_objects import check_metrics_variant, format_selector, pod_is_ready
-from zai_proxy.switch.carry import CeilingCarry
+from zai_proxy.switch.carry import CarryPlan, CeilingCarry, describe, interim, number
 from zai_proxy.switch.checks import TargetChecks
 from zai_proxy.switch.cluster import Cluster, ServiceState, pod_name
 from zai_proxy.switch.pod_admin import PodAdmin
@@ -47,6 +47,15 @@ from zai_proxy.switch.steps import (
 from zai_proxy.switch.traffic import DrainWatch, Sample, had_traffic
 
 Pods = list[dict[str, Any]]
+
+
+@dataclass
+class Handover:
+    """A carry that gave the target only part of the ceiling while the old variant drains."""
+
+    plan: CarryPlan
+    old: Pods
+    source_variant: str
 
 
 @dataclass
@@ -99,8 +108,9 @@ class Switcher:
             others = self.other_pods(service, target)
             old = [pod for pods_ in others.values() for pod in pods_]
             first = self.sample(old)
+            handover = None
             if current is not None and current != target:
-                self.carry_step(others.get(current, []), pods, current, target)
+                handover = self.carry_step(others.get(current, []), pods, current, target)
             unretired = self.unretire_step(pods, healths)
             if current == target:
                 self.say(f"service already selects {target!r}; verifying without patching")
@@ -129,7 +139,12 @@ class Switcher:
         self.retire_step(others, target)
         code = self.verify_traffic(others, pods, target, first, before, patched_at)
         if code != EXIT_OK:
+            if handover is not None:
+                self.say(f"{target!r} keeps only its share of the learned ceiling while "
+                         f"{current!r} still serves; its limiter probes upward from there")
             return code
+        if handover is not None:
+            self.handover_step(handover)
         if patched and self.options.scale_down_previous and current:
             self._scale_down(service, current)
         self.say(
@@ -170,23 +185,77 @@ class Switcher:
 
     # -- steps that change something
 
-    def carry_step(self, serving: Pods, target_pods: Pods, current: str, target: str) -> None:
-        """Step: carry the serving pods' learned ceilings to the target pods."""
+    def carry_step(self, serving: Pods, target_pods: Pods, current: str,
+                   target: str) -> Handover | None:
+        """Step: carry the serving pods' learned ceilings to the target pods.
+
+        If the serving pods still have requests queued for admission, the target first gets only
+        the part of the ceiling they leave (`carry.interim`); the returned Handover gives it the
+        rest once the backlog is sent.
+        """
         if not self.options.carry_limits:
             self.steps.step(f"learned ceilings of {current!r} are not carried "
                             "(--no-carry-limits)")
             self.steps.warn(f"{target!r} keeps its own limiter state (RATE_LIMIT_INITIAL on a "
                             "first start) and relearns the account's ceiling")
-            return
+            return None
         self.steps.step(
             f"carry the learned rate ceilings of {current!r} to {target!r} "
             "(GET/PUT /admin/limiter-state through kubectl exec)"
         )
-        self.carry.run(
-            [pod_name(p) for p in serving if pod_is_ready(p)],
-            [pod_name(p) for p in target_pods],
-            current, target, now=self.wall(), dry_run=self.options.dry_run,
+        ready = [p for p in serving if pod_is_ready(p)]
+        now = self.wall()
+        plan = self.carry.plan([pod_name(p) for p in ready], [pod_name(p) for p in target_pods],
+                               current, target, now)
+        if plan is None:
+            return None
+        backlog = sum(q or 0.0 for q in (self.cluster.pod_queued(p) for p in ready))
+        first = interim(plan.doc, number(plan.doc["rate"].get("current")), backlog)
+        carried = f"{plan.source}'s learned ceilings ({describe(plan.doc, now)})"
+        if self.options.dry_run:
+            self.steps.ok(f"dry run: would PUT {carried} to {', '.join(plan.targets)}"
+                          + ("" if first is None else
+                             f", first {first['rate']['ceiling']:.2f} req/s of it while "
+                             f"{current!r} sends its {backlog:.0f} queued request(s)"))
+            return None
+        if first is None:
+            self.carry.put(plan, plan.doc)
+            self.steps.ok(f"carried {carried} to {len(plan.targets)} {target!r} pod(s) before "
+                          "moving traffic")
+            return None
+        self.steps.note(
+            f"{current!r} still has {backlog:.0f} request(s) queued for admission and sends "
+            f"{plan.doc['rate']['current']:.2f} req/s; without shared state both variants would "
+            "send at the full ceiling while it works through them"
         )
+        self.carry.put(plan, first)
+        self.steps.ok(
+            f"carried {carried} to {len(plan.targets)} {target!r} pod(s) before moving traffic: "
+            f"{target!r} holds {first['rate']['ceiling']:.2f} req/s of the account's "
+            f"{plan.doc['rate']['ceiling']:.2f} until {current!r} has sent its queued requests, "
+            "then all of it"
+        )
+        return Handover(plan, ready, current)
+
+    def handover_step(self, handover: Handover) -> None:
+        """Step: once the old variant's queue is empty, the target holds the whole ceiling."""
+        plan, old = handover.plan, handover.source_variant
+        self.steps.step(f"hand the whole learned ceiling to {plan.target_variant!r} once {old!r} "
+                        f"has sent its queued requests (timeout {self.options.traffic_timeout:g}s)")
+        deadline = self.clock() + self.options.traffic_timeout
+        while True:
+            backlog = sum(q or 0.0 for q in (self.cluster.pod_queued(p) for p in handover.old))
+            if backlog <= 0:
+                self.steps.note(f"{old!r} has no request queued any more")
+                break
+            if self.clock() >= deadline:
+                self.steps.warn(f"{old!r} still has {backlog:.0f} request(s) queued; handing "
+                                "over the whole ceiling anyway")
+                break
+            self.sleep(self.options.poll_interval)
+        self.carry.put(plan, plan.doc)
+        self.steps.ok(f"{plan.target_variant!r} holds the whole learned ceiling "
+                      f"({describe(plan.doc, self.wall())})")
 
     def unretire_step(self, pods: Pods, healths: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Step: the target's pods keep their keep-alive clients (DELETE /admin/retire).
