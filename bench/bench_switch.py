@@ -55,7 +55,6 @@ from tests.blue_green import (  # noqa: E402
     CLIENT_KEY,
     Cluster,
     ServiceStandIn,
-    SwitchRun,
     Workers,
     proxy_env,
 )
@@ -72,7 +71,7 @@ def say(text: str = "") -> None:
     LINES.append(text)
 
 
-def load() -> str:
+def machine_load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
@@ -113,7 +112,7 @@ def other(variant: str) -> str:
 def scenario_move(runs: int, baseline_runs: int, after: float) -> None:
     say("== move: patch -> all workers' traffic on the new variant "
         "(20 OpenAI + 4 Anthropic SDK workers, keep-alive, default retries)")
-    say(f"   {load()}")
+    say(f"   {machine_load()}")
     settle = 3.0
     with blue_green(["--chunk-gap-ms", "20", "--chunks", "8"], {}) as (_, _, cluster, service), \
             Workers(service.url, seed=7) as workers:
@@ -166,7 +165,7 @@ def scenario_move(runs: int, baseline_runs: int, after: float) -> None:
         say(f"     {population} workers: {spread([v * 100 for v in values], ' %', 0)}")
     say(f"   worker calls {len(workers.calls)}, failed {len(failures)}"
         + (f": {[c.error for c in failures][:3]}" if failures else ""))
-    say(f"   {load()}")
+    say(f"   {machine_load()}")
 
 
 # -- carry ------------------------------------------------------------------------------------
@@ -180,6 +179,7 @@ class OpenLoop:
     rate: float
     results: list[tuple[float, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> OpenLoop:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -212,6 +212,9 @@ class OpenLoop:
             while not self._stop.is_set():
                 due = began + sent / self.rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if self.paused.is_set():  # arrivals skipped, not deferred: still open loop
+                    sent += 1
+                    continue
                 task = asyncio.create_task(one())
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -242,7 +245,7 @@ def scenario_carry(reps: int, learn: float) -> None:
     ceiling, demand = 20.0, 30.0
     say(f"== carry: switch without Redis, hidden ceiling {ceiling:g} req/s, open-loop demand "
         f"{demand:g} req/s, RATE_LIMIT_WINDOW=5s, v2 RATE_LIMIT_INITIAL=2")
-    say(f"   {load()}")
+    say(f"   {machine_load()}")
     common = {"RATE_LIMIT_WINDOW": "5s", "RATE_LIMIT_MAX": "50", "MAX_WORKERS": "64",
               "QUEUE_TIMEOUT_SECONDS": "10"}
     env = {"v1": {**common, "RATE_LIMIT_INITIAL": "10"},
@@ -251,7 +254,7 @@ def scenario_carry(reps: int, learn: float) -> None:
     goodput: dict[str, list[float]] = {"carry": [], "no-carry": []}
     with blue_green(["--rate-ceiling", f"{ceiling:g}"], env) as (simulator, pods, cluster,
                                                                   service), \
-            OpenLoop(service.url, demand):
+            OpenLoop(service.url, demand) as load:
         started = time.monotonic()
         while time.monotonic() - started < learn:
             time.sleep(5.0)
@@ -277,7 +280,7 @@ def scenario_carry(reps: int, learn: float) -> None:
                 during_ok = (up_during[0] - up_before[0]) / took
                 during_429 = up_during[1] - up_before[1]
                 after_429 = up_after[1] - up_during[1]
-                goodput[mode].append(during_ok / ceiling)
+                goodput[mode].append(during_ok / learned if learned else 0.0)
                 carried = re.search(r"carried .*?rate ceiling ([\d.]+) req/s", run.output)
                 interim = re.search(r"holds ([\d.]+) req/s of the account's", run.output)
                 note = f" ({interim.group(1)} req/s while v1 drained its queue)" if interim else ""
@@ -287,22 +290,34 @@ def scenario_carry(reps: int, learn: float) -> None:
                     f"{during_429} upstream 429s; v2 rate limit at the switch's end "
                     f"{start_rate or 0:.2f} req/s; first 5 s window {admitted:.2f} req/s = "
                     f"{ratio:.2f} of v1's learned {learned or 0:.2f} ({after_429} upstream 429s)")
-                _back_to_v1(cluster, run)
+                _back_to_v1(cluster, pods, load)
     say(f"   v2 first window / v1 learned, carrying:          {spread(results['carry'])}")
     say(f"   v2 first window / v1 learned, --no-carry-limits: {spread(results['no-carry'])}")
-    say(f"   account accepted upstream during the switch / hidden ceiling, carrying: "
+    say(f"   account accepted upstream during the switch / v1's learned, carrying: "
         f"{spread(goodput['carry'])}; --no-carry-limits: {spread(goodput['no-carry'])}")
-    say(f"   {load()}")
+    say(f"   {machine_load()}")
 
 
-def _back_to_v1(cluster: Cluster, run: SwitchRun) -> None:
-    """Serve v1 again (keeping v1's own state) and forget what v2 learned or was given."""
+def _back_to_v1(cluster: Cluster, pods: dict[str, Process], load: OpenLoop) -> None:
+    """Serve v1 again with its own state, v2 reset: each rep starts where the first did.
+
+    The load pauses until both queues are empty, so switching back does not make the two
+    variants overlap (which would teach v1 a lower ceiling, and the next rep would measure
+    against that).
+    """
+    load.paused.set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+            (gauge(p, "zai_proxy_queue_depth") or 0) + (gauge(p, "zai_proxy_concurrent_requests")
+                                                         or 0) > 0 for p in pods.values()):
+        time.sleep(0.5)
     back = cluster.switch("--to", "v1", "--no-carry-limits", *SWITCH_ARGS, "--traffic-timeout",
                           "30")
     if back.code != 0:
         say(f"   (switch back exited {back.code})")
     cluster.admin("v2", "POST", "/admin/reset-rate-limit")
-    time.sleep(5.0)
+    load.paused.clear()
+    time.sleep(10.0)  # two windows of v1 alone under the load again
 
 
 def main(argv: Sequence[str] | None = None) -> int:

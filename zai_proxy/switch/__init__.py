@@ -5,9 +5,10 @@ connections to the old pods. So the switch does more than patch (see docs/deploy
 
 - `checks`: the target Deployment and its pods are ready and report the target variant;
 - `carry`: the serving pods' learned rate ceilings go to the target pods first (no relearning);
-- `runbook`: patch the selector, wait for the EndpointSlices, verify through the Service, then
-  `retire` the old variant's pods (they release their keep-alive clients) and verify from the
-  request counters (`traffic`) that the old variant receives nothing and the new one the load;
+- `runbook`: patch the selector, then `retire` the old variant's pods (they release their
+  keep-alive clients); `verify`: the EndpointSlices follow, `/metrics` through the Service shows
+  the target, and the request counters (judged by `traffic`) show the old variant receiving
+  nothing and the new one the load;
 - `status`: what serves, and each pod's retired flag; `cli`: the command line.
 
 The cluster is reached only through `kubectl` (`zai_proxy.kube`): reads and pod/service proxy
