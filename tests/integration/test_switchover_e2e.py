@@ -121,6 +121,11 @@ def test_switch_rollback_switch_under_load_fails_no_request(
     assert cluster.admin("v2", "GET", "/admin/limiter-state")["rate"]["ceiling"] == LEARNED
     assert cluster.admin("v1", "GET", "/admin/limiter-state")["rate"]["ceiling"] == LEARNED
     assert cluster.selected() == "v2"
+    status = cluster.switch("status")
+    assert status.code == 0, status.output
+    assert "pod zai-proxy-v1-7c9f-aaaaa: ready, status='ok', retired=true" in status.output
+    assert "pod zai-proxy-v2-7c9f-ccccc: ready, status='ok', retired=false" in status.output
+    assert "<-" not in status.output, status.output  # nothing out of place
 
 
 def test_switch_that_scales_the_old_variant_to_zero_fails_no_request(
