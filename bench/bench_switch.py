@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,17 +90,21 @@ def blue_green(simulator_args: Sequence[str], env: dict[str, dict[str, str]]
                ) -> Iterator[tuple[Process, dict[str, Process], Cluster, ServiceStandIn]]:
     simulator = start_zai_proxy("simulate", *simulator_args)
     pods: dict[str, Process] = {}
+    directory: Path | None = None
     try:
         for variant in ("v1", "v2"):
             pods[variant] = start_zai_proxy(
                 "serve", env=proxy_env(simulator.url, variant, **env.get(variant, {})),
                 ready_path="/ready")
-        cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-switch-")), pods)
+        directory = Path(tempfile.mkdtemp(prefix="bench-switch-"))
+        cluster = Cluster(directory, pods)
         with ServiceStandIn(cluster.state_path) as service:
             yield simulator, pods, cluster, service
     finally:
         for process in [*pods.values(), simulator]:
             process.terminate()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def other(variant: str) -> str:
