@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("zai_proxy.demo", "run the proxy and the simulated upstream and send a few requests"),
     "simulate": ("zai_proxy.simulator", "run the simulated Z.AI upstream"),
     "switch": ("zai_proxy.switch", "switch the Kubernetes Service between variants v1 and v2"),
+    "admin": ("zai_proxy.admin_client", "call this pod's admin API (used by switch via exec)"),
     "dashboard": ("zai_proxy.dashboard.cli", "run the live dashboard that scrapes proxies"),
 }
 

@@ -16,9 +16,13 @@ from typing import Any
 class KubectlError(RuntimeError):
     """A `kubectl` call failed (non-zero exit, bad JSON, or the binary is missing)."""
 
-    def __init__(self, command: Sequence[str], message: str) -> None:
+    def __init__(
+        self, command: Sequence[str], message: str, *, stdout: str = "", stderr: str = ""
+    ) -> None:
         self.command = list(command)
         self.message = message.strip()
+        self.stdout = stdout
+        self.stderr = stderr
         super().__init__(f"`{' '.join(self.command)}` failed: {self.message}")
 
 
@@ -65,7 +69,12 @@ class Kubectl:
             raise KubectlError(argv, f"no answer within {self.request_timeout + 10:.0f}s") from None
         if done.returncode != 0:
             detail = done.stderr.strip() or done.stdout.strip() or "no output"
-            raise KubectlError(argv, f"exit code {done.returncode}: {detail}")
+            raise KubectlError(
+                argv,
+                f"exit code {done.returncode}: {detail}",
+                stdout=done.stdout,
+                stderr=done.stderr,
+            )
         return done.stdout
 
     def get_json(self, *args: str) -> dict[str, Any]:
@@ -88,6 +97,16 @@ class Kubectl:
     def patch_merge(self, kind: str, name: str, patch: dict[str, Any]) -> None:
         """Apply a JSON merge patch to one object."""
         self.run("patch", kind, name, "--type", "merge", "-p", json.dumps(patch, sort_keys=True))
+
+    def endpoint_slices(self, service: str) -> dict[str, Any]:
+        """The Service's EndpointSlices (`discovery.k8s.io/v1`), as one List."""
+        return self.get_json(
+            "endpointslices", "-l", f"kubernetes.io/service-name={service}"
+        )
+
+    def exec(self, pod: str, container: str, argv: Sequence[str], stdin: str = "") -> str:
+        """`kubectl exec POD -c CONTAINER -i -- ARGV` with `stdin`; its stdout."""
+        return self.run("exec", pod, "-c", container, "-i", "--", *argv, stdin=stdin)
 
     def scale(self, deployment: str, replicas: int) -> None:
         """Set a Deployment's replica count."""

@@ -1,7 +1,7 @@
 """Pure judgments over Kubernetes objects and metrics text, for the switchover runbook.
 
-No kubectl here: each function reads an object (a Deployment, a Pod, Endpoints, a /metrics page)
-as `kubectl get -o json` returns it and says what it shows.
+No kubectl here: each function reads an object (a Deployment, a Pod, EndpointSlices, a /metrics
+page) as `kubectl get -o json` returns it and says what it shows.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 DEFAULT_POD_PORT = 8080
 
 _SERIES = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s")
 _VARIANT_LABEL = re.compile(r'(?:^|,)\s*deployment_variant="(?P<value>(?:[^"\\]|\\.)*)"')
-
 
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -116,13 +117,51 @@ def container_env(deployment: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def endpoint_addresses(endpoints: Mapping[str, Any]) -> tuple[set[str], set[str]]:
-    """(ready, not ready) endpoint identities: the target pod name, else the IP."""
+def slice_endpoints(slices: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """(ready, not ready) endpoints in a List of EndpointSlices: the target pod name, else the IP.
+
+    `conditions.ready` unset means ready (discovery.k8s.io/v1). A terminating endpoint is on its
+    way out (it takes no new connections), so it is in neither set. A pod listed in several
+    slices (one per address family) counts once, ready if any slice says so.
+    """
     ready: set[str] = set()
     not_ready: set[str] = set()
-    for subset in endpoints.get("subsets") or []:
-        for key, into in (("addresses", ready), ("notReadyAddresses", not_ready)):
-            for address in subset.get(key) or []:
-                ref = address.get("targetRef") or {}
-                into.add(str(ref.get("name") or address.get("ip")))
-    return ready, not_ready
+    for endpoint_slice in slices.get("items") or []:
+        for endpoint in endpoint_slice.get("endpoints") or []:
+            ref = endpoint.get("targetRef") or {}
+            addresses = endpoint.get("addresses") or ["?"]
+            name = str(ref.get("name") or addresses[0])
+            conditions = endpoint.get("conditions") or {}
+            if conditions.get("terminating"):
+                continue
+            (not_ready if conditions.get("ready") is False else ready).add(name)
+    return ready, not_ready - ready
+
+
+def metric_total(text: str, family: str) -> float | None:
+    """The sum of one metric family's samples on a /metrics page (counters: their `_total`).
+
+    None when the page has no such family or cannot be parsed.
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except (ValueError, IndexError):
+        return None
+    for found in families:
+        if found.name == family:
+            return float(sum(s.value for s in found.samples
+                             if found.type != "counter" or s.name.endswith("_total")))
+    return None
+
+
+def requests_started(text: str) -> float | None:
+    """Requests a proxy has started: `zai_proxy_requests_total` (finished) plus in flight.
+
+    Counting finished plus in flight makes a long stream count when it starts, not when it
+    ends, so a stream that began before a switch and ends after it is not new traffic. None when
+    the page has no `zai_proxy_requests_total` family (not a zai-proxy, or an unreadable page).
+    """
+    finished = metric_total(text, "zai_proxy_requests")
+    if finished is None:
+        return None
+    return finished + (metric_total(text, "zai_proxy_concurrent_requests") or 0.0)
