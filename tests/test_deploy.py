@@ -631,6 +631,9 @@ def test_deployments_cannot_start_open(tmp_path: Path) -> None:
             i["path"] == name for i in items)
         upstream = next(v for v in container(deployment)["env"] if v["name"] == "ZAI_API_KEY")
         assert upstream["valueFrom"]["secretKeyRef"].get("optional", False) is False
+        # The switch carries ceilings and retires pods through the admin API: required too.
+        admin = next(v for v in container(deployment)["env"] if v["name"] == "ADMIN_API_KEY")
+        assert admin["valueFrom"]["secretKeyRef"].get("optional", False) is False, variant
         # What the pod would run with: the example's key file gives a closed proxy...
         keys = tmp_path / "keys"
         keys.write_text(example["stringData"][name])
