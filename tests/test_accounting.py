@@ -573,3 +573,74 @@ async def test_ledger_relays_exactly_on_any_split(name: str, ending: str, cuts: 
     report = await ledger.settle()
     if usage is not None:
         assert report.counts["output"] == usage.output and report.sources["output"] == "upstream"
+
+
+# --------------------------------------------------------------------------- output estimates
+# A non-stream answer without usage: the output is estimated from everything the model
+# generated, not only `content`. Each case leaves out the other kinds, so dropping the code for
+# one kind changes its count.
+
+
+def _settle_answer(surface: str, answer: dict[str, Any]) -> Any:
+    pricing = PricingTable.default()
+    acc = Accounting(tokenizer=_CL100K, pricing=pricing,
+                     catalog=ModelCatalog.from_pricing(pricing),
+                     metrics=Metrics(CollectorRegistry(), "t"), default_model="glm-4.7")
+    path = "/v1/messages" if surface == "anthropic" else "/v1/chat/completions"
+    route = Router("http://u/api/paas/v4", "http://u/api/anthropic").resolve("POST", path)
+    payload = chat()
+    ledger = acc.open(route, payload, json.dumps(payload).encode())
+    assert ledger is not None
+    ledger.body(answer)
+    report = asyncio.run(ledger.settle())
+    assert report.sources["output"] == "estimate"
+    return report
+
+
+REASONING = "First compare the two numbers, then pick the larger one carefully."
+ANSWER = "The larger number is forty two."
+ARGUMENTS = '{"city": "Paris", "unit": "celsius", "days": 3, "alerts": true, "region": null}'
+
+
+@pytest.mark.parametrize(("message", "generated"), [
+    ({"content": ANSWER}, [ANSWER]),
+    ({"reasoning_content": REASONING, "content": ANSWER}, [REASONING, ANSWER]),
+    ({"reasoning_content": REASONING, "content": None}, [REASONING]),
+    ({"content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
+     ["get_weather", ARGUMENTS]),
+    ({"content": ANSWER, "tool_calls": [
+        {"function": {"name": "lookup", "arguments": "{}"}},
+        {"function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
+     [ANSWER, "lookup", "{}", "get_weather", ARGUMENTS]),
+], ids=["content", "reasoning+content", "reasoning-only", "tool-call", "content+two-calls"])
+def test_openai_answer_without_usage_estimates_every_generated_part(
+        message: dict[str, Any], generated: list[str]) -> None:
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", **message}}]}
+    report = _settle_answer("openai", answer)
+    assert report.counts["output"] == count("\n".join(generated))
+
+
+def test_completions_answer_without_usage_estimates_the_text() -> None:
+    report = _settle_answer("openai", {"choices": [{"index": 0, "text": ANSWER}]})
+    assert report.counts["output"] == count(ANSWER)
+
+
+@pytest.mark.parametrize(("blocks", "generated"), [
+    ([{"type": "text", "text": ANSWER}], [ANSWER]),
+    ([{"type": "thinking", "thinking": REASONING, "signature": "sig"},
+      {"type": "text", "text": ANSWER}], [REASONING, ANSWER]),
+    ([{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+       "input": json.loads(ARGUMENTS)}],
+     ["get_weather", ARGUMENTS]),
+    ([{"type": "thinking", "thinking": REASONING},
+      {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}],
+     [REASONING, "get_weather", "{}"]),
+], ids=["text", "thinking+text", "tool-use", "thinking+tool-use"])
+def test_anthropic_answer_without_usage_estimates_every_generated_block(
+        blocks: list[dict[str, Any]], generated: list[str]) -> None:
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "content": blocks}
+    report = _settle_answer("anthropic", answer)
+    # The tool input counts as the JSON the model generated (what the API sent on the wire).
+    assert report.counts["output"] == count("\n".join(generated))
