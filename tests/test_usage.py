@@ -203,3 +203,38 @@ def test_feed_raw_decides_exactly_like_feed(name: str, strip: bool) -> None:
     assert parsed.usage() == raw.usage()
     assert parsed.output_text() == raw.output_text()
     assert parsed.done == raw.done and parsed.model == raw.model
+
+
+# --------------------------------------------------------------------------- edges
+# Found by mutation testing (scripts/mutation.py): each fails against a mutant of usage.py.
+
+
+def test_zero_counts_are_counts_not_missing() -> None:
+    assert openai_usage({"usage": {"prompt_tokens": 0, "completion_tokens": 0}}) == Usage()
+    assert openai_usage({"usage": {"prompt_tokens": 0.0, "completion_tokens": 2.0}}) == Usage(
+        0, 2)
+    assert anthropic_usage({"usage": {"input_tokens": 0, "output_tokens": 0.0}}) == Usage()
+
+
+def test_missing_directions_count_zero() -> None:
+    assert openai_usage({"usage": {"completion_tokens": 3}}) == Usage(input=0, output=3)
+    assert openai_usage({"usage": {"prompt_tokens": 4}}) == Usage(input=4, output=0)
+    assert anthropic_usage({"usage": {"output_tokens": 5}}) == Usage(0, 5, 0, 0)
+    assert anthropic_usage({"usage": {"input_tokens": 6}}) == Usage(6, 0, 0, 0)
+    assert anthropic_usage({"usage": {"cache_read_input_tokens": 7}}) == Usage(0, 0, 7, 0)
+
+
+@pytest.mark.parametrize("body", [[1, 2], "usage", 3, None, {"usage": [1]}])
+def test_usage_of_non_objects_is_none(body: object) -> None:
+    assert openai_usage(body) is None
+    assert anthropic_usage(body) is None
+
+
+def test_add_include_usage_keeps_bytes_after_an_empty_object() -> None:
+    assert add_include_usage(b"{}\n", {}) == b'{"stream_options":{"include_usage":true}}\n'
+
+
+def test_add_include_usage_reserialises_compactly() -> None:
+    payload = {"model": "m", "stream_options": {"include_usage": False}, "q": "é"}
+    out = add_include_usage(json.dumps(payload).encode(), payload)
+    assert out == '{"model":"m","stream_options":{"include_usage":true},"q":"é"}'.encode()
