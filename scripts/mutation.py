@@ -73,6 +73,7 @@ class Entry:
     no_tests: int
     survivors: dict[str, str]  # mutant id -> the mutated line, for reading and for equivalents
     covering_tests: list[str]
+    seconds: float = 0.0  # test time its mutants took (sum over mutants), to foresee a re-run
 
     @property
     def undetected(self) -> int:
@@ -198,9 +199,10 @@ def collect(module: str) -> Entry:
         else:
             raise SystemExit(f"{mutant}: unexpected mutmut result {code!r} (see {WORK})")
     covering = sorted(tests)
+    seconds = sum(float(s or 0) for s in meta.get("durations_by_key", {}).values())
     # Keyed by the copy the run used: files edited in the tree meanwhile make the entry stale.
     return Entry(cache_key(module, covering, WORK), len(codes), tally["killed"], tally["survived"],
-                 tally["timeout"], tally["no_tests"], survivors, covering)
+                 tally["timeout"], tally["no_tests"], survivors, covering, round(seconds, 1))
 
 
 def run_modules(modules: list[str], jobs: int) -> dict[str, Entry]:
@@ -260,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-raise", action="store_true",
                         help="with --update: let a budget go up")
     parser.add_argument("--force", action="store_true", help="ignore the cache")
+    parser.add_argument("--reuse-workdir", action="store_true",
+                        help="collect the last run's results from .mutation/work instead of "
+                             "running (e.g. to --update after a run without it)")
+    parser.add_argument("--max-minutes", type=float,
+                        default=float(os.environ.get("ZAI_MUTATION_MAX_MINUTES", "10")),
+                        help="with --check: fail at once, without running, when the stale "
+                             "modules took longer than this last time (default 10, or "
+                             "$ZAI_MUTATION_MAX_MINUTES)")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
                         help="mutants tested in parallel (default: the CPU count)")
     args = parser.parse_args(argv)
@@ -275,7 +285,21 @@ def main(argv: list[str] | None = None) -> int:
         if m not in stale:
             print(f"{m}: unchanged since its cached run (key {cached[m].key}), not re-run")
     entries = dict(cached)
-    if stale:
+    if args.reuse_workdir:
+        entries.update({m: collect(m) for m in modules})
+        stale = list(modules)
+    elif stale:
+        if args.check:
+            # What the stale modules cost last time (a module never run: unknown, so too much).
+            foreseen = sum(cached[m].seconds if m in cached else float("inf") for m in stale)
+            minutes = foreseen / max(1, args.jobs) / 60
+            if minutes > args.max_minutes:
+                print(f"mutation results are stale for {', '.join(stale)} (module or its tests "
+                      f"changed); re-running them would take about {minutes:.0f} min here, more "
+                      f"than --max-minutes {args.max_minutes:g}. Run `python scripts/mutation.py "
+                      f"--update {' '.join(stale)}` and commit .ci/mutation-results.json.",
+                      file=sys.stderr)
+                return 1
         entries.update(run_modules(stale, args.jobs))
 
     budgets: dict[str, int] = {k: int(v) for k, v in load_json(BUDGET).items()}  # type: ignore[call-overload]

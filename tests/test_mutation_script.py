@@ -146,3 +146,14 @@ def test_collect_folds_mutmut_exit_codes(tree: tuple[ModuleType, Path],
         {"exit_code_by_key": {f"zai_proxy.classify.{k}": v for k, v in codes.items()}}))
     with pytest.raises(SystemExit):
         m.collect("classify")
+
+
+def test_check_refuses_a_rerun_longer_than_max_minutes(tree: tuple[ModuleType, Path]) -> None:
+    m, root = tree
+    write(m, survived=1, budget=1)
+    results = json.loads(m.RESULTS.read_text())
+    results["classify"]["seconds"] = 3000.0  # 25 min on two workers
+    m.RESULTS.write_text(json.dumps(results))
+    (root / "zai_proxy" / "classify.py").write_text("x = 2\n")
+    # run_modules raises in this fixture: a refusal must come before any run.
+    assert m.main(["--check", "-j", "2", "--max-minutes", "10"]) == 1
