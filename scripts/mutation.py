@@ -49,6 +49,10 @@ WORK = ROOT / ".mutation" / "work"
 ALSO_COPY = (".ci", "Dockerfile", ".dockerignore", "README.md", "bench", "deploy", "docs",
              "scripts")
 TEST_HELPERS = ("tests/__init__.py", "tests/conftest.py", "tests/inprocess.py", "tests/servers.py")
+# A mutant is a timeout after (its tests' CPU seconds + 1) * this * 2 CPU seconds (mutmut's
+# RLIMIT_CPU, so load on the machine does not matter); mutmut's default 15 spent most of a run
+# waiting on the mutants that loop forever.
+TIMEOUT_MULTIPLIER = 4.0
 # Bump when the way mutants are run or counted changes: every cached entry goes stale.
 SCHEME = "1"
 TABLE_START = "<!-- mutation-table:start -->"
@@ -152,6 +156,7 @@ also_copy = [{also}]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]
 pytest_add_cli_args_test_selection = ["tests"]
 use_git_change_detection = false
+timeout_multiplier = {TIMEOUT_MULTIPLIER}
 """)
 
 
