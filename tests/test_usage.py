@@ -75,9 +75,17 @@ def run(surface: str, pieces: list[bytes], strip: bool) -> tuple[bytes, object]:
     for piece in pieces:
         blocks += parser.feed(piece)
     blocks += parser.close()
+    dropped_cr = False
     for block in blocks:
-        if tracker.feed(block):
+        if dropped_cr and block.raw == b"\n":
+            # A read ended between the CR and LF closing a dropped chunk: the parser gave the
+            # LF as a block of its own, and it goes with the chunk (as Ledger._keep does).
+            dropped_cr = False
+            continue
+        keep = tracker.feed(block)
+        if keep:
             relayed.append(block.raw)
+        dropped_cr = not keep and block.raw.endswith(b"\r")
     return b"".join(relayed), tracker
 
 
@@ -102,6 +110,18 @@ def test_trackers_on_any_split(name: str, ending: str, cuts: list[int], strip: b
         assert relayed == stream.replace(chunk, b"")
     else:
         assert relayed == stream
+
+
+@pytest.mark.parametrize("name", sorted(n for n, case in CASES.items()
+                                         if case[0] == "openai" and case[3]))
+def test_usage_chunk_stripped_when_a_read_ends_between_its_cr_and_lf(name: str) -> None:
+    # Found by hypothesis (replaying an example saved during a mutation run): with CRLF and a
+    # read ending on the usage chunk's last CR, the lone LF that follows was relayed.
+    stream = variants((STREAMS / name).read_bytes())["crlf"]
+    chunk = usage_chunk(stream, EOL["crlf"])
+    cut = stream.index(chunk) + len(chunk) - 1
+    relayed, _ = run("openai", [stream[:cut], stream[cut:]], strip=True)
+    assert relayed == stream.replace(chunk, b"")
 
 
 def test_cut_short_stream_keeps_text_and_no_usage() -> None:
