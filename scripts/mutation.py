@@ -78,11 +78,12 @@ class Entry:
     survivors: dict[str, str]  # mutant id -> the mutated line, for reading and for equivalents
     covering_tests: list[str]
     seconds: float = 0.0  # test time its mutants took (sum over mutants), to foresee a re-run
+    pending: int = 0  # mutants an interrupted run did not get to: counted as undetected
 
     @property
     def undetected(self) -> int:
-        """Mutants no test failed on: what the budget bounds."""
-        return self.survived + self.timeout + self.no_tests
+        """Mutants no test failed on (or not run): what the budget bounds."""
+        return self.survived + self.timeout + self.no_tests + self.pending
 
     @property
     def score(self) -> float:
@@ -198,6 +199,8 @@ def collect(module: str) -> Entry:
             tally["timeout"] += 1
         elif code in NO_TESTS:
             tally["no_tests"] += 1
+        elif code is None:
+            tally["pending"] += 1
         elif code in SURVIVED:
             tally["survived"] += 1
             survivors[mutant.removeprefix(prefix)] = mutated_line(mutant)
@@ -207,7 +210,8 @@ def collect(module: str) -> Entry:
     seconds = sum(float(s or 0) for s in meta.get("durations_by_key", {}).values())
     # Keyed by the copy the run used: files edited in the tree meanwhile make the entry stale.
     return Entry(cache_key(module, covering, WORK), len(codes), tally["killed"], tally["survived"],
-                 tally["timeout"], tally["no_tests"], survivors, covering, round(seconds, 1))
+                 tally["timeout"], tally["no_tests"], survivors, covering, round(seconds, 1),
+                 tally["pending"])
 
 
 def run_modules(modules: list[str], jobs: int) -> dict[str, Entry]:
@@ -232,7 +236,8 @@ def print_table(entries: dict[str, Entry], equivalents: dict[str, dict[str, str]
         equiv = len(set(equivalents.get(module, {})) & set(e.survivors))
         print(f"{module:<24}{e.mutants:>8}{e.killed:>8}{e.survived:>9}{equiv:>8}{e.timeout:>8}"
               f"{e.no_tests:>8}{e.score:>7.1f}%{budgets.get(module, '-')!s:>8}  "
-              f"{'run now' if module in fresh else 'cached'}")
+              f"{'run now' if module in fresh else 'cached'}"
+              f"{f' ({e.pending} not run)' if e.pending else ''}")
 
 
 def readme_table(entries: dict[str, Entry], equivalents: dict[str, dict[str, str]]) -> str:
@@ -243,7 +248,8 @@ def readme_table(entries: dict[str, Entry], equivalents: dict[str, dict[str, str
         if e is None:
             continue
         equiv = len(set(equivalents.get(module, {})) & set(e.survivors))
-        rows.append(f"| `{module}` | {e.mutants} | {e.killed} | {e.survived} ({equiv}) | "
+        not_run = f" ({e.pending} not run)" if e.pending else ""
+        rows.append(f"| `{module}` | {e.mutants}{not_run} | {e.killed} | {e.survived} ({equiv}) | "
                     f"{e.timeout} | {e.no_tests} | {e.score:.1f}% |")
     return "\n".join(rows)
 

@@ -141,6 +141,11 @@ def test_collect_folds_mutmut_exit_codes(tree: tuple[ModuleType, Path],
                              "a__mutmut_7": "<zai_proxy.classify.a__mutmut_7>"}
     assert got.covering_tests == ["tests/test_b.py", "tests/test_classify.py"]
     assert got.key == m.cache_key("classify", got.covering_tests, work)
+    codes["a__mutmut_2"] = None  # not run (an interrupted run): counted as undetected
+    (work / "mutants" / "zai_proxy" / "classify.py.meta").write_text(json.dumps(
+        {"exit_code_by_key": {f"zai_proxy.classify.{k}": v for k, v in codes.items()}}))
+    got = m.collect("classify")
+    assert (got.survived, got.pending, got.undetected) == (1, 1, 4)
     codes["a__mutmut_1"] = 99  # an exit code this script does not know: stop, do not guess
     (work / "mutants" / "zai_proxy" / "classify.py.meta").write_text(json.dumps(
         {"exit_code_by_key": {f"zai_proxy.classify.{k}": v for k, v in codes.items()}}))
