@@ -425,6 +425,9 @@ async def test_anthropic_reset_keeps_upstream_input_and_estimates_output() -> No
     assert proxy.tokens("input") == 4
     assert proxy.tokens("output", source="estimate") == count(streamed)
     assert proxy.tokens("output") is None
+    # Only the output was counted with the tokenizer, and that counting was timed.
+    assert proxy.registry.get_sample_value(
+        "zai_proxy_token_count_duration_seconds_count", {"deployment_variant": "production"}) == 1
 
 
 # --------------------------------------------------------------------------- relay bytes
@@ -635,3 +638,171 @@ async def test_a_stream_request_answered_with_whole_json_counts_its_usage() -> N
         response = await client.post("/v1/chat/completions", json=chat(stream=True))
     assert response.json() == answer
     assert (proxy.tokens("input"), proxy.tokens("output")) == (11, 7)
+
+
+# --------------------------------------------------------------------------- output estimates
+# A non-stream answer without usage: the output is estimated from everything the model
+# generated, not only `content`. Each case leaves out the other kinds, so dropping the code for
+# one kind changes its count.
+
+
+def _settle_answer(surface: str, answer: dict[str, Any]) -> Any:
+    pricing = PricingTable.default()
+    acc = Accounting(tokenizer=_CL100K, pricing=pricing,
+                     catalog=ModelCatalog.from_pricing(pricing),
+                     metrics=Metrics(CollectorRegistry(), "t"), default_model="glm-4.7")
+    path = "/v1/messages" if surface == "anthropic" else "/v1/chat/completions"
+    route = Router("http://u/api/paas/v4", "http://u/api/anthropic").resolve("POST", path)
+    payload = chat()
+    ledger = acc.open(route, payload, json.dumps(payload).encode())
+    assert ledger is not None
+    ledger.body(answer)
+    report = asyncio.run(ledger.settle())
+    assert report.sources["output"] == "estimate"
+    return report
+
+
+REASONING = "First compare the two numbers, then pick the larger one carefully."
+ANSWER = "The larger number is forty two."
+ARGUMENTS = '{"city": "Paris", "unit": "celsius", "days": 3, "alerts": true, "region": null}'
+
+
+@pytest.mark.parametrize(("message", "generated"), [
+    ({"content": ANSWER}, [ANSWER]),
+    ({"reasoning_content": REASONING, "content": ANSWER}, [REASONING, ANSWER]),
+    ({"reasoning_content": REASONING, "content": None}, [REASONING]),
+    ({"content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
+     ["get_weather", ARGUMENTS]),
+    ({"content": ANSWER, "tool_calls": [
+        {"function": {"name": "lookup", "arguments": "{}"}},
+        {"function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
+     [ANSWER, "lookup", "{}", "get_weather", ARGUMENTS]),
+], ids=["content", "reasoning+content", "reasoning-only", "tool-call", "content+two-calls"])
+def test_openai_answer_without_usage_estimates_every_generated_part(
+        message: dict[str, Any], generated: list[str]) -> None:
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", **message}}]}
+    report = _settle_answer("openai", answer)
+    assert report.counts["output"] == count("\n".join(generated))
+
+
+def test_completions_answer_without_usage_estimates_the_text() -> None:
+    report = _settle_answer("openai", {"choices": [{"index": 0, "text": ANSWER}]})
+    assert report.counts["output"] == count(ANSWER)
+
+
+@pytest.mark.parametrize(("blocks", "generated"), [
+    ([{"type": "text", "text": ANSWER}], [ANSWER]),
+    ([{"type": "thinking", "thinking": REASONING, "signature": "sig"},
+      {"type": "text", "text": ANSWER}], [REASONING, ANSWER]),
+    ([{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+       "input": json.loads(ARGUMENTS)}],
+     ["get_weather", ARGUMENTS]),
+    ([{"type": "thinking", "thinking": REASONING},
+      {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}],
+     [REASONING, "get_weather", "{}"]),
+], ids=["text", "thinking+text", "tool-use", "thinking+tool-use"])
+def test_anthropic_answer_without_usage_estimates_every_generated_block(
+        blocks: list[dict[str, Any]], generated: list[str]) -> None:
+    answer = {"id": "msg_1", "type": "message", "role": "assistant", "content": blocks}
+    report = _settle_answer("anthropic", answer)
+    # The tool input counts as the JSON the model generated (what the API sent on the wire).
+    assert report.counts["output"] == count("\n".join(generated))
+
+
+# --------------------------------------------------------------------------- settle edges
+# Found by mutation testing (scripts/mutation.py): each fails against a mutant of accounting.py.
+
+
+def _duration(ledger_registry: CollectorRegistry, suffix: str = "count") -> float | None:
+    return ledger_registry.get_sample_value(
+        f"zai_proxy_token_count_duration_seconds_{suffix}", {"deployment_variant": "t"})
+
+
+def _open(surface: str, payload: dict[str, Any]) -> tuple[Any, CollectorRegistry]:
+    pricing = PricingTable.default()
+    registry = CollectorRegistry()
+    acc = Accounting(tokenizer=_CL100K, pricing=pricing,
+                     catalog=ModelCatalog.from_pricing(pricing),
+                     metrics=Metrics(registry, "t"), default_model="glm-4.7")
+    path = "/v1/messages" if surface == "anthropic" else "/v1/chat/completions"
+    route = Router("http://u/api/paas/v4", "http://u/api/anthropic").resolve("POST", path)
+    ledger = acc.open(route, payload, json.dumps(payload).encode())
+    assert ledger is not None
+    return ledger, registry
+
+
+ANTHROPIC_REQUEST = {"model": "glm-4.7", "max_tokens": 64, "system": "Be terse and exact.",
+                     "messages": [{"role": "user", "content": [
+                         {"type": "text", "text": "Name three prime numbers."}]}]}
+
+
+def test_anthropic_answer_with_usage_counts_it_and_estimates_nothing() -> None:
+    ledger, registry = _open("anthropic", ANTHROPIC_REQUEST)
+    ledger.body({"type": "message", "content": [{"type": "text", "text": "2, 3, 5"}],
+                 "usage": {"input_tokens": 12, "output_tokens": 7,
+                           "cache_read_input_tokens": 3, "cache_creation_input_tokens": 2}})
+    report = asyncio.run(ledger.settle())
+    assert report.counts == {"input": 12, "output": 7, "cache_read": 3, "cache_write": 2}
+    assert set(report.sources.values()) == {"upstream"}
+    assert _duration(registry) == 0  # nothing was counted with the tokenizer
+
+
+def test_anthropic_input_estimate_uses_the_anthropic_prompt() -> None:
+    from zai_proxy.estimate import (
+        anthropic_prompt_overhead,
+        anthropic_prompt_text,
+        openai_prompt_overhead,
+        openai_prompt_text,
+    )
+
+    ledger, registry = _open("anthropic", ANTHROPIC_REQUEST)
+    ledger.body({"type": "message", "content": [{"type": "text", "text": "2, 3, 5"}]})
+    report = asyncio.run(ledger.settle())
+    expected = (count(anthropic_prompt_text(ANTHROPIC_REQUEST))
+                + anthropic_prompt_overhead(ANTHROPIC_REQUEST))
+    assert report.counts["input"] == expected and report.sources["input"] == "estimate"
+    # The OpenAI reading of the same payload gives another count: the surface matters.
+    assert expected != (count(openai_prompt_text(ANTHROPIC_REQUEST))
+                        + openai_prompt_overhead(ANTHROPIC_REQUEST))
+    assert report.counts["output"] == count("2, 3, 5")
+    assert _duration(registry) == 1
+    assert 0 <= (_duration(registry, "sum") or 0) < 5
+
+
+def test_reported_usage_without_input_estimates_only_the_input() -> None:
+    ledger, _ = _open("openai", chat())
+    ledger.body({"choices": [{"message": {"content": "fine"}}],
+                 "usage": {"prompt_tokens": 0, "completion_tokens": 5}})
+    report = asyncio.run(ledger.settle())
+    assert report.sources == {"input": "estimate", "output": "upstream",
+                              "cache_read": "upstream", "cache_write": "upstream"}
+    assert report.counts["input"] == count("user\n" + PROMPT) + 6
+    assert report.counts["output"] == 5
+
+
+def test_empty_answer_without_usage_estimates_zero_output() -> None:
+    ledger, _ = _open("openai", chat())
+    ledger.body({"choices": [None, {"message": {"content": ""}}]})
+    report = asyncio.run(ledger.settle())
+    assert report.counts["output"] == 0 and report.sources["output"] == "estimate"
+
+
+def test_non_object_choices_are_skipped_not_the_end() -> None:
+    ledger, _ = _open("openai", chat())
+    ledger.body({"choices": ["junk", {"index": 1, "text": ANSWER}]})
+    assert asyncio.run(ledger.settle()).counts["output"] == count(ANSWER)
+
+
+def test_stream_cut_after_its_usage_keeps_the_reported_output() -> None:
+    # The usage chunk arrived but [DONE] did not: the stream is incomplete, and the upstream's
+    # output count (larger than what the streamed text estimates) is kept as the floor.
+    payload = chat(stream=True, stream_options={"include_usage": True})
+    ledger, _ = _open("openai", payload)
+    ledger.relay(b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+                 b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":40}}\n\n')
+    ledger.flush()
+    report = asyncio.run(ledger.settle())
+    assert report.counts["input"] == 9 and report.sources["input"] == "upstream"
+    assert report.counts["output"] == 40 and report.sources["output"] == "estimate"

@@ -144,3 +144,69 @@ def test_parse_retry_after_accepts_datetime_now() -> None:
     assert parse_retry_after("Sat, 05 Sep 2026 12:00:10 GMT", now) == 10.0
     assert parse_retry_after(3, now) == 3.0
     assert parse_retry_after(None, now) is None
+
+
+# --------------------------------------------------------------------------- edges
+# Boundaries and odd inputs found by mutation testing (scripts/mutation.py): each case fails
+# against a mutant of classify.py that the table tests above let through.
+
+
+def test_body_of_exactly_the_cap_is_still_parsed() -> None:
+    doc = b'{"error":{"code":"1302"}}'
+    body = doc + b" " * (MAX_BODY_BYTES - len(doc))
+    assert len(body) == MAX_BODY_BYTES
+    assert classify_429(body, {}, NOW).cls is C.CONCURRENCY
+    assert classify_429(body + b" ", {}, NOW).cls is C.UNKNOWN
+
+
+def test_wait_seconds_is_the_time_left_to_the_reset_never_negative() -> None:
+    from zai_proxy.classify import Throttle
+
+    assert Throttle(C.QUOTA_5H, "1308", None, NOW + 0.25).wait_seconds(NOW) == 0.25
+    assert Throttle(C.QUOTA_5H, "1308", None, NOW - 30).wait_seconds(NOW) == 0.0
+    assert Throttle(C.QUOTA_5H, "1308", 0.5, NOW + 60).wait_seconds(NOW) == 0.5
+    assert Throttle(C.UNKNOWN).wait_seconds(NOW) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (0, None), (-5, None), (0.5, 0.5), (1, 1.0), (2.0, 2.0),
+    (1e11, 1e11),  # the largest number still read as seconds
+    (1e11 + 0.5, (1e11 + 0.5) / 1000.0),  # anything bigger is milliseconds
+    (1788652800000, 1788652800.0), ("1788652800", 1788652800.0),
+])
+def test_parse_time_numbers_and_the_ms_boundary(value: object, expected: float | None) -> None:
+    assert parse_time(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (0.5, 0.5), (0, 0.0), (-3, 0.0), (float("nan"), None), ("nan", None), ("0.25", 0.25),
+    ("-2", 0.0), (True, None), (None, None), ("soon", None),
+])
+def test_parse_retry_after_values(value: str | float | None, expected: float | None) -> None:
+    assert parse_retry_after(value, NOW) == expected
+
+
+def test_retry_after_http_date_without_zone_is_utc_whatever_the_local_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    # "-0000" makes parsedate_to_datetime return a naive datetime; it means UTC (RFC 5322),
+    # not the machine's zone, which is set far from UTC here so the two cannot coincide.
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        assert parse_retry_after("Sat, 05 Sep 2026 12:00:30 -0000", NOW) == 30.0
+        assert parse_retry_after("Sat, 05 Sep 2026 12:00:30 GMT", NOW) == 30.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_body_retry_hint_as_an_http_date_and_hints_of_the_wrong_type() -> None:
+    body = json.dumps({"error": {"code": "1302",
+                                 "retry_after": "Sat, 05 Sep 2026 12:00:07 GMT"}}).encode()
+    assert classify_429(body, {}, NOW).retry_after == 7.0
+    for bad in ([1], {"s": 1}, True, None):
+        body = json.dumps({"error": {"code": "1302", "retry_after": bad}}).encode()
+        throttle = classify_429(body, {}, NOW)
+        assert (throttle.cls, throttle.retry_after) == (C.CONCURRENCY, None), bad

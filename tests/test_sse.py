@@ -148,3 +148,28 @@ def test_random_streams_match_reference(parts: list[bytes], cuts: list[int]) -> 
     assert messages(blocks) == reference(stream)
     tail = parser.close()
     assert b"".join(b.raw for b in blocks + tail) == stream
+
+
+# --------------------------------------------------------------------------- single reads
+# One read that looks like the usual "exactly one LF block" but is not; found by mutation
+# testing (scripts/mutation.py): each fails against a mutant of the parser's fast path.
+
+
+@pytest.mark.parametrize(("read", "blocks"), [
+    (b"data: x\n\n\n", [b"data: x\n\n", b"\n"]),  # a trailing empty line is a block
+    (b"\ndata: x\n\n", [b"\n", b"data: x\n\n"]),  # so is a leading one
+    (b"\rdata: x\n\n", [b"\r", b"data: x\n\n"]),
+    (b"data: a\r\rdata: b\n\n", [b"data: a\r\r", b"data: b\n\n"]),  # CR CR ends a block
+    (b"data: a\n\rdata: b\n\n", [b"data: a\n\r", b"data: b\n\n"]),
+    (b"data: x\n\n", [b"data: x\n\n"]),
+])
+def test_one_read_is_split_like_the_reference(read: bytes, blocks: list[bytes]) -> None:
+    assert SSEParser().feed_raw(read) == blocks
+
+
+def test_a_closed_parser_starts_a_new_stream() -> None:
+    parser = SSEParser()
+    assert [b.data for b in parser.feed(b"\xef\xbb\xbfdata: a\n\ndata: b")] == ["a"]
+    assert [b.data for b in parser.close()] == ["b"]
+    # After close the next block is a stream start again: its BOM is stripped.
+    assert [b.data for b in parser.feed(b"\xef\xbb\xbfdata: c\n\n")] == ["c"]

@@ -75,9 +75,17 @@ def run(surface: str, pieces: list[bytes], strip: bool) -> tuple[bytes, object]:
     for piece in pieces:
         blocks += parser.feed(piece)
     blocks += parser.close()
+    dropped_cr = False
     for block in blocks:
-        if tracker.feed(block):
+        if dropped_cr and block.raw == b"\n":
+            # A read ended between the CR and LF closing a dropped chunk: the parser gave the
+            # LF as a block of its own, and it goes with the chunk (as Ledger._keep does).
+            dropped_cr = False
+            continue
+        keep = tracker.feed(block)
+        if keep:
             relayed.append(block.raw)
+        dropped_cr = not keep and block.raw.endswith(b"\r")
     return b"".join(relayed), tracker
 
 
@@ -102,6 +110,18 @@ def test_trackers_on_any_split(name: str, ending: str, cuts: list[int], strip: b
         assert relayed == stream.replace(chunk, b"")
     else:
         assert relayed == stream
+
+
+@pytest.mark.parametrize("name", sorted(n for n, case in CASES.items()
+                                         if case[0] == "openai" and case[3]))
+def test_usage_chunk_stripped_when_a_read_ends_between_its_cr_and_lf(name: str) -> None:
+    # Found by hypothesis (replaying an example saved during a mutation run): with CRLF and a
+    # read ending on the usage chunk's last CR, the lone LF that follows was relayed.
+    stream = variants((STREAMS / name).read_bytes())["crlf"]
+    chunk = usage_chunk(stream, EOL["crlf"])
+    cut = stream.index(chunk) + len(chunk) - 1
+    relayed, _ = run("openai", [stream[:cut], stream[cut:]], strip=True)
+    assert relayed == stream.replace(chunk, b"")
 
 
 def test_cut_short_stream_keeps_text_and_no_usage() -> None:
@@ -203,3 +223,38 @@ def test_feed_raw_decides_exactly_like_feed(name: str, strip: bool) -> None:
     assert parsed.usage() == raw.usage()
     assert parsed.output_text() == raw.output_text()
     assert parsed.done == raw.done and parsed.model == raw.model
+
+
+# --------------------------------------------------------------------------- edges
+# Found by mutation testing (scripts/mutation.py): each fails against a mutant of usage.py.
+
+
+def test_zero_counts_are_counts_not_missing() -> None:
+    assert openai_usage({"usage": {"prompt_tokens": 0, "completion_tokens": 0}}) == Usage()
+    assert openai_usage({"usage": {"prompt_tokens": 0.0, "completion_tokens": 2.0}}) == Usage(
+        0, 2)
+    assert anthropic_usage({"usage": {"input_tokens": 0, "output_tokens": 0.0}}) == Usage()
+
+
+def test_missing_directions_count_zero() -> None:
+    assert openai_usage({"usage": {"completion_tokens": 3}}) == Usage(input=0, output=3)
+    assert openai_usage({"usage": {"prompt_tokens": 4}}) == Usage(input=4, output=0)
+    assert anthropic_usage({"usage": {"output_tokens": 5}}) == Usage(0, 5, 0, 0)
+    assert anthropic_usage({"usage": {"input_tokens": 6}}) == Usage(6, 0, 0, 0)
+    assert anthropic_usage({"usage": {"cache_read_input_tokens": 7}}) == Usage(0, 0, 7, 0)
+
+
+@pytest.mark.parametrize("body", [[1, 2], "usage", 3, None, {"usage": [1]}])
+def test_usage_of_non_objects_is_none(body: object) -> None:
+    assert openai_usage(body) is None
+    assert anthropic_usage(body) is None
+
+
+def test_add_include_usage_keeps_bytes_after_an_empty_object() -> None:
+    assert add_include_usage(b"{}\n", {}) == b'{"stream_options":{"include_usage":true}}\n'
+
+
+def test_add_include_usage_reserialises_compactly() -> None:
+    payload = {"model": "m", "stream_options": {"include_usage": False}, "q": "é"}
+    out = add_include_usage(json.dumps(payload).encode(), payload)
+    assert out == '{"model":"m","stream_options":{"include_usage":true},"q":"é"}'.encode()

@@ -16,6 +16,7 @@ submission itself is not counted: its answer is a task id, and its tokens are th
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -315,5 +316,8 @@ def _answer_text(obj: dict[str, Any]) -> str:
                     parts.append(block[key])
             if block.get("type") == "tool_use":
                 parts.append(str(block.get("name") or ""))
-                parts.append(str(block.get("input") or ""))
+                tool_input = block.get("input")
+                # The model generated JSON: count that, not Python's repr of the parsed dict.
+                parts.append(tool_input if isinstance(tool_input, str)
+                             else json.dumps(tool_input, ensure_ascii=False))
     return "\n".join(parts)

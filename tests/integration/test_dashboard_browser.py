@@ -1,6 +1,8 @@
 """End to end in headless Chromium: proxies v1 and v2 (simulated upstream), traffic, dashboard.
 
-Checks that every panel draws a series for both variants, that the page updates live, and saves a
+Checks that every panel draws a series for both variants, that the page updates live, that the
+variant switch hides exactly the other variant and brings it back, that the request and 5xx
+figures match the traffic sent to each variant, and saves a
 screenshot (copied to docs/dashboard.png when ZAI_PROXY_UPDATE_SCREENSHOT=1, so a test run never
 changes tracked files by default).
 """
@@ -8,6 +10,7 @@ changes tracked files by default).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -27,33 +30,51 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def send_traffic(proxy: Process, count: int) -> None:
-    """Chat completions through one proxy, every third one streamed, one unknown model."""
+def send_traffic(proxy: Process, count: int) -> dict[str, int]:
+    """Chat completions through one proxy: every third one streamed, one for an unknown model
+    and one the upstream fails with a 502 (so the error panel has something to show).
+
+    Returns what was sent: {"requests": n, "5xx": n}, counted when the answer is complete.
+    """
+    sent = {"requests": 0, "5xx": 0}
     with httpx.Client(base_url=proxy.url, timeout=30) as client:
         for i in range(count):
-            body: dict[str, Any] = {"model": "glm-4.6", "max_tokens": 40,
+            model = "no-such-model-7" if i == 1 else "glm-4.6"
+            body: dict[str, Any] = {"model": model, "max_tokens": 40,
                                     "messages": [{"role": "user", "content": f"hello {i}"}]}
+            headers = {"x-sim-status": "502"} if i == 2 else {}
             if i % 3 == 0:
                 body["stream"] = True
-                with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                with client.stream("POST", "/v1/chat/completions", json=body,
+                                   headers=headers) as response:
                     for _ in response.iter_bytes():
                         pass
+                    status = response.status_code
             else:
-                client.post("/v1/chat/completions", json=body)
+                status = client.post("/v1/chat/completions", json=body,
+                                     headers=headers).status_code
+            sent["requests"] += 1
+            sent["5xx"] += status >= 500
+    return sent
 
 
 class Traffic:
-    """Keeps a trickle of requests going through both proxies until stopped."""
+    """Keeps a trickle of requests going through the proxies until stopped; `sent` counts
+    what each proxy (by index) answered. Each proxy gets its own batch size, so a dashboard
+    that mixed the variants up would show the wrong numbers."""
 
-    def __init__(self, proxies: list[Process]) -> None:
+    def __init__(self, proxies: list[Process], batches: list[int]) -> None:
         self.proxies = proxies
+        self.batches = batches
+        self.sent = [{"requests": 0, "5xx": 0} for _ in proxies]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for proxy in self.proxies:
-                send_traffic(proxy, 3)
+            for index, proxy in enumerate(self.proxies):
+                for key, n in send_traffic(proxy, self.batches[index]).items():
+                    self.sent[index][key] += n
             self.stop.wait(0.3)
 
     def __enter__(self) -> Traffic:
@@ -61,8 +82,12 @@ class Traffic:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
         self.stop.set()
         self.thread.join(30)
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -100,13 +125,14 @@ ALL_READY = """([panels, variants]) => panels.every((id) => {
 })"""
 
 
+@pytest.mark.needs("chromium|chromium-browser")
 def test_every_panel_shows_both_variants_and_updates_live(
     stack: tuple[Process, list[Process]], tmp_path: Path
 ) -> None:
     executable = require_binary("chromium", "chromium-browser")
     sync_api = pytest.importorskip("playwright.sync_api")
     dashboard, proxies = stack
-    with Traffic(proxies), sync_api.sync_playwright() as pw:
+    with Traffic(proxies, batches=[3, 5]) as traffic, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
@@ -126,14 +152,40 @@ def test_every_panel_shows_both_variants_and_updates_live(
             assert page.get_attribute("#conn", "data-status") == "live"
             latency = page.text_content('[data-panel="latency"] .value[data-variant="v1"]') or ""
             assert "p95" in latency and "ms" in latency
-            # One variant alone hides the other's series.
-            page.click('[data-variant-choice="v2"]')
-            assert page.locator('[data-panel="requests"] path[data-variant="v1"]').count() == 0
-            page.click('[data-variant-choice="all"]')
+            # One variant alone hides the other's series and values, and only those; "both"
+            # brings them back.
+            for alone, other in (("v2", "v1"), ("v1", "v2"), ("all", None)):
+                page.click(f'[data-variant-choice="{alone}"]')
+                for variant in VARIANTS:
+                    hidden = variant == other
+                    for panel in PANELS:
+                        card = f'[data-panel="{panel}"]'
+                        paths = page.locator(f'{card} path[data-variant="{variant}"]').count()
+                        values = page.locator(f'{card} .value[data-variant="{variant}"]').count()
+                        assert (paths == 0) == hidden and (values == 0) == hidden, (
+                            alone, panel, variant, paths, values)
             # A little more history makes the saved screenshot readable.
             page.wait_for_function(
                 """() => [...document.querySelectorAll('[data-panel="requests"] path')].every(
                    (p) => +p.dataset.points >= 12)""", timeout=30_000)
+            # Panel values against what was sent: stop the traffic, then the next scrape must
+            # show, per variant, exactly the requests sent to it and their share of 5xx.
+            traffic.finish()
+            for index, variant in enumerate(VARIANTS):
+                sent = traffic.sent[index]
+                assert sent["5xx"] > 0 and sent["requests"] > sent["5xx"], sent
+                want = f"· {sent['requests']} req"
+                page.wait_for_function(
+                    """([v, want]) => (document.querySelector(
+                         `[data-panel="requests"] .value[data-variant="${v}"]`)
+                         ?.textContent || "").includes(want)""",
+                    arg=[variant, want], timeout=15_000)
+                errors = page.text_content(
+                    f'[data-panel="errors"] .value[data-variant="{variant}"]') or ""
+                share = re.search(r"5xx ([0-9.]+)%", errors)
+                assert share, errors
+                expected = 100 * sent["5xx"] / sent["requests"]
+                assert abs(float(share.group(1)) - expected) <= 0.051, (errors, sent)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             page.emulate_media(color_scheme="dark")

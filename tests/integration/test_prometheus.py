@@ -34,6 +34,7 @@ def busy_proxy(simulator: Process) -> Iterator[Process]:
     process.terminate()
 
 
+@pytest.mark.needs("promtool")
 def test_promtool_check_metrics_passes(busy_proxy: Process) -> None:
     promtool = require_binary("promtool")
     text = httpx.get(f"{busy_proxy.url}/metrics").text
@@ -49,6 +50,7 @@ def test_every_series_carries_the_variant(busy_proxy: Process) -> None:
             assert 'deployment_variant="v2"' in line, line
 
 
+@pytest.mark.needs("prometheus")
 def test_real_prometheus_scrapes_the_variant(busy_proxy: Process) -> None:
     prometheus = require_binary("prometheus")
     port = free_port()

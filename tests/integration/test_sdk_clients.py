@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
 
 import anthropic
@@ -74,19 +76,35 @@ def test_anthropic_messages_and_stream(proxy: Process) -> None:
 
 
 def test_keys_stay_where_they_belong(proxy: Process, simulator: Process) -> None:
+    # The simulator records each credential as the SHA-256 of its value (never the value), so
+    # the check is on hashes: upstream saw exactly the upstream key, in the header its surface
+    # wants, and the client key (or its hash) nowhere.
+    upstream_hash, client_hash = sha256(UPSTREAM_KEY), sha256(CLIENT_KEY)
     openai_client(proxy).chat.completions.create(model="glm-4.7", messages=MESSAGES)
-    last = httpx.get(f"{simulator.url}/_stats").json()["last_request"]
-    dump = str(last)
-    assert CLIENT_KEY not in dump
+    seen_openai = httpx.get(f"{simulator.url}/_stats").json()["last_request"]
+    assert seen_openai["path"] == "/api/paas/v4/chat/completions"
+    assert seen_openai["authorization_scheme"] == "Bearer"
+    assert seen_openai["authorization_sha256"] == upstream_hash
+    assert not seen_openai["x_api_key_present"]
+
     anthropic.Anthropic(base_url=proxy.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
         model="glm-4.7", max_tokens=16, messages=MESSAGES)
-    dump += str(httpx.get(f"{simulator.url}/_stats").json()["last_request"])
-    assert CLIENT_KEY not in dump
+    seen_anthropic = httpx.get(f"{simulator.url}/_stats").json()["last_request"]
+    assert seen_anthropic["path"] == "/api/anthropic/v1/messages"
+    assert seen_anthropic["x_api_key_sha256"] == upstream_hash
+    assert not seen_anthropic["authorization_present"]
+
+    upstream_view = json.dumps([seen_openai, seen_anthropic])
+    assert client_hash not in upstream_view and CLIENT_KEY not in upstream_view
     metrics = httpx.get(f"{proxy.url}/metrics").text
     health = httpx.get(f"{proxy.url}/health").text
     for leaked in (UPSTREAM_KEY, CLIENT_KEY):
         assert leaked not in metrics and leaked not in health
         assert leaked not in proxy.output()
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_wrong_client_key_is_rejected_by_the_sdk(proxy: Process) -> None:

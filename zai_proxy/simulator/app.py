@@ -14,7 +14,8 @@ Per API request: auth, then a forced outcome (`x-sim-status`, `x-sim-429-code`) 
 limits, then admission in the order quota (1308/1310) → concurrency (1302) → rate (1303 with
 Retry-After), then the base latency, then `fail_rate` faults (500 JSON / 502 edge page), then the
 reply, whose prompt + completion tokens the plan quota's windows consume (`simulator.quota`).
-In-flight counts a request from admission until its body ended or the client left.
+In-flight counts a request from admission until its body ended or the client left; the
+request's record (`recent_requests`) then gets `ended_at` (the simulator's clock).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ class SimulatorApp:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 body = None
-        self.stats.record_request(describe_request(method, path, headers, body, self.clock()))
+        info = describe_request(method, path, headers, body, self.clock())
+        self.stats.record_request(info)
         if not isinstance(body, dict):
             invalid = errors.bad_request("The request body is not a JSON object")
             await self._answer(send, path, invalid)
@@ -185,6 +187,9 @@ class SimulatorApp:
             raise
         finally:
             self.concurrency.leave()
+            # On the monotonic clock, comparable across processes on one host: a test can tell
+            # when the simulator saw a request end (body sent, client gone) without polling.
+            info["ended_at"] = self.clock()
 
     def _authenticate(self, path: str, headers: dict[str, str]) -> errors.Answer | None:
         expect = self.settings.expect_key
