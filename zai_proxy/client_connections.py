@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -88,11 +87,11 @@ class ClientConnections:
         self._bound_children[bound].inc()
 
     def refused(self, method: str, status: int, outcome: str, message: str,
-                request_bytes: int) -> None:
+                request_bytes: int, rid: str) -> None:
         """Record a request the server answered itself, before the app saw it."""
         if self.recorder is None:
             return
-        ex = Exchange(request_id=uuid.uuid4().hex[:20], method=method,
+        ex = Exchange(request_id=rid, method=method,
                       started=time.perf_counter(), status=status, outcome=outcome,
                       error=message, request_bytes=request_bytes, complete=True)
         self.recorder.finished(ex)

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from dataclasses import dataclass
 from typing import Any
+
+# Generated request ids: a random per-process prefix and a counter. Unique across replicas and
+# restarts without paying for a uuid4 (os.urandom) on every request.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
+
+
+def request_id(given: bytes | None = None) -> str:
+    """The client's request id when it is sane (printable, short), else a new one."""
+    if given and len(given) <= 128 and given.isascii():
+        text = given.decode()
+        if text.isprintable() and " " not in text:
+            return text
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 class ClientGone(Exception):

@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from zai_proxy.client_connections import ALWAYS_SERVED, RELEASE_IDLE_SECONDS, ClientConnections
 from zai_proxy.errors import error_body
-from zai_proxy.exchange import CLIENT_FAULT
+from zai_proxy.exchange import CLIENT_FAULT, request_id
 
 # Where the connection is in its current request (uvicorn keeps no such state itself).
 IDLE, HEADERS, BODY, ANSWERING = range(4)
@@ -88,6 +88,7 @@ class ClientProtocol(HttpToolsProtocol):
         self.idle_since: float | None = None
         self.phase = IDLE
         self.pending = 0  # bytes received of the current request's head (an upper bound)
+        self.head_start = b""  # its first bytes: the method of a request too broken to parse
         self.over_capacity = False
         self.read_timer: asyncio.TimerHandle | None = None
         self.write_timer: asyncio.TimerHandle | None = None
@@ -128,6 +129,8 @@ class ClientProtocol(HttpToolsProtocol):
         if self.phase <= HEADERS:
             if self.read_timer is None:
                 self.read_timer = self.loop.call_later(self.read_timeout, self._read_timed_out)
+            if not self.pending:
+                self.head_start = data[:8]
             self.pending += len(data)
         super().data_received(data)
         if self.refusal is None and self.phase == HEADERS and self.pending > self.max_header_bytes:
@@ -203,13 +206,29 @@ class ClientProtocol(HttpToolsProtocol):
         head = [STATUS_LINE[status]]
         head += [name + b": " + value + b"\r\n"
                  for name, value in self.server_state.default_headers]
+        rid = request_id()
         head += [b"content-type: application/json\r\n",
-                 b"content-length: %d\r\n" % len(body), b"connection: close\r\n", *extra, b"\r\n"]
-        self.transport.write(b"".join(head) + body)
+                 b"content-length: %d\r\n" % len(body), b"connection: close\r\n",
+                 b"x-request-id: " + rid.encode() + b"\r\n", self._variant_header(), *extra,
+                 b"\r\n"]
+        method = self._method()
+        # A HEAD answer has the headers a GET's would have, and no body (RFC 9110 9.3.2).
+        self.transport.write(b"".join(head) + (b"" if method == "HEAD" else body))
         self.transport.close()
         self._cancel_read_timer()
-        method = self.scope["method"] if self.scope and "method" in self.scope else "other"
-        self.registry.refused(method, status, code, message, 0)
+        self.registry.refused(method, status, code, message, 0, rid)
+
+    def _method(self) -> str:
+        """The refused request's method, once its request line parsed; else "other"."""
+        if self.scope and "method" in self.scope:
+            return str(self.scope["method"])
+        if getattr(self, "url", b""):  # on_url ran, so the method before it parsed
+            return self.parser.get_method().decode("ascii", "replace")
+        return "HEAD" if self.head_start.startswith(b"HEAD ") else "other"
+
+    def _variant_header(self) -> bytes:
+        """Answers the server gives itself carry the variant, like every other answer."""
+        return b"x-zai-proxy-variant: " + self.registry.metrics.variant.encode() + b"\r\n"
 
     # -- timers
 
@@ -234,7 +253,8 @@ class ClientProtocol(HttpToolsProtocol):
                 body = error_body(message, "invalid_request_error", "proxy_request_timeout")
                 self.transport.write(b"".join([
                     STATUS_LINE[408], b"content-type: application/json\r\n",
-                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n\r\n", body]))
+                    b"content-length: %d\r\n" % len(body), b"connection: close\r\n",
+                    self._variant_header(), b"\r\n", body]))
                 cycle.response_started = True
             cycle.disconnected = True
             cycle.message_event.set()

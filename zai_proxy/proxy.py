@@ -19,11 +19,9 @@ upstream's length and no body; 401 carries `WWW-Authenticate`, 405 carries `Allo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import math
 import time
-import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -40,7 +38,13 @@ from zai_proxy.errors import (
     UpstreamError,
     sse_error_event,
 )
-from zai_proxy.exchange import ClientGone, DisconnectWatcher, Exchange, client_gone
+from zai_proxy.exchange import (
+    ClientGone,
+    DisconnectWatcher,
+    Exchange,
+    client_gone,
+    request_id,
+)
 from zai_proxy.forwarding import Forwarder, Opened
 from zai_proxy.headers import (
     RawHeaders,
@@ -91,13 +95,13 @@ class ProxyHandler:
 
     def stamped(self, scope: Scope, send: Any) -> Any:
         """`send` that adds x-request-id and x-zai-proxy-variant (for the operational routes)."""
-        request_id = _request_id(header_value(scope["headers"], b"x-request-id")).encode()
+        rid = request_id(header_value(scope["headers"], b"x-request-id")).encode()
 
         async def stamp(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k not in (b"x-request-id", b"x-zai-proxy-variant")]
-                headers += [(b"x-request-id", request_id), (b"x-zai-proxy-variant", self.variant)]
+                headers += [(b"x-request-id", rid), (b"x-zai-proxy-variant", self.variant)]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -107,7 +111,7 @@ class ProxyHandler:
         headers: RawHeaders = scope["headers"]
         method: str = scope["method"]
         ex = Exchange(
-            request_id=_request_id(header_value(headers, b"x-request-id")),
+            request_id=request_id(header_value(headers, b"x-request-id")),
             method=method if method in _KNOWN_METHODS else "other",
             started=time.perf_counter(),
         )
@@ -408,19 +412,6 @@ def _upstream_length(raw: RawHeaders) -> bytes | None:
     return None
 
 
-# Generated request ids: a random per-process prefix and a counter. Unique across replicas and
-# restarts without paying for a uuid4 (os.urandom) on every request.
-_ID_PREFIX = uuid.uuid4().hex[:12]
-_id_counter = itertools.count(1)
-
-
-def _request_id(given: bytes | None) -> str:
-    """The client's request id when it is sane (printable, short), else a new one."""
-    if given and len(given) <= 128 and given.isascii():
-        text = given.decode()
-        if text.isprintable() and " " not in text:
-            return text
-    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 def _peer(scope: Scope) -> str:
