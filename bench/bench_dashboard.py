@@ -22,8 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.test_dashboard_browser import CHROMIUM_ARGS, send_traffic  # noqa: E402
-from tests.servers import Process, start_zai_proxy  # noqa: E402
+from tests.integration.test_dashboard_browser import send_traffic  # noqa: E402
+from tests.servers import (  # noqa: E402
+    CHROMIUM_ARGS,
+    Process,
+    start_zai_proxy,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -13,7 +13,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,34 @@ def start_zai_proxy(
         process.terminate(5)
         raise RuntimeError(f"{' '.join(argv)} did not start:\n{process.output()}") from None
     return process
+
+
+# Debian's Chromium as root, headless, on a machine with no internet: no sandbox, no GPU, and
+# none of its background connections (refused here, many at a time).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@contextmanager
+def dashboard_stack(
+    db_dir: Path, env: Mapping[str, str] | None = None, variants: Sequence[str] = ("v1", "v2")
+) -> Iterator[tuple[Process, list[Process]]]:
+    """One `serve` per variant (built-in simulator, `env` on top) and a dashboard scraping them
+    every second; yields (dashboard, proxies) and stops them all."""
+    proxies: list[Process] = []
+    dashboard = None
+    try:
+        for variant in variants:
+            proxies.append(start_zai_proxy("serve", env={**(env or {}),
+                                                         "DEPLOYMENT_VARIANT": variant}))
+        args = [a for p in proxies for a in ("--target", p.url)]
+        dashboard = start_zai_proxy("dashboard", *args, "--interval", "1",
+                                    "--db", str(db_dir / "dash.sqlite3"), ready_path="/healthz")
+        yield dashboard, proxies
+    finally:
+        for process in [dashboard, *proxies]:
+            if process is not None:
+                process.terminate(10)
 
 
 @dataclass

@@ -20,14 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import Process, require_binary, start_zai_proxy
+from tests.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
 
 PANELS = ["requests", "latency", "ttfb", "errors", "tokens", "cost", "concurrency", "ratelimit",
           "retries"]
 VARIANTS = ["v1", "v2"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def send_traffic(proxy: Process, count: int) -> dict[str, int]:
@@ -92,17 +90,8 @@ class Traffic:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Process, list[Process]]]:
-    proxies = [start_zai_proxy("serve", env={"DEPLOYMENT_VARIANT": v}) for v in VARIANTS]
-    dashboard = None
-    try:
-        args = [a for p in proxies for a in ("--target", p.url)]
-        dashboard = start_zai_proxy("dashboard", *args, "--interval", "1",
-                                    "--db", str(tmp_path / "dash.sqlite3"), ready_path="/healthz")
-        yield dashboard, proxies
-    finally:
-        for process in [dashboard, *proxies]:
-            if process is not None:
-                process.terminate(10)
+    with dashboard_stack(tmp_path, variants=VARIANTS) as running:
+        yield running
 
 
 PANEL_STATE = """(panels) => Object.fromEntries(panels.map((id) => {

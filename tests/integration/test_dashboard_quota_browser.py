@@ -15,11 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Process, require_binary, start_zai_proxy
+from tests.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
 
 KEYS = {"batch": "worker-key-batch-01", "chat": "worker-key-chat-001"}
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello there"}]}
 
 
@@ -28,18 +26,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Process, list[Process]]]:
     env = {"SIM_QUOTA_5H_TOKENS": "20000", "QUOTA_POLL_SECONDS": "1",
            "PROXY_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
            "SHUTDOWN_DRAIN_SECONDS": "0", "RATE_LIMIT_STATE_FILE": ""}
-    proxies = [start_zai_proxy("serve", env={**env, "DEPLOYMENT_VARIANT": v})
-               for v in ("v1", "v2")]
-    dashboard = None
-    try:
-        args = [a for p in proxies for a in ("--target", p.url)]
-        dashboard = start_zai_proxy("dashboard", *args, "--interval", "1",
-                                    "--db", str(tmp_path / "dash.sqlite3"), ready_path="/healthz")
-        yield dashboard, proxies
-    finally:
-        for process in [dashboard, *proxies]:
-            if process is not None:
-                process.terminate(10)
+    with dashboard_stack(tmp_path, env) as running:
+        yield running
 
 
 def traffic(proxies: list[Process], stop: threading.Event) -> None:
@@ -63,6 +51,7 @@ QUOTA_READY = """() => {
 }"""
 
 
+@pytest.mark.needs("chromium|chromium-browser")
 def test_quota_panel_and_top_clients_for_both_variants(
         stack: tuple[Process, list[Process]]) -> None:
     executable = require_binary("chromium", "chromium-browser")
