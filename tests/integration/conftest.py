@@ -12,11 +12,13 @@ UPSTREAM_KEY = "zai-upstream-key-never-leaks-7f3a"
 CLIENT_KEY = "worker-client-key-9c1d"
 
 
-def proxy_env(simulator: Process, **extra: str) -> dict[str, str]:
+def proxy_env(upstream: Process | str, **extra: str) -> dict[str, str]:
+    """A proxy's environment in front of `upstream` (the simulator, or any base URL)."""
+    base = upstream if isinstance(upstream, str) else upstream.url
     return {
         "ZAI_API_KEY": UPSTREAM_KEY,
-        "ZAI_TARGET_URL": f"{simulator.url}/api/paas/v4",
-        "ZAI_ANTHROPIC_URL": f"{simulator.url}/api/anthropic",
+        "ZAI_TARGET_URL": f"{base}/api/paas/v4",
+        "ZAI_ANTHROPIC_URL": f"{base}/api/anthropic",
         "RATE_LIMIT_STATE_FILE": "",
         "LOG_LEVEL": "INFO",
         **extra,

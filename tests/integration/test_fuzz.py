@@ -35,9 +35,9 @@ from hypothesis import HealthCheck, example, given, seed
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from tests.integration.conftest import UPSTREAM_KEY, proxy_env
 from tests.servers import Process, RecordingUpstream, SeenRequest, http_response, start_zai_proxy
 
-UPSTREAM_KEY = "zai-upstream-key-fuzz-3e9b7a"
 CLIENT_KEY = "worker-client-key-fuzz-81c4"
 ADMIN_KEY = "admin-key-fuzz-0123456789"
 CLIENT_SECRETS = (CLIENT_KEY, ADMIN_KEY, "client-cookie-secret", "wrong-key-fuzz-000")
@@ -412,17 +412,16 @@ def upstream() -> Iterator[RecordingUpstream]:
 @pytest.fixture(scope="module")
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
     base = f"http://localhost:{upstream.port}"
-    process = start_zai_proxy("serve", env={
-        "ZAI_API_KEY": UPSTREAM_KEY, "ZAI_TARGET_URL": f"{base}/api/paas/v4",
-        "ZAI_ANTHROPIC_URL": f"{base}/api/anthropic", "PROXY_API_KEYS": CLIENT_KEY,
+    process = start_zai_proxy("serve", env=proxy_env(
+        base, PROXY_API_KEYS=CLIENT_KEY, **{
         "ADMIN_API_KEY": ADMIN_KEY, "PASSTHROUGH_UNKNOWN": "1", "MAX_RESPONSE_BYTES": "256KiB",
-        "MAX_REQUEST_BYTES": "1MiB", "MAX_RETRIES": "0", "RATE_LIMIT_STATE_FILE": "",
+        "MAX_REQUEST_BYTES": "1MiB", "MAX_RETRIES": "0",
         "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MIN": "1000", "RATE_LIMIT_MAX": "1000",
         "MAX_WORKERS": "8", "UPSTREAM_FIRST_BYTE_TIMEOUT": "5", "UPSTREAM_CHUNK_TIMEOUT": "5",
         "CLIENT_RATE_LIMITS": "100000/minute", "SHUTDOWN_DRAIN_SECONDS": "0",
         # Local quota refusals off: one fuzzed 1308 would otherwise refuse every later input
         # locally (its reset is still parsed, bounded and logged: tests/test_quota_state.py).
-        "QUOTA_LOCAL_REJECT": "false", "LOG_LEVEL": "INFO"}, ready_path="/ready")
+        "QUOTA_LOCAL_REJECT": "false"}), ready_path="/ready")
     yield process
     process.terminate()
 

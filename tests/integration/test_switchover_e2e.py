@@ -38,13 +38,6 @@ LEARNED = 480.0
 
 
 @pytest.fixture(scope="module")
-def simulator() -> Iterator[Process]:
-    process = start_zai_proxy("simulate", "--chunk-gap-ms", "20", "--chunks", "8")
-    yield process
-    process.terminate()
-
-
-@pytest.fixture(scope="module")
 def variants(simulator: Process) -> Iterator[dict[str, Process]]:
     pods = {v: start_zai_proxy("serve", env=proxy_env(simulator.url, v), ready_path="/ready")
             for v in ("v1", "v2")}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.integration.conftest import UPSTREAM_KEY, proxy_env
 from tests.servers import (
     Process,
     RecordingUpstream,
@@ -17,7 +18,6 @@ from tests.servers import (
     start_zai_proxy,
 )
 
-UPSTREAM_KEY = "zai-upstream-key-session-5d2e"
 JSON = ("Content-Type", "application/json")
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 ANSWER = json.dumps({"id": "c1", "choices": [{"message": {"content": "ok"}}],
@@ -45,11 +45,8 @@ def upstream() -> Iterator[RecordingUpstream]:
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
     # A host name, not an IP: aiohttp's cookie jar ignores cookies from IP hosts.
     base = f"http://localhost:{upstream.port}"
-    process = start_zai_proxy("serve", env={
-        "ZAI_API_KEY": UPSTREAM_KEY, "ZAI_TARGET_URL": f"{base}/api/paas/v4",
-        "ZAI_ANTHROPIC_URL": f"{base}/api/anthropic", "RATE_LIMIT_STATE_FILE": "",
-        "MAX_RETRIES": "0", "LOG_LEVEL": "INFO", "SHUTDOWN_DRAIN_SECONDS": "0"},
-        ready_path="/ready")
+    process = start_zai_proxy("serve", env=proxy_env(
+        base, MAX_RETRIES="0", SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready")
     yield process
     process.terminate()
     log = process.output()
