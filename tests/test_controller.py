@@ -222,6 +222,17 @@ def test_429s_at_the_clean_floor(windows: list[WindowStats], want: Expect) -> No
     check(ctl, windows[-1], want)
 
 
+def test_429s_at_a_floor_a_probe_just_raised_overturn_that_probe() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(110, 2), Expect("decrease", 20.58, 20.58, 22.638, "failed"))
+    # the floor 20.58 rests on one clean probe window: 429s at it now mean it was luck
+    check(ctl, stats(98, 3), Expect("decrease", 19.6, 19.6, 20.58, "just proven"))
+    # (a floor that has stood for a while: test_429s_at_the_clean_floor)
+
+
 def test_a_fall_is_measured_over_saturated_time_at_the_gate_rate() -> None:
     # 2.5 s idle, then 2.5 s saturated at 30/s with a third refused: 20/s accepted while it
     # mattered. Over the whole window it would read 10/s.

@@ -13,6 +13,7 @@ from typing import Any, Literal
 Direction = Literal["increase", "decrease", "probe", "hold", "restore", "reset"]
 EPS = 1e-9
 CONGESTED_SHARE = 0.1  # above this share of 1312s a window is congested: nothing is learned
+FRESH_WINDOWS = 3  # 429s at a floor this many windows after a probe raised it overturn it
 
 
 class Outcome(StrEnum):

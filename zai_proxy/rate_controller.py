@@ -53,6 +53,7 @@ from collections.abc import Callable
 
 from zai_proxy.evidence import (
     CONGESTED_SHARE,
+    FRESH_WINDOWS,
     EPS,
     Adjustment,
     Direction,
@@ -120,6 +121,8 @@ class RateController:
         self._probe_counts = [0, 0]  # [accepted, throttled] since the probe began
         self._step, self._interval = probe_step, probe_interval
         self._clean = 0  # clean saturated windows at the floor since the last probe
+        self._prior_floor: float | None = None  # the floor before a probe raised it
+        self._fresh = 0  # windows left in which 429s at the floor overturn that probe
         self._recur = 0  # throttled windows at the floor in a row
         self._tolerated = 0  # windows with a few 429s in a row
         self._banked = 0.0  # requests of headroom an upstream may have banked
@@ -337,6 +340,7 @@ class RateController:
     def decide(self, s: WindowStats, *, early: bool = False) -> Adjustment:
         """Apply one evaluation of `s` (pure policy; also used by a shared leader)."""
         ev = self._evidence(s)
+        self._fresh = max(0, self._fresh - 1)
         probe, self._probe = self._probe, None
         banked, self._banked = self._banked, 0.0
         if s.decisive == 0 or s.seconds <= 0:
@@ -369,6 +373,7 @@ class RateController:
                 self._probe, self._probe_counts = probe, [0, 0]
                 return self._set("probe", "probe masked by what the upstream banked; repeating",
                                  probe, ev)
+            self._prior_floor, self._fresh = self.floor, FRESH_WINDOWS
             self.floor = self._clamp(proven)
             if self.upper is not None and proven >= self.upper * (1 - EPS):
                 self.upper = None  # a clean rate at or above the bound disproves it
@@ -440,6 +445,14 @@ class RateController:
             self._clean = 0
             return self._set("decrease", f"probe at {probe:.3g} failed {when}: "
                              f"{fraction:.1%} throttled", floor, ev)
+        if self.floor is not None and self.rate <= self.floor * (1 + EPS) and self._fresh and \
+                self._prior_floor is not None:
+            # A probe passed on thin evidence and its rate does not hold: overturn it.
+            bad, self.floor, self._prior_floor, self._fresh = self.floor, self._prior_floor, None, 0
+            self.upper = bad if self.upper is None else min(self.upper, bad)
+            self._learned()
+            return self._set("decrease", f"{fraction:.1%} throttled at {bad:.3g}, just proven: "
+                             "back to the floor before it", self.floor, ev)
         if self.floor is not None and self.rate <= self.floor * (1 + EPS):
             self._recur += 1
             if fraction < self.strong_fraction and self._recur < 2:
