@@ -425,15 +425,17 @@ class RateController:
     def _throttled(self, ev: Evidence, probe: float | None, early: bool) -> Adjustment:
         self._throttled_before = True
         fraction = ev.throttled
-        measured = ev.measured if ev.measured is not None else \
+        if early:  # decided on a few outcomes: the ones not seen yet are not counted as 429s
+            fraction = ev.limited / max(ev.ok + ev.limited, self.min_outcomes)
+        measured = ev.gate_rate * (1 - fraction) if ev.measured is not None else \
             min(self.rate, (ev.ok + ev.limited) / ev.seconds) * (1 - fraction)
         measured = max(self.minimum, measured)
         when = "early" if early else "in its window"
         if probe is not None and self.floor is not None:
             floor = self.floor
-            if fraction >= self.strong_fraction and measured >= floor:
+            if fraction >= self.strong_fraction and measured >= floor and not early:
                 # A counting upstream: sending more got as much accepted as before, so the
-                # accepted rate is its ceiling.
+                # accepted rate is its ceiling (a whole window's evidence, not a few outcomes).
                 bound = max(floor * (1 + self.min_probe_step), measured)
             else:
                 bound = max(floor * (1 + self.min_probe_step), probe)
@@ -457,9 +459,13 @@ class RateController:
             self._recur += 1
             if fraction < self.strong_fraction and self._recur < 2:
                 return self._hold(f"{fraction:.1%} throttled at the clean floor (once)", ev)
-            # The ceiling fell: what was accepted over saturated time measures the new one.
-            self.upper = max(self.minimum, measured)
-            reason = "429s recur at the clean floor: the ceiling fell"
+            if fraction >= self.strong_fraction:
+                # The ceiling fell: what was accepted over saturated time measures the new one.
+                self.upper = max(self.minimum, measured)
+                reason = "429s recur at the clean floor: the ceiling fell"
+            else:  # a trickle: the floor sits just over the cliff; the bound is the floor
+                self.upper = self.rate
+                reason = "a trickle of 429s recurs at the clean floor: backing off"
         elif self.upper is None:
             # A first throttle from a starting guess: the ceiling lies between the accepted
             # rate and this one (an upstream without burst accepts less above its cliff).
