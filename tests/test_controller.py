@@ -212,6 +212,8 @@ def test_masked_probe_is_repeated_when_the_upstream_may_bank() -> None:
     # a clean window in between: the count starts again
     ([stats(95, 3, rate=19.6), stats(98, rate=19.6), stats(95, 3, rate=19.6)],
      Expect("hold", 19.6, 19.6, 20, "once")),
+    # 3 of 50 is 6 %, but three 429s are not a fallen ceiling: light, held once
+    ([stats(47, 3, rate=19.6)], Expect("hold", 19.6, 19.6, 20, "once")),
     # heavy once (the ceiling halved): at once, to the accepted rate
     ([stats(49, 49, rate=19.6)], Expect("decrease", 9.604, None, 9.8, "ceiling fell")),
 ])

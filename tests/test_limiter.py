@@ -447,3 +447,19 @@ async def test_with_redis_the_state_belongs_to_the_account_not_the_variant(
     async with other as client:
         health = (await client.get("/health")).json()["rate_limit"]
     assert health["restored_from"] is None and health["ceiling"] is None
+
+
+async def test_quota_pacing_is_account_wide_through_redis(redis_server: RedisServer) -> None:
+    from zai_proxy.shared_state import RedisGate
+
+    env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
+           "RATE_LIMIT_REPLICAS": "4"}
+    shared, alone = App(**env), App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_REPLICAS="4")
+    async with shared:
+        shared.limiter.set_quota_pacing(4.0)
+        # one Redis pacer at the account's rate, not a quarter of it per replica
+        assert shared.limiter.admission.pacing_rate == 4.0
+        assert isinstance(shared.limiter.admission.pacer, RedisGate)
+    async with alone:
+        alone.limiter.set_quota_pacing(4.0)
+        assert alone.limiter.admission.pacing_rate == 1.0  # without Redis: its share

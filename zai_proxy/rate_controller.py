@@ -27,8 +27,11 @@ Rules, one `Adjustment` each:
     counting upstream, whose accepted rate *is* its ceiling), `measured`. An upstream that
     allows no burst accepts *less* above its cliff (0.6-0.75 of it): there `measured` falls
     below the floor and the bound stays at the probe rate.
-  - at the floor: once and light, held; again, or heavy, the ceiling fell: the floor is
-    forgotten, upper = `measured`, rate = `measured` x (1 - hold_margin).
+  - at the floor: once and light, held; heavy (>= `strong_fraction` and >= min_outcomes / 4
+    429s), the ceiling fell: the floor is forgotten, upper = `measured`, rate = `measured` x
+    (1 - hold_margin); light again, the floor sits just over the cliff: it becomes the upper
+    bound and the rate backs off to `measured` x (1 - hold_margin). A floor a probe raised
+    within `FRESH_WINDOWS` is overturned instead (back to the floor before it).
   - a first throttle (nothing learned): upper = that rate, rate = `measured` x (1 - margin);
     the ceiling lies between the two and is bisected.
 - Clean and saturated (>= `min_saturation` of the window): the rate is proven (floor). Then:
@@ -53,8 +56,8 @@ from collections.abc import Callable
 
 from zai_proxy.evidence import (
     CONGESTED_SHARE,
-    FRESH_WINDOWS,
     EPS,
+    FRESH_WINDOWS,
     Adjustment,
     Direction,
     Evidence,
@@ -422,6 +425,12 @@ class RateController:
                 f"{self._interval} clean saturated windows", target, ev, above=True)
         return self._set("hold", "holding at the clean floor", floor, ev)
 
+    def _heavy(self, ev: Evidence, fraction: float) -> bool:
+        """Refusals heavy enough to act on at once: a share and a count (at 10 req/s and 5 s
+        windows three 429s are 6 %: that alone is not a fallen ceiling)."""
+        return fraction >= self.strong_fraction and \
+            ev.limited >= max(self.min_limited, self.min_outcomes // 4)
+
     def _throttled(self, ev: Evidence, probe: float | None, early: bool) -> Adjustment:
         self._throttled_before = True
         fraction = ev.throttled
@@ -433,7 +442,7 @@ class RateController:
         when = "early" if early else "in its window"
         if probe is not None and self.floor is not None:
             floor = self.floor
-            if fraction >= self.strong_fraction and measured >= floor and not early:
+            if self._heavy(ev, fraction) and measured >= floor and not early:
                 # A counting upstream: sending more got as much accepted as before, so the
                 # accepted rate is its ceiling (a whole window's evidence, not a few outcomes).
                 bound = max(floor * (1 + self.min_probe_step), measured)
@@ -457,9 +466,10 @@ class RateController:
                              "back to the floor before it", self.floor, ev)
         if self.floor is not None and self.rate <= self.floor * (1 + EPS):
             self._recur += 1
-            if fraction < self.strong_fraction and self._recur < 2:
+            heavy = self._heavy(ev, fraction)
+            if not heavy and self._recur < 2:
                 return self._hold(f"{fraction:.1%} throttled at the clean floor (once)", ev)
-            if fraction >= self.strong_fraction:
+            if heavy:
                 # The ceiling fell: what was accepted over saturated time measures the new one.
                 self.upper = max(self.minimum, measured)
                 reason = "429s recur at the clean floor: the ceiling fell"
