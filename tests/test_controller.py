@@ -254,10 +254,30 @@ def test_a_persistent_trickle_is_not_tolerated() -> None:
     ctl = make()
     ctl.restore(20.0, 19.6)
     trickle = stats(150, 1, rate=19.6)  # 0.7%: within tolerance once
-    reasons = [ctl.decide(trickle).reason for _ in range(4)]
-    assert "within tolerance" in reasons[0] and "once" in reasons[1]
-    assert "within tolerance" in reasons[2] and "backing off" in reasons[3]
-    assert ctl.rate < 19.6
+    first, second = ctl.decide(trickle), ctl.decide(trickle)
+    assert first.direction == "hold" and "within tolerance" in first.reason
+    # two windows of it are two windows of evidence: the floor is just over the cliff
+    assert second.direction == "decrease" and "backing off" in second.reason
+    assert ctl.upper == 19.6 and ctl.rate < 19.6
+
+
+def test_a_floor_a_probe_just_raised_is_on_probation() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(40, saturated=1.0), Expect("hold", 20.58, 20.58, None, "no unmet demand"))
+    assert ctl.probe_interval_now == 3
+    # two 429s in 100 are below what counts at a floor that stood, not at one on probation
+    check(ctl, stats(100, 2), Expect("decrease", 19.6, 19.6, 20.58, "just proven"))
+    assert ctl.probe_interval_now == 6  # it was a probe above the ceiling: backed off
+
+
+def test_a_fall_backs_off_the_probe_interval_fully() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    ctl.decide(stats(49, 49, rate=19.6))
+    assert ctl.probe_interval_now == 6
 
 
 # -- holds: no demand, congestion -----------------------------------------------------------

@@ -67,6 +67,7 @@ from zai_proxy.evidence import (
 
 __all__ = ["Adjustment", "Evidence", "Outcome", "RateController", "WindowStats"]
 
+
 class RateController:
     """Learns and holds the request rate; see the module docstring for the policy."""
 
@@ -126,6 +127,7 @@ class RateController:
         self._clean = 0  # clean saturated windows at the floor since the last probe
         self._prior_floor: float | None = None  # the floor before a probe raised it
         self._fresh = 0  # windows left in which 429s at the floor overturn that probe
+        self._fresh_above = False  # that probe went above the ceiling
         self._recur = 0  # throttled windows at the floor in a row
         self._tolerated = 0  # windows with a few 429s in a row
         self._banked = 0.0  # requests of headroom an upstream may have banked
@@ -351,12 +353,15 @@ class RateController:
         fraction = ev.throttled
         significant = s.limited >= self.min_limited and fraction > self.tolerance
         self._tolerated = self._tolerated + 1 if s.limited and not significant else 0
-        # One 429 in a probe window may be background (send jitter); two fail it.
-        failed_probe = probe is not None and s.limited >= self.probe_limited and \
-            fraction > self.tolerance
-        if significant or failed_probe or (s.limited and self._tolerated >= 2):
+        # One 429 in a probe window may be background (send jitter); two fail it. A floor a
+        # probe raised is on probation for FRESH_WINDOWS: judged the same way.
+        probation = probe is None and self._fresh > 0 and self._prior_floor is not None
+        failed_probe = (probe is not None or probation) and s.limited >= self.probe_limited \
+            and fraction > self.tolerance
+        trickle = bool(s.limited) and self._tolerated >= 2
+        if significant or failed_probe or trickle:
             self._tolerated = 0
-            return self._throttled(ev, probe, early)
+            return self._throttled(ev, probe, early, recurring=trickle and not significant)
         saturated = s.saturated >= self.min_saturation * s.seconds
         if not saturated:
             if probe is not None:
@@ -377,6 +382,7 @@ class RateController:
                 return self._set("probe", "probe masked by what the upstream banked; repeating",
                                  probe, ev)
             self._prior_floor, self._fresh = self.floor, FRESH_WINDOWS
+            self._fresh_above = self._above
             self.floor = self._clamp(proven)
             if self.upper is not None and proven >= self.upper * (1 - EPS):
                 self.upper = None  # a clean rate at or above the bound disproves it
@@ -431,7 +437,8 @@ class RateController:
         return fraction >= self.strong_fraction and \
             ev.limited >= max(self.min_limited, self.min_outcomes // 4)
 
-    def _throttled(self, ev: Evidence, probe: float | None, early: bool) -> Adjustment:
+    def _throttled(self, ev: Evidence, probe: float | None, early: bool,
+                   recurring: bool = False) -> Adjustment:
         self._throttled_before = True
         fraction = ev.throttled
         if early:  # decided on a few outcomes: the ones not seen yet are not counted as 429s
@@ -462,12 +469,16 @@ class RateController:
             bad, self.floor, self._prior_floor, self._fresh = self.floor, self._prior_floor, None, 0
             self.upper = bad if self.upper is None else min(self.upper, bad)
             self._learned()
+            if self._fresh_above:  # it was a probe above the ceiling: back off like one
+                self._interval = min(2 * self._interval, self.max_probe_interval)
+                self._step = max(self._step / 2, self.min_probe_step)
+            self._clean = 0
             return self._set("decrease", f"{fraction:.1%} throttled at {bad:.3g}, just proven: "
                              "back to the floor before it", self.floor, ev)
         if self.floor is not None and self.rate <= self.floor * (1 + EPS):
             self._recur += 1
             heavy = self._heavy(ev, fraction)
-            if not heavy and self._recur < 2:
+            if not heavy and self._recur < 2 and not recurring:
                 return self._hold(f"{fraction:.1%} throttled at the clean floor (once)", ev)
             if heavy:
                 # The ceiling fell: what was accepted over saturated time measures the new one.
@@ -489,7 +500,8 @@ class RateController:
         self._recur = 0
         self.floor = None
         self._learned()
-        self._interval, self._step, self._clean = self.probe_interval, self.probe_step, 0
+        # The upstream just got stricter: probe again only after the longest interval.
+        self._interval, self._step, self._clean = self.max_probe_interval, self.probe_step, 0
         target = min(measured * (1 - self.hold_margin), self.rate * (1 - self.hold_margin))
         return self._set("decrease", reason, target, ev)
 
