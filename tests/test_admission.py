@@ -1,15 +1,18 @@
-"""Admission queue on virtual time: fairness, priority, bounds, deadlines, cancellation."""
+"""Admission queue on virtual time: fairness, priority, bounds, deadlines, cancellation races,
+saturation reporting, concurrency-aware estimates, congestion backoff, pacing."""
 
 from __future__ import annotations
 
 import asyncio
 import heapq
 import itertools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from zai_proxy.admission import Admission, Permit, Rejection
 from zai_proxy.concurrency_controller import ConcurrencyController
+from zai_proxy.gcra import Gate, LocalGate
 from zai_proxy.rate_controller import Adjustment, Outcome, RateController
 
 
@@ -48,10 +51,30 @@ async def settle() -> None:
 
 
 def build(vt: VirtualTime, *, rate: float = 10, workers: int = 10, queue_max: int = 100,
-          timeout: float = 30.0) -> Admission:
+          timeout: float = 30.0, gate: Gate | None = None) -> Admission:
     rc = RateController(clock=vt, initial=rate, minimum=1, maximum=50, window=5)
     cc = ConcurrencyController(clock=vt, max_workers=workers, window=5)
-    return Admission(rc, cc, queue_max=queue_max, queue_timeout=timeout, clock=vt, sleep=vt.sleep)
+    return Admission(rc, cc, queue_max=queue_max, queue_timeout=timeout, clock=vt, sleep=vt.sleep,
+                     gate=gate)
+
+
+class HookedGate:
+    """A local gate that counts refunds and can run a hook inside `take` (a race in the test)."""
+
+    def __init__(self, vt: VirtualTime) -> None:
+        self.inner = LocalGate(vt())
+        self.refunds = 0
+        self.hook: Callable[[], Awaitable[None]] | None = None
+
+    async def take(self, rate: float, now: float) -> float:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            await hook()
+        return await self.inner.take(rate, now)
+
+    async def refund(self, rate: float, now: float) -> None:
+        self.refunds += 1
+        await self.inner.refund(rate, now)
 
 
 async def test_first_request_passes_at_once_then_paced() -> None:
@@ -238,3 +261,157 @@ async def test_pacing_off_again_and_paced_estimate_rejects_early() -> None:
     adm.set_pacing(None)
     await vt.advance(0.1)
     assert isinstance(await adm.acquire("a", paced=True), Permit)
+
+
+async def test_granted_just_as_the_client_leaves_frees_the_slot_and_the_send_slot() -> None:
+    vt = VirtualTime()
+    gate = HookedGate(vt)
+    adm = build(vt, rate=1, timeout=100, gate=gate)
+    assert isinstance(await adm.acquire("a"), Permit)
+    leaving = asyncio.create_task(adm.acquire("gone"))
+    await settle()
+
+    async def leave() -> None:  # the client leaves while the dispatcher is about to grant it
+        leaving.cancel()
+
+    gate.hook = leave
+    await vt.advance(1.0)
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert adm.in_flight == 1  # only the first permit: the leaver's slot came back
+    assert gate.refunds == 1  # and its send slot: the next request goes at once
+    assert isinstance(await adm.acquire("next"), Permit)
+
+
+async def test_leaving_while_the_gate_answers_uses_no_send_slot() -> None:
+    vt = VirtualTime()
+    gate = HookedGate(vt)
+    adm = build(vt, rate=1, timeout=100, gate=gate)
+    assert isinstance(await adm.acquire("a"), Permit)
+    leaving = asyncio.create_task(adm.acquire("gone"))
+    await settle()
+    answered = asyncio.Event()
+
+    async def slow_answer() -> None:  # Redis takes its time; the client leaves meanwhile
+        leaving.cancel()
+        await answered.wait()
+
+    gate.hook = slow_answer
+    await vt.advance(1.0)
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    answered.set()
+    await settle()
+    assert adm.in_flight == 1 and adm.depth == 0
+    assert gate.refunds == 1  # the slot taken for nobody went back
+    assert isinstance(await adm.acquire("next"), Permit)
+
+
+async def test_the_gate_is_reported_saturated_only_while_requests_wait_for_it() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=2, workers=10, timeout=100)
+    assert isinstance(await adm.acquire("a"), Permit)  # the fast path: nothing waits
+    assert not adm.gate_bound and not adm.rate.saturated
+    waiting = [asyncio.create_task(adm.acquire("a")) for _ in range(3)]
+    await settle()
+    assert adm.gate_bound and adm.rate.saturated  # waiting for the rate
+    await vt.advance(1.5)  # 3 sends at 2/s: the queue drains at 1.5 s
+    assert all(isinstance(t.result(), Permit) for t in waiting)
+    assert not adm.gate_bound and not adm.rate.saturated
+    assert adm.saturated_seconds() == pytest.approx(1.5)
+    counts = adm.rate.drain()
+    assert counts.saturated == pytest.approx(1.5) and counts.sent == 3
+
+
+async def test_waiting_for_a_concurrency_slot_is_not_rate_saturation() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=1, workers=2, timeout=100)
+    held = await adm.acquire("a")
+    assert isinstance(held, Permit)
+    second = asyncio.create_task(adm.acquire("b"))
+    third = asyncio.create_task(adm.acquire("c"))
+    await settle()
+    assert adm.gate_bound  # b waits for the rate
+    await vt.advance(1.0)
+    assert isinstance(second.result(), Permit)
+    await vt.advance(3.0)  # c waits for a slot (2 in flight): the rate is not the bottleneck
+    assert not third.done() and not adm.gate_bound
+    assert adm.saturated_seconds() == pytest.approx(1.0)
+    held.release()
+    await vt.advance(0.1)
+    assert isinstance(third.result(), Permit)
+
+
+async def test_long_streams_holding_every_slot_reject_a_request_that_would_wait_too_long() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=50, workers=2, timeout=30.0)
+
+    async def take(client: str) -> Permit:
+        task = asyncio.create_task(adm.acquire(client))
+        await vt.advance(0.1)
+        result = task.result()
+        assert isinstance(result, Permit)
+        return result
+
+    first = [await take("s"), await take("s")]
+    unknown = asyncio.create_task(adm.acquire("early", deadline=vt.t + 4.0))
+    await settle()
+    assert not unknown.done()  # no hold time known yet: it queues
+    await vt.advance(3.0)
+    for p in first:
+        p.release()  # streams of ~3 s
+    await vt.advance(0.1)
+    assert isinstance(unknown.result(), Permit)
+    streams = [unknown.result(), await take("s")]
+    assert adm.hold_time is not None and adm.hold_time > 2.5
+    # Both slots held by streams of ~3 s: a slot frees in ~1.5 s, past a 1 s deadline. The
+    # rate alone (50/s) would promise 20 ms.
+    late = asyncio.create_task(adm.acquire("late", deadline=vt.t + 1.0))
+    await settle()
+    assert late.done(), "queued although its wait would pass its deadline"
+    rejected = late.result()
+    assert isinstance(rejected, Rejection) and rejected.reason == "queue_timeout"
+    assert rejected.retry_after >= 1.0
+    patient = asyncio.create_task(adm.acquire("patient", deadline=vt.t + 10.0))
+    await settle()
+    assert not patient.done()  # a deadline the estimate fits in: it waits
+    for p in streams:
+        p.release()
+    await vt.advance(0.1)
+    assert isinstance(patient.result(), Permit)
+
+
+async def test_a_1312_storm_slows_the_gate_but_not_the_learned_rate() -> None:
+    vt = VirtualTime()
+    adm = build(vt, rate=10, timeout=100)
+    permit = await adm.acquire("a")
+    assert isinstance(permit, Permit)
+    for _ in range(2):
+        permit.observe(Outcome.CONGESTED)
+    assert adm.rate.rate == 10 and adm.gate_rate == 5.0  # halved for a while, bounded
+    assert adm.snapshot()["congestion_factor"] == 0.5
+    task = asyncio.create_task(adm.acquire("a"))
+    await vt.advance(0.15)
+    assert not task.done()  # at 5/s the next slot is 0.2 s away, not 0.1 s
+    await vt.advance(0.1)
+    assert isinstance(task.result(), Permit)
+    await vt.advance(10)
+    assert adm.gate_rate == 10
+
+
+async def test_pacing_draws_from_an_injected_shared_pacer() -> None:
+    vt = VirtualTime()
+    pacer = HookedGate(vt)
+    rc = RateController(clock=vt, initial=10, minimum=1, maximum=50, window=5)
+    cc = ConcurrencyController(clock=vt, max_workers=10, window=5)
+    adm = Admission(rc, cc, clock=vt, sleep=vt.sleep, pacer_gate=pacer)
+    adm.set_pacing(2.0)
+    assert isinstance(await adm.acquire("batch", paced=True), Permit)
+    paced = asyncio.create_task(adm.acquire("batch", paced=True))
+    await vt.advance(0.2)
+    assert not paced.done()
+    paced.cancel()  # left while waiting for the pacer: nothing to give back
+    await settle()
+    assert pacer.refunds == 0
+    await vt.advance(0.5)
+    assert isinstance(await adm.acquire("batch", paced=True), Permit)

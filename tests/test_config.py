@@ -38,6 +38,8 @@ def test_sizes() -> None:
     ({"ZAI_TARGET_URL": "https://h/p?q=1"}, "ZAI_TARGET_URL"),
     ({"RATE_LIMIT_WINDOW": "soon"}, "RATE_LIMIT_WINDOW"),
     ({"RATE_LIMIT_HOLD_MARGIN": "2"}, "RATE_LIMIT_HOLD_MARGIN"),
+    ({"RATE_LIMIT_BURST": "0.5"}, "RATE_LIMIT_BURST"),
+    ({"RATE_LIMIT_UPSTREAM_BURST": "-1"}, "RATE_LIMIT_UPSTREAM_BURST"),
     ({"TOKEN_COUNTING_ENABLED": "maybe"}, "TOKEN_COUNTING_ENABLED"),
     ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
     ({"DEPLOYMENT_VARIANT": "v 1"}, "DEPLOYMENT_VARIANT"),

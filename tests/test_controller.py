@@ -1,11 +1,17 @@
-"""Rate and concurrency controllers, driven window by window on a fake clock."""
+"""Rate and concurrency controllers on a fake clock: one table per rule of the rate policy.
+
+`decide` is the pure policy (a window's counts in, one decision out); `record` / `gate_bound` /
+`tick` are how admission feeds it in real time. No test sleeps.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
 from zai_proxy.concurrency_controller import ConcurrencyController
-from zai_proxy.rate_controller import Adjustment, Outcome, RateController, TokenBucket
+from zai_proxy.rate_controller import Outcome, RateController, WindowStats
 
 
 class Clock:
@@ -16,188 +22,433 @@ class Clock:
         return self.t
 
 
-def make(clock: Clock, **kw: float) -> RateController:
-    args: dict[str, float] = {"initial": 10, "minimum": 1, "maximum": 50, "window": 5}
+def make(clock: Clock | None = None, **kw: float) -> RateController:
+    args: dict[str, float] = {"initial": 10, "minimum": 1, "maximum": 100, "window": 5}
     args.update(kw)
-    return RateController(clock=clock, **args)  # type: ignore[arg-type]
+    return RateController(clock=clock or Clock(), **args)  # type: ignore[arg-type]
 
 
-def window(ctl: RateController, clock: Clock, ok: int, limited: int = 0, *,
-           demand: bool = True) -> list[Adjustment]:
-    """One window's outcomes, then the clock moves to the next window's start."""
-    for _ in range(ok):
-        ctl.record(Outcome.ACCEPTED)
-    for _ in range(limited):
-        ctl.record(Outcome.RATE_LIMITED)
-    if demand:
-        ctl.note_demand(5)
-    clock.t += ctl.window
-    return ctl.tick()
+def stats(ok: int = 0, limited: int = 0, *, rate: float | None = None,
+          saturated: float = 5.0, seconds: float = 5.0, congested: int = 0) -> WindowStats:
+    """A window in which the gate ran at `rate` (None: the controller's) for `saturated` of
+    its `seconds`."""
+    s = WindowStats(ok=ok, limited=limited, congested=congested, seconds=seconds,
+                    saturated=saturated)
+    s.rate_seconds = saturated * rate if rate is not None else -saturated  # filled in `check`
+    return s
 
 
-def test_climbs_multiplicatively_without_a_ceiling() -> None:
+def fill(ctl: RateController, s: WindowStats) -> WindowStats:
+    if s.rate_seconds < 0:
+        s.rate_seconds = s.saturated * ctl.rate
+    return s
+
+
+def clean(ctl: RateController, n: int = 1) -> str:
+    """`n` clean, fully saturated windows at the current rate; the last decision's direction."""
+    direction = ""
+    for _ in range(n):
+        direction = ctl.decide(stats(int(ctl.rate * 5), rate=ctl.rate)).direction
+    return direction
+
+
+@dataclass
+class Expect:
+    direction: str
+    rate: float
+    floor: float | None
+    upper: float | None
+    reason: str = ""
+
+
+def check(ctl: RateController, s: WindowStats, want: Expect) -> None:
+    got = ctl.decide(fill(ctl, s))
+    assert got.direction == want.direction, got
+    assert want.reason in got.reason, got
+    assert ctl.rate == pytest.approx(want.rate, rel=1e-3), got
+    assert ctl.floor == (None if want.floor is None else pytest.approx(want.floor, rel=1e-3))
+    assert ctl.upper == (None if want.upper is None else pytest.approx(want.upper, rel=1e-3))
+
+
+# -- the starting rate is a guess -----------------------------------------------------------
+
+
+def test_a_first_throttle_brackets_the_ceiling_and_bisects_it() -> None:
+    ctl = make(initial=20)
+    assert ctl.probing and ctl.ceiling is None  # RATE_LIMIT_INITIAL is tried, not trusted
+    steps = [
+        # 35% refused at 20/s: 13/s accepted. The ceiling lies between 13 and 20.
+        (stats(65, 35, rate=20), Expect("decrease", 12.74, None, 20, "throttled")),
+        (stats(63), Expect("probe", 16.37, 12.74, 20, "bisecting")),
+        (stats(81), Expect("probe", 18.185, 16.37, 20, "bisecting")),
+        # Heavy refusals with *less* accepted than the floor: an upstream without burst,
+        # past its cliff. The bound is the probe rate, not the accepted rate.
+        (stats(40, 40), Expect("decrease", 16.37, 16.37, 18.185, "failed")),
+        (stats(81), Expect("probe", 17.28, 16.37, 18.185, "bisecting")),
+        (stats(86), Expect("probe", 17.73, 17.28, 18.185, "bisecting")),
+        (stats(88), Expect("hold", 17.73, 17.73, 18.185, "holding")),  # within 4 %: settled
+    ]
+    for s, want in steps:
+        check(ctl, s, want)
+
+
+def test_a_heavy_refusal_with_as_much_accepted_is_a_counting_ceiling() -> None:
+    ctl = make()
+    ctl.restore(None, 10.0)  # a floor, never throttled: climbing
+    check(ctl, stats(50, rate=10), Expect("increase", 15, 10, None, "never throttled"))
+    # 20% refused but 12/s accepted (more than the floor): the accepted rate is the ceiling.
+    check(ctl, stats(60, 15, rate=15), Expect("decrease", 10, 10, 12, "failed"))
+    check(ctl, stats(50, rate=10), Expect("probe", 11, 10, 12, "bisecting"))
+
+
+def test_the_guess_fails_early_after_a_few_429s() -> None:
+    ctl = make(initial=20)
+    assert ctl.record(Outcome.ACCEPTED) == []
+    assert ctl.record(Outcome.RATE_LIMITED) == []
+    [decision] = ctl.record(Outcome.RATE_LIMITED)  # the second 429: no need to wait
+    assert decision.direction == "decrease" and "early" in decision.reason
+    assert ctl.upper == 20 and ctl.rate < 20 and not ctl.probing
+
+
+def test_an_idle_start_keeps_the_guess_a_guess() -> None:
     clock = Clock()
-    ctl = make(clock, initial=4)
-    adj = window(ctl, clock, ok=20)
-    assert [a.direction for a in adj] == ["increase"]
-    assert ctl.rate == 6.0 and ctl.ceiling is None
+    ctl = make(clock, initial=20)
+    clock.t += 60
+    assert ctl.tick() == [] or ctl.probing
+    assert ctl.probing and ctl.rate == 20
 
 
-def test_no_drift_when_idle_or_without_demand() -> None:
+# -- climbing while never throttled ---------------------------------------------------------
+
+
+def test_climbs_multiplicatively_while_never_throttled_and_stops_at_the_maximum() -> None:
+    ctl = make(initial=40, maximum=100)
+    check(ctl, stats(200, rate=40), Expect("increase", 60, 40, None, "never throttled"))
+    check(ctl, stats(300, rate=60), Expect("increase", 90, 60, None))
+    check(ctl, stats(450, rate=90), Expect("increase", 100, 90, None))
+    check(ctl, stats(500, rate=100), Expect("hold", 100, 100, None, "at maximum"))
+    assert ctl.ceiling == 100  # only the floor is known: it is the ceiling estimate
+
+
+# -- holding at the floor and probing above the ceiling -------------------------------------
+
+
+def test_probes_only_after_the_interval_of_sustained_windows() -> None:
+    ctl = make(probe_interval=3)
+    ctl.restore(20.0, 19.6)
+    partly = stats(60, rate=19.6, saturated=3.0)  # saturated 60%: proves, but not sustained
+    for _ in range(4):
+        check(ctl, partly, Expect("hold", 19.6, 19.6, 20, "holding"))
+    assert clean(ctl, 2) == "hold"
+    # third sustained window: probe max(floor +5%, ceiling +2.5%)
+    check(ctl, stats(98, rate=19.6), Expect("probe", 20.58, 19.6, 20, "over the ceiling"))
+
+
+def test_failed_probes_back_off_the_interval_and_shrink_the_step_with_caps() -> None:
+    ctl = make(probe_interval=3, probe_step=0.05, min_probe_step=0.01)
+    ctl.restore(20.0, 19.6)
+    intervals, targets = [], []
+    for _ in range(4):
+        windows = 0
+        while clean(ctl) != "probe":
+            windows += 1
+        intervals.append(windows + 1)
+        targets.append(round(ctl.rate, 3))
+        check(ctl, stats(100, 3, rate=ctl.rate), Expect("decrease", 19.6, 19.6, 20, "failed"))
+    assert intervals == [3, 6, 6, 6]  # doubles once: capped at twice RATE_LIMIT_PROBE_INTERVAL
+    assert targets == [20.58, 20.25, 20.125, 20.1]  # step 5% -> 2.5% -> 1.25% -> 1% (minimum)
+
+
+def test_a_clean_probe_disproves_the_ceiling_and_climbing_steps_double() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(113), Expect("probe", 27.166, 22.638, None, "+20%"))
+    check(ctl, stats(135), Expect("probe", 32.6, 27.166, None, "+20%"))  # the step's maximum
+    assert ctl.probe_interval_now == 3
+
+
+def test_a_probe_passes_early_when_saturated_throughout() -> None:
     clock = Clock()
     ctl = make(clock)
-    assert [a.direction for a in window(ctl, clock, ok=40, demand=False)] == ["hold"]
-    clock.t += 100 * ctl.window  # a long quiet period
-    assert [a.reason for a in ctl.tick()] == []
-    assert ctl.rate == 10 and ctl.ceiling is None
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    assert ctl.probing
+    ctl.gate_bound(True)
+    clock.t += 1.0
+    decisions = [d for _ in range(20) for d in ctl.record(Outcome.ACCEPTED)]
+    assert [d.direction for d in decisions] == ["probe"] and ctl.floor == pytest.approx(20.58)
+    ctl.gate_bound(False)
+    # not saturated throughout: no early verdict
+    clock.t += 1.0
+    assert [d for _ in range(30) for d in ctl.record(Outcome.ACCEPTED)] == []
 
 
-def test_heavy_429_window_measures_the_ceiling() -> None:
+def test_one_429_in_a_probe_is_background_two_fail_it() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(102, 1), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(110, 2), Expect("decrease", 20.58, 20.58, 22.638, "failed"))
+
+
+def test_masked_probe_is_repeated_when_the_upstream_may_bank() -> None:
+    ctl = make(upstream_burst=1.0)
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)  # 3 windows 0.4/s under the ceiling: up to 6 requests banked
+    check(ctl, stats(103), Expect("probe", 20.58, 19.6, 20, "masked"))
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+
+
+# -- throttled at the floor -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("windows", "want"), [
+    # light once: held; light twice in a row: the floor sits just over the cliff, it becomes
+    # the bound and the rate backs off by what was refused
+    ([stats(95, 3, rate=19.6)], Expect("hold", 19.6, 19.6, 20, "once")),
+    ([stats(95, 3, rate=19.6)] * 2, Expect("decrease", 18.61, None, 19.6, "backing off")),
+    # a clean window in between: the count starts again
+    ([stats(95, 3, rate=19.6), stats(98, rate=19.6), stats(95, 3, rate=19.6)],
+     Expect("hold", 19.6, 19.6, 20, "once")),
+    # 3 of 50 is 6 %, but three 429s are not a fallen ceiling: light, held once
+    ([stats(47, 3, rate=19.6)], Expect("hold", 19.6, 19.6, 20, "once")),
+    # heavy once (the ceiling halved): at once, to the accepted rate
+    ([stats(49, 49, rate=19.6)], Expect("decrease", 9.604, None, 9.8, "ceiling fell")),
+])
+def test_429s_at_the_clean_floor(windows: list[WindowStats], want: Expect) -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    for s in windows[:-1]:
+        ctl.decide(s)
+    check(ctl, windows[-1], want)
+
+
+def test_429s_at_a_floor_a_probe_just_raised_overturn_that_probe() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(110, 2), Expect("decrease", 20.58, 20.58, 22.638, "failed"))
+    # the floor 20.58 rests on one clean probe window: 429s at it now mean it was luck
+    check(ctl, stats(98, 3), Expect("decrease", 19.6, 19.6, 20.58, "just proven"))
+    # (a floor that has stood for a while: test_429s_at_the_clean_floor)
+
+
+def test_a_fall_is_measured_over_saturated_time_at_the_gate_rate() -> None:
+    # 2.5 s idle, then 2.5 s saturated at 30/s with a third refused: 20/s accepted while it
+    # mattered. Over the whole window it would read 10/s.
+    ctl = make()
+    ctl.restore(40.0, 30.0)
+    check(ctl, stats(50, 25, rate=30, saturated=2.5), Expect("decrease", 19.6, None, 20))
+    # Saturated throughout at 15/s with a third refused: 10/s, what the gate let through and
+    # the upstream accepted - not the 20/s that accepted-per-second would read (the counts
+    # include answers to sends from before the rate fell).
+    ctl = make()
+    ctl.restore(40.0, 15.0)
+    check(ctl, stats(100, 50, rate=15, saturated=5.0), Expect("decrease", 9.8, None, 10))
+
+
+def test_a_persistent_trickle_is_not_tolerated() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    trickle = stats(150, 1, rate=19.6)  # 0.7%: within tolerance once
+    first, second = ctl.decide(trickle), ctl.decide(trickle)
+    assert first.direction == "hold" and "within tolerance" in first.reason
+    # two windows of it are two windows of evidence: the floor is just over the cliff
+    assert second.direction == "decrease" and "backing off" in second.reason
+    assert ctl.upper == 19.6 and ctl.rate < 19.6
+
+
+def test_a_floor_a_probe_just_raised_is_on_probation() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    check(ctl, stats(103), Expect("probe", 22.638, 20.58, None, "ceiling rose"))
+    check(ctl, stats(40, saturated=1.0), Expect("hold", 20.58, 20.58, None, "no unmet demand"))
+    assert ctl.probe_interval_now == 3
+    # two 429s in 100 are below what counts at a floor that stood, not at one on probation
+    check(ctl, stats(100, 2), Expect("decrease", 19.6, 19.6, 20.58, "just proven"))
+    assert ctl.probe_interval_now == 6  # it was a probe above the ceiling: backed off
+
+
+def test_a_fall_backs_off_the_probe_interval_fully() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    ctl.decide(stats(49, 49, rate=19.6))
+    assert ctl.probe_interval_now == 6
+
+
+# -- holds: no demand, congestion -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("s", "reason"), [
+    (stats(40, rate=19.6, saturated=1.0), "no unmet demand"),
+    (stats(100, rate=19.6, congested=30), "congestion (1312)"),
+    (stats(150, 1, rate=19.6), "within tolerance"),
+    (stats(0, rate=19.6, saturated=0.0), "idle"),
+])
+def test_holds_change_nothing(s: WindowStats, reason: str) -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    check(ctl, s, Expect("hold", 19.6, 19.6, 20, reason))
+
+
+@pytest.mark.parametrize(("s", "reason"), [
+    (stats(40, rate=20.58, saturated=1.0), "no unmet demand"),
+    (stats(100, rate=20.58, congested=30), "congestion"),
+])
+def test_an_inconclusive_probe_goes_back_to_the_floor(s: WindowStats, reason: str) -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    clean(ctl, 3)
+    assert ctl.probing
+    check(ctl, s, Expect("hold", 19.6, 19.6, 20, reason))
+    assert not ctl.probing
+
+
+def test_1312s_count_as_accepted_and_never_lower_the_rate() -> None:
     clock = Clock()
-    ctl = make(clock, initial=30)
-    adj = window(ctl, clock, ok=100, limited=50)  # 20 req/s accepted of 30 sent
-    assert adj[0].direction == "decrease"
-    assert ctl.ceiling == pytest.approx(20.0)
-    assert ctl.rate == pytest.approx(19.6)  # hold margin 2 %, not halved
+    ctl = make(clock)
+    ctl.restore(20.0, 19.6)
+    for _ in range(70):
+        ctl.record(Outcome.ACCEPTED)
+    for _ in range(30):
+        ctl.record(Outcome.CONGESTED)
+    drained = ctl.drain()
+    assert (drained.ok, drained.congested, drained.limited) == (100, 30, 0)
+    drained.rate_seconds = drained.saturated = 5.0 * 1
+    drained.rate_seconds *= 19.6
+    assert ctl.decide(drained).direction == "hold" and ctl.rate == 19.6 and ctl.upper == 20
+
+
+# -- windows, evidence, saturation ----------------------------------------------------------
+
+
+def test_saturated_time_spans_windows_at_the_rate_in_force() -> None:
+    clock = Clock()
+    ctl = make(clock, initial=10, min_outcomes=1000)  # thin windows: they merge
+    ctl.record(Outcome.ACCEPTED)
+    clock.t += 3
+    ctl.gate_bound(True)
+    clock.t += 4  # 2 s in the first window, 2 s in the second
+    ctl.record(Outcome.ACCEPTED)
+    ctl.gate_bound(False)
+    ctl.granted()  # not saturated any more: not counted as a saturated send
+    counts = ctl.drain()
+    assert counts.saturated == pytest.approx(4.0) and counts.seconds == pytest.approx(7.0)
+    assert counts.rate_seconds == pytest.approx(40.0) and counts.sent == 0
 
 
 def test_min_outcomes_boundary_merges_small_windows() -> None:
     clock = Clock()
     ctl = make(clock, initial=2)
-    assert window(ctl, clock, ok=19) == []  # 19 < 20: merged into the next window
-    adj = window(ctl, clock, ok=1)  # exactly 20 over two windows
-    assert [a.direction for a in adj] == ["increase"]
+    for _ in range(19):
+        ctl.record(Outcome.ACCEPTED)
+    clock.t += 5
+    assert ctl.tick() == []  # 19 < 20: merged into the next window
+    ctl.record(Outcome.ACCEPTED)
+    clock.t += 5
+    [decision] = ctl.tick()
+    assert decision.evidence is not None and decision.evidence.ok == 20
+    assert decision.evidence.seconds == 10
 
 
 def test_insufficient_evidence_gives_up_after_max_merge() -> None:
     clock = Clock()
     ctl = make(clock, initial=2)
-    for _ in range(3):
-        assert window(ctl, clock, ok=2) == []
-    adj = window(ctl, clock, ok=2)
-    assert adj[0].reason == "insufficient evidence" and ctl.rate == 2
+    ctl.restore(3.0, 2.0)
+    out = []
+    for _ in range(4):
+        ctl.record(Outcome.ACCEPTED)
+        clock.t += 5
+        out += ctl.tick()
+    assert [a.reason for a in out] == ["insufficient evidence"] and ctl.rate == 2
 
 
-def test_many_429s_decide_even_below_min_outcomes() -> None:
+def test_clock_jump_evaluates_the_data_window_once() -> None:
     clock = Clock()
-    ctl = make(clock, initial=2)
-    adj = window(ctl, clock, ok=5, limited=5)
-    assert adj[0].direction == "decrease" and ctl.ceiling == pytest.approx(1.0)
-
-
-def test_one_429_is_tolerated_but_a_persistent_trickle_is_not() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=20)
-    ctl.restore(20.0)
-    assert window(ctl, clock, ok=98, limited=1)[0].direction == "hold"
-    adj = window(ctl, clock, ok=98, limited=1)  # second window in a row: no dead band
-    assert adj[0].direction == "decrease"
-    assert ctl.ceiling is not None and ctl.ceiling < 20.0
-
-
-def test_probe_after_interval_and_clean_probe_raises_ceiling() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=20, probe_interval=3)
-    ctl.restore(20.0)
-    for _ in range(2):
-        assert window(ctl, clock, ok=98)[0].direction == "hold"
-    adj = window(ctl, clock, ok=98)
-    assert adj[0].direction == "probe" and ctl.rate == pytest.approx(21.0)
-    # first probe window: may be masked by what the upstream banked while we held below it
-    adj = window(ctl, clock, ok=105)
-    assert adj[0].direction == "probe" and "masked" in adj[0].reason
-    adj = window(ctl, clock, ok=105)  # bank spent: this one is real
-    assert adj[0].direction == "probe"
-    assert ctl.ceiling == pytest.approx(21.0)
-    assert ctl.rate == pytest.approx(21.0 * 1.10)  # next step doubled
-
-
-def test_failed_probe_is_undone_at_once_and_keeps_a_right_estimate() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=20, probe_interval=1)
-    ctl.restore(20.0)
-    assert window(ctl, clock, ok=98)[0].direction == "probe"
-    adj = window(ctl, clock, ok=100, limited=5)  # 4.8% 429s: what a +5% probe earns by itself
-    assert adj[0].direction == "decrease" and adj[0].reason == "probe failed"
-    assert ctl.ceiling == pytest.approx(20.0) and ctl.rate == pytest.approx(19.6)
-
-
-def test_failed_probes_lift_an_estimate_stuck_just_under_the_ceiling() -> None:
-    # The upstream accepts 20/s; the estimate says 19.4. A +5% probe (20.4/s) fails by a little,
-    # but what it got accepted measures the ceiling: the estimate climbs toward 20, not away
-    # (short of it by the headroom an upstream may have banked while the proxy held below).
-    clock = Clock()
-    ctl = make(clock, initial=19, probe_interval=1)
-    ctl.restore(19.4)
-    estimates = []
-    for _ in range(6):
-        window(ctl, clock, ok=int(ctl.rate * 5))  # clean window at the hold: probe next
-        window(ctl, clock, ok=100, limited=2)  # the probe window: 20/s accepted, 2% 429s
-        estimates.append(ctl.ceiling)
-    assert estimates == sorted(estimates) and estimates[0] > 19.4 and estimates[-1] > 19.55
-
-
-def test_a_clearly_failed_probe_lowers_the_estimate_to_the_measurement() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=20, probe_interval=1)
-    ctl.restore(20.0)
-    window(ctl, clock, ok=98)
-    window(ctl, clock, ok=75, limited=30)  # 29% 429s: the ceiling fell to ~15/s
-    assert ctl.ceiling == pytest.approx(15.0)
-
-
-def test_bounds_are_respected() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=40, maximum=50)
-    window(ctl, clock, ok=200)
-    assert ctl.rate == 50
-    assert window(ctl, clock, ok=250)[0].reason == "at maximum"
-    low = make(clock, initial=1, minimum=1)
-    window(low, clock, ok=0, limited=40)
-    assert low.rate == 1 and low.ceiling == 1  # never decays to zero
-
-
-def test_ceiling_is_never_seeded_at_the_maximum() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=50, maximum=50)
-    window(ctl, clock, ok=250)
-    assert ctl.ceiling is None
-
-
-def test_clock_jump_evaluates_data_window_once() -> None:
-    clock = Clock()
-    ctl = make(clock, initial=30)
-    for _ in range(100):
+    ctl = make(clock)
+    ctl.restore(20.0, 19.6)
+    for _ in range(50):
         ctl.record(Outcome.ACCEPTED)
     for _ in range(50):
         ctl.record(Outcome.RATE_LIMITED)
     clock.t += 7 * ctl.window
-    adj = ctl.tick()
-    assert len(adj) == 1 and adj[0].direction == "decrease"
+    assert [a.direction for a in ctl.tick()] == ["decrease"]
     assert ctl.tick() == []
 
 
-def test_restore_and_reset() -> None:
-    clock = Clock()
-    ctl = make(clock, minimum=2, maximum=40)
+def test_every_decision_carries_its_evidence() -> None:
+    ctl = make()
+    ctl.restore(20.0, 19.6)
+    decision = ctl.decide(stats(90, 10, rate=19.6, saturated=4.0))
+    ev = decision.evidence
+    assert ev is not None and ctl.last is decision and ctl.last_change is decision
+    assert ev.as_dict() == {
+        "window_seconds": 5.0, "saturated_seconds": 4.0, "saturated_ratio": 0.8,
+        "accepted": 90, "throttled": 10, "congested": 0, "other": 0, "throttled_ratio": 0.1,
+        "gate_rate": 19.6, "send_rate": None, "measured_rate": 17.64}
+
+
+# -- restore, adopt, reset, bounds ----------------------------------------------------------
+
+
+def test_restore_clamps_and_holds_at_the_floor() -> None:
+    ctl = make(minimum=2, maximum=40)
     assert ctl.restore(100.0).direction == "restore"
-    assert ctl.ceiling == 40 and ctl.hold == pytest.approx(39.2)
+    assert ctl.upper == 40 and ctl.floor == pytest.approx(39.2) and ctl.rate == ctl.floor
+    assert ctl.restore(30.0, 35.0).direction == "restore"
+    assert ctl.floor == 30.0  # never above the ceiling
     assert ctl.restore(None).direction == "hold"
+
+
+def test_restore_starts_a_fresh_window() -> None:
+    # A cold start at 2/s saw 429s (another proxy of the account was sending) just before the
+    # switch carried a ceiling of 20/s: those 429s were earned at another rate and must not
+    # be judged against the adopted floor when the window ends.
+    clock = Clock()
+    ctl = make(clock, initial=2)
+    ctl.gate_bound(True)
+    for _ in range(4):
+        ctl.record(Outcome.ACCEPTED)
+        ctl.record(Outcome.RATE_LIMITED)
+    clock.t += 3
+    ctl.restore(20.0, 19.0)
+    clock.t += 2.5  # the old window would have ended here, with 4 of 8 refused
+    assert ctl.tick() == [] and ctl.rate == 19.0
+    for _ in range(95):
+        ctl.record(Outcome.ACCEPTED)
+    clock.t += 2.6
+    [decision] = ctl.tick()
+    assert decision.direction == "probe" and ctl.floor == 19.0  # a clean window at the floor
+    assert decision.evidence is not None
+    assert (decision.evidence.limited, decision.evidence.ok) == (0, 95)
+
+
+def test_reset_forgets_and_guesses_again() -> None:
+    ctl = make(initial=10)
+    ctl.restore(20.0, 19.6)
     assert ctl.reset().direction == "reset"
-    assert ctl.ceiling is None and ctl.rate == 10
+    assert ctl.ceiling is None and ctl.floor is None and ctl.rate == 10 and ctl.probing
 
 
-def test_token_bucket_starts_nearly_empty_and_paces() -> None:
-    bucket = TokenBucket(10.0, now=0.0)
-    assert bucket.try_take(0.0) == 0.0
-    assert bucket.try_take(0.0) == pytest.approx(0.1)
-    assert bucket.try_take(0.1) == 0.0
-    taken = sum(1 for _ in range(100) if bucket.try_take(100.0) == 0.0)
-    assert taken == 10  # burst capped at one second of rate
-    bucket.set_rate(2.0, 100.0)
-    assert bucket.try_take(100.0) == pytest.approx(0.5)
-    bucket.refund(100.0)
-    assert bucket.try_take(100.0) == 0.0
+def test_adopt_takes_the_leaders_numbers() -> None:
+    ctl = make()
+    adjustment = ctl.adopt(18.0, 20.0, 18.0)
+    assert adjustment is not None and adjustment.direction == "increase"
+    assert (ctl.rate, ctl.upper, ctl.floor) == (18.0, 20.0, 18.0) and not ctl.probing
+    assert ctl.adopt(18.0, 20.0, 18.0) is None
+
+
+def test_never_decays_below_the_minimum() -> None:
+    ctl = make(initial=1, minimum=1)
+    ctl.decide(stats(0, 40, rate=1))
+    assert ctl.rate == 1 and ctl.upper == 1
+
+
+# -- concurrency controller -----------------------------------------------------------------
 
 
 def test_concurrency_learns_from_1302_and_ignores_stale_answers() -> None:

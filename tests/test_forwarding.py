@@ -564,3 +564,24 @@ async def test_large_json_answers_are_parsed_off_the_event_loop(
         two = await client.post("/v1/embeddings", json={"input": "big"})
     assert (one.content, two.content) == (small, large)
     assert parsed == [len(large)]
+
+
+async def test_a_1312_is_congestion_and_its_retry_does_not_jump_the_queue() -> None:
+    script = Script(z429("1312", retry_after="1"), z429("1303", retry_after="1"), ok)
+    harness = Harness(script)
+    priorities: list[bool] = []
+    async with harness as client:
+        acquire = harness.admission.acquire
+
+        async def spy(client_id: str, **kw: Any) -> Any:
+            priorities.append(bool(kw.get("priority")))
+            return await acquire(client_id, **kw)
+
+        harness.admission.acquire = spy  # type: ignore[method-assign]
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        seen = harness.admission.rate.drain()
+    assert response.status_code == 200
+    # first try; the 1312's retry queues like new work; the 1303's retry goes ahead
+    assert priorities == [False, False, True]
+    # the 1312 passed the rate gate: counted as accepted (and congested), never as throttled
+    assert (seen.ok, seen.congested, seen.limited) == (2, 1, 1)

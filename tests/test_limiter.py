@@ -1,4 +1,5 @@
-"""The limiter as wired in the app: persistence, admin reset, /health, gauges, replica shares.
+"""The limiter as wired in the app: account-keyed persistence, admin reset and limiter-state,
+/health evidence, gauges, replica shares.
 
 In-process: the upstream is an `httpx.MockTransport`; the app's clock is the real monotonic clock
 plus an offset the test moves forward to end a controller window without waiting for it.
@@ -17,11 +18,10 @@ import pytest
 
 from tests.inprocess import InProcessProxy
 from tests.servers import RedisServer
+from zai_proxy.rate_controller import Outcome
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 ADMIN_KEY = "admin-key-0123456789"
-# 100 accepted in a 10 s window (the first outcome comes a moment after the window opened).
-approx_10 = pytest.approx(10.0, rel=0.05)
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -78,21 +78,27 @@ def write_state(path: Path, **doc: Any) -> None:
     path.write_text(json.dumps({"version": 1, "ts": time.time(), **doc}))
 
 
+def own_state(app: App, path: Path, **doc: Any) -> None:
+    """A state file this app's account wrote."""
+    write_state(path, account=app.settings.account, **doc)
+
+
 async def test_learned_ceiling_persists_atomically_and_a_new_app_restores_it(
         tmp_path: Path) -> None:
     state = tmp_path / "state" / "ceiling.json"
-    first = App(Scripted(n_ok=100, n_1303=20, n_1302=1), RATE_LIMIT_STATE_FILE=str(state))
+    first = App(Scripted(n_ok=30, n_1303=2, n_1302=1), RATE_LIMIT_STATE_FILE=str(state))
     async with first as client:
-        await learn(first, client, 121)
+        await learn(first, client, 41)
         health = (await client.get("/health")).json()["rate_limit"]
-    # 100 accepted in a 10 s window with 17% throttled: the ceiling is measured at 10 req/s.
-    assert health["ceiling"] == approx_10
-    assert health["current_rate"] == pytest.approx(0.98 * health["ceiling"])
+    # The starting rate (100) was a guess: its 429s bound the ceiling and the rate backed off.
+    assert health["ceiling"] == 100 and health["hold"] < 100
     assert health["concurrency_ceiling"] == 1  # the 1302 came at 1 in flight
+    assert health["last_change"] is not None
     assert first.sample("zai_proxy_rate_limit_adjustments_total", direction="decrease") >= 1
     saved = json.loads(state.read_text())  # written on shutdown at the latest
-    assert saved["ceiling"] == approx_10
-    assert saved["hold"] == pytest.approx(0.98 * saved["ceiling"])
+    assert saved["account"] == first.settings.account and UPSTREAM_KEY not in state.read_text()
+    assert saved["ceiling"] == saved["upper"] == 100
+    assert saved["hold"] == pytest.approx(health["hold"])
     assert saved["concurrency_ceiling"] == 1
     assert abs(saved["ts"] - time.time()) < 60
     assert [p.name for p in state.parent.iterdir()] == ["ceiling.json"]  # no temp file left
@@ -101,26 +107,73 @@ async def test_learned_ceiling_persists_atomically_and_a_new_app_restores_it(
     async with second as client:
         restored = (await client.get("/health")).json()["rate_limit"]
         metrics = (await client.get("/metrics")).text
-    assert restored["restored_from_state"] is True
-    assert restored["ceiling"] == approx_10
-    assert restored["current_rate"] == pytest.approx(saved["hold"])
+    assert restored["restored_from"] == "file" and restored["restored_from_state"] is True
+    assert restored["ceiling"] == 100
+    assert restored["current_rate"] == pytest.approx(saved["hold"])  # no 429 burst at restart
     assert restored["concurrency_ceiling"] == restored["concurrency_limit"] == 1
-    assert gauge(metrics, "zai_proxy_rate_limit_ceiling_requests_per_second") == \
-        approx_10
+    assert gauge(metrics, "zai_proxy_rate_limit_ceiling_requests_per_second") == 100
+    assert gauge(metrics, "zai_proxy_rate_limit_floor_requests_per_second") == \
+        pytest.approx(saved["hold"])
     assert second.sample("zai_proxy_rate_limit_adjustments_total", direction="restore") == 1
 
 
 async def test_state_is_written_by_the_background_task_when_it_changes(tmp_path: Path) -> None:
     state = tmp_path / "ceiling.json"
-    app = App(Scripted(n_ok=100, n_1303=20), RATE_LIMIT_STATE_FILE=str(state))
+    app = App(Scripted(n_ok=30, n_1303=2), RATE_LIMIT_STATE_FILE=str(state))
     async with app as client:
         assert not state.exists()  # nothing learned: nothing written
-        await learn(app, client, 120)
+        await learn(app, client, 40)
         deadline = time.monotonic() + 5
         while not state.exists():
             assert time.monotonic() < deadline, "state not persisted by the limiter task"
             await asyncio.sleep(0.05)
-        assert json.loads(state.read_text())["ceiling"] == approx_10
+        assert json.loads(state.read_text())["ceiling"] == 100
+
+
+async def test_another_accounts_state_file_is_never_restored(tmp_path: Path) -> None:
+    state = tmp_path / "ceiling.json"
+    write_state(state, account="0" * 16, ceiling=7.0, hold=6.9)
+    app = App(RATE_LIMIT_STATE_FILE=str(state))
+    async with app as client:
+        health = (await client.get("/health")).json()["rate_limit"]
+    assert health["restored_from_state"] is False and health["ceiling"] is None
+
+
+async def test_the_default_state_file_is_per_user_and_per_account(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    app = App(RATE_LIMIT_STATE_FILE="auto")
+    account = app.settings.account
+    expected = tmp_path / "xdg" / "zai-proxy" / f"limiter-{account}.json"
+    async with app as client:
+        assert (await client.get("/health")).json()["rate_limit"]["state_file"] == str(expected)
+        app.limiter.rate.restore(12.0, 11.5)
+    assert json.loads(expected.read_text())["account"] == account
+    # A proxy of another account (another key) looks elsewhere and finds nothing.
+    other = App(RATE_LIMIT_STATE_FILE="auto", ZAI_API_KEY="another-upstream-key-456")
+    assert other.settings.account != account
+    async with other as client:
+        health = (await client.get("/health")).json()["rate_limit"]
+    assert health["ceiling"] is None and str(expected) != health["state_file"]
+    again = App(RATE_LIMIT_STATE_FILE="auto")
+    async with again as client:
+        assert (await client.get("/health")).json()["rate_limit"]["ceiling"] == 12.0
+
+
+async def test_a_go_format_file_without_an_account_is_read_only_when_configured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = tmp_path / "ceiling.json"
+    write_state(explicit, ceiling=7.0, hold=6.9)  # the Go proxy's shape: no account
+    app = App(RATE_LIMIT_STATE_FILE=str(explicit))
+    async with app as client:
+        assert (await client.get("/health")).json()["rate_limit"]["ceiling"] == 7.0
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    auto = App(RATE_LIMIT_STATE_FILE="auto")
+    path = tmp_path / "xdg" / "zai-proxy" / f"limiter-{auto.settings.account}.json"
+    path.parent.mkdir(parents=True)
+    write_state(path, ceiling=7.0, hold=6.9)
+    async with auto as client:
+        assert (await client.get("/health")).json()["rate_limit"]["ceiling"] is None
 
 
 async def test_an_old_state_file_is_ignored(tmp_path: Path) -> None:
@@ -159,7 +212,7 @@ async def test_restored_state_is_clamped_to_the_configured_bounds(tmp_path: Path
               MAX_WORKERS="8")
     async with app as client:
         health = (await client.get("/health")).json()["rate_limit"]
-    assert health["ceiling"] == 40.0 and health["current_rate"] == pytest.approx(39.2)
+    assert health["ceiling"] == 40.0 and health["current_rate"] == 40.0  # hold clamped too
     assert health["concurrency_ceiling"] == health["concurrency_limit"] == 8
 
 
@@ -213,38 +266,63 @@ async def test_health_rate_limit_section_and_gauges() -> None:
         await client.post("/v1/chat/completions", json=CHAT)
         health = (await client.get("/health")).json()["rate_limit"]
         metrics = (await client.get("/metrics")).text
-    assert set(health) >= {"current_rate", "ceiling", "hold", "ceiling_updated_seconds_ago",
-                           "concurrency_limit", "concurrency_ceiling", "max_workers",
-                           "queue_depth", "in_flight_upstream", "state_file",
-                           "restored_from_state"}
+    assert set(health) >= {"current_rate", "ceiling", "floor", "hold", "send_rate",
+                           "congestion_factor", "ceiling_updated_seconds_ago", "probing",
+                           "probe_interval_windows", "saturated_now", "last_decision",
+                           "last_change", "concurrency_limit", "concurrency_ceiling",
+                           "max_workers", "queue_depth", "in_flight_upstream", "state_file",
+                           "restored_from_state", "restored_from", "account"}
+    assert health["account"] == app.settings.account
     assert health["current_rate"] == 7 and health["ceiling"] is None
+    assert health["probing"] is True  # the starting rate is tried, not trusted
     assert health["max_workers"] == health["concurrency_limit"] == 5
     assert health["queue_depth"] == health["in_flight_upstream"] == 0
     assert "shared_state" not in health  # no Redis configured
     assert gauge(metrics, "zai_proxy_rate_limit_requests_per_second") == 7
     assert gauge(metrics, "zai_proxy_rate_limit_ceiling_requests_per_second") == 0
+    assert gauge(metrics, "zai_proxy_rate_limit_floor_requests_per_second") == 0
+    assert gauge(metrics, "zai_proxy_rate_limit_congestion_factor") == 1
     assert gauge(metrics, "zai_proxy_concurrency_limit") == 5
     assert gauge(metrics, "zai_proxy_concurrency_ceiling") == 0
     assert gauge(metrics, "zai_proxy_queue_depth") == 0
     assert gauge(metrics, "zai_proxy_shared_state_degraded") == 0
     assert gauge(metrics, "zai_proxy_max_workers") == 5
     assert "zai_proxy_rate_limit_wait_seconds_bucket{" in metrics
+    assert "zai_proxy_rate_limit_saturated_seconds_total{" in metrics
 
 
-async def test_health_shows_a_learned_ceiling_and_its_age() -> None:
-    app = App(Scripted(n_ok=100, n_1303=20), RATE_LIMIT_STATE_FILE="")
+async def test_health_and_metrics_show_the_evidence_behind_a_decision() -> None:
+    app = App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_INITIAL="10")
     async with app as client:
-        await learn(app, client, 120)
-        app.clock.offset += 3
+        rate = app.limiter.rate
+        rate.restore(20.0, 19.6)
+        # What admission reports in a window: the gate was the bottleneck for 4 s of it.
+        rate.gate_bound(True)
+        app.clock.offset += 4
+        rate.gate_bound(False)
+        for _ in range(60):
+            rate.record(Outcome.ACCEPTED)
+        for _ in range(40):
+            rate.record(Outcome.RATE_LIMITED)
+        await app.end_window()
+        app.clock.offset += 2
         health = (await client.get("/health")).json()["rate_limit"]
         metrics = (await client.get("/metrics")).text
-    assert health["ceiling"] == approx_10
-    assert health["hold"] == pytest.approx(0.98 * health["ceiling"])
-    assert 3 <= health["ceiling_updated_seconds_ago"] < 10
-    assert gauge(metrics, "zai_proxy_rate_limit_ceiling_requests_per_second") == \
-        approx_10
+    change = health["last_change"]
+    assert change["direction"] == "decrease" and "ceiling fell" in change["reason"]
+    evidence = change["evidence"]
+    assert evidence["saturated_seconds"] == pytest.approx(4, abs=0.1)
+    assert (evidence["accepted"], evidence["throttled"]) == (60, 40)
+    assert evidence["measured_rate"] == pytest.approx(19.6 * 0.6, rel=0.01)
+    assert health["ceiling"] == pytest.approx(11.76, rel=0.01)
+    assert 2 <= health["ceiling_updated_seconds_ago"] < 10
+    assert gauge(metrics, "zai_proxy_rate_limit_window_throttled_ratio") == pytest.approx(0.4)
+    assert gauge(metrics, "zai_proxy_rate_limit_window_saturation_ratio") == \
+        pytest.approx(0.4, abs=0.02)
+    assert gauge(metrics, "zai_proxy_rate_limit_measured_requests_per_second") == \
+        pytest.approx(11.76, rel=0.01)
     assert gauge(metrics, "zai_proxy_rate_limit_requests_per_second") == \
-        pytest.approx(health["hold"])
+        pytest.approx(health["current_rate"], rel=1e-3)
 
 
 async def test_replicas_without_redis_divide_the_limits() -> None:
@@ -253,18 +331,21 @@ async def test_replicas_without_redis_divide_the_limits() -> None:
     async with app as client:
         health = (await client.get("/health")).json()["rate_limit"]
     controller = app.limiter.rate
-    assert health["current_rate"] == 5.0
+    assert health["current_rate"] == 20.0  # the account's rate: this replica sends a quarter
+    assert controller.rate == 5.0
     assert (controller.minimum, controller.maximum) == (1.0, 10.0)
 
 
-async def test_replicas_divide_a_restored_ceiling_bound(tmp_path: Path) -> None:
+async def test_replicas_divide_a_restored_ceiling(tmp_path: Path) -> None:
     state = tmp_path / "ceiling.json"
-    write_state(state, ceiling=30.0, hold=29.4)
+    write_state(state, ceiling=500.0, hold=29.4)  # account-level req/s
     app = App(RATE_LIMIT_STATE_FILE=str(state), RATE_LIMIT_REPLICAS="4",
               RATE_LIMIT_INITIAL="20", RATE_LIMIT_MAX="40")
     async with app as client:
         health = (await client.get("/health")).json()["rate_limit"]
-    assert health["ceiling"] == 10.0  # clamped to this replica's share of RATE_LIMIT_MAX
+    assert health["ceiling"] == 40.0  # clamped to RATE_LIMIT_MAX for the account
+    assert app.limiter.rate.upper == 10.0  # of which this replica enforces a quarter
+    assert health["current_rate"] == pytest.approx(29.4)
 
 
 async def test_replicas_with_redis_share_the_whole_limit(redis_server: RedisServer) -> None:
@@ -277,46 +358,26 @@ async def test_replicas_with_redis_share_the_whole_limit(redis_server: RedisServ
         metrics = (await client.get("/metrics")).text
     assert response.status_code == 200
     assert health["current_rate"] == 20.0  # Redis holds the global rate: no division
-    assert health["shared_state"] == {"degraded": False, "reason": None, "replicas": 4}
+    shared = health["shared_state"]
+    assert (shared["degraded"], shared["reason"], shared["replicas"]) == (False, None, 4)
+    assert shared["namespace"] == f"zai-proxy:acct:{app.settings.account}:limiter"
     assert 'zai_proxy_shared_state_degraded{deployment_variant="limiter-test"} 0.0' in metrics
-
-
-def test_a_busy_spell_starting_mid_window_is_measured_over_its_busy_part() -> None:
-    from zai_proxy.rate_controller import Outcome, RateController
-
-    now = [1000.0]
-    ctl = RateController(clock=lambda: now[0], initial=30, minimum=1, maximum=50, window=5)
-    now[0] = 1002.0  # idle for the first 2 s of the window, then 3 s of traffic
-    for _ in range(57):
-        ctl.record(Outcome.ACCEPTED)
-    for _ in range(10):
-        ctl.record(Outcome.RATE_LIMITED)
-    now[0] = 1005.0
-    ctl.tick()
-    assert ctl.ceiling == pytest.approx(19.0)  # 57 accepted in 3 s, not in 5 s
-    for _ in range(95):  # a window busy from its start: the whole window counts
-        ctl.record(Outcome.ACCEPTED)
-    for _ in range(10):
-        ctl.record(Outcome.RATE_LIMITED)
-    now[0] = 1010.0
-    ctl.tick()
-    assert ctl.ceiling == pytest.approx(19.0)
 
 
 async def test_limiter_state_export_and_adopt_between_proxies_of_one_account(
         tmp_path: Path) -> None:
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
-    source = App(Scripted(n_ok=100, n_1303=20), RATE_LIMIT_STATE_FILE="", ADMIN_API_KEY=ADMIN_KEY,
-                 DEPLOYMENT_VARIANT="v1")
+    source = App(RATE_LIMIT_STATE_FILE="", ADMIN_API_KEY=ADMIN_KEY, DEPLOYMENT_VARIANT="v1")
     async with source as client:
-        await learn(source, client, 120)
+        source.limiter.rate.restore(20.0, 19.2)
         doc = (await client.get("/admin/limiter-state", headers=admin)).json()
         denied = await client.get("/admin/limiter-state")
     assert denied.status_code == 401
     assert doc["account"] == source.settings.account and len(doc["account"]) == 16
     assert UPSTREAM_KEY not in json.dumps(doc)
-    assert doc["variant"] == "v1" and doc["shared"] is False
-    assert doc["rate"]["ceiling"] == approx_10
+    assert doc["variant"] == "v1" and doc["shared"] is False and doc["replicas"] == 1
+    assert doc["rate"] == {"ceiling": 20.0, "floor": 19.2, "upper": 20.0, "current": 19.2,
+                           "learned_seconds_ago": doc["rate"]["learned_seconds_ago"]}
     # Two replicas without Redis: each holds half the account's ceiling.
     state = tmp_path / "state.json"
     target = App(RATE_LIMIT_STATE_FILE=str(state), ADMIN_API_KEY=ADMIN_KEY,
@@ -326,9 +387,26 @@ async def test_limiter_state_export_and_adopt_between_proxies_of_one_account(
         health = (await client.get("/health")).json()["rate_limit"]
         back = (await client.get("/admin/limiter-state", headers=admin)).json()
     assert put.status_code == 200, put.text
-    assert health["ceiling"] == pytest.approx(doc["rate"]["ceiling"] / 2)
-    assert back["rate"]["ceiling"] == pytest.approx(doc["rate"]["ceiling"])
-    assert json.loads(state.read_text())["ceiling"] == pytest.approx(health["ceiling"])
+    assert put.json()["applied"] == {"rate_ceiling": 20.0, "rate_floor": 19.2,
+                                     "concurrency_ceiling": None}
+    assert target.limiter.rate.upper == 10.0 and target.limiter.rate.floor == 9.6
+    assert health["ceiling"] == 20.0 and health["current_rate"] == 19.2  # account-level
+    assert health["restored_from"] == "admin"
+    assert back["rate"]["ceiling"] == 20.0 and back["replicas"] == 2
+    saved = json.loads(state.read_text())
+    assert saved["ceiling"] == 20.0 and saved["hold"] == 19.2
+    assert saved["account"] == target.settings.account
+
+
+async def test_a_document_without_an_upper_bound_climbs_on_from_its_floor() -> None:
+    admin = {"x-api-key": ADMIN_KEY}
+    app = App(RATE_LIMIT_STATE_FILE="", ADMIN_API_KEY=ADMIN_KEY)
+    async with app as client:
+        put = await client.put("/admin/limiter-state", headers=admin, json={
+            "account": app.settings.account, "rate": {"ceiling": 12.0, "floor": 12.0,
+                                                      "upper": None}})
+    assert put.status_code == 200
+    assert app.limiter.rate.upper is None and app.limiter.rate.floor == 12.0
 
 
 async def test_limiter_state_of_another_account_or_malformed_is_refused() -> None:
@@ -347,3 +425,41 @@ async def test_limiter_state_of_another_account_or_malformed_is_refused() -> Non
     assert garbled.status_code == 400 and negative.status_code == 400
     assert negative.json()["error"]["param"] == "rate.ceiling"
     assert after["ceiling"] == before["ceiling"] is None
+
+
+async def test_with_redis_the_state_belongs_to_the_account_not_the_variant(
+        redis_server: RedisServer) -> None:
+    env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
+           "RATE_LIMIT_WINDOW": "1"}
+    v1 = App(DEPLOYMENT_VARIANT="v1", **env)
+    async with v1 as client:
+        v1.limiter.rate.restore(14.0, 13.5)
+        assert v1.limiter.coordinator is not None
+        await v1.limiter.coordinator.publish()
+    # A v2 pod starting later, same key and upstream: it starts from the account's state.
+    v2 = App(DEPLOYMENT_VARIANT="v2", **env)
+    async with v2 as client:
+        health = (await client.get("/health")).json()["rate_limit"]
+    assert health["restored_from"] == "redis"
+    assert (health["ceiling"], health["current_rate"]) == (14.0, 13.5)
+    # Another account (another key) on the same Redis sees nothing of it.
+    other = App(DEPLOYMENT_VARIANT="v1", ZAI_API_KEY="another-upstream-key-456", **env)
+    async with other as client:
+        health = (await client.get("/health")).json()["rate_limit"]
+    assert health["restored_from"] is None and health["ceiling"] is None
+
+
+async def test_quota_pacing_is_account_wide_through_redis(redis_server: RedisServer) -> None:
+    from zai_proxy.shared_state import RedisGate
+
+    env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
+           "RATE_LIMIT_REPLICAS": "4"}
+    shared, alone = App(**env), App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_REPLICAS="4")
+    async with shared:
+        shared.limiter.set_quota_pacing(4.0)
+        # one Redis pacer at the account's rate, not a quarter of it per replica
+        assert shared.limiter.admission.pacing_rate == 4.0
+        assert isinstance(shared.limiter.admission.pacer, RedisGate)
+    async with alone:
+        alone.limiter.set_quota_pacing(4.0)
+        assert alone.limiter.admission.pacing_rate == 1.0  # without Redis: its share

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zai_proxy.limiter_state import LimiterState, load_state, save_state
+from zai_proxy.limiter_state import LimiterState, load_state, save_state, state_path
 
 BOUNDS = {"rate_min": 1.0, "rate_max": 40.0, "max_workers": 10}
 
@@ -88,3 +88,36 @@ def test_save_failure_leaves_no_temp_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         save_state(target, LimiterState(1.0, 1.0, None, ts=1.0))
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_an_accounts_state_is_its_own(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "ceiling.json"
+    save_state(path, LimiterState(20.0, 19.6, 8, ts=1000.0, account="a" * 16, rate_upper=20.0))
+    doc = json.loads(path.read_text())
+    assert doc["account"] == "a" * 16 and doc["upper"] == 20.0 and doc["version"] == 2
+    mine = load_state(path, now=1100.0, max_age=3600, account="a" * 16, **BOUNDS)  # type: ignore[arg-type]
+    assert mine is not None and mine.rate_upper == 20.0 and mine.upper_known
+    with caplog.at_level(logging.INFO, logger="zai_proxy.limiter_state"):
+        other = load_state(path, now=1100.0, max_age=3600, account="b" * 16, **BOUNDS)  # type: ignore[arg-type]
+    assert other is None and "another Z.AI account" in caplog.text
+
+
+def test_a_file_naming_no_account_is_read_only_as_legacy(tmp_path: Path) -> None:
+    path = tmp_path / "ceiling.json"
+    path.write_text(json.dumps({"ceiling": 25.5, "hold": 25.0, "ts": 1000}))
+    kw = {"now": 1100.0, "max_age": 3600, "account": "a" * 16, **BOUNDS}
+    legacy = load_state(path, legacy=True, **kw)  # type: ignore[arg-type]
+    assert legacy is not None and legacy.rate_ceiling == 25.5 and not legacy.upper_known
+    assert load_state(path, legacy=False, **kw) is None  # type: ignore[arg-type]
+
+
+def test_state_path_is_per_user_and_per_account(tmp_path: Path) -> None:
+    account = "0123456789abcdef"
+    assert state_path("", account) is None
+    assert state_path("auto", account, {"XDG_STATE_HOME": str(tmp_path)}) == \
+        tmp_path / "zai-proxy" / f"limiter-{account}.json"
+    # a relative XDG_STATE_HOME is invalid by the spec: the home fallback applies
+    assert state_path("auto", account, {"XDG_STATE_HOME": "rel", "HOME": str(tmp_path)}) == \
+        tmp_path / ".local" / "state" / "zai-proxy" / f"limiter-{account}.json"
+    assert state_path("/var/lib/zai-proxy/{account}.json", account) == \
+        Path(f"/var/lib/zai-proxy/{account}.json")

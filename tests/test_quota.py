@@ -287,7 +287,7 @@ async def test_even_pacing_sets_the_admission_rate_and_exempt_clients_are_never_
         await quota.poll_once()
         left = 10_000 - 5015 - 2 * 15
         assert quota.pacing.status == "paced"
-        assert proxy.admission.pacer.rate == pytest.approx(left / 15 / 100)
+        assert proxy.admission.pacing_rate == pytest.approx(left / 15 / 100)
         assert quota.paced("batch") and not quota.paced("chat")
         # Nearly spent: paced clients are refused until the reset, exempt ones still go.
         upstream.monitor = limits(used=9980, reset=T0 + 100)

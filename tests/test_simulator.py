@@ -132,6 +132,29 @@ def test_rate_ceiling_fractional_and_unlimited() -> None:
     assert free.retry_after() == 0.0
 
 
+def test_strict_rate_ceiling_refuses_anything_sooner_than_one_interval() -> None:
+    clock = FakeClock()
+    strict = RateCeiling(10, clock=clock, burst=1)  # a bucket holding one token
+    assert strict.try_acquire() and not strict.try_acquire()
+    assert strict.retry_after() == pytest.approx(0.1)
+    clock.advance(0.099)
+    assert not strict.try_acquire()  # 99 ms after the last admission: too soon
+    clock.advance(0.001)
+    assert strict.try_acquire()
+    clock.advance(5.0)  # idle: it still holds one token only, no burst
+    assert [strict.try_acquire() for _ in range(3)] == [True, False, False]
+    # Evenly spaced at exactly the rate: every request passes; a refused one costs nothing.
+    accepted = 0
+    for _ in range(100):
+        clock.advance(0.1)
+        accepted += strict.try_acquire()
+    assert accepted == 100
+    loose = RateCeiling(10, clock=clock, burst=3)
+    assert [loose.try_acquire() for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(ValueError):
+        RateCeiling(10, clock=clock, burst=0.5)
+
+
 def test_rate_ceiling_follows_schedule_and_reset_restarts_it() -> None:
     clock = FakeClock()
     ceiling = RateCeiling(0, parse_schedule("10:2,20:5"), clock=clock)

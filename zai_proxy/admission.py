@@ -1,10 +1,18 @@
-"""Admission: the gate every upstream attempt passes (rate token + concurrency slot).
+"""Admission: the gate every upstream attempt passes (an evenly paced send slot + a slot).
 
 Being over a limit is a value (`Rejection`), not an exception. Waiters are served by one
 dispatcher task: retries (`priority=True`) first, then new work round-robin across client ids.
-The queue is bounded (`queue_max`) and has a deadline (`queue_timeout`); a request is rejected
-at once when the queue is full or its expected wait would pass its deadline. A waiter whose task
-is cancelled (client left) is dropped without using a token or a slot. Clock and sleep are
+Every attempt - first tries, retries, probes, queue drains - takes its slot from the same
+`Gate` (GCRA: evenly spaced at the controller's rate, burst `RATE_LIMIT_BURST`), local or shared
+through Redis. The dispatcher tells the rate controller when the gate is the bottleneck
+(requests waiting for it): the saturated time the controller learns from.
+
+The queue is bounded (`queue_max`) and has a deadline (`queue_timeout`); a request is rejected at
+once when the queue is full or its expected wait - for the rate, and for a concurrency slot when
+every slot is held (long streams) - would pass its deadline. A waiter whose task is cancelled
+(client left) is dropped without using a send slot or a concurrency slot, also when it leaves
+while the gate is answering or just as it is granted. During a 1312 storm (`Congestion`) the
+gate slows down for a bounded while; the learned rate does not move. Clock and sleep are
 injected so tests run on virtual time.
 """
 
@@ -18,39 +26,14 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from zai_proxy.concurrency_controller import ConcurrencyController
-from zai_proxy.rate_controller import Adjustment, Outcome, RateController, TokenBucket
+from zai_proxy.congestion import Congestion
+from zai_proxy.gcra import Gate, LocalGate
+from zai_proxy.rate_controller import Adjustment, Outcome, RateController
 
-
-class RateGate(Protocol):
-    """Where rate tokens come from: a local bucket, or Redis shared by all replicas."""
-
-    async def take(self, rate: float, now: float) -> float:
-        """0.0 when a token was taken, else seconds until one is available."""
-
-    async def refund(self, now: float) -> None:
-        """Return a token taken for a request that never went upstream."""
-
-
-class LocalGate:
-    """A `TokenBucket` in this process, following the controller's rate."""
-
-    def __init__(self, now: float, burst: float = 1.0) -> None:
-        self.bucket: TokenBucket | None = None
-        self._now, self._burst = now, burst
-
-    async def take(self, rate: float, now: float) -> float:
-        if self.bucket is None:
-            self.bucket = TokenBucket(rate, min(now, self._now), self._burst)
-        elif self.bucket.rate != rate:
-            self.bucket.set_rate(rate, now)
-        return self.bucket.try_take(now)
-
-    async def refund(self, now: float) -> None:
-        if self.bucket is not None:
-            self.bucket.refund(now)
+HOLD_WEIGHT = 0.2  # weight of the newest permit in the mean time a concurrency slot is held
 
 
 @dataclass(frozen=True)
@@ -70,12 +53,13 @@ class Permit:
     generation: int
     in_flight_at_admission: int
     waited: float
+    granted_at: float = 0.0
     released: bool = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.admission._release()
+            self.admission._release(self)
 
     def observe(self, outcome: Outcome) -> list[Adjustment]:
         """Feed this attempt's outcome to the controllers."""
@@ -97,7 +81,8 @@ class _Waiter:
     deadline: float
     enqueued: float
     future: asyncio.Future[Permit | Rejection] = field(repr=False)
-    paced: bool = False  # also needs a token of the quota pacer (when pacing is on)
+    paced: bool = False  # also needs a slot of the quota pacer (when pacing is on)
+    pacer_held: bool = False  # took its pacer slot already, waits for the rate gate
     gone: bool = False  # admitted, expired or cancelled: skip it in the queues
 
 
@@ -113,24 +98,42 @@ class Admission:
         queue_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-        gate: RateGate | None = None,
+        gate: Gate | None = None,
+        burst: float = 1.0,
+        pacer_gate: Gate | None = None,
+        congestion: Congestion | None = None,
         on_adjust: Callable[[Adjustment], None] | None = None,
     ) -> None:
         self.rate, self.concurrency = rate, concurrency
         self.queue_max, self.queue_timeout = queue_max, queue_timeout
         self.clock, self._sleep = clock, sleep
-        self.gate: RateGate = gate or LocalGate(clock())
+        self.gate: Gate = gate or LocalGate(clock(), burst)
+        self.congestion = congestion or Congestion(clock=clock)
         self.on_adjust = on_adjust
         self.in_flight = 0
         self.depth = 0
+        self.hold_time: float | None = None  # mean seconds a permit holds its slot
         self._priority: deque[_Waiter] = deque()
         self._clients: OrderedDict[str, deque[_Waiter]] = OrderedDict()
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # Quota pacing (see `set_pacing`): a second bucket only paced requests draw from.
-        self.pacer: TokenBucket | None = None
+        self._bound = False  # the rate gate is the bottleneck right now
+        self._unreturned = 0  # pacer slots of expired waiters, given back by the dispatcher
+        self._bound_since = 0.0
+        self._saturated_total = 0.0
+        # Quota pacing (see `set_pacing`): a second gate only paced requests draw from.
+        self._pacer_gate = pacer_gate
+        self.pacer: Gate | None = None
+        self.pacing_rate: float | None = None
+
+    # -- rates -----------------------------------------------------------------------------
+
+    @property
+    def gate_rate(self) -> float:
+        """The send rate now: the controller's, slowed while the upstream is congested."""
+        return self.rate.rate * self.congestion.factor()
 
     def set_pacing(self, rate: float | None) -> None:
         """Cap paced requests (`acquire(paced=True)`) at `rate` req/s; None turns pacing off.
@@ -138,46 +141,55 @@ class Admission:
         Unpaced requests (exempt clients, retries) never wait for the pacer, and a paced
         client waiting for it never holds up an unpaced one behind it in the queue.
         """
-        now = self.clock()
         if rate is None or rate <= 0:
-            self.pacer = None
-        elif self.pacer is None:
-            self.pacer = TokenBucket(rate, now)
-        elif self.pacer.rate != rate:
-            self.pacer.set_rate(rate, now)
+            self.pacer, self.pacing_rate = None, None
+        else:
+            if self.pacer is None:
+                self.pacer = self._pacer_gate or LocalGate(self.clock())
+            self.pacing_rate = rate
         self._wake.set()
 
     def _estimate(self, position: int, paced: bool = False) -> float:
-        rate = self.rate.rate
-        if paced and self.pacer is not None:
-            rate = min(rate, self.pacer.rate)
-        return (position + 1) / rate
+        """Expected seconds until the waiter at `position` (0 = next) is admitted."""
+        rate = self.gate_rate
+        if paced and self.pacing_rate is not None:
+            rate = min(rate, self.pacing_rate)
+        wait = (position + 1) / rate
+        slots = self.concurrency.limit
+        short = position + 1 - max(0, slots - self.in_flight)  # slots that must free up first
+        if short > 0 and self.hold_time is not None:
+            wait = max(wait, short * self.hold_time / slots)
+        return wait
+
+    # -- acquire ---------------------------------------------------------------------------
 
     async def acquire(
         self, client_id: str, *, priority: bool = False, deadline: float | None = None,
         paced: bool = False,
     ) -> Permit | Rejection:
-        """Wait for a token and a slot. `deadline` is absolute on this admission's clock.
+        """Wait for a send slot and a concurrency slot. `deadline` is absolute on this clock.
 
         `paced`: the request also waits for the quota pacer when pacing is on (`set_pacing`).
         """
         now = self.clock()
         limit = now + self.queue_timeout
         deadline = limit if deadline is None else min(deadline, limit)
-        paced = paced and not priority
-        if not self.depth and self.in_flight < self.concurrency.limit and (
-                not paced or self.pacer is None or self.pacer.wait_time(now) == 0.0):
-            if await self.gate.take(self.rate.rate, now) == 0.0:
-                if paced and self.pacer is not None:
-                    self.pacer.try_take(now)
+        paced = paced and not priority and self.pacer is not None
+        pacer_held = False
+        if not self.depth and self.in_flight < self.concurrency.limit:
+            if paced:
+                pacer_held = await self._take_pacer(now) == 0.0
+            if (pacer_held or not paced) and await self.gate.take(self.gate_rate, now) == 0.0:
                 return self._grant(client_id, now)
         if self.depth >= self.queue_max:
+            await self._return_pacer(pacer_held)
             return Rejection("queue_full", max(1.0, self._estimate(self.depth, paced)))
         expected = self._estimate(len(self._priority) if priority else self.depth, paced)
         if now + expected > deadline:
+            await self._return_pacer(pacer_held)
             return Rejection("queue_timeout", max(1.0, expected))
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(client_id, priority, deadline, now, future, paced)
+        waiter = _Waiter(client_id, priority, deadline, now, future, paced, pacer_held)
         if priority:
             self._priority.append(waiter)
         else:
@@ -191,16 +203,29 @@ class Admission:
             return await asyncio.shield(waiter.future)
         except asyncio.CancelledError:
             if not waiter.gone:
-                self._drop(waiter)
+                self._drop(waiter)  # the dispatcher refunds a slot taken while we left
+                await self._return_pacer(waiter.pacer_held)
             elif waiter.future.done() and isinstance(permit := waiter.future.result(), Permit):
-                permit.release()  # granted as the client left: free the slot, return the token
-                await self.gate.refund(self.clock())
+                # Granted just as the client left: free the slot, give back what it took.
+                permit.release()
+                await self.gate.refund(self.gate_rate, self.clock())
+                await self._return_pacer(waiter.paced)
             raise
+
+    async def _take_pacer(self, now: float) -> float:
+        assert self.pacer is not None and self.pacing_rate is not None
+        return await self.pacer.take(self.pacing_rate, now)
+
+    async def _return_pacer(self, held: bool) -> None:
+        if held and self.pacer is not None and self.pacing_rate is not None:
+            await self.pacer.refund(self.pacing_rate, self.clock())
 
     def _drop(self, waiter: _Waiter) -> None:
         waiter.gone = True
         self.depth -= 1
         self._wake.set()
+
+    # -- the queue -------------------------------------------------------------------------
 
     def _next(self) -> _Waiter | None:
         """The waiter to serve next: retries first, then round-robin across clients."""
@@ -218,19 +243,19 @@ class Admission:
         return None
 
     def _next_unpaced(self) -> _Waiter | None:
-        """The first waiter in serving order that does not need the pacer (heads only)."""
+        """The first waiter in serving order that needs no pacer slot (heads only)."""
         for waiter in self._priority:
             if not waiter.gone:
                 return waiter
         for waiters in self._clients.values():
             head = next((w for w in waiters if not w.gone), None)
-            if head is not None and not head.paced:
+            if head is not None and (not head.paced or head.pacer_held):
                 return head
         return None
 
     def _pop(self, waiter: _Waiter) -> None:
         if waiter.priority:
-            self._priority.popleft()
+            self._priority.remove(waiter)
             return
         waiters = self._clients[waiter.client_id]
         while waiters[0] is not waiter:  # gone waiters ahead of it
@@ -250,6 +275,8 @@ class Admission:
             elif deadline <= now:
                 heapq.heappop(self._deadlines)
                 self._drop(waiter)
+                if waiter.pacer_held:
+                    self._unreturned += 1
                 waiter.future.set_result(Rejection("queue_timeout", max(1.0, self._estimate(0))))
             else:
                 return deadline - now
@@ -265,51 +292,90 @@ class Admission:
             for task in tasks:
                 task.cancel()
 
+    @property
+    def gate_bound(self) -> bool:
+        """True while requests wait for the rate gate (it is the bottleneck)."""
+        return self._bound
+
+    def saturated_seconds(self) -> float:
+        """Total seconds the rate gate was the bottleneck (for a counter)."""
+        open_part = self.clock() - self._bound_since if self._bound else 0.0
+        return self._saturated_total + open_part
+
+    def _gate_bound(self, bound: bool) -> None:
+        if bound != self._bound:
+            now = self.clock()
+            if bound:
+                self._bound_since = now
+            else:
+                self._saturated_total += now - self._bound_since
+            self._bound = bound
+            self._emit(self.rate.gate_bound(bound))
+
     async def _dispatch(self) -> None:
         try:
             while self.depth:
                 self._wake.clear()  # before looking, so no wake-up between look and wait is lost
                 now = self.clock()
                 timeout = self._expire(now)
+                while self._unreturned:
+                    self._unreturned -= 1
+                    await self._return_pacer(True)
                 waiter = self._next()
                 if waiter is None:
                     break
                 if self.in_flight >= self.concurrency.limit:
+                    self._gate_bound(False)  # waiting for a slot, not for the rate
                     self._emit(self.concurrency.note_demand(self.depth))
                     await self._wait(timeout)
                     continue
-                pacer = self.pacer
-                if waiter.paced and pacer is not None and (paced := pacer.wait_time(now)) > 0:
-                    # Paced work waits for the pacer; unpaced work behind it goes first.
-                    unpaced = self._next_unpaced()
-                    if unpaced is None:
-                        await self._wait(paced if timeout is None else min(paced, timeout))
+                if waiter.paced and not waiter.pacer_held and self.pacer is not None:
+                    paced_wait = await self._take_pacer(now)
+                    if paced_wait > 0:
+                        # Paced work waits for the pacer; unpaced work behind it goes first.
+                        unpaced = self._next_unpaced()
+                        if unpaced is None:
+                            self._gate_bound(False)
+                            await self._wait(paced_wait if timeout is None
+                                             else min(paced_wait, timeout))
+                            continue
+                        waiter = unpaced
+                    elif waiter.gone:  # it left while the pacer answered
+                        await self._return_pacer(True)
                         continue
-                    waiter = unpaced
-                wait = await self.gate.take(self.rate.rate, now)
+                    else:
+                        waiter.pacer_held = True
+                rate = self.gate_rate
+                wait = await self.gate.take(rate, now)
                 if wait > 0.0:
-                    self._emit(self.rate.note_demand(self.depth))
+                    self._gate_bound(True)
                     await self._wait(wait if timeout is None else min(wait, timeout))
                     continue
-                if waiter.gone:  # it left while the gate answered
-                    await self.gate.refund(now)
+                if waiter.gone:  # it left while the gate answered: nothing went upstream
+                    await self.gate.refund(rate, now)
                     continue
-                if waiter.paced and pacer is not None:
-                    pacer.try_take(now)
                 self._pop(waiter)
                 waiter.gone = True
                 self.depth -= 1
                 waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued))
         finally:
+            self._gate_bound(False)
             self._task = None
+
+    # -- permits and outcomes --------------------------------------------------------------
 
     def _grant(self, client_id: str, enqueued: float) -> Permit:
         self.in_flight += 1
+        self.rate.granted()
         generation = self.concurrency.admitted(self.in_flight)
-        return Permit(self, client_id, generation, self.in_flight, self.clock() - enqueued)
+        now = self.clock()
+        return Permit(self, client_id, generation, self.in_flight, now - enqueued, now)
 
-    def _release(self) -> None:
+    def _release(self, permit: Permit) -> None:
         self.in_flight -= 1
+        held = self.clock() - permit.granted_at
+        self.hold_time = held if self.hold_time is None else \
+            self.hold_time + HOLD_WEIGHT * (held - self.hold_time)
         self._wake.set()
 
     def wake(self) -> None:
@@ -325,6 +391,8 @@ class Admission:
 
     def observe(self, outcome: Outcome, permit: Permit | None = None) -> list[Adjustment]:
         """Feed one attempt's outcome to the controllers; returns (and emits) their decisions."""
+        if outcome is Outcome.CONGESTED:
+            self.congestion.congested()
         out = self.rate.record(outcome)
         if outcome is Outcome.CONCURRENCY_LIMITED and permit is not None:
             out += self.concurrency.record_limited(permit.in_flight_at_admission, permit.generation)
@@ -341,7 +409,9 @@ class Admission:
         """Figures for /health and the gauges (0 would mean 'none learned' in a gauge)."""
         return {
             "rate": self.rate.rate,
+            "gate_rate": self.gate_rate,
             "ceiling": self.rate.ceiling,
+            "floor": self.rate.floor,
             "hold": self.rate.hold,
             "ceiling_updated_at": self.rate.ceiling_updated_at,
             "concurrency_limit": self.concurrency.limit,
@@ -349,7 +419,9 @@ class Admission:
             "max_workers": self.concurrency.max_workers,
             "queue_depth": self.depth,
             "in_flight": self.in_flight,
-            "pacing_rate": None if self.pacer is None else self.pacer.rate,
+            "slot_hold_seconds": self.hold_time,
+            "pacing_rate": self.pacing_rate,
+            "congestion_factor": self.congestion.factor(),
         }
 
     async def close(self) -> None:

@@ -132,7 +132,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         "that can reach it")
         if accounting is not None and accounting.tokenizer.warning:
             log.warning("token estimates use a heuristic: %s", accounting.tokenizer.warning)
-        limiter.restore()
+        await limiter.restore()
         limiter.start()
         quota.start()
         if unknown := sorted(quota.exempt - set(auth.names())):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from zai_proxy.rate_controller import Adjustment
+from zai_proxy.evidence import Adjustment
 
 
 class ConcurrencyController:

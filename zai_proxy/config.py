@@ -90,6 +90,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> float:
+    value = _float(text)
+    if not (1 <= value < math.inf):
+        raise ValueError("a number >= 1")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text.strip())
@@ -226,35 +233,43 @@ class Settings:
     peak_multiplier: float = _setting(
         "PEAK_MULTIPLIER", _positive(_float), "price multiplier inside the peak window",
         default=2.0)
-    # Admission control.
+    # Admission control (limiter area).
     rate_limit_initial: float = _setting(
-        "RATE_LIMIT_INITIAL", _positive(_float), "starting request rate (req/s)", default=10.0)
+        "RATE_LIMIT_INITIAL", _positive(_float), "starting request rate (req/s) with nothing "
+        "learned yet; tried like a probe", default=10.0)
     rate_limit_min: float = _setting(
         "RATE_LIMIT_MIN", _positive(_float), "lowest request rate (req/s)", default=1.0)
     rate_limit_max: float = _setting(
         "RATE_LIMIT_MAX", _positive(_float), "highest request rate (req/s)", default=50.0)
     rate_limit_window: float = _setting(
         "RATE_LIMIT_WINDOW", _positive(parse_duration), "controller window", default=30.0)
+    rate_limit_burst: float = _setting(
+        "RATE_LIMIT_BURST", _at_least_one, "upstream attempts that may leave back to back after "
+        "an idle spell (1 = always evenly spaced at the rate)", default=1.0)
+    rate_limit_upstream_burst: float = _setting(
+        "RATE_LIMIT_UPSTREAM_BURST", _non_negative(_float), "seconds of rate the upstream lets "
+        "an account bank while it sends below the ceiling (0 = none; probes are discounted by "
+        "it)", default=0.0)
     rate_limit_hold_margin: float = _setting(
-        "RATE_LIMIT_HOLD_MARGIN", _fraction, "hold this fraction under the ceiling", default=0.02)
-    rate_limit_ceiling_alpha: float = _setting(
-        "RATE_LIMIT_CEILING_ALPHA", _fraction, "weight of a weak ceiling observation",
-        default=0.3)
+        "RATE_LIMIT_HOLD_MARGIN", _fraction, "back off this fraction under a measured ceiling",
+        default=0.02)
     rate_limit_probe_interval: int = _setting(
-        "RATE_LIMIT_PROBE_INTERVAL", _positive(_int), "clean windows before probing above "
-        "the learned ceiling (the original's 10 needs hours to find a raised ceiling)",
+        "RATE_LIMIT_PROBE_INTERVAL", _positive(_int), "clean saturated windows before probing "
+        "above the learned ceiling (doubles after a failed probe, up to twice this)",
         default=3)
     rate_limit_state_file: str = _setting(
-        "RATE_LIMIT_STATE_FILE", str, "where learned ceilings persist ('' = off)",
-        default="/var/lib/zai-proxy/ceiling.json")
+        "RATE_LIMIT_STATE_FILE", str, "where learned ceilings persist: a path ('{account}' is "
+        "replaced by the account hash), 'auto' = $XDG_STATE_HOME (or ~/.local/state)"
+        "/zai-proxy/limiter-{account}.json, '' = off", default="auto")
     rate_limit_state_max_age: float = _setting(
         "RATE_LIMIT_STATE_MAX_AGE", _positive(parse_duration), "ignore older state",
         default=6 * 3600.0)
     rate_limit_storage_uri: str = _setting(
-        "RATE_LIMIT_STORAGE_URI", _storage_uri, "memory:// or redis://host:port/db",
-        default="memory://")
+        "RATE_LIMIT_STORAGE_URI", _storage_uri, "memory:// or redis://host:port/db (shared by "
+        "every replica of every variant of the account)", default="memory://")
     rate_limit_replicas: int = _setting(
-        "RATE_LIMIT_REPLICAS", _positive(_int), "replicas sharing the account without Redis",
+        "RATE_LIMIT_REPLICAS", _positive(_int), "replicas sharing the account (without Redis "
+        "each takes 1/N of it; with Redis, the fallback share while Redis is away)",
         default=1)
     queue_max: int = _setting(
         "QUEUE_MAX", _non_negative(_int), "requests that may wait for admission", default=1000)

@@ -4,8 +4,10 @@
 retries only while nothing has reached the client: connection failures, gateway 5xx, empty or
 truncated 2xx bodies, a stream that ends before its first byte, and retryable 429s (never quota
 exhaustion); each retry waits (jittered, honouring Retry-After and Z.AI's hints) and goes through
-admission again, ahead of new work. The permit (a concurrency slot) stays with the answer until
-its body has been relayed: Z.AI counts an open stream as a concurrent request.
+admission again, ahead of new work (a 1312 congestion retry queues like new work). A 1312 is fed
+to the controllers as `CONGESTED`: it passed the rate gate and the upstream's rate limiter.
+The permit (a concurrency slot) stays with the answer until its body has been relayed: Z.AI
+counts an open stream as a concurrent request.
 
 Bodies are bounded. A 2xx body the proxy must read whole (JSON it counts tokens from or checks)
 is read up to `max_response_bytes` and answered 502 past it: relaying it unread would let its
@@ -26,7 +28,7 @@ from typing import Any
 import httpx
 
 from zai_proxy.admission import Admission, Permit, Rejection
-from zai_proxy.classify import Throttle, classify_429
+from zai_proxy.classify import Throttle, ThrottleClass, classify_429
 from zai_proxy.errors import (
     ProxyError,
     RateLimited,
@@ -112,8 +114,9 @@ class Forwarder:
         """
         read_whole = read_whole or expect_json
         retries = 0
+        priority = False
         while True:
-            permit = await self._admit(ex, priority=retries > 0)
+            permit = await self._admit(ex, priority=priority)
             if self.before_attempt is not None and (refused := self.before_attempt(ex)):
                 permit.release()
                 raise refused
@@ -147,6 +150,9 @@ class Forwarder:
                 raise failure
             self.metrics.retries.labels(reason.value, self.metrics.variant).inc()
             retries += 1
+            # Retries go ahead of new work, except in a congestion (1312) storm: there they
+            # queue like new work, so they cannot crowd it out while the gate backs off.
+            priority = reason is not RetryReason.CONGESTION
             await self.sleep(delay)
 
     async def _admit(self, ex: Exchange, *, priority: bool) -> Permit:
@@ -220,6 +226,7 @@ class Forwarder:
             feeds = throttle.feeds
             permit.observe(Outcome.RATE_LIMITED if feeds == "rate" else
                            Outcome.CONCURRENCY_LIMITED if feeds == "concurrency" else
+                           Outcome.CONGESTED if throttle.cls is ThrottleClass.CONGESTION else
                            Outcome.OTHER)
             return retry_reason(status=429, throttle=throttle), throttle.retry_after
         permit.observe(Outcome.ACCEPTED if status < 500 else Outcome.OTHER)

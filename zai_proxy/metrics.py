@@ -81,6 +81,27 @@ class Metrics:
                                         buckets=WAIT_BUCKETS, registry=r).labels(variant)
         self.queue_depth = Gauge("zai_proxy_queue_depth", "Requests waiting for admission",
                                  [V], registry=r).labels(variant)
+        self.floor = Gauge("zai_proxy_rate_limit_floor_requests_per_second",
+                           "Highest rate proven clean (0 = none)", [V], registry=r).labels(variant)
+        self.saturated = Counter("zai_proxy_rate_limit_saturated_seconds",
+                                 "Seconds requests waited for the rate gate (it was the "
+                                 "bottleneck)", [V], registry=r).labels(variant)
+        self.window_saturation = Gauge(
+            "zai_proxy_rate_limit_window_saturation_ratio",
+            "Saturated share of the window behind the latest rate decision", [V],
+            registry=r).labels(variant)
+        self.window_throttled = Gauge(
+            "zai_proxy_rate_limit_window_throttled_ratio",
+            "Share of upstream 429s in the window behind the latest rate decision", [V],
+            registry=r).labels(variant)
+        self.measured_rate = Gauge(
+            "zai_proxy_rate_limit_measured_requests_per_second",
+            "Accepted req/s over the saturated time of the latest decided window (0 = none)",
+            [V], registry=r).labels(variant)
+        self.congestion_factor = Gauge(
+            "zai_proxy_rate_limit_congestion_factor",
+            "Share of the learned rate sent while the upstream is congested (1312); 1 = none",
+            [V], registry=r).labels(variant)
         self.adjustments = Counter("zai_proxy_rate_limit_adjustments",
                                    "Rate controller decisions", ["direction", V], registry=r)
         self.rejections = Counter("zai_proxy_rate_limit_rejections", "Admission rejections",

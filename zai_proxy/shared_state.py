@@ -1,13 +1,18 @@
-"""State shared by the replicas of one variant in Redis: the global rate bucket and the ceiling.
+"""Limiter state shared in Redis by every replica of every variant spending one Z.AI account.
 
-- `SharedState` is a `RateGate`: a Lua token bucket (Redis' own clock, so replicas agree) at the
-  global rate, shared by every replica. On any Redis failure it falls back to a local bucket at
-  rate / `replicas`, sets `degraded` with a reason (for /health and
-  `zai_proxy_shared_state_degraded`), logs loudly, and retries Redis every `retry_interval` s.
-- `SharedCoordinator` makes the replicas' rate controllers agree: each replica adds its window's
-  outcome counts to Redis; one leader (a renewed lock) decides on the global counts and
-  publishes rate and ceiling; the others adopt them. While degraded, each replica decides
-  alone on its own counts scaled by the replica count.
+Keys live under `zai-proxy:acct:<account>:limiter:` (never under the deployment variant: the
+ceiling belongs to the account). Pieces:
+- `RedisGate`: the GCRA pacer as a Lua script on Redis' own clock, so all replicas' sends are
+  spaced evenly at the account's rate (`gate`), and the quota pacer (`pacer`). On any Redis
+  failure it falls back to a local `Gcra` at rate / replicas (the live replica count seen last,
+  at least RATE_LIMIT_REPLICAS), loudly, and retries Redis every `retry_interval` s.
+- `SharedCoordinator`: one controller decides for the account. Replicas register in a member
+  set; one holds the leader lock. Followers push their outcome counts and saturated time every
+  sync (a second or less) and adopt the published state; the leader merges their counts into
+  its own controller, which runs its windows on its own clock (no wall-clock alignment, no
+  partial windows), and publishes rate, ceiling and floor after every change. The published
+  state outlives the processes (it expires after RATE_LIMIT_STATE_MAX_AGE), so a new pod of
+  either variant starts from it. While Redis is unreachable each replica decides alone.
 The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
 """
 
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,13 +27,9 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-from zai_proxy.rate_controller import (
-    Adjustment,
-    Direction,
-    RateController,
-    TokenBucket,
-    WindowStats,
-)
+from zai_proxy.evidence import Adjustment, WindowStats
+from zai_proxy.gcra import Gcra
+from zai_proxy.rate_controller import RateController
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,34 +37,64 @@ T = TypeVar("T")
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, cap = tonumber(ARGV[1]), math.max(1, tonumber(ARGV[1]) * tonumber(ARGV[2]))
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(b[1]), tonumber(b[2])
-if tokens == nil then tokens, ts = 1, now end
-tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], 3600)
-return tostring(wait)
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - (tonumber(ARGV[2]) - 1) * interval - now
+if wait > 1e-9 then return string.format('%.6f', wait) end
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'PX', ARGV[3])
+return '0'
 """
-_REFUND = "redis.call('HINCRBYFLOAT', KEYS[1], 'tokens', 1) return 1"
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
+if tat < now then tat = now end
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ARGV[2])
+return 1
+"""
+# Register this replica, drop members silent for ARGV[3] ms, take or renew the leader lock.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local leader = redis.call('GET', KEYS[2])
+if not leader then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  leader = ARGV[1]
+elseif leader == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {redis.call('ZCARD', KEYS[1]), leader == ARGV[1] and 1 or 0}
+"""
+_TAKE_COUNTS = """
+local counts = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return counts
+"""
+REPUBLISH_SECONDS = 60.0  # the leader rewrites an unchanged state this often (its TTL)
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def namespace(account: str) -> str:
+    """The Redis key prefix of an account's limiter state."""
+    return f"zai-proxy:acct:{account}:limiter"
+
+
 class SharedState:
-    """Redis connection with a loud local fallback; implements `RateGate`."""
+    """Redis connection with a loud local fallback, and the live replica count."""
 
     def __init__(
         self,
         url: str,
         *,
-        namespace: str = "zai-proxy",
+        namespace: str = "zai-proxy:limiter",
         replicas: int = 1,
-        burst: float = 1.0,
         op_timeout: float = 0.5,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -72,23 +102,31 @@ class SharedState:
         self.redis = aioredis.Redis.from_url(
             url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
         )
-        self.ns, self.replicas, self.burst = namespace, max(1, replicas), min(1.0, burst)
+        self.ns, self.configured_replicas = namespace, max(1, replicas)
+        self.live_replicas: int | None = None  # members seen at the last heartbeat
         self.retry_interval, self.clock = retry_interval, clock
         self.degraded = False
         self.reason: str | None = None
         self._retry_at = 0.0
-        self._local: TokenBucket | None = None
-        self._take_script = self.redis.register_script(_TAKE)
-        self._refund_script = self.redis.register_script(_REFUND)
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas share the account: the live count, never below the configured."""
+        return max(self.configured_replicas, self.live_replicas or 0)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
-    def health(self) -> dict[str, object]:
-        """For /health: `degraded` and why."""
-        return {"degraded": self.degraded, "reason": self.reason, "replicas": self.replicas}
+    def gate(self, name: str, burst: float = 1.0) -> RedisGate:
+        """A GCRA pacer shared by every replica under `name` (`gate`, `pacer`)."""
+        return RedisGate(self, self.key(name), burst)
 
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+    def health(self) -> dict[str, object]:
+        """For /health: `degraded` and why, and how many replicas share the account."""
+        return {"degraded": self.degraded, "reason": self.reason, "replicas": self.replicas,
+                "live_replicas": self.live_replicas, "namespace": self.ns}
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run a Redis operation; None (and degraded) when Redis fails or is still backing off."""
         if self.degraded and self.clock() < self._retry_at:
             return None
@@ -96,51 +134,62 @@ class SharedState:
             result = await op()
         except (TimeoutError, aioredis.RedisError, OSError) as exc:
             if not self.degraded:
-                log.error("shared state degraded, local limits / %d apply: %r", self.replicas, exc)
+                log.error("shared limiter state degraded, local limits / %d apply: %r",
+                          self.replicas, exc)
             self.degraded, self.reason = True, f"{type(exc).__name__}: {exc}"[:200]
             self._retry_at = self.clock() + self.retry_interval
             return None
         if self.degraded:
-            log.warning("shared state recovered: Redis answers again")
+            log.warning("shared limiter state recovered: Redis answers again")
             self.degraded, self.reason = False, None
         return result
 
     async def ping(self) -> bool:
         """Check Redis now (also ends the back-off); True when reachable."""
         self._retry_at = 0.0
-        return bool(await self._call(self.redis.ping))
-
-    async def take(self, rate: float, now: float) -> float:
-        """One token from the global bucket, or from the local fallback at rate / replicas."""
-        rate = max(rate, 1e-6)
-        answer = await self._call(lambda: self._take_script(keys=[self.key("bucket")],
-                                                             args=[repr(rate), repr(self.burst)]))
-        if answer is not None:
-            return float(_text(answer))
-        local_rate = rate / self.replicas
-        if self._local is None:
-            self._local = TokenBucket(local_rate, now, self.burst)
-        elif self._local.rate != local_rate:
-            self._local.set_rate(local_rate, now)
-        return self._local.try_take(now)
-
-    async def refund(self, now: float) -> None:
-        if self.degraded and self._local is not None:
-            self._local.refund(now)
-            return
-        await self._call(lambda: self._refund_script(keys=[self.key("bucket")]))
+        return bool(await self.call(self.redis.ping))
 
     async def close(self) -> None:
         await self.redis.aclose()
 
 
-class SharedCoordinator:
-    """Keeps one replica's `RateController` in agreement with the others (see module doc).
+class RedisGate:
+    """A `Gate` (see `zai_proxy.gcra`) shared through Redis, local while Redis is away."""
 
-    Call `sync()` often (at least every `grace` seconds; default grace = min(1 s, window / 5)).
-    Windows are aligned on the wall clock so all replicas cut them at the same instants; each
-    adds its counts at its first sync after a window ended, and the leader decides on the sum
-    at its first sync `grace` seconds after the end, when every replica has added its counts.
+    def __init__(self, shared: SharedState, key: str, burst: float = 1.0) -> None:
+        self.shared, self.key, self.burst = shared, key, max(1.0, burst)
+        self._take = shared.redis.register_script(_TAKE)
+        self._refund = shared.redis.register_script(_REFUND)
+        self._local: Gcra | None = None
+
+    def _fallback(self, now: float) -> Gcra:
+        if self._local is None:
+            self._local = Gcra(now, self.burst)
+        return self._local
+
+    async def take(self, rate: float, now: float) -> float:
+        """One slot at the account's `rate`, or the local fallback at rate / replicas."""
+        interval = 1.0 / max(rate, 1e-6)
+        answer = await self.shared.call(lambda: self._take(
+            keys=[self.key], args=[repr(interval), repr(self.burst), 60_000]))
+        if answer is not None:
+            return float(_text(answer))
+        return self._fallback(now).try_take(rate / self.shared.replicas, now)
+
+    async def refund(self, rate: float, now: float) -> None:
+        if self.shared.degraded:
+            self._fallback(now).give_back(rate / self.shared.replicas, now)
+            return
+        interval = 1.0 / max(rate, 1e-6)
+        await self.shared.call(lambda: self._refund(keys=[self.key],
+                                                    args=[repr(interval), 60_000]))
+
+
+class SharedCoordinator:
+    """Keeps one replica's `RateController` in agreement with the account (see module doc).
+
+    Call `sync()` every `interval` seconds (the limiter's tick); a replica silent for
+    `stale` seconds drops out of the member count, a dead leader is replaced after `lock`.
     """
 
     def __init__(
@@ -149,90 +198,119 @@ class SharedCoordinator:
         controller: RateController,
         *,
         wall: Callable[[], float] = time.time,
-        grace: float | None = None,
+        interval: float = 1.0,
+        state_ttl: float = 6 * 3600.0,
     ) -> None:
         self.shared, self.controller, self.wall = shared, controller, wall
-        self.window = controller.window
-        self.grace = min(1.0, self.window / 5) if grace is None else grace
         self.id = uuid.uuid4().hex
-        controller.auto_evaluate = False
-        self._pushed = math.floor(wall() / self.window)  # last window whose counts we sent
-        self._version = -1
-        self._undecided: int | None = None  # window whose global counts await a decision
+        self.lock_ms = int(max(3.0, 3 * interval) * 1000)
+        self.stale_ms = int(max(5.0, 5 * interval) * 1000)
+        self.state_ttl = int(state_ttl)
+        self.leader = False
+        self._heartbeat = shared.redis.register_script(_HEARTBEAT)
+        self._take_counts = shared.redis.register_script(_TAKE_COUNTS)
+        self._seen = -1  # sequence number of the last state adopted or published
+        self._published: tuple[Any, ...] | None = None
+        self._published_at = 0.0
+        controller.auto_evaluate = False  # until this replica knows it leads
+
+    def _learned(self) -> tuple[Any, ...]:
+        c = self.controller
+        return (round(c.rate, 6), c.upper, c.floor)
+
+    async def load(self) -> dict[str, Any] | None:
+        """The account's published state (for a starting replica), None if none or stale."""
+        raw = await self.shared.call(lambda: self.shared.redis.get(self.shared.key("state")))
+        if raw is None:
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            return None
+        return state if isinstance(state, dict) else None
 
     async def sync(self) -> list[Adjustment]:
-        """Push counts, decide (leader) or adopt (others); returns decisions taken here."""
-        now = self.wall()
-        current = math.floor(now / self.window)
-        if current > self._pushed:
-            ended, spanned, self._pushed = current - 1, current - self._pushed, current
-            stats = self.controller.drain()
-            stats.seconds = self.window * spanned
-            key = self.shared.key("win", str(ended))
-            if not await self.shared._call(lambda: self._push(key, stats)):
-                # Degraded: decide alone; this replica carries 1/replicas of the load.
-                stats.seconds /= self.shared.replicas
-                return [self.controller.decide(stats)]
-            self._undecided = ended
-        if self._undecided is None or now < (self._undecided + 1) * self.window + self.grace:
-            return [] if self.shared.degraded else await self._adopt()
-        ended, self._undecided = self._undecided, None
-        if not await self._lead():
-            return await self._adopt()
-        key = self.shared.key("win", str(ended))
-        raw: Any = await self.shared._call(lambda: self.shared.redis.hgetall(key))
-        if not raw:
-            return []
-        total = {_text(k): int(v) for k, v in raw.items()}
-        decision = self.controller.decide(WindowStats(
-            total.get("ok", 0), total.get("limited", 0), total.get("other", 0),
-            bool(total.get("demand", 0)), self.window))
-        await self._publish(ended)
-        return [decision]
-
-    async def _push(self, key: str, stats: WindowStats) -> bool:
-        pipe = self.shared.redis.pipeline()
-        pipe.hincrby(key, "ok", stats.ok)
-        pipe.hincrby(key, "limited", stats.limited)
-        pipe.hincrby(key, "other", stats.other)
-        if stats.demand:
-            pipe.hset(key, "demand", 1)
-        pipe.expire(key, int(self.window * 10) + 10)
-        await pipe.execute()
-        return True
-
-    async def _lead(self) -> bool:
-        """Hold (or take) the leader lock for three windows."""
-        r, key, ttl = self.shared.redis, self.shared.key("leader"), int(self.window * 3000)
-        taken = await self.shared._call(lambda: r.set(key, self.id, nx=True, px=ttl))
-        if taken:
-            return True
-        holder = await self.shared._call(lambda: r.get(key))
-        if holder is not None and _text(holder) == self.id:
-            await self.shared._call(lambda: r.pexpire(key, ttl))
-            return True
-        return False
-
-    async def _publish(self, window: int) -> None:
+        """Heartbeat, then lead (merge counts, publish) or follow (push counts, adopt)."""
         c = self.controller
-        state = {"rate": c.rate, "ceiling": c.ceiling, "window": window, "by": self.id}
-        r = self.shared.redis
-        await self.shared._call(lambda: r.set(self.shared.key("state"), json.dumps(state)))
+        beat: Any = await self.shared.call(lambda: self._heartbeat(
+            keys=[self.shared.key("members"), self.shared.key("leader")],
+            args=[self.id, self.lock_ms, self.stale_ms]))
+        if beat is None:  # Redis away: decide alone on this replica's own counts
+            c.auto_evaluate, self.leader = True, False
+            return []
+        self.shared.live_replicas = int(beat[0])
+        leading = bool(int(beat[1]))
+        if leading != self.leader or leading != c.auto_evaluate:
+            log.info("shared limiter: %s", "leading" if leading else "following")
+            self.leader = leading
+            c.auto_evaluate = leading  # a follower pushes its counts below instead
+        if leading:
+            return await self._lead()
+        return await self._follow()
+
+    async def _lead(self) -> list[Adjustment]:
+        c = self.controller
+        raw: Any = await self.shared.call(lambda: self._take_counts(
+            keys=[self.shared.key("counts")]))
+        out = await self._adopt()  # a state another replica wrote (an admin PUT)
+        if raw:
+            values = {_text(raw[i]): float(_text(raw[i + 1])) for i in range(0, len(raw), 2)}
+            out += c.merge(WindowStats(
+                ok=int(values.get("ok", 0)), limited=int(values.get("limited", 0)),
+                congested=int(values.get("congested", 0)), other=int(values.get("other", 0)),
+                saturated=values.get("saturated", 0.0),
+                rate_seconds=values.get("rate_seconds", 0.0), sent=int(values.get("sent", 0))))
+        if self._learned() != self._published or \
+                self.wall() - self._published_at > REPUBLISH_SECONDS:
+            await self.publish()
+        return out
+
+    async def publish(self) -> None:
+        """Write this controller's decisions as the account's state."""
+        c, r, key = self.controller, self.shared.redis, self.shared.key
+        seq = await self.shared.call(lambda: r.incr(key("seq")))
+        if seq is None:
+            return
+        state = {"seq": int(seq), "rate": c.rate, "ceiling": c.upper, "floor": c.floor,
+                 "hold": c.hold,
+                 "by": self.id, "at": self.wall()}
+        if await self.shared.call(lambda: r.set(key("state"), json.dumps(state),
+                                                ex=self.state_ttl)) is not None:
+            self._published, self._seen = self._learned(), int(seq)
+            self._published_at = self.wall()
+
+    async def _follow(self) -> list[Adjustment]:
+        stats = self.controller.drain()
+        fields = {"ok": stats.ok, "limited": stats.limited, "congested": stats.congested,
+                  "other": stats.other, "saturated": stats.saturated,
+                  "rate_seconds": stats.rate_seconds, "sent": stats.sent}
+        if any(fields.values()):
+            key = self.shared.key("counts")
+
+            async def push() -> bool:
+                pipe = self.shared.redis.pipeline()
+                for name, value in fields.items():
+                    if value:
+                        pipe.hincrbyfloat(key, name, float(value))
+                pipe.expire(key, 60)
+                await pipe.execute()
+                return True
+
+            await self.shared.call(push)
+        return await self._adopt()
 
     async def _adopt(self) -> list[Adjustment]:
-        r = self.shared.redis
-        raw = await self.shared._call(lambda: r.get(self.shared.key("state")))
-        if raw is None:
+        state = await self.load()
+        if state is None or int(state.get("seq", -1)) <= self._seen:
             return []
-        state = json.loads(raw)
-        if state.get("by") == self.id or state.get("window", -1) <= self._version:
+        self._seen = int(state["seq"])
+        if state.get("by") == self.id:
             return []
-        self._version = int(state["window"])
-        c = self.controller
-        if state.get("ceiling") is not None:
-            c.ceiling = max(c.minimum, min(c.maximum, float(state["ceiling"])))
-        previous, c.rate = c.rate, c._clamp(float(state["rate"]))
-        if c.rate == previous:
-            return []
-        direction: Direction = "increase" if c.rate > previous else "decrease"
-        return [Adjustment(direction, "adopted from leader", c.rate, c.ceiling)]
+        adopted = self.controller.adopt(float(state["rate"]), _number(state.get("ceiling")),
+                                        _number(state.get("floor")))
+        return [] if adopted is None else [adopted]
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        and value > 0 else None

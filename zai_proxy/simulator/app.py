@@ -59,7 +59,8 @@ class SimulatorApp:
     def __init__(self, settings: SimulatorSettings, clock: Callable[[], float]) -> None:
         self.settings = settings
         self.clock = clock
-        self.rate = RateCeiling(settings.rate_ceiling, settings.ceiling_schedule, clock)
+        self.rate = RateCeiling(settings.rate_ceiling, settings.ceiling_schedule, clock,
+                                settings.rate_burst)
         self.concurrency = ConcurrencyCeiling(settings.concurrency_ceiling)
         self.quota = PlanQuota(
             five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
@@ -306,6 +307,7 @@ class SimulatorApp:
         snapshot["peak_in_flight"] = self.concurrency.peak
         snapshot["ceilings"] = {
             "rate": self.rate.current(),
+            "rate_burst": self.rate.burst,
             "concurrency": self.concurrency.limit,
         }
         snapshot["quota"] = self.quota.snapshot()
@@ -336,7 +338,7 @@ class SimulatorApp:
         """Switch to new settings live; counters, schedule origin and quota usage are kept."""
         self.settings = settings
         self._knobs = base_knobs(settings)
-        self.rate.configure(settings.rate_ceiling, settings.ceiling_schedule)
+        self.rate.configure(settings.rate_ceiling, settings.ceiling_schedule, settings.rate_burst)
         self.concurrency.limit = settings.concurrency_ceiling
         self.quota.configure(
             five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,

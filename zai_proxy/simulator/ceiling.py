@@ -1,8 +1,11 @@
 """The simulator's hidden limits as pure classes: time comes from an injected clock, nothing sleeps.
 
-- `RateCeiling`: at most `rate` admissions per sliding window of `max(1, 1/rate)` seconds (so
-  `rate=20` allows 20 in any 1 s, `rate=0.5` allows 1 in any 2 s); the rate follows a schedule of
-  `(seconds since start, req/s)` pairs. A rate of 0 means no ceiling.
+- `RateCeiling`: the hidden request-rate ceiling; the rate follows a schedule of
+  `(seconds since start, req/s)` pairs, and a rate of 0 means no ceiling. Its burst allowance
+  decides how strict it is: `burst=0` (lenient, the default) allows `rate` admissions per sliding
+  window of `max(1, 1/rate)` seconds (so `rate=20` lets 20 through back to back in any 1 s);
+  `burst=B >= 1` is a token bucket holding at most B tokens, so `burst=1` (strict) refuses any
+  request that arrives sooner than 1/rate after the last one it admitted.
 - `ConcurrencyCeiling`: in-flight counter with an optional cap, also tracking the peak.
 
 The plan quota (token budgets per window) is `simulator.quota`.
@@ -19,29 +22,48 @@ Clock = Callable[[], float]
 
 
 class RateCeiling:
-    """Sliding-window request-rate ceiling; `try_acquire()` admits and records, or refuses."""
+    """Request-rate ceiling (sliding window, or a token bucket when `burst` >= 1);
+    `try_acquire()` admits and records, or refuses."""
 
     def __init__(
         self,
         rate: float = 0.0,
         schedule: tuple[tuple[float, float], ...] = (),
         clock: Clock = time.monotonic,
+        burst: float = 0.0,
     ) -> None:
+        if burst != 0 and burst < 1:
+            raise ValueError("burst must be 0 (sliding window) or at least 1 (token bucket)")
         self._clock = clock
         self._base = rate
         self._schedule = tuple(sorted(schedule))
+        self.burst = burst
         self._start = clock()
         self._accepted: deque[float] = deque()
+        self._tokens = max(1.0, burst)  # token-bucket mode: starts full
+        self._updated = self._start
 
-    def configure(self, rate: float, schedule: tuple[tuple[float, float], ...]) -> None:
-        """Replace the base rate and schedule; the schedule's origin stays where it was."""
+    def configure(self, rate: float, schedule: tuple[tuple[float, float], ...],
+                  burst: float | None = None) -> None:
+        """Replace the base rate and schedule (and burst); the schedule's origin stays."""
         self._base = rate
         self._schedule = tuple(sorted(schedule))
+        if burst is not None and burst != self.burst:
+            if burst != 0 and burst < 1:
+                raise ValueError("burst must be 0 (sliding window) or at least 1")
+            self.burst = burst
+            self._tokens = min(self._tokens, max(1.0, burst))
 
     def reset(self) -> None:
         """Forget admissions and restart the schedule at the current time."""
-        self._start = self._clock()
+        self._start = self._updated = self._clock()
         self._accepted.clear()
+        self._tokens = max(1.0, self.burst)
+
+    def _refill(self, now: float, rate: float) -> None:
+        if now > self._updated:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * rate)
+        self._updated = max(self._updated, now)
 
     def rate_at(self, elapsed: float) -> float:
         """The ceiling (req/s) `elapsed` seconds after start: the last schedule entry reached."""
@@ -73,6 +95,12 @@ class RateCeiling:
         rate = self.rate_at(now - self._start)
         if rate <= 0:
             return True
+        if self.burst:
+            self._refill(now, rate)
+            if self._tokens < 1.0 - 1e-9:
+                return False
+            self._tokens -= 1.0
+            return True
         window, allowed = self._window(rate)
         self._prune(now, window)
         if len(self._accepted) >= allowed:
@@ -86,6 +114,9 @@ class RateCeiling:
         rate = self.rate_at(now - self._start)
         if rate <= 0:
             return 0.0
+        if self.burst:
+            self._refill(now, rate)
+            return max(0.0, (1.0 - self._tokens) / rate)
         window, allowed = self._window(rate)
         self._prune(now, window)
         if len(self._accepted) < allowed:

@@ -66,6 +66,7 @@ class SimulatorSettings:
     chunk_gap_ms: float = 0.0
     words_per_chunk: int = 2
     rate_ceiling: float = 0.0
+    rate_burst: float = 0.0
     ceiling_schedule: Schedule = ()
     concurrency_ceiling: int = 0
     quota_5h_tokens: int = 0
@@ -98,6 +99,8 @@ class SimulatorSettings:
             raise ValueError("quota windows must be longer than 0 s")
         if min(self.latency_ms, self.ttft_ms, self.chunk_gap_ms, self.rate_ceiling) < 0:
             raise ValueError("times and ceilings must not be negative")
+        if self.rate_burst != 0 and self.rate_burst < 1:
+            raise ValueError("rate_burst must be 0 (sliding window) or at least 1 (token bucket)")
         if self.concurrency_ceiling < 0 or self.embedding_dim < 1:
             raise ValueError("concurrency_ceiling must be >= 0, embedding_dim >= 1")
 
@@ -114,6 +117,8 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--chunk-gap-ms", "chunk_gap_ms", float, "gap between content chunks (ms)"),
     ("--words-per-chunk", "words_per_chunk", int, "reply words (= output tokens) per chunk"),
     ("--rate-ceiling", "rate_ceiling", float, "hidden req/s ceiling over a sliding window, 0=none"),
+    ("--rate-burst", "rate_burst", float, "burst the rate ceiling allows: 0 = a whole sliding "
+     "window (lenient), N >= 1 = token bucket of N (1 = strict, no burst)"),
     ("--ceiling-schedule", "ceiling_schedule", parse_schedule, "e.g. '0:20,60:10' (s:req/s)"),
     ("--concurrency-ceiling", "concurrency_ceiling", int, "hidden in-flight ceiling, 0=none"),
     ("--quota-5h-tokens", "quota_5h_tokens", int, "five-hour budget in tokens (1308), 0=none"),
@@ -169,7 +174,7 @@ def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
 
 LIVE_FIELDS = (
     "latency_ms", "ttft_ms", "chunks", "chunk_gap_ms", "words_per_chunk", "rate_ceiling",
-    "ceiling_schedule", "concurrency_ceiling", "fail_rate", "cache_ratio",
+    "rate_burst", "ceiling_schedule", "concurrency_ceiling", "fail_rate", "cache_ratio",
     "quota_5h_tokens", "quota_weekly_tokens", "quota_5h_window_s", "quota_weekly_window_s",
     "quota_level", "monitor_fault", "monitor_delay_ms",
 )
