@@ -29,17 +29,15 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from procs import Proc, free_port, launch, zai
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -117,66 +115,6 @@ SCENARIOS = {
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def launch(name: str, argv: list[str], env: dict[str, str], port: int, ready: str | None) -> Proc:
-    log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ZAI_", "PROXY_", "SIM_",
-                                                                      "RATE_LIMIT_"))}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**base, **env})
-    proc = Proc(name, popen, port, log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{log.read_text()}")
-        try:
-            if ready is None:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return proc
-            else:
-                import urllib.request
-
-                with urllib.request.urlopen(proc.url + ready, timeout=1) as answer:
-                    if answer.status == 200:
-                        return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
-
-
-def zai(command: str, port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "zai_proxy", command, "--host", "127.0.0.1", "--port",
-            str(port), *args]
 
 
 def start_processes(sc: Scenario, window: float) -> tuple[Proc, list[Proc], Proc | None]:

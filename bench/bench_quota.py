@@ -34,12 +34,8 @@ import asyncio
 import datetime as dt
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -47,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from procs import Proc, free_port, launch, zai
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -61,66 +58,19 @@ BUDGET_RATE = BUDGET / TOKENS_PER_REQUEST / WINDOW
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def launch(name: str, command: str, args: list[str], env: dict[str, str], ready: str) -> Proc:
+def start(name: str, command: str, env: dict[str, str], ready: str, *args: str) -> Proc:
     port = free_port()
-    argv = [sys.executable, "-m", "zai_proxy", command, "--host", "127.0.0.1", "--port",
-            str(port), *args]
-    log = Path(tempfile.mkstemp(prefix=f"bench-quota-{name}-", suffix=".log")[1])
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("ZAI_", "PROXY_", "SIM_", "RATE_LIMIT_", "QUOTA_"))}
-    with log.open("wb") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**base, **env})
-    proc = Proc(name, popen, port, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(proc.url + ready, timeout=1) as answer:
-                if answer.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
+    return launch(name, zai(command, port, *args), env, port, ready)
 
 
 def start_simulator(budget: int) -> Proc:
-    return launch("simulator", "simulate", [
-        "--latency-ms", "20", "--expect-key", UPSTREAM_KEY, "--quota-5h-tokens", str(budget),
-        "--quota-5h-window-s", f"{WINDOW:g}"], {}, "/health")
+    return start("simulator", "simulate", {}, "/health",
+                 "--latency-ms", "20", "--expect-key", UPSTREAM_KEY,
+                 "--quota-5h-tokens", str(budget), "--quota-5h-window-s", f"{WINDOW:g}")
 
 
 def start_proxy(sim: Proc, **env: str) -> Proc:
-    return launch("proxy", "serve", [], {
+    return start("proxy", "serve", {
         "ZAI_API_KEY": UPSTREAM_KEY, "ZAI_TARGET_URL": f"{sim.url}/api/paas/v4",
         "ZAI_ANTHROPIC_URL": f"{sim.url}/api/anthropic", "RATE_LIMIT_STATE_FILE": "",
         "RATE_LIMIT_INITIAL": "100", "RATE_LIMIT_MAX": "100", "MAX_WORKERS": "64",

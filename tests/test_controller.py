@@ -84,9 +84,29 @@ def test_a_first_throttle_brackets_the_ceiling_and_bisects_it() -> None:
         # Heavy refusals with *less* accepted than the floor: an upstream without burst,
         # past its cliff. The bound is the probe rate, not the accepted rate.
         (stats(40, 40), Expect("decrease", 16.37, 16.37, 18.185, "failed")),
+        # After a failed bisection the next one waits a clean window (then 2, 4 ...).
+        (stats(81), Expect("hold", 16.37, 16.37, 18.185, "bisection waits 1")),
         (stats(81), Expect("probe", 17.28, 16.37, 18.185, "bisecting")),
         (stats(86), Expect("probe", 17.73, 17.28, 18.185, "bisecting")),
         (stats(88), Expect("hold", 17.73, 17.73, 18.185, "holding")),  # within 4 %: settled
+    ]
+    for s, want in steps:
+        check(ctl, s, want)
+
+
+def test_failed_bisections_wait_longer_each_time_and_a_passed_one_resets_the_wait() -> None:
+    ctl = make(initial=20, narrow=0.01)
+    steps = [
+        (stats(65, 35, rate=20), Expect("decrease", 12.74, None, 20, "throttled")),
+        (stats(63), Expect("probe", 16.37, 12.74, 20, "bisecting")),
+        (stats(40, 40), Expect("decrease", 12.74, 12.74, 16.37, "failed")),
+        (stats(63), Expect("hold", 12.74, 12.74, 16.37, "waits 1")),
+        (stats(63), Expect("probe", 14.555, 12.74, 16.37, "bisecting")),
+        (stats(40, 40), Expect("decrease", 12.74, 12.74, 14.555, "failed")),
+        (stats(63), Expect("hold", 12.74, 12.74, 14.555, "waits 2")),
+        (stats(63), Expect("hold", 12.74, 12.74, 14.555, "waits 2")),
+        (stats(63), Expect("probe", 13.65, 12.74, 14.555, "bisecting")),
+        (stats(68), Expect("probe", 14.10, 13.65, 14.555, "bisecting")),  # passed: no wait
     ]
     for s, want in steps:
         check(ctl, s, want)

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 
 from zai_proxy.quota_monitor import WINDOWS, Limit, QuotaReport
 from zai_proxy.quota_state import Block
+from zai_proxy.redis_link import RedisLink
 
 log = logging.getLogger("zai_proxy.quota")
 T = TypeVar("T")
@@ -75,7 +76,7 @@ def block_from_doc(raw: object) -> Block | None:
         return None
 
 
-class QuotaShare:
+class QuotaShare(RedisLink):
     """The Redis side of quota sharing; every method degrades to a harmless default."""
 
     def __init__(self, url: str, account: str, *, op_timeout: float = 0.5,
@@ -85,52 +86,39 @@ class QuotaShare:
             url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout)
         self.prefix = f"zai-proxy:acct:{account}:quota:"
         self.me = uuid.uuid4().hex
-        self.clock, self.retry_interval = clock, retry_interval
-        self.degraded = False
-        self.reason: str | None = None
+        super().__init__(retry_interval=retry_interval, clock=clock)
         self.leader = False
-        self._retry_at = 0.0
         self._lead = self.redis.register_script(_LEAD)
 
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        if self.degraded and self.clock() < self._retry_at:
-            return None
-        try:
-            result = await op()
-        except (TimeoutError, aioredis.RedisError, OSError) as exc:
-            if not self.degraded:
-                log.error("quota sharing degraded: each replica polls on its own: %r", exc)
-            self.degraded, self.reason = True, f"{type(exc).__name__}: {exc}"[:200]
-            self._retry_at = self.clock() + self.retry_interval
-            self.leader = False
-            return None
-        if self.degraded:
-            log.warning("quota sharing recovered: Redis answers again")
-            self.degraded, self.reason = False, None
-        return result
+    def on_degraded(self, exc: BaseException) -> None:
+        log.error("quota sharing degraded: each replica polls on its own: %r", exc)
+        self.leader = False
+
+    def on_recovered(self) -> None:
+        log.warning("quota sharing recovered: Redis answers again")
 
     async def lead(self, ttl: float) -> bool:
         """Take or renew the polling lock; True when this replica is the one to poll."""
-        won = await self._call(lambda: self._lead(keys=[self.key("leader")],
+        won = await self.call(lambda: self._lead(keys=[self.key("leader")],
                                                   args=[self.me, int(ttl * 1000)]))
         self.leader = bool(won)
         return self.leader
 
     async def publish(self, doc: dict[str, Any]) -> None:
-        await self._call(lambda: self.redis.set(self.key("report"), json.dumps(doc), ex=86400))
+        await self.call(lambda: self.redis.set(self.key("report"), json.dumps(doc), ex=86400))
 
     async def publish_block(self, block: Block, now: float) -> None:
         ttl = int(max(1.0, block.until - now) * 1000)
         doc = {"window": block.window, "code": block.code, "until": block.until,
                "since": block.since}
-        await self._call(lambda: self.redis.set(self.key(f"block:{block.window}"),
+        await self.call(lambda: self.redis.set(self.key(f"block:{block.window}"),
                                                 json.dumps(doc), px=ttl))
 
     async def lift(self, window: str) -> None:
-        await self._call(lambda: self.redis.delete(self.key(f"block:{window}")))
+        await self.call(lambda: self.redis.delete(self.key(f"block:{window}")))
 
     async def sync(self, tokens: float) -> tuple[float, dict[str, Any] | None, list[Block]] | None:
         """Add this replica's new tokens; read the account's total, the report, the blocks."""
@@ -144,7 +132,7 @@ class QuotaShare:
             result: list[Any] = await pipe.execute()
             return result
 
-        answer = await self._call(run)
+        answer = await self.call(run)
         if answer is None:
             return None
         total, raw_report, *raw_blocks = answer

@@ -36,7 +36,9 @@ Rules, one `Adjustment` each:
     the ceiling lies between the two and is bisected.
 - Clean and saturated (>= `min_saturation` of the window): the rate is proven (floor). Then:
   never throttled -> climb x`climb`; upper bound disproved by a clean probe -> probe +step;
-  floor and upper further apart than `narrow` -> probe their midpoint (bisection); close ->
+  floor and upper further apart than `narrow` -> probe their midpoint (bisection; after a
+  failed one the next waits 1, 2, 4 ... clean windows, so a ceiling just over the floor does
+  not cost two 429s every window while the gap closes); close ->
   hold, and after `interval` clean windows saturated for >= `sustained` of their time (probing
   above the ceiling costs 429s: only under sustained demand) probe `step` above the ceiling.
   Such a probe failing doubles the interval (up to `max_probe_interval`) and halves the step
@@ -125,6 +127,8 @@ class RateController:
         self._probe_counts = [0, 0]  # [accepted, throttled] since the probe began
         self._step, self._interval = probe_step, probe_interval
         self._clean = 0  # clean saturated windows at the floor since the last probe
+        self._bisect_wait = 0  # clean windows to wait before the next bisection (after a failure)
+        self._bisect_clean = 0  # clean windows waited so far
         self._prior_floor: float | None = None  # the floor before a probe raised it
         self._fresh = 0  # windows left in which 429s at the floor overturn that probe
         self._fresh_above = False  # that probe went above the ceiling
@@ -390,6 +394,7 @@ class RateController:
             if self._above:
                 self._interval, self._clean = self.probe_interval, 0
                 self._step = min(2 * self._step, self.max_probe_step)
+            self._bisect_wait = 0
             consecutive = True
         elif self.floor is None or ev.gate_rate > self.floor * (1 + EPS):
             self.floor = self._clamp(ev.gate_rate)
@@ -413,6 +418,10 @@ class RateController:
                 "probe", f"ceiling rose: probe +{self._step:.0%}", floor * (1 + self._step),
                 ev, above=True)
         if self.upper > floor * (1 + self.narrow):
+            if self._bisect_clean < self._bisect_wait:
+                self._bisect_clean += 1
+                return self._set("hold", f"bisection waits {self._bisect_wait} clean windows "
+                                 "after a failed one", floor, ev)
             middle = (floor + self.upper) / 2
             return self._start_probe(
                 "probe", f"bisecting between clean {floor:.3g} and throttled {self.upper:.3g}",
@@ -455,11 +464,15 @@ class RateController:
                 bound = max(floor * (1 + self.min_probe_step), measured)
             else:
                 bound = max(floor * (1 + self.min_probe_step), probe)
+            bisection = self.upper is not None and probe < self.upper * (1 - EPS)
             self.upper = bound if self.upper is None else min(self.upper, bound)
             self._learned()
             if self._above:
                 self._interval = min(2 * self._interval, self.max_probe_interval)
                 self._step = max(self._step / 2, self.min_probe_step)
+            elif bisection:  # each further bisection waits longer (1, 2, 4 ... windows)
+                self._bisect_wait = min(max(1, 2 * self._bisect_wait), self.max_probe_interval)
+                self._bisect_clean = 0
             self._clean = 0
             return self._set("decrease", f"probe at {probe:.3g} failed {when}: "
                              f"{fraction:.1%} throttled", floor, ev)
@@ -527,6 +540,7 @@ class RateController:
         self._probe, self._recur, self._clean, self._tolerated = None, 0, 0, 0
         self._fresh, self._prior_floor = 0, None
         self._interval, self._step = self.probe_interval, self.probe_step
+        self._bisect_wait = self._bisect_clean = 0
         # A fresh window: what this one saw was sent at the rate before the restore (a cold
         # start's guess, say) and says nothing about the adopted one.
         now = self.clock()
@@ -553,6 +567,7 @@ class RateController:
         self._throttled_before = False
         self._probe, self._recur, self._clean, self._tolerated = None, 0, 0, 0
         self._interval, self._step = self.probe_interval, self.probe_step
+        self._bisect_wait = self._bisect_clean = 0
         self._take()
         adjustment = self._set("reset", "reset", self.initial)
         self._guess()

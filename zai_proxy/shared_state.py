@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from zai_proxy.evidence import Adjustment, WindowStats
 from zai_proxy.gcra import Gcra
 from zai_proxy.rate_controller import RateController
+from zai_proxy.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,7 +87,7 @@ def namespace(account: str) -> str:
     return f"zai-proxy:acct:{account}:limiter"
 
 
-class SharedState:
+class SharedState(RedisLink):
     """Redis connection with a loud local fallback, and the live replica count."""
 
     def __init__(
@@ -104,10 +105,7 @@ class SharedState:
         )
         self.ns, self.configured_replicas = namespace, max(1, replicas)
         self.live_replicas: int | None = None  # members seen at the last heartbeat
-        self.retry_interval, self.clock = retry_interval, clock
-        self.degraded = False
-        self.reason: str | None = None
-        self._retry_at = 0.0
+        super().__init__(retry_interval=retry_interval, clock=clock)
 
     @property
     def replicas(self) -> int:
@@ -126,23 +124,12 @@ class SharedState:
         return {"degraded": self.degraded, "reason": self.reason, "replicas": self.replicas,
                 "live_replicas": self.live_replicas, "namespace": self.ns}
 
-    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a Redis operation; None (and degraded) when Redis fails or is still backing off."""
-        if self.degraded and self.clock() < self._retry_at:
-            return None
-        try:
-            result = await op()
-        except (TimeoutError, aioredis.RedisError, OSError) as exc:
-            if not self.degraded:
-                log.error("shared limiter state degraded, local limits / %d apply: %r",
-                          self.replicas, exc)
-            self.degraded, self.reason = True, f"{type(exc).__name__}: {exc}"[:200]
-            self._retry_at = self.clock() + self.retry_interval
-            return None
-        if self.degraded:
-            log.warning("shared limiter state recovered: Redis answers again")
-            self.degraded, self.reason = False, None
-        return result
+    def on_degraded(self, exc: BaseException) -> None:
+        log.error("shared limiter state degraded, local limits / %d apply: %r",
+                  self.replicas, exc)
+
+    def on_recovered(self) -> None:
+        log.warning("shared limiter state recovered: Redis answers again")
 
     async def ping(self) -> bool:
         """Check Redis now (also ends the back-off); True when reachable."""
