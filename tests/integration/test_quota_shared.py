@@ -69,9 +69,12 @@ async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_bloc
         assert up_b.chats == chats
         assert qb.health()["blocked"]["source"] == "shared"
     account = account_id(key, "https://api.z.ai/api/paas/v4")
-    keys = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys(f"*{account}*")}
+    every = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")}
     prefix = f"zai-proxy:acct:{account}:quota:"
-    assert keys and all(k.startswith(prefix) for k in keys)
+    # Everything lives under the account (the limiter's gate too), the quota under its own part.
+    assert every and all(k.startswith(f"zai-proxy:acct:{account}:") for k in every)
+    keys = {k for k in every if ":quota:" in k}
+    assert all(k.startswith(prefix) for k in keys)
     assert {prefix + "leader", prefix + "report", prefix + "tokens",
             prefix + "block:five_hour"} <= keys
 
