@@ -47,7 +47,7 @@ README = ROOT / "README.md"
 WORK = ROOT / ".mutation" / "work"
 # Everything the unit tests read besides the package and the tests (docs, manifests, ...).
 ALSO_COPY = (".ci", "Dockerfile", ".dockerignore", "README.md", "bench", "deploy", "docs",
-             "scripts")
+             "requirements.lock", "scripts")
 TEST_HELPERS = ("tests/__init__.py", "tests/conftest.py", "tests/inprocess.py", "tests/servers.py")
 # A mutant is a timeout after (its tests' CPU seconds + 1) * this * 2 CPU seconds (mutmut's
 # RLIMIT_CPU, so load on the machine does not matter); mutmut's default 15 spent most of a run
