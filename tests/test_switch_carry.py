@@ -18,7 +18,8 @@ def doc(ceiling: float | None, ago: float | None, conc: int | None = None,
         exported: float = NOW) -> dict[str, Any]:
     return {"version": 1, "account": "a" * 16, "variant": "v1", "shared": False,
             "exported_at": exported,
-            "rate": {"ceiling": ceiling, "current": 1.0, "learned_seconds_ago": ago},
+            "rate": {"ceiling": ceiling, "floor": None if ceiling is None else 0.98 * ceiling,
+                     "upper": ceiling, "current": 1.0, "learned_seconds_ago": ago},
             "concurrency": {"ceiling": conc}}
 
 
@@ -81,6 +82,8 @@ def test_interim_share(ceiling: float | None, old_rate: float | None, backlog: f
         assert result is None
     else:
         assert result is not None and result["rate"]["ceiling"] == pytest.approx(expected)
+        # what the target adopts: it holds at `floor` and takes `upper` as its bound
+        assert result["rate"]["floor"] == result["rate"]["upper"] == result["rate"]["ceiling"]
         assert result["account"] == "a" * 16 and result["rate"]["learned_seconds_ago"] == 5
 
 

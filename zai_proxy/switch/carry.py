@@ -146,8 +146,9 @@ def interim(
     share = max(ceiling - old_rate, ceiling * MIN_INTERIM_SHARE)
     if share >= ceiling:
         return None
-    copy = {**doc, "rate": {**doc["rate"], "ceiling": share}}
-    return copy
+    # Floor and upper bound too: a proxy adopting its own kind of document takes `upper` as the
+    # ceiling and holds at `floor`, so a share in `ceiling` alone would leave it the whole rate.
+    return {**doc, "rate": {**doc["rate"], "ceiling": share, "floor": share, "upper": share}}
 
 
 @dataclass
