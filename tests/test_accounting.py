@@ -921,7 +921,7 @@ def test_result_with_zero_input_still_records_the_input_series() -> None:
     def sample(direction: str) -> float | None:
         return registry.get_sample_value(TOKENS, {
             "direction": direction, "model": "glm-4.7", "source": "upstream",
-            "pricing_tier": "standard", "deployment_variant": "t"})
+            "pricing_tier": report.tier, "deployment_variant": "t"})
 
     assert sample("input") == 0 and sample("output") == 5
     assert sample("cache_read") is None and sample("cache_write") is None
