@@ -69,7 +69,8 @@ async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_bloc
         assert up_b.chats == chats
         assert qb.health()["blocked"]["source"] == "shared"
     account = account_id(key, "https://api.z.ai/api/paas/v4")
-    every = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")}
+    # The Redis server is shared with other tests (other accounts): look at this account's keys.
+    every = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys(f"*{account}*")}
     prefix = f"zai-proxy:acct:{account}:quota:"
     # Everything lives under the account (the limiter's gate too), the quota under its own part.
     assert every and all(k.startswith(f"zai-proxy:acct:{account}:") for k in every)
