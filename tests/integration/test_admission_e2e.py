@@ -150,7 +150,9 @@ async def test_proxy_learns_the_hidden_ceiling(ceiling_sim: Process) -> None:
     ok_late, limited_late, late_s = between(series, 10, 19)
     early_fraction = limited_early / max(1, ok_early + limited_early)
     late_fraction = limited_late / max(1, ok_late + limited_late)
-    assert 7.0 <= ceiling <= 12.0, ceiling  # the simulator allows 10 req/s
+    # The simulator allows 10 req/s. The ceiling gauge is the lowest rate seen throttled: a
+    # failed probe, up to max_probe_step (20 %) over a floor just under 10 in gate terms.
+    assert 7.0 <= ceiling <= 12.5, ceiling
     assert 6.5 <= rate <= 11.0, rate
     # Started at 2x the ceiling: the guess is refused and given up after a few 429s, not
     # after a window of them.
