@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -32,7 +32,6 @@ from zai_proxy.quota_state import Block
 from zai_proxy.redis_link import RedisLink
 
 log = logging.getLogger("zai_proxy.quota")
-T = TypeVar("T")
 
 _LEAD = """
 local holder = redis.call('GET', KEYS[1])

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -33,7 +33,6 @@ from zai_proxy.rate_controller import RateController
 from zai_proxy.redis_link import RedisLink
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _TAKE = """
 local t = redis.call('TIME')
