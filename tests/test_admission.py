@@ -4,50 +4,15 @@ saturation reporting, concurrency-aware estimates, congestion backoff, pacing.""
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections.abc import Awaitable, Callable
 
 import pytest
 
+from tests.support.clock import VirtualTime, settle
 from zai_proxy.admission import Admission, Permit, Rejection
 from zai_proxy.concurrency_controller import ConcurrencyController
 from zai_proxy.gcra import Gate, LocalGate
 from zai_proxy.rate_controller import Adjustment, Outcome, RateController
-
-
-class VirtualTime:
-    """A clock plus a `sleep` that only returns when the test advances time past it."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def __call__(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + seconds, next(self._seq), future))
-        await future
-
-    async def advance(self, seconds: float) -> None:
-        end = self.t + seconds
-        await settle()
-        while self._sleepers and self._sleepers[0][0] <= end:
-            when, _, future = heapq.heappop(self._sleepers)
-            self.t = max(self.t, when)
-            if not future.done():
-                future.set_result(None)
-            await settle()
-        self.t = end
-        await settle()
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 def build(vt: VirtualTime, *, rate: float = 10, workers: int = 10, queue_max: int = 100,
