@@ -3,9 +3,10 @@
     python scripts/mutation.py [MODULE ...] [--check] [--update [--allow-raise]] [--force] [-j N]
 
 Runs mutmut, with one operator added (statement deletion: a call or assignment line replaced by
-`pass`, scripts/mutmut_ops.py), on the in-process unit tests (`tests/test_*.py`, never `tests/integration/`) in a
-scratch copy of the tree (`.mutation/work`, git-ignored), then prints per module: mutants,
-killed, survived (of which listed as equivalent), timeouts, mutants no unit test reaches, score.
+`pass`, scripts/mutmut_ops.py), on the in-process unit tests (`tests/test_*.py`, never
+`tests/integration/`) in a scratch copy of the tree (`.mutation/work`, git-ignored), then prints
+per module: mutants, killed, survived (of which listed as equivalent), timeouts, mutants no unit
+test reaches, score.
 
 Results are cached in `.ci/mutation-results.json` (committed), keyed per module by a hash of the
 module's source, of the unit-test files that executed it in the run that produced the entry, of
