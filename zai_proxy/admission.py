@@ -206,10 +206,11 @@ class Admission:
                 self._drop(waiter)  # the dispatcher refunds a slot taken while we left
                 await self._return_pacer(waiter.pacer_held)
             elif waiter.future.done() and isinstance(permit := waiter.future.result(), Permit):
-                # Granted just as the client left: free the slot, give back what it took.
+                # Granted just as the client left: free the slot, give back what it took
+                # (the pacer slot only if it took one: pacing may have been off meanwhile).
                 permit.release()
                 await self.gate.refund(self.gate_rate, self.clock())
-                await self._return_pacer(waiter.paced)
+                await self._return_pacer(waiter.pacer_held)
             raise
 
     async def _take_pacer(self, now: float) -> float:
