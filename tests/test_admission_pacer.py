@@ -124,3 +124,22 @@ async def test_a_waiter_that_took_no_pacer_slot_gives_none_back_when_it_leaves()
         await leaving
     assert adm.in_flight == 2 and adm.depth == 0
     assert pacer.taken == pacer.refunds == 0  # no slot taken, none given back (no credit)
+
+
+async def test_leaving_while_the_gate_answers_a_first_try_gives_the_pacer_slot_back() -> None:
+    vt = VirtualTime()
+    gate, pacer = CountingGate(vt), CountingGate(vt)
+    adm = build(vt, gate, pacer, rate=10)
+    answered = asyncio.Event()
+
+    async def slow_answer() -> None:  # a shared gate takes its time; the client leaves
+        leaving.cancel()
+        await answered.wait()
+
+    gate.hook = slow_answer
+    leaving = asyncio.create_task(adm.acquire("batch", paced=True))  # nobody queued: first try
+    await settle()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert pacer.taken == pacer.refunds == 1  # it never went upstream: nothing counted
+    assert adm.in_flight == adm.depth == 0
