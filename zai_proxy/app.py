@@ -111,7 +111,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
     metrics.set_auth_mode("open" if auth.open else "keys")
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
-    limiter = Limiter(settings, metrics, clock=clock)
+    limiter = Limiter(settings, metrics, clock=clock, wall=wall, sleep=sleep)
     quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
