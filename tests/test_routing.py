@@ -138,6 +138,113 @@ def test_token_spending_routes_the_proxy_cannot_count_are_refused(path: str, r: 
     assert info.value.status == 404 and info.value.route == path
 
 
+# What the router documents as a valid path (zai_proxy/routing.py, `_SEGMENT`): /v1 and one or
+# more segments of unreserved characters and sub-delims but ';', none empty, '.' or '..', and
+# one trailing slash at most. Written out here, not imported, so the test checks the router
+# against the rule rather than against itself.
+_SEGMENT_ALPHABET = "abcxyzABZ019._~:@!$'()*+,=-"
+_WORDS = ["chat", "completions", "files", "models", "async-result", "content", "messages",
+          "count_tokens", "embeddings", "images", "generations", "glm-4.7"]
+
+
+def _valid_path(raw: str) -> bool:
+    if not raw.startswith("/v1/"):
+        return False
+    segments = raw[1:].split("/")
+    if raw.endswith("/"):
+        segments.pop()
+    return len(segments) >= 2 and all(
+        seg not in {"", ".", ".."} and all(ch in _SEGMENT_ALPHABET or (ch.isascii()
+                                           and ch.isalnum()) for ch in seg)
+        for seg in segments)
+
+
+def _check_outcome(router_: Router, method: str, raw: str) -> None:
+    """A valid path is routed (or refused for its method, or as uncountable, by the table);
+    an invalid one is a plain 404. Never the other way round."""
+    try:
+        route = router_.resolve(method, raw)
+    except RouteNotAccounted as exc:
+        assert _valid_path(raw), raw
+        assert ENDPOINTS[exc.route].tokens is Tokens.UNCOUNTABLE, (raw, exc.route)
+        return
+    except MethodNotAllowed as exc:
+        assert _valid_path(raw), raw
+        allowed = ENDPOINTS[exc.route].methods if exc.route in ENDPOINTS else PASSTHROUGH_METHODS
+        assert method not in allowed and exc.allow == allowed, (method, raw, exc.route)
+        return
+    except NotFound:
+        assert not _valid_path(raw) or not router_.passthrough_unknown, \
+            f"a valid path was refused: {raw!r}"
+        return
+    assert _valid_path(raw), f"an invalid path was accepted: {raw!r} -> {route}"
+    labels = set(ENDPOINTS) | {OTHER_V1}
+    assert route.template in labels
+    assert route.upstream_url.startswith((OPENAI + "/", ANTHROPIC + "/v1/"))
+    rest = route.upstream_url.split("://", 1)[1]
+    assert "//" not in rest and "/../" not in rest and "/./" not in rest and ";" not in rest
+    assert "%" not in rest and "\\" not in rest and "#" not in rest
+
+
+_segment = st.one_of(st.sampled_from(_WORDS),
+                     st.text(alphabet=_SEGMENT_ALPHABET, min_size=1, max_size=6)
+                     ).filter(lambda seg: seg not in {".", ".."})
+_BAD_SEGMENTS = ["", ".", "..", "a;b", ";", "%2e", "a%2fb", "%41", "a\\b", "a b", "a#b", "a?b",
+                 "\x00", "\u00e9", "a\"b", "<x>", "a[1]", "{x}", "a|b", "a^b", "`"]
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+@given(segments=st.lists(_segment, min_size=1, max_size=5), trailing=st.booleans(),
+       method=st.sampled_from(sorted(PASSTHROUGH_METHODS)))
+def test_valid_paths_are_accepted(segments: list[str], trailing: bool, method: str) -> None:
+    """Every valid path gets a route from the passthrough router: the table's route for its
+    method, or /v1/other; refused only for a method its table entry does not take, or as a
+    route whose tokens cannot be counted."""
+    raw = "/v1/" + "/".join(segments) + ("/" if trailing else "")
+    assert _valid_path(raw)
+    _check_outcome(passthrough, method, raw)
+    try:
+        route = passthrough.resolve(method, raw)
+    except (MethodNotAllowed, RouteNotAccounted):
+        return
+    assert route.template == OTHER_V1 or route.template in ENDPOINTS
+
+
+@hsettings(max_examples=200, deadline=None, derandomize=True)
+@given(template=st.sampled_from(sorted(ENDPOINTS)),
+       ident=st.text(alphabet=_SEGMENT_ALPHABET, min_size=1, max_size=8), data=st.data())
+def test_every_table_route_is_accepted_with_its_methods(template: str, ident: str,
+                                                        data: st.DataObject) -> None:
+    """A table path with any valid id resolves to that very template, on both routers."""
+    endpoint = ENDPOINTS[template]
+    method = data.draw(st.sampled_from(sorted(endpoint.methods)))
+    raw = "/".join(f"id-{ident}" if part.startswith("{") else part
+                   for part in template.split("/"))
+    for r in (router, passthrough):
+        if endpoint.tokens is Tokens.UNCOUNTABLE:
+            with pytest.raises(RouteNotAccounted):
+                r.resolve(method, raw)
+            continue
+        route = r.resolve(method, raw)
+        assert route.template == template, (raw, route.template)
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+@given(segments=st.lists(_segment, min_size=1, max_size=5), bad=st.sampled_from(_BAD_SEGMENTS),
+       data=st.data(), method=st.sampled_from(["GET", "POST", "HEAD", "DELETE", "TRACE"]))
+def test_invalid_paths_are_refused(segments: list[str], bad: str, data: st.DataObject,
+                                   method: str) -> None:
+    """A path with one bad segment (with a valid one after it: a trailing empty segment is the
+    one harmless slash) is a plain 404 on both routers, whatever the method."""
+    at = data.draw(st.integers(0, len(segments) - 1))
+    raw = "/v1/" + "/".join([*segments[:at], bad, *segments[at:]])
+    assert not _valid_path(raw)
+    for r in (router, passthrough):
+        with pytest.raises(NotFound) as info:
+            r.resolve(method, raw)
+        assert type(info.value) is NotFound, (raw, info.value)
+
+
 _PATH_CHARS = st.sampled_from([*"abv1/.;%:@~-_=+?#\\ ", "..", "//", "%2e", "%2f", "chat",
                                "completions", "files", "models", "async-result"])
 
@@ -146,18 +253,9 @@ _PATH_CHARS = st.sampled_from([*"abv1/.;%:@~-_=+?#\\ ", "..", "//", "%2e", "%2f"
 @given(tail=st.lists(_PATH_CHARS, max_size=12).map("".join),
        method=st.sampled_from(["GET", "POST", "HEAD", "DELETE", "TRACE", "PUT"]))
 def test_any_path_stays_on_a_base_under_a_bounded_label(tail: str, method: str) -> None:
-    """Whatever the path, a route is a table template or /v1/other, its URL is a base plus a
-    clean path, and anything else is a 404 or 405."""
-    labels = set(ENDPOINTS) | {OTHER_V1}
-    try:
-        route = passthrough.resolve(method, "/v1/" + tail)
-    except (NotFound, MethodNotAllowed):
-        return
-    assert route.template in labels
-    assert route.upstream_url.startswith((OPENAI + "/", ANTHROPIC + "/v1/"))
-    rest = route.upstream_url.split("://", 1)[1]
-    assert "//" not in rest and "/../" not in rest and "/./" not in rest and ";" not in rest
-    assert "%" not in rest and "\\" not in rest and "#" not in rest
+    """Whatever the path: routed exactly when it is valid (by the documented rule), then to a
+    table template or /v1/other, at a base plus a clean path; otherwise a plain 404."""
+    _check_outcome(passthrough, method, "/v1/" + tail)
 
 
 # --- error messages, flags and table helpers pinned exactly (mutation-test gaps) ---
