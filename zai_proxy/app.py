@@ -107,7 +107,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         chunk_timeout=settings.chunk_timeout,
                         # Every admitted request needs a connection: never fewer than the cap.
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
-                        transport=transport)
+                        transport=transport, api_key=settings.zai_api_key)
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
     metrics.set_auth_mode("open" if auth.open else "keys")
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
