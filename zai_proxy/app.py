@@ -108,8 +108,25 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         # Every admitted request needs a connection: never fewer than the cap.
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
                         transport=transport, api_key=settings.zai_api_key)
-    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
-    metrics.set_auth_mode("open" if auth.open else "keys")
+    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file,
+                      clock=clock, wall=wall)
+    key_file_errors_counted = 0
+
+    def refresh_auth() -> None:
+        """Look at the key file now, and show its state in the metrics."""
+        nonlocal key_file_errors_counted
+        auth.refresh()
+        metrics.set_auth_mode("open" if auth.open else "keys")
+        status = auth.file_status
+        if status is None:
+            return
+        metrics.auth_key_file_loaded.set(status.loaded_at)
+        metrics.auth_key_file_keys.set(status.keys)
+        metrics.auth_key_file_error.set(1 if status.last_error else 0)
+        metrics.auth_key_file_errors.inc(status.errors - key_file_errors_counted)
+        key_file_errors_counted = status.errors
+
+    refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
     limiter = Limiter(settings, metrics, clock=clock)
     quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
@@ -173,6 +190,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @app.get("/health")
     async def health() -> JSONResponse:
         """Liveness: answers 200 whenever the process can serve; never asks the upstream."""
+        refresh_auth()
         body: dict[str, Any] = {
             "status": "draining" if lifecycle.draining else "ok",
             "deployment_variant": settings.deployment_variant,
@@ -184,6 +202,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "retired": retirement.retired,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "auth": "open" if auth.open else "keys",
+            "auth_key_file": auth.file_status.as_dict() if auth.file_status else None,
             "rate_limit": limiter.health(),
             "quota": quota.health(),
         }
@@ -203,7 +222,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     @app.get("/metrics")
     async def metrics_route() -> Response:
         limiter.refresh_gauges()
-        metrics.set_auth_mode("open" if auth.open else "keys")  # the key file may change
+        refresh_auth()  # the key file may change
         quota.refresh_gauges()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
