@@ -228,6 +228,11 @@ class Settings:
     version: str = _setting("ZAI_PROXY_VERSION", str, "build version", default="")
     commit: str = _setting("ZAI_PROXY_COMMIT", str, "build commit", default="unknown")
     build_time: str = _setting("ZAI_PROXY_BUILD_TIME", str, "build time", default="unknown")
+    metrics_client_names: bool = _setting(
+        "METRICS_CLIENT_NAMES", parse_bool,
+        "show the per-client series (zai_proxy_client_tokens_total{client}) on /metrics to "
+        "every scrape; off = only to a scrape that presents ADMIN_API_KEY (the dashboard's top "
+        "clients then need it)", default=True)
     # Token accounting.
     token_counting_enabled: bool = _setting(
         "TOKEN_COUNTING_ENABLED", parse_bool, "count tokens and cost", default=True)
