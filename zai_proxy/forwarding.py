@@ -51,7 +51,7 @@ from zai_proxy.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
 from zai_proxy.metrics import Metrics
 from zai_proxy.rate_controller import Outcome
 from zai_proxy.retry import SAFE_METHODS, RetryPolicy, RetryReason, retry_reason
-from zai_proxy.upstream import BodyReader, Upstream
+from zai_proxy.upstream import BodyReader, ScrubbingReader, Upstream
 
 # Error bodies are read with a budget: enough to decide retries and classify a 429.
 ERROR_BODY_BUDGET = 256 * 1024
@@ -69,7 +69,7 @@ class Opened:
     status: int
     headers: RawHeaders
     content_type: str
-    chunks: BodyReader
+    chunks: BodyReader | ScrubbingReader
     permit: Permit
     body: bytes | None = None
     first: bytes = b""
@@ -199,8 +199,15 @@ class Forwarder:
                 if whole and _declared_length(raw) > limit:
                     raise UpstreamResponseTooLarge(_too_large(limit))
                 data, complete = await _read_upto(chunks, limit)
-                if status >= 300:  # quoted to the client and classified: never with the key
-                    data = self.upstream.scrub.data(data)
+                scrub = self.upstream.scrub
+                if status >= 300 and scrub.active:  # relayed and classified: never with the key
+                    if complete:
+                        data = scrub.data(data)
+                    else:  # relayed as it arrives: scrubbed across reads, length unknown
+                        data, tail = scrub.split(data)
+                        opened.chunks = scrub.reader(chunks, tail)
+                        opened.headers = [(k, v) for k, v in raw
+                                          if k.lower() != b"content-length"]
                 if complete:
                     opened.body = data
                     ex.upstream_ended = time.perf_counter()

@@ -78,6 +78,28 @@ class Scrubber:
         key = self._key_bytes
         return data.replace(key, REDACTED.encode()) if key and key in data else data
 
+    @property
+    def active(self) -> bool:
+        return bool(self._key_bytes)
+
+    def split(self, data: bytes) -> tuple[bytes, bytes]:
+        """`data` scrubbed up to a tail that may be the start of the key (held back: the rest
+        of the key may come in the next read), and that tail."""
+        key = self._key_bytes
+        marker = REDACTED.encode()
+        out: list[bytes] = []
+        start = 0
+        while (found := data.find(key, start)) >= 0:
+            out += (data[start:found], marker)
+            start = found + len(key)
+        held = max(start, len(data) - len(key) + 1)
+        out.append(data[start:held])
+        return b"".join(out), data[held:]
+
+    def reader(self, body: BodyReader, tail: bytes) -> ScrubbingReader:
+        """`body` scrubbed as it is relayed; `tail` is what `split` held back of its start."""
+        return ScrubbingReader(body, self, tail)
+
     def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
         """Header values with the key replaced (names cannot carry it: they are tokens)."""
         key = self._key_bytes
@@ -258,6 +280,33 @@ class BodyReader:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+class ScrubbingReader:
+    """A `BodyReader` whose chunks have the upstream key replaced, even across reads (for a long
+    error body relayed as it arrives: the length changes, so it goes without Content-Length)."""
+
+    def __init__(self, body: BodyReader, scrub: Scrubber, tail: bytes) -> None:
+        self._body = body
+        self._scrub = scrub
+        self._tail = tail
+
+    def __aiter__(self) -> ScrubbingReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._body.__anext__()
+        except StopAsyncIteration:
+            if not self._tail:
+                raise
+            tail, self._tail = self._tail, b""  # shorter than the key: cannot hold it
+            return tail
+        out, self._tail = self._scrub.split(self._tail + chunk)
+        return out
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
 
 async def _already_read(response: httpx.Response) -> AsyncIterator[bytes]:
