@@ -89,6 +89,9 @@ def test_key_file_merges_with_the_list_and_is_reread_when_it_changes(
     os.replace(replacement, keys)
     assert auth.client_id(bearer("worker-key-0001")) == "batch"  # not looked at yet (< 1 s)
     clock.now += 1.0
+    # Seen changed; applied once it is still the same a second later (it has settled).
+    assert auth.client_id(bearer("worker-key-0001")) == "batch"
+    clock.now += 1.0
     with caplog.at_level(logging.WARNING, logger="zai_proxy.auth"):
         assert auth.client_id(bearer("worker-key-0003")) == "batch"
     assert "reloaded" in caplog.text and "worker-key" not in caplog.text
@@ -99,26 +102,32 @@ def test_key_file_merges_with_the_list_and_is_reread_when_it_changes(
             auth.client_id(bearer(gone))
 
 
-def test_a_broken_key_file_keeps_the_keys_in_force_and_is_logged_once(
+def test_each_distinct_key_file_problem_is_logged_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
     clock = Clock()
     auth = ClientAuth((), key_file=str(keys), clock=clock)
-    with caplog.at_level(logging.ERROR, logger="zai_proxy.auth"):
-        for text in ("worker-key-0001\nshort\n", "# emptied\n", "worker-key-0001\nshort\n"):
-            keys.write_text(text)
+
+    def settle() -> None:
+        for _ in range(2):
             clock.now += 1.0
+            with pytest.raises(Unauthorized):
+                auth.client_id([])
+
+    with caplog.at_level(logging.ERROR, logger="zai_proxy.auth"):
+        for text in ("worker-key-0001\nshort\n", "worker-key-0001\nshort\n\n"):
+            keys.write_text(text)
+            settle()
             assert auth.client_id(bearer("worker-key-0001")) == fingerprint("worker-key-0001")
-        keys.unlink()
-        clock.now += 1.0
-        assert auth.client_id(bearer("worker-key-0001"))
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    # one line per distinct problem: short key, no key, short key again, file gone
-    assert len(errors) == 4 and all("stay in force" in r.getMessage() for r in errors)
+        keys.write_text("# emptied\n")
+        settle()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # the short key (once: the same problem again), the empty file, and no key left in force
+    assert len(errors) == 3 and "worker-key" not in " ".join(errors)
     assert auth.file_error is not None
     keys.write_text("worker-key-0009\n")
-    clock.now += 1.0
+    settle()
     assert auth.client_id(bearer("worker-key-0009")) and auth.file_error is None
 
 
