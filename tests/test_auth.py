@@ -232,6 +232,9 @@ def test_a_change_within_the_first_second_is_not_seen_yet(tmp_path: Path) -> Non
     assert auth.client_id(bearer("worker-key-0001")) == fingerprint("worker-key-0001")
     with pytest.raises(Unauthorized):
         auth.client_id(bearer("worker-key-0002-longer"))
+    clock.now += 1.0  # the first look sees the change; it applies once the file has settled
+    with pytest.raises(Unauthorized):
+        auth.client_id(bearer("worker-key-0002-longer"))
     clock.now += 1.0
     assert auth.client_id(bearer("worker-key-0002-longer"))
 
@@ -260,6 +263,9 @@ def test_reload_log_line_and_its_fields(
     replacement.write_text("keep:worker-key-0002\nnew:worker-key-0003\nnew:worker-key-0004\n")
     os.replace(replacement, keys)
     clock.now += 1.0
+    with pytest.raises(Unauthorized):  # seen, not settled yet
+        auth.client_id(bearer("worker-key-0004"))
+    clock.now += 1.0
     with caplog.at_level(logging.WARNING, logger="zai_proxy.auth"):
         assert auth.client_id(bearer("worker-key-0004")) == "new"
     [record] = caplog.records
@@ -271,24 +277,34 @@ def test_reload_log_line_and_its_fields(
 
 def test_unusable_key_file_error_texts(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The error line names the file and the problem; a missing file reports its strerror."""
+    """An emptied or deleted file revokes its keys; the error names the file and the problem
+    (a missing file by its strerror), and a proxy with no key left says every request fails."""
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
     clock = Clock()
     auth = ClientAuth((), key_file=str(keys), clock=clock)
     with caplog.at_level(logging.ERROR, logger="zai_proxy.auth"):
         keys.write_text("# emptied, and longer than before\n")
-        clock.now += 1.0
+        clock.now += 1.0  # seen changed: the keys in force stay
         assert auth.client_id(bearer("worker-key-0001"))
-        assert auth.file_error == "holds no key (one per line expected)"
+        clock.now += 1.0  # unchanged a second later: applied
+        with pytest.raises(Unauthorized):
+            auth.client_id(bearer("worker-key-0001"))
+        assert auth.file_error == "holds no key: no key from it is in force"
         keys.unlink()
-        clock.now += 1.0
-        assert auth.client_id(bearer("worker-key-0001"))
-        assert auth.file_error == "No such file or directory"
-    tail = "the keys loaded before stay in force"
-    assert [r.getMessage() for r in caplog.records] == [
-        f"PROXY_API_KEYS_FILE {keys} changed but cannot be used"
-        f" (holds no key (one per line expected)): {tail}",
-        f"PROXY_API_KEYS_FILE {keys} changed but cannot be used"
-        f" (No such file or directory): {tail}",
+        for _ in range(2):
+            clock.now += 1.0
+            with pytest.raises(Unauthorized):
+                auth.client_id(bearer("worker-key-0001"))
+        assert auth.file_error == ("cannot be read (No such file or directory): no key from it "
+                                   "is in force")
+    tail = "the valid lines are in force"
+    refused = (f"no client key is in force: every request is refused (401) until "
+               f"PROXY_API_KEYS_FILE {keys} holds a valid key")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"PROXY_API_KEYS_FILE {keys}: holds no key: no key from it is in force; {tail}",
+        refused,
+        f"PROXY_API_KEYS_FILE {keys}: cannot be read (No such file or directory): no key from "
+        f"it is in force; {tail}",
+        refused,
     ]
