@@ -13,6 +13,11 @@ ceiling belongs to the account). Pieces:
   partial windows), and publishes rate, ceiling and floor after every change. The published
   state outlives the processes (it expires after RATE_LIMIT_STATE_MAX_AGE), so a new pod of
   either variant starts from it. While Redis is unreachable each replica decides alone.
+Every Redis call follows `RedisLink`'s policy (0.5 s timeout; a timeout, an error or a reply
+the command cannot give degrades; skipped while backing off). What is read back is validated
+where it is read: the script replies (a bad one degrades), the counts and the state document
+field by field (a value that is not finite and positive, a `seq` that is not a whole number,
+is dropped and logged once: a state holding "rate": NaN is not adopted).
 The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
 """
 
@@ -146,7 +151,10 @@ class SharedState(RedisLink):
         return bool(await self.call(self.redis.ping))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        try:
+            await self.redis.aclose()
+        except Exception:  # closing a broken connection must not fail shutdown
+            log.debug("closing the shared state's Redis connection failed", exc_info=True)
 
 
 class RedisGate:
