@@ -1,10 +1,16 @@
-"""Per-client quotas with the `limits` library (memory and real Redis storage)."""
+"""Per-client quotas with the `limits` library, on memory storage and on a storage that
+hangs or answers nonsense (tests/support/redis.py). Real Redis: tests/integration/
+test_client_quotas_redis.py."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
 
-from tests.servers import RedisServer
+from tests.support.clock import VirtualTime
+from tests.support.redis import StalledStorage, virtual_timeout
 from zai_proxy.client_quotas import ClientQuotas, parse_client_limits
 
 
@@ -49,16 +55,47 @@ async def test_token_limit_counts_input_and_recorded_output() -> None:
     assert not (await quotas.check("a")).allowed  # past the limit: even a tiny request waits
 
 
-@pytest.mark.needs("redis-server")
-async def test_redis_storage_is_shared(redis_server: RedisServer) -> None:
-    uri = redis_server.url
-    one = ClientQuotas("2/minute", uri, prefix="q-test")
-    two = ClientQuotas("2/minute", uri, prefix="q-test")
-    assert (await one.check("shared")).allowed
-    assert (await two.check("shared")).allowed
-    assert not (await one.check("shared")).allowed  # the other replica's hit counted
-
-
-async def test_storage_failure_fails_open() -> None:
-    quotas = ClientQuotas("1/minute", "redis://127.0.0.1:1/0")
+async def test_a_stalled_storage_costs_one_timeout_then_is_skipped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis SIGSTOPped: each request once waited the client's whole timeout; now the first
+    waits op_timeout (0.5 s), the next ones skip the storage until the retry interval."""
+    vt = VirtualTime()
+    storage = StalledStorage()
+    quotas = ClientQuotas("1/minute; tokens:100/minute", storage=storage, clock=vt,
+                          timeout=virtual_timeout(vt))
     assert (await quotas.check("a")).allowed
+    storage.hang = True
+    with caplog.at_level(logging.WARNING):
+        check = asyncio.create_task(quotas.check("a"))
+        await vt.advance(0.5)
+        try:
+            assert check.done(), "a stalled storage must not hold a request past op_timeout"
+            assert check.result().allowed  # allowed while the storage fails (over its quota)
+        finally:
+            check.cancel()
+        assert quotas.health() == {"degraded": True,
+                                   "reason": "TimeoutError: no answer within 0.5 s"}
+        calls = storage.calls
+        assert (await quotas.check("a")).allowed  # at once: not even tried
+        await quotas.record_tokens("a", 500)
+        assert storage.calls == calls
+        storage.hang = False
+        vt.jump(5.0)
+        refused = await quotas.check("a")  # tried again: the quota applies again
+        assert not refused.allowed and refused.limit == "requests 1 per 1 minute"
+    assert quotas.health() == {"degraded": False, "reason": None}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("degraded" in m for m in messages) == 1
+    assert sum("recovered" in m for m in messages) == 1
+
+
+async def test_a_storage_answering_nonsense_lets_the_request_through() -> None:
+    storage = StalledStorage()
+
+    async def nonsense(*args: object, **kwargs: object) -> object:
+        return b"OK"
+
+    storage.get_moving_window = nonsense  # type: ignore[method-assign]
+    quotas = ClientQuotas("5/minute", storage=storage)
+    assert (await quotas.check("a")).allowed
+    assert quotas.health()["degraded"] is True

@@ -1,187 +1,246 @@
-"""Shared limiter state in a real Redis: one GCRA gate for every replica of the account, the
-leader/follower coordinator, fallback and recovery."""
+"""The shared limiter state's logic on a fake Redis (tests/support/redis.py), on virtual time:
+the fallback share, a Redis that hangs or lies, published states that are not usable, and a
+state imported on a follower reaching the leader. The same against a real redis-server:
+tests/integration/test_shared_state.py."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
+import json
+import logging
 
 import pytest
 
-from tests.servers import RedisServer, free_port, require_binary
-from zai_proxy.rate_controller import Outcome, RateController
-from zai_proxy.shared_state import SharedCoordinator, SharedState, namespace
+from tests.support.clock import VirtualTime
+from tests.support.redis import FakeRedis, virtual_timeout
+from zai_proxy.rate_controller import RateController
+from zai_proxy.shared_state import SharedCoordinator, SharedState, clean_state, namespace
 
-pytestmark = pytest.mark.needs("redis-server")
-
-
-def spawn_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = require_binary("redis-server")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
+NS = namespace("acct0")
 
 
-@pytest.fixture
-def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server this test may kill and restart on the same port."""
-    port = free_port()
-    procs = [spawn_redis(port)]
-    yield port, procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+def shared(fake: FakeRedis, vt: VirtualTime, replicas: int = 1) -> SharedState:
+    return SharedState("redis://fake", namespace=NS, replicas=replicas, clock=vt,
+                       timeout=virtual_timeout(vt), redis=fake)
 
 
-def ns() -> str:
-    return namespace(f"{time.time_ns():016x}"[-16:])
+def controller(vt: VirtualTime, initial: float = 30) -> RateController:
+    return RateController(clock=vt, initial=initial, minimum=1, maximum=50, window=5)
 
 
-async def test_replicas_share_one_evenly_spaced_gate(redis_server: RedisServer) -> None:
-    name = ns()
-    replicas = [SharedState(redis_server.url, namespace=name, replicas=2) for _ in range(2)]
-    gates = [state.gate("gate") for state in replicas]
-    rate = 20.0
-    admitted = 0
-    start = time.monotonic()
-    while time.monotonic() - start < 1.0:
-        for gate in gates:
-            if await gate.take(rate, time.monotonic()) == 0.0:
-                admitted += 1
-        await asyncio.sleep(0.002)
-    elapsed = time.monotonic() - start
-    # together one slot per 1/20 s (burst 1), not twice that; a loaded machine sends fewer
-    assert 5 <= admitted <= 1 + rate * elapsed + 1
-    assert not any(s.degraded for s in replicas)
-    for state in replicas:
-        await state.close()
+def coordinator(fake: FakeRedis, vt: VirtualTime, replicas: int = 1,
+                initial: float = 30) -> SharedCoordinator:
+    return SharedCoordinator(shared(fake, vt, replicas), controller(vt, initial), wall=vt.wall)
 
 
-async def test_wait_is_reported_and_refund_returns_a_slot(redis_server: RedisServer) -> None:
-    state = SharedState(redis_server.url, namespace=ns())
+async def test_gate_spaces_every_replica_on_one_account_rate() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    one, two = shared(fake, vt).gate("gate"), shared(fake, vt).gate("gate")
+    assert await one.take(10.0, vt()) == 0.0
+    assert await two.take(10.0, vt()) == pytest.approx(0.1)  # the other replica's slot
+    await one.refund(10.0, vt())
+    assert await two.take(10.0, vt()) == 0.0
+
+
+async def test_fallback_share_divides_by_the_live_replicas_when_more_than_configured() -> None:
+    """Mid-switch both variants' pods are live (4) though RATE_LIMIT_REPLICAS says 2: when
+    Redis goes away each must take a quarter of the account's rate, not a half."""
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    pods = [coordinator(fake, vt, replicas=2) for _ in range(4)]
+    for pod in pods:
+        await pod.sync()
+    state = pods[-1].shared
+    assert state.live_replicas == 4 and state.replicas == 4
+    fake.mode = "down"
     gate = state.gate("gate")
-    assert await gate.take(2.0, 0.0) == 0.0
-    wait = await gate.take(2.0, 0.0)
-    assert 0.3 < wait <= 0.5  # the next slot is 1/2 s after the first, on Redis' clock
-    await gate.refund(2.0, 0.0)
-    assert await gate.take(2.0, 0.0) == 0.0
-    burst = state.gate("burst", burst=3)
-    assert [await burst.take(1.0, 0.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]
-    await state.close()
-
-
-async def test_fallback_when_redis_dies_and_recovery(
-    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
-) -> None:
-    port, procs = own_redis
-    clock = [0.0]
-    state = SharedState(f"redis://127.0.0.1:{port}/0", namespace=ns(), replicas=4,
-                        retry_interval=5.0, clock=lambda: clock[0], op_timeout=0.3)
-    gate = state.gate("gate")
-    assert await state.ping() and not state.degraded
-    procs[0].terminate()
-    procs[0].wait(10)
-    # Redis gone: the next take falls back to a local gate at rate / replicas, loudly.
     assert await gate.take(40.0, 100.0) == 0.0
-    assert state.degraded and state.reason
-    assert state.health()["degraded"] is True
-    assert await gate.take(40.0, 100.0) == pytest.approx(0.1)  # 40 / 4 = 10 req/s
-    procs.append(spawn_redis(port))
-    clock[0] = 1.0  # still backing off: no attempt yet
-    await gate.take(40.0, 101.0)
     assert state.degraded
-    clock[0] = 6.0  # back-off over: Redis is tried again and the flag clears
-    await gate.take(40.0, 106.0)
+    # 40 / 4 = 10 req/s on this replica: the next slot is 0.1 s later (40 / 2 would be 0.05).
+    assert await gate.take(40.0, 100.0) == pytest.approx(0.1)
+    assert state.health()["replicas"] == 4
+
+
+async def test_fallback_share_never_below_the_configured_replicas() -> None:
+    vt = VirtualTime()
+    state = shared(FakeRedis(vt, mode="down"), vt, replicas=3)
+    state.live_replicas = 1  # the last heartbeat saw only this pod (the others not yet up)
+    gate = state.gate("gate")
+    assert await gate.take(30.0, 0.0) == 0.0
+    assert await gate.take(30.0, 0.0) == pytest.approx(0.1)  # 30 / 3
+
+
+async def test_a_hanging_redis_costs_one_timeout_then_is_skipped_until_the_retry() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt, mode="hang")
+    state = shared(fake, vt, replicas=2)
+    gate = state.gate("gate")
+    take = asyncio.create_task(gate.take(20.0, 0.0))
+    await vt.advance(0.49)
+    assert not take.done()
+    await vt.advance(0.01)
+    try:
+        assert take.done(), "a stalled Redis must not hold a request past op_timeout"
+        assert take.result() == 0.0  # the local fallback admitted it
+    finally:
+        take.cancel()
+    assert state.degraded and state.reason == "TimeoutError: no answer within 0.5 s"
+    calls = fake.calls
+    # Backing off: no Redis call at all, answered at once from the fallback (20 / 2 = 10/s).
+    assert await gate.take(20.0, 0.0) == pytest.approx(0.1)
+    assert fake.calls == calls
+    fake.mode = "ok"
+    vt.jump(5.0)
+    assert await gate.take(20.0, 5.0) == 0.0
     assert not state.degraded and state.reason is None
-    await state.close()
 
 
-def controller(clock: list[float], initial: float = 30) -> RateController:
-    return RateController(clock=lambda: clock[0], initial=initial, minimum=1, maximum=50,
-                          window=5)
+async def test_a_redis_that_answers_ok_to_everything_is_a_degraded_redis(
+        caplog: pytest.LogCaptureFixture) -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt, mode="lie")
+    pod = coordinator(fake, vt, replicas=2)
+    state = pod.shared
+    with caplog.at_level(logging.INFO):
+        assert await pod.load() is None  # startup: nothing to restore, no traceback
+        assert await pod.sync() == []
+        assert state.degraded and state.reason is not None and "heartbeat" in state.reason
+        assert state.live_replicas is None  # b"OK"[0] is 79: never read as a member count
+        assert pod.controller.auto_evaluate and not pod.leader  # deciding alone
+        gate = state.gate("gate")
+        assert await gate.take(20.0, 0.0) == 0.0  # the local fallback
+        assert await gate.take(20.0, 0.0) == pytest.approx(0.1)  # at 20 / 2
+        await pod.publish()
+        state._retry_at = 0.0  # past the back-off: each call is tried and rejected again
+        assert await gate.take(20.0, 1.0) == 0.0
+        assert "take" in (state.reason or "")
+        state._retry_at = 0.0
+        await pod.publish()
+        assert "INCR" in (state.reason or "")
+    assert not any(r.exc_info for r in caplog.records)
+    assert sum("degraded" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisServer) -> None:
-    name = ns()
-    clock = [1000.0]
-    controllers = [controller(clock), controller(clock)]
-    coordinators = [SharedCoordinator(SharedState(redis_server.url, namespace=name, replicas=2),
-                                      c, wall=lambda: clock[0]) for c in controllers]
-    assert await coordinators[0].sync() == [] and coordinators[0].leader
-    assert await coordinators[1].sync() == [] and not coordinators[1].leader
-    assert coordinators[1].shared.live_replicas == 2
-    assert controllers[0].auto_evaluate and not controllers[1].auto_evaluate
-    for c in controllers:
-        c.restore(20.0, 19.6)
-    # Both saw half of a window in which 12 of 19.6 req/s were accepted, saturated throughout.
-    for c in controllers:
-        c.gate_bound(True)
-    clock[0] += 4.9
-    for c in controllers:
-        for _ in range(30):
-            c.record(Outcome.ACCEPTED)
-        for _ in range(19):
-            c.record(Outcome.RATE_LIMITED)
-        c.gate_bound(False)
-    assert await coordinators[1].sync() == []  # the follower pushes its counts
-    clock[0] += 0.2  # the leader's window ends: it decides on both replicas' counts
-    [decision] = await coordinators[0].sync()
-    assert decision.direction == "decrease" and decision.evidence is not None
-    assert (decision.evidence.ok, decision.evidence.limited) == (60, 38)
-    assert controllers[0].upper == pytest.approx(19.6 * 60 / 98, rel=0.01)
-    [adopted] = await coordinators[1].sync()
-    assert adopted.reason == "adopted from the shared leader"
-    assert (controllers[1].rate, controllers[1].upper) == (controllers[0].rate,
-                                                           controllers[0].upper)
-    # The leader goes away: another replica takes over from the published state.
-    await coordinators[0].shared.redis.delete(coordinators[0].shared.key("leader"))
-    await coordinators[1].sync()
-    assert coordinators[1].leader and controllers[1].auto_evaluate
-    state = await coordinators[1].load() or {}
-    assert state["by"] == coordinators[1].id  # it publishes from what it had adopted
-    assert state["ceiling"] == pytest.approx(controllers[0].upper)
-    for c in coordinators:
-        await c.shared.close()
+async def test_a_lying_take_or_heartbeat_reply_is_rejected() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    pod = coordinator(fake, vt)
+    state = pod.shared
+
+    async def negative(keys: list[str], args: list[object]) -> bytes:
+        return b"-3.5"
+
+    async def nan(keys: list[str], args: list[object]) -> bytes:
+        return b"nan"
+
+    async def members(keys: list[str], args: list[object]) -> list[int]:
+        return [0, 1]
+
+    gate = state.gate("gate")
+    for bad in (negative, nan):
+        gate._take = bad
+        state.degraded, state._retry_at = False, 0.0
+        await gate.take(10.0, 0.0)
+        assert state.degraded and "take" in (state.reason or "")
+    state.degraded = False
+    pod._heartbeat = members
+    assert await pod.sync() == [] and state.degraded and "heartbeat" in (state.reason or "")
 
 
-async def test_a_state_put_on_any_replica_reaches_the_leader(redis_server: RedisServer) -> None:
-    name = ns()
-    clock = [1000.0]
-    lead, follow = controller(clock), controller(clock)
-    leader = SharedCoordinator(SharedState(redis_server.url, namespace=name), lead,
-                               wall=lambda: clock[0])
-    follower = SharedCoordinator(SharedState(redis_server.url, namespace=name), follow,
-                                 wall=lambda: clock[0])
+BAD = [float("nan"), float("inf"), float("-inf"), -1.0, 0, "12", True, [1], {"x": 1}]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=repr)
+@pytest.mark.parametrize("field", ["rate", "ceiling", "floor", "hold", "seq", "at"])
+def test_clean_state_drops_unusable_fields(field: str, bad: object) -> None:
+    good = {"seq": 7, "rate": 20.0, "ceiling": 25.0, "floor": 19.0, "hold": 19.5,
+            "at": 1.8e9, "by": "x"}
+    seen: list[str] = []
+    cleaned = clean_state({**good, field: bad}, lambda what, value: seen.append(what))
+    # Any finite time is a valid `at` (too old is the reader's call), and 0 a valid `seq`.
+    if (field == "at" and type(bad) in (int, float) and bad in (0, -1.0)) or \
+            (field == "seq" and type(bad) is int and bad == 0):
+        assert cleaned[field] == bad and seen == []
+        return
+    assert field not in cleaned and seen == [f"state.{field}"]
+    assert {k: v for k, v in cleaned.items() if k != field} == \
+        {k: v for k, v in good.items() if k != field}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -5, "20", None])
+async def test_a_state_with_a_bad_rate_is_not_adopted(
+        bad: object, caplog: pytest.LogCaptureFixture) -> None:
+    """A `state` holding "rate": NaN once pinned every follower to RATE_LIMIT_MIN."""
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    leader, follower = coordinator(fake, vt), coordinator(fake, vt, initial=30)
     await leader.sync()
     await follower.sync()
-    follow.restore(12.0, 11.5)  # what an admin PUT does on the follower
+    assert not follower.leader
+    doc = {"seq": 1000, "rate": bad, "ceiling": 25.0, "floor": 20.0, "by": "someone",
+           "at": vt.wall()}
+    fake.raw_set(follower.shared.key("state"), json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        assert await follower.sync() == []
+        assert await follower.sync() == []
+    assert follower.controller.rate == 30  # not the minimum (1)
+    assert not follower.shared.degraded  # a bad document is not a bad Redis
+    if bad is not None:
+        assert sum("state.rate" in r.getMessage() for r in caplog.records) == 1  # once
+
+
+@pytest.mark.parametrize("field", ["ceiling", "floor"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "25"])
+async def test_a_bad_ceiling_or_floor_is_ignored_the_rate_adopted(field: str,
+                                                                 bad: object) -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    leader, follower = coordinator(fake, vt), coordinator(fake, vt)
+    await leader.sync()
+    await follower.sync()
+    doc = {"seq": 1000, "rate": 12.0, "ceiling": 25.0, "floor": 11.0, "by": "someone",
+           field: bad}
+    fake.raw_set(follower.shared.key("state"), json.dumps(doc))
+    [adjustment] = await follower.sync()
+    c = follower.controller
+    assert c.rate == 12.0 and adjustment.reason == "adopted from the shared leader"
+    assert (c.upper, c.floor) == ((None, 11.0) if field == "ceiling" else (25.0, None))
+
+
+async def test_unparseable_or_foreign_states_and_counts_are_ignored() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    pod = coordinator(fake, vt)
+    for raw in (b"\xff\xfe", b"OK", b"[1, 2]", b'"text"'):
+        fake.raw_set(pod.shared.key("state"), raw)
+        assert await pod.load() is None
+    await pod.sync()
+    assert pod.leader
+    # A follower's counts with nonsense in them: the good ones count, the bad are dropped.
+    fake.data[pod.shared.key("counts")] = {b"ok": 5.0, b"limited": float("nan"),
+                                           b"sent": -3.0, b"bogus": 1.0}
+    values = await pod.shared.call(pod._take_counts_now)
+    assert values == {"ok": 5.0}
+    assert not pod.shared.degraded
+
+
+async def test_a_state_put_on_a_follower_is_adopted_by_the_leader_not_overwritten() -> None:
+    """`PUT /admin/limiter-state` on a follower publishes; the leader must adopt it (and keep
+    publishing it), not write its own decisions back over it."""
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    leader, follower = coordinator(fake, vt), coordinator(fake, vt)
+    await leader.sync()
+    await follower.sync()
+    assert leader.leader and not follower.leader
+    follower.controller.restore(12.0, 11.5)  # what the admin PUT does on the follower
     await follower.publish()
     await leader.sync()
-    assert (lead.upper, lead.floor) == (12.0, 11.5)
-    for c in (leader, follower):
-        await c.shared.close()
-
-
-async def test_coordinator_decides_alone_when_degraded() -> None:
-    clock = [1000.0]
-    ctl = controller(clock)
-    shared = SharedState(f"redis://127.0.0.1:{free_port()}/0", replicas=2, op_timeout=0.2)
-    coordinator = SharedCoordinator(shared, ctl, wall=lambda: clock[0])
-    assert not ctl.auto_evaluate
-    assert await coordinator.sync() == []
-    assert shared.degraded and ctl.auto_evaluate and not coordinator.leader
-    await shared.close()
+    assert (leader.controller.upper, leader.controller.floor) == (12.0, 11.5)
+    vt.jump(61.0)  # past REPUBLISH_SECONDS: the leader rewrites the account's state
+    await leader.sync()
+    state = await leader.load() or {}
+    assert state["by"] == leader.id and (state["ceiling"], state["floor"]) == (12.0, 11.5)
+    await follower.sync()
+    assert (follower.controller.upper, follower.controller.floor) == (12.0, 11.5)

@@ -10,23 +10,36 @@ Every client key gets its own counters. Examples:
 
 Requests use a moving window (exact); tokens a fixed window (one counter, whatever the cost).
 Storage from `RATE_LIMIT_STORAGE_URI`: `memory://` (default) or `redis://host:port/0`
-(mapped to `limits`' async variants). A storage failure lets the request through (logged):
-quotas must not take the proxy down.
+(mapped to `limits`' async variants).
+
+Every storage call goes through a `RedisLink` (the policy the limiter and the quota share
+follow): bounded by `op_timeout` (0.5 s), a failure (timeout, error, nonsense answer) marks the
+quotas `degraded` (logged once, `health()`), storage is then skipped for `retry_interval`
+seconds, and the first call that works afterwards logs the recovery. While degraded, and for the
+request whose storage call failed, the request is allowed and its tokens go uncounted: a client
+quota is fairness between workers, the account itself stays protected by the limiter, and a
+stalled Redis must cost a request at most one timeout, never the client's own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 from limits.storage import storage_from_string
 
+from zai_proxy.redis_link import BadAnswer, RedisLink, Timeout, finite
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,21 @@ def async_storage_uri(uri: str) -> str:
     return uri if uri.startswith("async+") else f"async+{uri}"
 
 
+class _StorageLink(RedisLink):
+    def on_degraded(self, exc: BaseException) -> None:
+        log.error("client quota storage degraded: requests allowed without client quotas "
+                  "until it answers again: %r", exc)
+
+    def on_recovered(self) -> None:
+        log.warning("client quota storage recovered: client quotas apply again")
+
+
 class ClientQuotas:
-    """Per-client request and token limits; `enabled` is False when no limit is configured."""
+    """Per-client request and token limits; `enabled` is False when no limit is configured.
+
+    `storage` replaces the one `storage_uri` names (tests pass a fake); `op_timeout`,
+    `retry_interval`, `clock` and `timeout` are the storage link's (see the module doc).
+    """
 
     def __init__(
         self,
@@ -76,53 +102,102 @@ class ClientQuotas:
         *,
         prefix: str = "zai-proxy",
         wall_clock: Callable[[], float] = time.time,
+        storage: Any = None,
+        op_timeout: float = 0.5,
+        retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: Timeout = asyncio.timeout,
     ) -> None:
         self.request_limits, self.token_limits = parse_client_limits(spec)
-        storage = storage_from_string(async_storage_uri(storage_uri))
+        if storage is None:
+            storage = storage_from_string(async_storage_uri(storage_uri))
         self._requests: RateLimiter = MovingWindowRateLimiter(storage)
         self._tokens: RateLimiter = FixedWindowRateLimiter(storage)
         self.prefix, self._wall = prefix, wall_clock
+        self.link = _StorageLink(op_timeout=op_timeout, retry_interval=retry_interval,
+                                 clock=clock, timeout=timeout)
 
     @property
     def enabled(self) -> bool:
         return bool(self.request_limits or self.token_limits)
 
-    async def _retry_after(self, limiter: RateLimiter, item: RateLimitItem, *ids: str) -> float:
-        stats = await limiter.get_window_stats(item, *ids)
-        return max(1.0, float(stats.reset_time) - self._wall())
+    def health(self) -> dict[str, Any]:
+        """For /health: whether the storage is degraded (quotas not applied) and why."""
+        return {"degraded": self.link.degraded, "reason": self.link.reason}
+
+    async def _call(self, op: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T | None:
+        return await self.link.call(functools.partial(op, *args, **kw))
+
+    async def _allowed(self, limiter: RateLimiter, item: RateLimitItem, *ids: str,
+                       cost: int = 1) -> bool | None:
+        """`limiter.test`: None when the storage failed; a non-bool answer is a failure."""
+
+        async def test() -> bool:
+            answer = await limiter.test(item, *ids, cost=cost)
+            if not isinstance(answer, bool):
+                raise BadAnswer(f"limits test: {answer!r:.60}")
+            return answer
+
+        return await self.link.call(test)
+
+    async def _retry_after(self, limiter: RateLimiter, item: RateLimitItem,
+                           *ids: str) -> float | None:
+        """Seconds until `item` has room again; None when the storage failed. A reset time
+        that is not within a period of now (either way: clocks differ a little) is nonsense
+        (a storage answering garbage reads as "exhausted"): a failure, so allowed."""
+
+        async def stats() -> float:
+            window = await limiter.get_window_stats(item, *ids)
+            reset = finite(getattr(window, "reset_time", None))
+            period = float(item.get_expiry())
+            after = None if reset is None else reset - self._wall()
+            if after is None or not -period <= after <= 2 * period:
+                raise BadAnswer(f"limits window reset: {window!r:.80}")
+            return min(max(1.0, after), period)
+
+        return await self.link.call(stats)
 
     async def check(self, client_id: str, tokens: int = 0) -> QuotaDecision:
-        """Count one request (and `tokens` expected input tokens) unless a limit is exhausted."""
+        """Count one request (and `tokens` expected input tokens) unless a limit is exhausted;
+        allowed whenever the storage fails or is degraded (see the module doc)."""
         if not self.enabled:
             return ALLOWED
         req_ids, tok_ids = (self.prefix, "req", client_id), (self.prefix, "tok", client_id)
-        try:
-            for item in self.request_limits:
-                if not await self._requests.test(item, *req_ids):
-                    after = await self._retry_after(self._requests, item, *req_ids)
-                    return QuotaDecision(False, f"requests {item}", after)
-            for item in self.token_limits:
-                if not await self._tokens.test(item, *tok_ids, cost=max(1, tokens)):
-                    after = await self._retry_after(self._tokens, item, *tok_ids)
-                    return QuotaDecision(False, f"tokens {item}", after)
-            for item in self.request_limits:
-                await self._requests.hit(item, *req_ids)
-            if tokens > 0:
-                await self._hit_tokens(client_id, tokens)
-        except Exception as exc:
-            log.warning("client quota storage failed, request allowed: %r", exc)
+        for item in self.request_limits:
+            allowed = await self._allowed(self._requests, item, *req_ids)
+            if allowed is None:
+                return ALLOWED
+            if not allowed:
+                after = await self._retry_after(self._requests, item, *req_ids)
+                if after is None:
+                    return ALLOWED
+                return QuotaDecision(False, f"requests {item}", after)
+        for item in self.token_limits:
+            allowed = await self._allowed(self._tokens, item, *tok_ids, cost=max(1, tokens))
+            if allowed is None:
+                return ALLOWED
+            if not allowed:
+                after = await self._retry_after(self._tokens, item, *tok_ids)
+                if after is None:
+                    return ALLOWED
+                return QuotaDecision(False, f"tokens {item}", after)
+        for item in self.request_limits:
+            if await self._call(self._requests.hit, item, *req_ids) is None:
+                return ALLOWED
+        if tokens > 0:
+            await self._hit_tokens(client_id, tokens)
         return ALLOWED
 
     async def _hit_tokens(self, client_id: str, tokens: int) -> None:
         for item in self.token_limits:
             # Counted even past the limit: usage is what it was; the next request is refused.
-            await self._tokens.hit(item, self.prefix, "tok", client_id, cost=tokens)
+            if await self._call(self._tokens.hit, item, self.prefix, "tok", client_id,
+                                cost=tokens) is None:
+                return
 
     async def record_tokens(self, client_id: str, tokens: int) -> None:
-        """Add tokens known after the response (output, or input not counted in `check`)."""
+        """Add tokens known after the response (output, or input not counted in `check`);
+        not counted while the storage fails."""
         if tokens <= 0 or not self.token_limits:
             return
-        try:
-            await self._hit_tokens(client_id, tokens)
-        except Exception as exc:
-            log.warning("client quota storage failed, tokens not counted: %r", exc)
+        await self._hit_tokens(client_id, tokens)

@@ -11,12 +11,15 @@ v1 and v2 spend the same plan):
   token and the burn rate are the account's, not one replica's share;
 - `block:<window>`: a 1308/1310 one replica got, until its reset, so the others stop at once.
 
-Any Redis failure makes the share `degraded` (logged once, shown on /health): each replica then
-polls the monitor and counts tokens on its own until Redis answers again.
+Any Redis failure (see `zai_proxy.redis_link`: a timeout, an error, an answer no command gives)
+makes the share `degraded` (logged once, shown on /health): each replica then polls the monitor
+and counts tokens on its own until Redis answers again. Documents read back (the report, the
+blocks) are validated field by field: one that is not usable is ignored (logged once).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,7 +32,7 @@ import redis.asyncio as aioredis
 
 from zai_proxy.quota_monitor import WINDOWS, Limit, QuotaReport
 from zai_proxy.quota_state import Block
-from zai_proxy.redis_link import RedisLink
+from zai_proxy.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
 
 log = logging.getLogger("zai_proxy.quota")
 
@@ -53,26 +56,63 @@ def report_to_doc(report: QuotaReport) -> dict[str, Any]:
 
 
 def report_from_doc(doc: object) -> QuotaReport | None:
-    """The report another replica published, or None when it is not one."""
+    """The report another replica published, or None when it is not one.
+
+    A limit whose fields are not what a monitor report holds (`type` a string, the numbers
+    finite) is dropped."""
     if not isinstance(doc, dict) or not isinstance(doc.get("limits"), list):
         return None
     limits = []
     for item in doc["limits"]:
-        if isinstance(item, dict) and set(item) <= _LIMIT_FIELDS:
+        if isinstance(item, dict) and set(item) <= _LIMIT_FIELDS and _limit_ok(item):
             limits.append(Limit(**item))
     level = doc.get("level")
     return QuotaReport(level if isinstance(level, str) else None, tuple(limits))
 
 
+def _limit_ok(item: dict[str, Any]) -> bool:
+    for name, value in item.items():
+        if value is None:
+            continue
+        if name == "type":
+            if not isinstance(value, str):
+                return False
+        elif name in ("unit", "number"):
+            if not isinstance(value, int) or isinstance(value, bool):
+                return False
+        elif finite(value) is None:
+            return False
+    return True
+
+
 def block_from_doc(raw: object) -> Block | None:
+    """A block another replica published, or None when it is not one (its `window` not known,
+    its `until` and `since` not finite times)."""
     try:
         doc = json.loads(raw) if isinstance(raw, str | bytes) else None
-        if not isinstance(doc, dict) or doc.get("window") not in WINDOWS:
-            return None
-        return Block(doc["window"], str(doc["code"]), float(doc["until"]), float(doc["since"]),
-                     "shared")
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
+    if not isinstance(doc, dict) or doc.get("window") not in WINDOWS or "code" not in doc:
+        return None
+    until, since = finite(doc.get("until")), finite(doc.get("since"))
+    if until is None or since is None:
+        return None
+    return Block(doc["window"], str(doc["code"]), until, since, "shared")
+
+
+def report_doc_from(raw: object) -> dict[str, Any] | None:
+    """The leader's poll document (`publish`) read back, or None when it is not usable: `at`
+    must be a finite time, `tokens_at` (when present) a finite count, `ok` a bool."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or finite(doc.get("at")) is None \
+            or not isinstance(doc.get("ok"), bool):
+        return None
+    if doc.get("tokens_at") is not None and finite(doc["tokens_at"]) is None:
+        return None
+    return doc
 
 
 class QuotaShare(RedisLink):
@@ -80,12 +120,13 @@ class QuotaShare(RedisLink):
 
     def __init__(self, url: str, account: str, *, op_timeout: float = 0.5,
                  retry_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 redis: Any = None) -> None:
+                 timeout: Timeout = asyncio.timeout, redis: Any = None) -> None:
         self.redis = redis if redis is not None else aioredis.Redis.from_url(
             url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout)
         self.prefix = f"zai-proxy:acct:{account}:quota:"
         self.me = uuid.uuid4().hex
-        super().__init__(retry_interval=retry_interval, clock=clock)
+        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
+                         timeout=timeout)
         self.leader = False
         self._lead = self.redis.register_script(_LEAD)
 
@@ -101,9 +142,14 @@ class QuotaShare(RedisLink):
 
     async def lead(self, ttl: float) -> bool:
         """Take or renew the polling lock; True when this replica is the one to poll."""
-        won = await self.call(lambda: self._lead(keys=[self.key("leader")],
-                                                  args=[self.me, int(ttl * 1000)]))
-        self.leader = bool(won)
+
+        async def lead() -> bool:
+            won = await self._lead(keys=[self.key("leader")], args=[self.me, int(ttl * 1000)])
+            if won not in (0, 1) or isinstance(won, bool):  # the script answers 1 or 0
+                raise BadAnswer(f"lead: {won!r:.60}")
+            return bool(won)
+
+        self.leader = bool(await self.call(lead))
         return self.leader
 
     async def publish(self, doc: dict[str, Any]) -> None:
@@ -128,19 +174,29 @@ class QuotaShare(RedisLink):
             pipe.get(self.key("report"))
             for window in WINDOWS:
                 pipe.get(self.key(f"block:{window}"))
-            result: list[Any] = await pipe.execute()
+            result = await pipe.execute()
+            if not isinstance(result, list) or len(result) != 2 + len(WINDOWS) or \
+                    not all(r is None or isinstance(r, bytes | str) for r in result[1:]):
+                raise BadAnswer(f"sync: {result!r:.60}")
+            if number_reply(result[0], "tokens") < 0:
+                raise BadAnswer(f"tokens: {result[0]!r:.60}")
             return result
 
         answer = await self.call(run)
         if answer is None:
             return None
         total, raw_report, *raw_blocks = answer
-        try:
-            report = json.loads(raw_report) if raw_report else None
-        except ValueError:
-            report = None
-        blocks = [b for b in (block_from_doc(raw) for raw in raw_blocks) if b is not None]
-        return float(total), report if isinstance(report, dict) else None, blocks
+        report = report_doc_from(raw_report) if raw_report else None
+        if raw_report and report is None:
+            self.ignored("quota report", raw_report)
+        blocks = []
+        for window, raw in zip(WINDOWS, raw_blocks, strict=True):
+            block = block_from_doc(raw) if raw else None
+            if raw and block is None:
+                self.ignored(f"quota block:{window}", raw)
+            if block is not None:
+                blocks.append(block)
+        return number_reply(total, "tokens"), report, blocks
 
     def health(self) -> dict[str, Any]:
         return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}

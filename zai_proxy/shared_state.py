@@ -13,11 +13,17 @@ ceiling belongs to the account). Pieces:
   partial windows), and publishes rate, ceiling and floor after every change. The published
   state outlives the processes (it expires after RATE_LIMIT_STATE_MAX_AGE), so a new pod of
   either variant starts from it. While Redis is unreachable each replica decides alone.
+Every Redis call follows `RedisLink`'s policy (0.5 s timeout; a timeout, an error or a reply
+the command cannot give degrades; skipped while backing off). What is read back is validated
+where it is read: the script replies (a bad one degrades), the counts and the state document
+field by field (a value that is not finite and positive, a `seq` that is not a whole number,
+is dropped and logged once: a state holding "rate": NaN is not adopted).
 The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -30,7 +36,7 @@ import redis.asyncio as aioredis
 from zai_proxy.evidence import Adjustment, WindowStats
 from zai_proxy.gcra import Gcra
 from zai_proxy.rate_controller import RateController
-from zai_proxy.redis_link import RedisLink
+from zai_proxy.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +104,26 @@ class SharedState(RedisLink):
         op_timeout: float = 0.5,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        timeout: Timeout = asyncio.timeout,
+        redis: Any = None,
     ) -> None:
-        self.redis = aioredis.Redis.from_url(
+        """`redis`: a client to use instead of one for `url` (tests pass a fake)."""
+        self.redis = redis if redis is not None else aioredis.Redis.from_url(
             url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
         )
         self.ns, self.configured_replicas = namespace, max(1, replicas)
         self.live_replicas: int | None = None  # members seen at the last heartbeat
-        super().__init__(retry_interval=retry_interval, clock=clock)
+        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
+                         timeout=timeout)
 
     @property
     def replicas(self) -> int:
-        """How many replicas share the account: the live count, never below the configured."""
+        """How many replicas share the account: the live count, never below the configured.
+
+        While Redis is away this divides the fallback share: during a variant switch more pods
+        than RATE_LIMIT_REPLICAS are live, and dividing by the configured count alone would
+        let them together exceed the account's rate.
+        """
         return max(self.configured_replicas, self.live_replicas or 0)
 
     def key(self, *parts: str) -> str:
@@ -136,7 +151,10 @@ class SharedState(RedisLink):
         return bool(await self.call(self.redis.ping))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        try:
+            await self.redis.aclose()
+        except Exception:  # closing a broken connection must not fail shutdown
+            log.debug("closing the shared state's Redis connection failed", exc_info=True)
 
 
 class RedisGate:
@@ -156,10 +174,17 @@ class RedisGate:
     async def take(self, rate: float, now: float) -> float:
         """One slot at the account's `rate`, or the local fallback at rate / replicas."""
         interval = 1.0 / max(rate, 1e-6)
-        answer = await self.shared.call(lambda: self._take(
-            keys=[self.key], args=[repr(interval), repr(self.burst), 60_000]))
+
+        async def take() -> float:
+            wait = number_reply(await self._take(
+                keys=[self.key], args=[repr(interval), repr(self.burst), 60_000]), "take")
+            if wait < 0:
+                raise BadAnswer(f"take: negative wait {wait}")
+            return wait
+
+        answer = await self.shared.call(take)
         if answer is not None:
-            return float(_text(answer))
+            return answer
         return self._fallback(now).try_take(rate / self.shared.replicas, now)
 
     async def refund(self, rate: float, now: float) -> None:
@@ -205,27 +230,52 @@ class SharedCoordinator:
         return (round(c.rate, 6), c.upper, c.floor)
 
     async def load(self) -> dict[str, Any] | None:
-        """The account's published state (for a starting replica), None if none or stale."""
-        raw = await self.shared.call(lambda: self.shared.redis.get(self.shared.key("state")))
+        """The account's published state (for a starting replica), None if none or unusable.
+
+        Only valid fields are kept (see `clean_state`): a number that is not finite and
+        positive, a `seq` that is not a whole number, an `at` that is not a finite time is
+        dropped (logged once), so nothing else has to doubt them.
+        """
+
+        async def get() -> bytes | str | None:
+            raw = await self.shared.redis.get(self.shared.key("state"))
+            if raw is not None and not isinstance(raw, bytes | str):
+                raise BadAnswer(f"GET state: {raw!r:.60}")
+            return raw
+
+        raw = await self.shared.call(get)
         if raw is None:
             return None
         try:
             state = json.loads(raw)
-        except ValueError:
+        except ValueError:  # UnicodeDecodeError is one too
+            self.shared.ignored("state (not JSON)", raw)
             return None
-        return state if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            self.shared.ignored("state (not an object)", state)
+            return None
+        return clean_state(state, self.shared.ignored)
 
     async def sync(self) -> list[Adjustment]:
         """Heartbeat, then lead (merge counts, publish) or follow (push counts, adopt)."""
         c = self.controller
-        beat: Any = await self.shared.call(lambda: self._heartbeat(
-            keys=[self.shared.key("members"), self.shared.key("leader")],
-            args=[self.id, self.lock_ms, self.stale_ms]))
+
+        async def heartbeat() -> tuple[int, bool]:
+            beat = await self._heartbeat(
+                keys=[self.shared.key("members"), self.shared.key("leader")],
+                args=[self.id, self.lock_ms, self.stale_ms])
+            # The script answers [members, 1 if this replica leads else 0], nothing else.
+            if not isinstance(beat, list | tuple) or len(beat) != 2 or \
+                    not all(isinstance(v, int) and not isinstance(v, bool) for v in beat) or \
+                    beat[0] < 1 or beat[1] not in (0, 1):
+                raise BadAnswer(f"heartbeat: {beat!r:.60}")
+            return int(beat[0]), bool(beat[1])
+
+        beat = await self.shared.call(heartbeat)
         if beat is None:  # Redis away: decide alone on this replica's own counts
             c.auto_evaluate, self.leader = True, False
             return []
-        self.shared.live_replicas = int(beat[0])
-        leading = bool(int(beat[1]))
+        self.shared.live_replicas, leading = beat
         if leading != self.leader or leading != c.auto_evaluate:
             log.info("shared limiter: %s", "leading" if leading else "following")
             self.leader = leading
@@ -234,13 +284,31 @@ class SharedCoordinator:
             return await self._lead()
         return await self._follow()
 
+    async def _take_counts_now(self) -> dict[str, float]:
+        """The counts the followers pushed (and clear them); bad entries dropped, logged once."""
+        raw = await self._take_counts(keys=[self.shared.key("counts")])
+        if not isinstance(raw, list | tuple) or len(raw) % 2:
+            raise BadAnswer(f"counts: {raw!r:.60}")
+        values: dict[str, float] = {}
+        for i in range(0, len(raw), 2):
+            name, value = _text(raw[i]), raw[i + 1]
+            try:
+                number: float | None = number_reply(value, name)
+            except BadAnswer:
+                number = None
+            if name not in _COUNTS or number is None or number < 0:
+                self.shared.ignored(f"counts.{name[:40]}", value)
+                continue
+            values[name] = number
+        return values
+
     async def _lead(self) -> list[Adjustment]:
         c = self.controller
-        raw: Any = await self.shared.call(lambda: self._take_counts(
-            keys=[self.shared.key("counts")]))
-        out = await self._adopt()  # a state another replica wrote (an admin PUT)
-        if raw:
-            values = {_text(raw[i]): float(_text(raw[i + 1])) for i in range(0, len(raw), 2)}
+        values = await self.shared.call(self._take_counts_now)
+        # A state another replica wrote (an admin PUT on a follower): adopted before deciding,
+        # else this leader would overwrite it with its own at the next publish.
+        out = await self._adopt()
+        if values:
             out += c.merge(WindowStats(
                 ok=int(values.get("ok", 0)), limited=int(values.get("limited", 0)),
                 congested=int(values.get("congested", 0)), other=int(values.get("other", 0)),
@@ -254,7 +322,14 @@ class SharedCoordinator:
     async def publish(self) -> None:
         """Write this controller's decisions as the account's state."""
         c, r, key = self.controller, self.shared.redis, self.shared.key
-        seq = await self.shared.call(lambda: r.incr(key("seq")))
+
+        async def incr() -> int:
+            seq = await r.incr(key("seq"))
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+                raise BadAnswer(f"INCR seq: {seq!r:.60}")
+            return seq
+
+        seq = await self.shared.call(incr)
         if seq is None:
             return
         state = {"seq": int(seq), "rate": c.rate, "ceiling": c.upper, "floor": c.floor,
@@ -287,16 +362,44 @@ class SharedCoordinator:
 
     async def _adopt(self) -> list[Adjustment]:
         state = await self.load()
-        if state is None or int(state.get("seq", -1)) <= self._seen:
+        # Without a sequence number or a rate there is nothing to order or adopt.
+        if state is None or "seq" not in state or "rate" not in state \
+                or state["seq"] <= self._seen:
             return []
-        self._seen = int(state["seq"])
+        self._seen = state["seq"]
         if state.get("by") == self.id:
             return []
-        adopted = self.controller.adopt(float(state["rate"]), _number(state.get("ceiling")),
-                                        _number(state.get("floor")))
+        adopted = self.controller.adopt(state["rate"], state.get("ceiling"), state.get("floor"))
         return [] if adopted is None else [adopted]
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        and value > 0 else None
+_COUNTS = frozenset({"ok", "limited", "congested", "other", "saturated", "rate_seconds", "sent"})
+_RATES = ("rate", "ceiling", "floor", "hold")
+
+
+def clean_state(state: dict[str, Any], ignored: Callable[[str, object], None]) -> dict[str, Any]:
+    """The fields of a published state that can be used: `rate`, `ceiling`, `floor`, `hold`
+    finite and positive, `seq` a whole number >= 0, `at` a finite time, `by` a string; every
+    other value of those fields is reported to `ignored` and left out."""
+    out: dict[str, Any] = {}
+    for name in _RATES:
+        if name in state and state[name] is not None:
+            value = finite(state[name])
+            if value is not None and value > 0:
+                out[name] = value
+            else:
+                ignored(f"state.{name}", state[name])
+    seq = state.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+        out["seq"] = seq
+    elif "seq" in state:
+        ignored("state.seq", seq)
+    if "at" in state:
+        at = finite(state["at"])
+        if at is not None:
+            out["at"] = at
+        else:
+            ignored("state.at", state["at"])
+    if isinstance(state.get("by"), str):
+        out["by"] = state["by"]
+    return out
