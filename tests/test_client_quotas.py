@@ -99,3 +99,18 @@ async def test_a_storage_answering_nonsense_lets_the_request_through() -> None:
     quotas = ClientQuotas("5/minute", storage=storage)
     assert (await quotas.check("a")).allowed
     assert quotas.health()["degraded"] is True
+
+
+async def test_health_shows_whether_the_client_limits_are_applied() -> None:
+    """/health says when a degraded storage lets requests through unchecked (and says nothing
+    when no client limit is configured)."""
+    import httpx
+
+    from tests.inprocess import InProcessProxy
+
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+    async with InProcessProxy(upstream, {"CLIENT_RATE_LIMITS": "5/second"}) as client:
+        health = (await client.get("/health")).json()
+        assert health["client_rate_limits"] == {"degraded": False, "reason": None}
+    async with InProcessProxy(upstream, {}) as client:
+        assert "client_rate_limits" not in (await client.get("/health")).json()

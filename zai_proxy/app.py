@@ -217,6 +217,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "rate_limit": limiter.health(),
             "quota": quota.health(),
         }
+        if quotas is not None:
+            body["client_rate_limits"] = quotas.health()
         if accounting is not None:
             tok = accounting.tokenizer
             body["tokenizer"] = {"encoding": tok.name, "source": tok.source,
