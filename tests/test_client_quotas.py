@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httpx
 import pytest
 
+from tests.inprocess import InProcessProxy
 from tests.support.clock import VirtualTime
 from tests.support.redis import StalledStorage, virtual_timeout
 from zai_proxy.client_quotas import ClientQuotas, parse_client_limits
@@ -104,10 +106,6 @@ async def test_a_storage_answering_nonsense_lets_the_request_through() -> None:
 async def test_health_shows_whether_the_client_limits_are_applied() -> None:
     """/health says when a degraded storage lets requests through unchecked (and says nothing
     when no client limit is configured)."""
-    import httpx
-
-    from tests.inprocess import InProcessProxy
-
     upstream = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
     async with InProcessProxy(upstream, {"CLIENT_RATE_LIMITS": "5/second"}) as client:
         health = (await client.get("/health")).json()
