@@ -38,7 +38,8 @@ One instance per client connection. Added to uvicorn's own behaviour:
 - Requests httptools cannot parse get an OpenAI-shaped 400 instead of uvicorn's text/plain.
 
 Everything here uses one timer per request or per stall and the transport's flow-control
-callbacks, never work per chunk: the request path pays nothing for it.
+callbacks, and a few integer operations per read (the trailer bound), never work per byte or
+per response chunk: the request path pays next to nothing for it.
 """
 
 from __future__ import annotations
