@@ -5,8 +5,12 @@ HTTP protocol class from it (`protocol_class()`); every connection registers her
 Releasing (on `POST /admin/retire`, and when a drain starts) asks every client to leave without
 failing any request:
 
-- a connection with a request in progress (being read or answered) answers with
-  `Connection: close` and closes after its response: streams in flight run to their end;
+- a connection with a request in progress whose response has not started answers with
+  `Connection: close` and closes after its response;
+- a response already started (a stream in flight) runs to its end as keep-alive: its headers
+  told the client it may send its next request at once, so a close right after it would reset
+  that request. The connection is then released like an idle one: a next request arriving
+  within the idle window is answered with `Connection: close`, and only then is it closed;
 - an idle keep-alive connection is closed once it has been idle for `RELEASE_IDLE_SECONDS`
   (about a second), never earlier: a client that picks a pooled connection at the instant
   the server closes it sees its request fail, and the SDKs retry such a request on a fresh

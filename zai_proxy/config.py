@@ -7,6 +7,7 @@ expected form for any invalid value: there is no silent fallback to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -155,6 +156,19 @@ def parse_upstream_key(text: str) -> str:
         raise ValueError("printable ASCII without spaces, line breaks or control characters "
                          "inside (surrounding blanks and a final newline are stripped)")
     return key
+
+
+def _trusted_peers(text: str) -> tuple[str, ...]:
+    """FORWARDED_ALLOW_IPS: addresses or networks (`*` = any peer, never in production)."""
+    items = parse_list(text)
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError("IP addresses or networks such as 10.0.0.0/8,127.0.0.1, "
+                                 "or *") from None
+    return items
 
 
 def _setting(env: str, parse: Callable[[str], Any], help_: str, **kw: Any) -> Any:
@@ -323,6 +337,14 @@ class Settings:
         "MAX_CONNECTIONS", _positive(_int),
         "open client connections served; more get 503 (probes, /metrics and /admin still served)",
         default=4096)
+    client_idle_timeout: float = _setting(
+        "CLIENT_IDLE_TIMEOUT_SECONDS", _positive(parse_duration),
+        "an open connection with no request on it (fresh or kept alive) is closed after this",
+        default=30.0)
+    forwarded_allow_ips: tuple[str, ...] = _setting(
+        "FORWARDED_ALLOW_IPS", _trusted_peers,
+        "peer addresses or networks whose X-Forwarded-For/-Proto are trusted for the client "
+        "address (e.g. 10.0.0.0/8); unset = trust none, the TCP peer is the client", default=())
     # Plan quota (area: quota, issue 11).
     zai_monitor_url: str = _setting(
         "ZAI_MONITOR_URL", _optional_url, "quota monitor base (GET /api/monitor/usage/quota/limit);"

@@ -31,7 +31,8 @@ class ClientGone(Exception):
 # breaking a bound, so the request is recorded as the client's fault with the right reason.
 CLIENT_FAULT = "zai_proxy.client_fault"
 _GONE = {"read_timeout": (408, "client_read_timeout"),
-         "write_timeout": (499, "client_write_timeout")}
+         "write_timeout": (499, "client_write_timeout"),
+         "header_too_large": (431, "proxy_header_too_large")}
 
 
 def client_gone(scope: Any) -> tuple[int, str]:

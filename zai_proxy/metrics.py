@@ -7,9 +7,14 @@ had them so existing Grafana panels keep working. Label values are bounded by th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from zai_proxy.headers import DROPPED
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 SIZE_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
@@ -141,6 +146,7 @@ class Metrics:
         self.max_connections = Gauge("zai_proxy_max_connections",
                                      "Client connection cap (MAX_CONNECTIONS)", [V],
                                      registry=r).labels(variant)
+        r.register(_UpstreamHeadersDropped(variant))
 
         # Plan quota (area: quota). `window` is five_hour or weekly; `client` a key's name.
         self.quota_used = Gauge("zai_proxy_quota_used_ratio",
@@ -227,3 +233,18 @@ class Metrics:
             children[0].observe(ttfb)
         if duration is not None:
             children[1].observe(duration)
+
+
+class _UpstreamHeadersDropped(Collector):
+    """zai_proxy_upstream_headers_dropped_total: the process's `headers.DROPPED` count."""
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "zai_proxy_upstream_headers_dropped",
+            "Upstream response headers not relayed because HTTP forbids them (a name that is "
+            "not a token, a control byte in the value)", labels=[V])
+        family.add_metric([self.variant], DROPPED.total)
+        yield family

@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -168,11 +168,20 @@ async def serve(settings: Settings) -> int:
         simulator = (sim_server, sim_task)
     app = create_app(settings)
     lifecycle: Lifecycle = app.state.lifecycle
+    trusted = list(settings.forwarded_allow_ips)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="on", http=app.state.connections.protocol_class(), loop="none",
+        # No WebSocket: uvicorn would hand an upgrade to a protocol of its own, which the
+        # connection registry never hears closing (its MAX_CONNECTIONS slot would leak).
+        ws="none",
+        # X-Forwarded-For names the client (per-client limits, logs) only when a trusted
+        # peer sent it; uvicorn's default trusts loopback, where anyone on the host is.
+        proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds + 0.999),
-        timeout_keep_alive=30, server_header=False, date_header=True)
+        # uvicorn annotates int; it only hands the value to loop.call_later, seconds as float.
+        timeout_keep_alive=cast(int, settings.client_idle_timeout),
+        server_header=False, date_header=True)
     loop = asyncio.get_running_loop()
 
     def on_drain() -> None:  # runs in the signal handler: loop work is scheduled, not done
