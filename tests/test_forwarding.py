@@ -51,7 +51,10 @@ class Harness(InProcessProxy):
         super().__init__(httpx.MockTransport(script), {
             "MAX_RETRIES": "3", "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MAX": "1000",
             "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2",
-            "UPSTREAM_CHUNK_TIMEOUT": "2", **env}, sleep=sleep)
+            "UPSTREAM_CHUNK_TIMEOUT": "2", **env})
+        # Only the retry backoff sleeps on the recorder: the app's other loops (the quota tick)
+        # would spin on a sleep that returns at once and fill `delays`.
+        self.app.proxy.forwarder.sleep = sleep
 
     def in_flight(self) -> int:
         return int(self.admission.snapshot()["in_flight"])

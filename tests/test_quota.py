@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.inprocess import UPSTREAM_KEY, InProcessProxy
+from tests.support.clock import settle
 from zai_proxy.quota import reset_stamp
 from zai_proxy.quota_poller import MONITOR_PATH
 
@@ -117,15 +118,23 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
 async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> None:
     upstream, wall = Upstream(), Wall()
     upstream.spent = ("1308", T0 + 60)
+    release = asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.2)  # the others queue behind this one (MAX_WORKERS=1)
+        await release.wait()  # the others queue behind this one (MAX_WORKERS=1)
         return upstream.handle(request)
 
     proxy = InProcessProxy(httpx.MockTransport(slow), {"MAX_WORKERS": "1"}, wall=wall)
     async with proxy as client:
-        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=CHAT)
-                                         for _ in range(5)))
+        sent = [asyncio.ensure_future(client.post("/v1/chat/completions", json=CHAT))
+                for _ in range(5)]
+        for _ in range(50):  # until the first is upstream and the other four queue for its slot
+            if proxy.admission.depth == 4:
+                break
+            await settle(1)
+        assert proxy.admission.depth == 4 and proxy.admission.in_flight == 1
+        release.set()
+        answers = await asyncio.gather(*sent)
     codes = sorted(a.json()["error"]["code"] for a in answers)
     assert codes == ["1308"] + ["proxy_quota_exhausted"] * 4
     assert upstream.chats == 1  # admitted after the block began: answered without an attempt

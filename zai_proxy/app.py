@@ -112,7 +112,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     metrics.set_auth_mode("open" if auth.open else "keys")
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
     limiter = Limiter(settings, metrics, clock=clock)
-    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
+    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall, clock=clock,
+                  sleep=sleep)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes,
