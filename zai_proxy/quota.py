@@ -152,7 +152,7 @@ class Quota:
                     child = self._clients[(client, direction)] = self.metrics.client_tokens.labels(
                         client, direction, self.metrics.variant)
                 child.inc(count)
-        self.state.settled(total * self.scale)
+        self.state.settled(total, scale=self.scale)
         self._unflushed += total
 
     # -- background ----------------------------------------------------------------------------
@@ -265,6 +265,8 @@ class Quota:
         if self.pacing_mode != "even":
             return
         views = [self.state.view(w, now) for w in WINDOWS]
+        # Pacing is decided for the account (its tokens, its requests in flight: this replica's
+        # times the replicas), in the account's req/s; the limiter gives this replica its share.
         in_flight = self.limiter.admission.in_flight * self.replicas
         pacing = even_pacing(views, now=now, in_flight=in_flight,
                              tokens_per_request=self.state.tokens_per_request)
