@@ -2,9 +2,11 @@
 
     python scripts/mutation.py [MODULE ...] [--check] [--update [--allow-raise]] [--force] [-j N]
 
-Runs mutmut on the in-process unit tests (`tests/test_*.py`, never `tests/integration/`) in a
-scratch copy of the tree (`.mutation/work`, git-ignored), then prints per module: mutants,
-killed, survived (of which listed as equivalent), timeouts, mutants no unit test reaches, score.
+Runs mutmut, with one operator added (statement deletion: a call or assignment line replaced by
+`pass`, scripts/mutmut_ops.py), on the in-process unit tests (`tests/test_*.py`, never
+`tests/integration/`) in a scratch copy of the tree (`.mutation/work`, git-ignored), then prints
+per module: mutants, killed, survived (of which listed as equivalent), timeouts, mutants no unit
+test reaches, score.
 
 Results are cached in `.ci/mutation-results.json` (committed), keyed per module by a hash of the
 module's source, of the unit-test files that executed it in the run that produced the entry, of
@@ -39,7 +41,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("auth", "headers", "routing", "admission", "rate_controller",
-           "concurrency_controller", "classify", "accounting", "usage", "sse")
+           "concurrency_controller", "classify", "accounting", "usage", "sse",
+           "quota", "quota_state", "quota_pacing", "quota_shared", "congestion", "gcra",
+           "shared_state", "limiter", "http_protocol", "client_connections", "switch.carry",
+           "switch.retire")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"
@@ -49,12 +54,16 @@ WORK = ROOT / ".mutation" / "work"
 ALSO_COPY = (".ci", "Dockerfile", ".dockerignore", "README.md", "bench", "deploy", "docs",
              "requirements.lock", "scripts")
 TEST_HELPERS = ("tests/__init__.py", "tests/conftest.py", "tests/inprocess.py", "tests/servers.py")
+# The shared test support (fake clock, fake Redis, ...) is a helper of every test that uses it.
+SUPPORT = "tests/support"
+# mutmut with the statement-deletion operator added (see that script).
+MUTMUT = ROOT / "scripts" / "mutmut_ops.py"
 # A mutant is a timeout after (its tests' CPU seconds + 1) * this * 2 CPU seconds (mutmut's
 # RLIMIT_CPU, so load on the machine does not matter); mutmut's default 15 spent most of a run
 # waiting on the mutants that loop forever.
 TIMEOUT_MULTIPLIER = 4.0
 # Bump when the way mutants are run or counted changes: every cached entry goes stale.
-SCHEME = "1"
+SCHEME = "2"  # 2: statement deletion added to mutmut's operators
 TABLE_START = "<!-- mutation-table:start -->"
 TABLE_END = "<!-- mutation-table:end -->"
 
@@ -91,7 +100,14 @@ class Entry:
 
 
 def module_path(module: str) -> str:
-    return f"zai_proxy/{module}.py"
+    """`switch.carry` -> `zai_proxy/switch/carry.py`."""
+    return f"zai_proxy/{module.replace('.', '/')}.py"
+
+
+def test_helpers(base: Path) -> list[str]:
+    """The shared test helpers under `base` (their content is in every module's key)."""
+    support = sorted(str(p.relative_to(base)) for p in (base / SUPPORT).glob("*.py"))
+    return [*TEST_HELPERS, *support]
 
 
 def mutmut_version() -> str:
@@ -102,7 +118,8 @@ def cache_key(module: str, covering_tests: list[str], base: Path | None = None) 
     """The hash a cached result is valid for (of the files under `base`, default the tree)."""
     base = base or ROOT
     digest = hashlib.sha256(f"{SCHEME}\0{mutmut_version()}\0".encode())
-    for rel in (module_path(module), *TEST_HELPERS, *sorted(covering_tests)):
+    digest.update(MUTMUT.read_bytes())  # the operators themselves
+    for rel in (module_path(module), *test_helpers(base), *sorted(covering_tests)):
         path = base / rel
         digest.update(rel.encode() + b"\0")
         digest.update(path.read_bytes() if path.is_file() else b"<missing>")
@@ -162,14 +179,14 @@ timeout_multiplier = {TIMEOUT_MULTIPLIER}
 
 
 def mutmut(*args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("mutmut")
+    exe = [sys.executable, str(MUTMUT)]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("ZAI_PROXY_REQUIRE_SERVICES", None)  # unit tests only; skips are no failure here
     if log is None:
-        return subprocess.run([str(exe), *args], cwd=WORK, env=env, capture_output=True,
+        return subprocess.run([*exe, *args], cwd=WORK, env=env, capture_output=True,
                               text=True)
     with log.open("w") as out:
-        return subprocess.run([str(exe), *args], cwd=WORK, env=env, stdout=out,
+        return subprocess.run([*exe, *args], cwd=WORK, env=env, stdout=out,
                               stderr=subprocess.STDOUT, text=True)
 
 

@@ -29,11 +29,11 @@ from prometheus_client import CollectorRegistry
 
 from tests.inprocess import InProcessProxy
 from tests.test_usage import CASES, EOL, STREAMS, usage_chunk, variants
-from zai_proxy.accounting import Accounting
+from zai_proxy.accounting import RESULTS_REMEMBERED, Accounting, Ledger
 from zai_proxy.catalog import ModelCatalog
 from zai_proxy.errors import ConfigError
 from zai_proxy.metrics import Metrics
-from zai_proxy.pricing import PricingTable
+from zai_proxy.pricing import ModelPrice, PricingTable
 from zai_proxy.routing import Router
 from zai_proxy.simulator import SimulatorSettings, anthropic_format, create_simulator_app
 from zai_proxy.simulator.generation import plan
@@ -806,3 +806,254 @@ def test_stream_cut_after_its_usage_keeps_the_reported_output() -> None:
     report = asyncio.run(ledger.settle())
     assert report.counts["input"] == 9 and report.sources["input"] == "upstream"
     assert report.counts["output"] == 40 and report.sources["output"] == "estimate"
+
+
+# --------------------------------------------------------------------------- more mutation gaps
+# Each test below fails against at least one surviving mutant of accounting.py
+# (scripts/mutation.py).
+
+ROUTER = Router("http://u/api/paas/v4", "http://u/api/anthropic")
+# A table whose prices have four decimals and a cache_write price (the shipped one has neither).
+ODD_PRICES = ModelPrice(input=0.1234, output=2.5, cache_read=0.5, cache_write=1.25)
+
+
+def _acc(pricing: PricingTable | None = None, registry: CollectorRegistry | None = None,
+         clock: Callable[[], datetime] | None = None) -> Accounting:
+    table = pricing or PricingTable.default()
+    return Accounting(tokenizer=_CL100K, pricing=table,
+                      catalog=ModelCatalog.from_pricing(table),
+                      metrics=Metrics(registry or CollectorRegistry(), "t"),
+                      default_model="glm-4.7",
+                      **({"wall_clock": clock} if clock is not None else {}))
+
+
+def _result_ledger(acc: Accounting, task: str = "task-1", query: str = "") -> Ledger:
+    ledger = acc.open(ROUTER.resolve("GET", f"/v1/async-result/{task}", query), None, b"")
+    assert ledger is not None
+    return ledger
+
+
+def test_answer_text_skips_non_object_tool_calls() -> None:
+    # A tool call that is not an object is skipped (not a crash); the next one still counts.
+    report = _settle_answer("openai", {"choices": [{"message": {"tool_calls": [
+        "junk", {"function": {"name": "get_weather", "arguments": ARGUMENTS}}]}}]})
+    assert report.counts["output"] == count("get_weather\n" + ARGUMENTS)
+
+
+def test_answer_text_missing_tool_call_fields_count_as_empty() -> None:
+    # A function without arguments (or a null name) adds an empty part, not placeholder text.
+    report = _settle_answer("openai", {"choices": [{"message": {"tool_calls": [
+        {"function": {"name": "lookup"}}, {"function": {"name": None, "arguments": "{}"}}]}}]})
+    assert report.counts["output"] == count("lookup\n\n\n{}")
+
+
+def test_answer_text_tool_use_without_name_counts_its_input_only() -> None:
+    report = _settle_answer("anthropic", {"content": [
+        {"type": "tool_use", "id": "toolu_1", "input": {"q": 1}}]})
+    assert report.counts["output"] == count('\n{"q": 1}')
+
+
+def test_answer_text_tool_use_string_input_is_counted_as_is() -> None:
+    # An input already a string is the generated text itself, not re-encoded as a JSON string.
+    raw = '{"city": "Paris", "note": "say \\"hi\\""}'
+    report = _settle_answer("anthropic", {"content": [
+        {"type": "tool_use", "name": "f", "input": raw}]})
+    assert report.counts["output"] == count("f\n" + raw)
+    assert count("f\n" + raw) != count("f\n" + json.dumps(raw))
+
+
+def test_answer_text_tool_use_input_keeps_non_ascii_characters() -> None:
+    # json.dumps(ensure_ascii=False): "é" is counted as generated, not as "\u00e9".
+    tool_input = {"city": "Zürich", "greeting": "héllo wörld, ça va? 東京"}
+    report = _settle_answer("anthropic", {"content": [
+        {"type": "tool_use", "name": "f", "input": tool_input}]})
+    text = "f\n" + json.dumps(tool_input, ensure_ascii=False)
+    assert report.counts["output"] == count(text)
+    assert count(text) != count("f\n" + json.dumps(tool_input))
+
+
+def test_claim_result_remembers_exactly_the_last_results_remembered_tasks() -> None:
+    acc = _acc()
+    assert all(acc.claim_result(f"t{i}") for i in range(RESULTS_REMEMBERED))
+    # Exactly RESULTS_REMEMBERED tasks are remembered: none was forgotten yet.
+    assert not acc.claim_result("t0")
+    assert acc.claim_result("one-more")  # the (RESULTS_REMEMBERED + 1)th: the oldest goes
+    assert acc.claim_result("t0")  # forgotten, so counted again (and "t1" goes)
+    assert not acc.claim_result("one-more")  # the newest ones are kept
+    assert not acc.claim_result(f"t{RESULTS_REMEMBERED - 1}")
+    assert acc.claim_result("t1")
+
+
+def test_result_ledger_is_openai_and_ignores_the_query_string() -> None:
+    acc = _acc()
+    first = _result_ledger(acc, query="poll=1")
+    assert first.surface == "openai" and first.result_of == "http://u/api/paas/v4/async-result/task-1"
+    done = {"model": "glm-4.7", "usage": {"prompt_tokens": 10, "completion_tokens": 2}}
+    first.body(done)
+    assert asyncio.run(first.settle()).counts["input"] == 10
+    # The same task polled with another query string is the same task: not charged again.
+    again = _result_ledger(acc, query="poll=2")
+    again.body(done)
+    assert asyncio.run(again.settle()).counts == dict.fromkeys(
+        ("input", "output", "cache_read", "cache_write"), 0)
+
+
+def test_uncharged_result_reports_zero_none_sources_and_its_model_label() -> None:
+    acc = _acc(clock=lambda: datetime(2026, 1, 5, 7, 0, tzinfo=UTC))  # peak in Beijing
+    ledger = _result_ledger(acc)
+    ledger.body({"id": "task-1", "model": "glm-4.5-air", "task_status": "PROCESSING"})
+    report = asyncio.run(ledger.settle())
+    directions = ("input", "output", "cache_read", "cache_write")
+    assert report.counts == dict.fromkeys(directions, 0)
+    assert report.sources == dict.fromkeys(directions, "none")
+    assert report.cost_usd == 0.0 and isinstance(report.cost_usd, float)
+    assert report.model == "glm-4.5-air" and report.tier == "peak"
+
+
+def test_result_with_zero_input_still_records_the_input_series() -> None:
+    # input and output series are recorded even at 0 (cache ones only when non-zero).
+    registry = CollectorRegistry()
+    ledger = _result_ledger(_acc(registry=registry))
+    ledger.body({"model": "glm-4.7", "usage": {"prompt_tokens": 0, "completion_tokens": 5}})
+    report = asyncio.run(ledger.settle())
+    assert report.counts["input"] == 0 and report.sources["input"] == "upstream"
+
+    def sample(direction: str) -> float | None:
+        return registry.get_sample_value(TOKENS, {
+            "direction": direction, "model": "glm-4.7", "source": "upstream",
+            "pricing_tier": report.tier, "deployment_variant": "t"})
+
+    assert sample("input") == 0 and sample("output") == 5
+    assert sample("cache_read") is None and sample("cache_write") is None
+
+
+def _clocked(times: list[datetime], monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[Accounting, list[datetime]]:
+    """An Accounting reading `times` in turn, and the instants it computed a tier for."""
+    computed: list[datetime] = []
+    original = PricingTable.tier_at
+
+    def spy(self: PricingTable, dt: datetime) -> Any:
+        computed.append(dt)
+        return original(self, dt)
+
+    monkeypatch.setattr(PricingTable, "tier_at", spy)
+    clock = iter(times)
+    return _acc(clock=lambda: next(clock)), computed
+
+
+def test_tier_is_computed_once_per_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = datetime(2026, 1, 5, 8, 30, 0, tzinfo=UTC)  # exactly a minute's start
+    times = [start, start, start.replace(second=59, microsecond=999_999)]
+    acc, computed = _clocked(times, monkeypatch)
+    assert [acc.tier() for _ in times] == ["peak"] * 3
+    assert computed == [start]  # kept for the rest of that minute
+
+
+def test_tier_is_recomputed_when_the_next_minute_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The peak window ends at 18:00 Beijing (10:00 UTC): a tier cached at 09:59:30.5 is not
+    # reused at 10:00:00 exactly.
+    before = datetime(2026, 1, 5, 9, 59, 30, 500_000, tzinfo=UTC)
+    end = datetime(2026, 1, 5, 10, 0, 0, tzinfo=UTC)
+    acc, computed = _clocked([before, end, end], monkeypatch)
+    assert [acc.tier(), acc.tier(), acc.tier()] == ["peak", "standard", "standard"]
+    assert computed == [before, end]
+
+
+def test_tier_cached_at_a_minute_start_is_not_reused_a_minute_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    first = datetime(2026, 1, 5, 9, 59, 0, tzinfo=UTC)
+    end = datetime(2026, 1, 5, 10, 0, 0, tzinfo=UTC)
+    acc, computed = _clocked([first, end], monkeypatch)
+    assert (acc.tier(), acc.tier()) == ("peak", "standard")
+    assert computed == [first, end]
+
+
+def test_ledger_does_not_strip_unless_asked() -> None:
+    # Built directly, a ledger relays the stream untouched: stream_usage defaults to False.
+    payload = chat(stream=True)
+    body = json.dumps(payload).encode()
+    ledger = Ledger(_acc(), "openai", payload, body)
+    assert ledger.upstream_body == body
+    chunk = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n'
+    assert ledger.relay(chunk) == chunk
+
+
+@pytest.mark.parametrize("model", ["", 5, ["glm-4.5-air"]])
+def test_ledger_model_falls_back_to_the_default_unless_a_non_empty_string(model: Any) -> None:
+    ledger, _ = _open("openai", chat(model=model))
+    assert ledger.model == "glm-4.7"
+
+
+def test_non_stream_without_an_answer_estimates_zero_output() -> None:
+    # No body() (the answer was not JSON): nothing generated is known, so output is 0.
+    ledger, _ = _open("openai", chat())
+    assert ledger.flush() == b""
+    report = asyncio.run(ledger.settle())
+    assert report.counts["output"] == 0 and report.sources["output"] == "estimate"
+    assert report.counts["cache_read"] == 0 and report.counts["cache_write"] == 0
+
+
+def test_flush_returns_the_unterminated_last_event_once() -> None:
+    ledger = _ledger("openai", strip=True)
+    head = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    assert ledger.relay(head + b"data: [DO") == head
+    assert ledger.relay(b"NE]") == b""
+    assert ledger.flush() == b"data: [DONE]"
+    assert ledger.flush() == b""
+
+
+def test_crlf_stream_starting_with_a_blank_line_relays_it() -> None:
+    ledger = _ledger("openai", strip=True)
+    assert ledger.relay(b"\n: hi\r\n\r\n") == b"\n: hi\r\n\r\n"
+
+
+def test_after_the_dropped_chunk_only_one_lf_is_dropped() -> None:
+    ledger = _ledger("openai", strip=True)
+    usage = USAGE_CHUNK[:-1]  # the read ends on the last CR of the usage chunk
+    assert ledger.relay(STREAM_HEAD + usage) == STREAM_HEAD
+    assert ledger.relay(b"\n\n" + STREAM_DONE) == b"\n" + STREAM_DONE
+
+
+def test_after_the_dropped_chunk_a_content_read_loses_its_leading_lf() -> None:
+    ledger = _ledger("openai", strip=True)
+    content = (b'data: {"choices":[{"index":0,"delta":{"content":"more"}}]}\r\n\r\n')
+    assert ledger.relay(STREAM_HEAD + USAGE_CHUNK[:-1]) == STREAM_HEAD
+    assert ledger.relay(b"\n" + content) == content
+    assert ledger.relay(STREAM_DONE) == STREAM_DONE
+
+
+def test_crlf_stream_cut_short_estimates_every_relayed_content_read() -> None:
+    # After the first CR, whole skippable reads are deferred unparsed; cut short, their
+    # content is still estimated.
+    ledger = _ledger("openai", strip=True)
+    reads = [b'data: {"model":"glm-4.7","choices":[{"index":0,"delta":{"content":"%s"}}]}\r\n\r\n'
+             % word for word in (b"alpha", b"beta", b"gamma")]
+    assert b"".join(ledger.relay(r) for r in reads) == b"".join(reads)
+    report = asyncio.run(ledger.settle())
+    assert report.counts["output"] == count("alphabetagamma")
+    assert report.sources["output"] == "estimate"
+
+
+def test_only_output_estimated_observes_the_count_duration() -> None:
+    payload = chat(stream=True, stream_options={"include_usage": True})
+    ledger, registry = _open("openai", payload)
+    ledger.relay(b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}\n\n')
+    report = asyncio.run(ledger.settle())
+    assert report.sources["input"] == "upstream" and report.sources["output"] == "estimate"
+    assert _duration(registry) == 1
+
+
+def test_cost_is_rounded_to_nine_decimals_and_prices_cache_write() -> None:
+    pricing = PricingTable({"glm-4.7": ODD_PRICES}, fallback_model="glm-4.7")
+    ledger = Ledger(_acc(pricing), "anthropic", {"model": "glm-4.7"}, b"{}")
+    ledger.body({"usage": {"input_tokens": 1, "output_tokens": 0,
+                           "cache_creation_input_tokens": 0}})
+    assert asyncio.run(ledger.settle()).cost_usd == 0.000000123  # 0.1234e-6, to 9 decimals
+    ledger = Ledger(_acc(pricing), "anthropic", {"model": "glm-4.7"}, b"{}")
+    ledger.body({"usage": {"input_tokens": 1000, "output_tokens": 100,
+                           "cache_read_input_tokens": 10, "cache_creation_input_tokens": 400}})
+    report = asyncio.run(ledger.settle())
+    assert report.counts["cache_write"] == 400
+    assert report.cost_usd == round((1000 * 0.1234 + 100 * 2.5 + 10 * 0.5 + 400 * 1.25)
+                                    / MILLION, 9)

@@ -1,4 +1,4 @@
-"""Rate and concurrency controllers on a fake clock: one table per rule of the rate policy.
+"""Rate and concurrency controllers on virtual time: one table per rule of the rate policy.
 
 `decide` is the pure policy (a window's counts in, one decision out); `record` / `gate_bound` /
 `tick` are how admission feeds it in real time. No test sleeps.
@@ -10,22 +10,17 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.concurrency_controller import ConcurrencyController
 from zai_proxy.rate_controller import Outcome, RateController, WindowStats
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+START = 1000.0  # virtual seconds at the start of each test; `jump` moves time (no test sleeps)
 
 
-def make(clock: Clock | None = None, **kw: float) -> RateController:
+def make(clock: VirtualTime | None = None, **kw: float) -> RateController:
     args: dict[str, float] = {"initial": 10, "minimum": 1, "maximum": 100, "window": 5}
     args.update(kw)
-    return RateController(clock=clock or Clock(), **args)  # type: ignore[arg-type]
+    return RateController(clock=clock or VirtualTime(START), **args)  # type: ignore[arg-type]
 
 
 def stats(ok: int = 0, limited: int = 0, *, rate: float | None = None,
@@ -131,9 +126,9 @@ def test_the_guess_fails_early_after_a_few_429s() -> None:
 
 
 def test_an_idle_start_keeps_the_guess_a_guess() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock, initial=20)
-    clock.t += 60
+    clock.jump(60)
     assert ctl.tick() == [] or ctl.probing
     assert ctl.probing and ctl.rate == 20
 
@@ -190,18 +185,18 @@ def test_a_clean_probe_disproves_the_ceiling_and_climbing_steps_double() -> None
 
 
 def test_a_probe_passes_early_when_saturated_throughout() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock)
     ctl.restore(20.0, 19.6)
     clean(ctl, 3)
     assert ctl.probing
     ctl.gate_bound(True)
-    clock.t += 1.0
+    clock.jump(1.0)
     decisions = [d for _ in range(20) for d in ctl.record(Outcome.ACCEPTED)]
     assert [d.direction for d in decisions] == ["probe"] and ctl.floor == pytest.approx(20.58)
     ctl.gate_bound(False)
     # not saturated throughout: no early verdict
-    clock.t += 1.0
+    clock.jump(1.0)
     assert [d for _ in range(30) for d in ctl.record(Outcome.ACCEPTED)] == []
 
 
@@ -329,7 +324,7 @@ def test_an_inconclusive_probe_goes_back_to_the_floor(s: WindowStats, reason: st
 
 
 def test_1312s_count_as_accepted_and_never_lower_the_rate() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock)
     ctl.restore(20.0, 19.6)
     for _ in range(70):
@@ -347,12 +342,12 @@ def test_1312s_count_as_accepted_and_never_lower_the_rate() -> None:
 
 
 def test_saturated_time_spans_windows_at_the_rate_in_force() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock, initial=10, min_outcomes=1000)  # thin windows: they merge
     ctl.record(Outcome.ACCEPTED)
-    clock.t += 3
+    clock.jump(3)
     ctl.gate_bound(True)
-    clock.t += 4  # 2 s in the first window, 2 s in the second
+    clock.jump(4)  # 2 s in the first window, 2 s in the second
     ctl.record(Outcome.ACCEPTED)
     ctl.gate_bound(False)
     ctl.granted()  # not saturated any more: not counted as a saturated send
@@ -362,40 +357,40 @@ def test_saturated_time_spans_windows_at_the_rate_in_force() -> None:
 
 
 def test_min_outcomes_boundary_merges_small_windows() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock, initial=2)
     for _ in range(19):
         ctl.record(Outcome.ACCEPTED)
-    clock.t += 5
+    clock.jump(5)
     assert ctl.tick() == []  # 19 < 20: merged into the next window
     ctl.record(Outcome.ACCEPTED)
-    clock.t += 5
+    clock.jump(5)
     [decision] = ctl.tick()
     assert decision.evidence is not None and decision.evidence.ok == 20
     assert decision.evidence.seconds == 10
 
 
 def test_insufficient_evidence_gives_up_after_max_merge() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock, initial=2)
     ctl.restore(3.0, 2.0)
     out = []
     for _ in range(4):
         ctl.record(Outcome.ACCEPTED)
-        clock.t += 5
+        clock.jump(5)
         out += ctl.tick()
     assert [a.reason for a in out] == ["insufficient evidence"] and ctl.rate == 2
 
 
 def test_clock_jump_evaluates_the_data_window_once() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock)
     ctl.restore(20.0, 19.6)
     for _ in range(50):
         ctl.record(Outcome.ACCEPTED)
     for _ in range(50):
         ctl.record(Outcome.RATE_LIMITED)
-    clock.t += 7 * ctl.window
+    clock.jump(7 * ctl.window)
     assert [a.direction for a in ctl.tick()] == ["decrease"]
     assert ctl.tick() == []
 
@@ -428,19 +423,19 @@ def test_restore_starts_a_fresh_window() -> None:
     # A cold start at 2/s saw 429s (another proxy of the account was sending) just before the
     # switch carried a ceiling of 20/s: those 429s were earned at another rate and must not
     # be judged against the adopted floor when the window ends.
-    clock = Clock()
+    clock = VirtualTime(START)
     ctl = make(clock, initial=2)
     ctl.gate_bound(True)
     for _ in range(4):
         ctl.record(Outcome.ACCEPTED)
         ctl.record(Outcome.RATE_LIMITED)
-    clock.t += 3
+    clock.jump(3)
     ctl.restore(20.0, 19.0)
-    clock.t += 2.5  # the old window would have ended here, with 4 of 8 refused
+    clock.jump(2.5)  # the old window would have ended here, with 4 of 8 refused
     assert ctl.tick() == [] and ctl.rate == 19.0
     for _ in range(95):
         ctl.record(Outcome.ACCEPTED)
-    clock.t += 2.6
+    clock.jump(2.6)
     [decision] = ctl.tick()
     assert decision.direction == "probe" and ctl.floor == 19.0  # a clean window at the floor
     assert decision.evidence is not None
@@ -472,7 +467,7 @@ def test_never_decays_below_the_minimum() -> None:
 
 
 def test_concurrency_learns_from_1302_and_ignores_stale_answers() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     conc = ConcurrencyController(clock=clock, max_workers=20, window=5)
     gens = [conc.admitted(k) for k in range(1, 10)]
     adj = conc.record_limited(9, gens[-1])  # the 9th in flight was refused
@@ -482,34 +477,34 @@ def test_concurrency_learns_from_1302_and_ignores_stale_answers() -> None:
 
 
 def test_concurrency_probes_only_with_unmet_demand_and_undoes() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     conc = ConcurrencyController(clock=clock, max_workers=20, window=5, probe_interval=2)
     conc.restore(8)
     for _ in range(2):
         conc.admitted(8)
         conc.note_demand(3)
-        clock.t += 5
+        clock.jump(5)
     adj = conc.tick()
     assert adj and adj[0].direction == "probe" and conc.limit == 9
     gen = conc.admitted(9)
     assert conc.record_limited(9, gen)[0].direction == "decrease"
     assert conc.limit == 8
-    clock.t += 50  # idle: nothing moves
+    clock.jump(50)  # idle: nothing moves
     assert conc.tick() == [] and conc.limit == 8
 
 
 def test_concurrency_clean_probe_raises_ceiling_and_is_capped() -> None:
-    clock = Clock()
+    clock = VirtualTime(START)
     conc = ConcurrencyController(clock=clock, max_workers=9, window=5, probe_interval=1)
     conc.restore(8)
     conc.admitted(8)
     conc.note_demand(1)
-    clock.t += 5
+    clock.jump(5)
     conc.tick()
     assert conc.limit == 9
     conc.admitted(9)
     conc.note_demand(1)
-    clock.t += 5
+    clock.jump(5)
     assert conc.tick() == []  # at max_workers: no further probe
     assert conc.ceiling == 9 and conc.limit == 9
     assert conc.reset().direction == "reset" and conc.ceiling is None

@@ -1,8 +1,9 @@
 """Admission, 429 classification and retries through the whole app, in-process.
 
-The upstream is an `httpx.MockTransport` answering a scripted sequence; retries sleep through a
-fake `sleep` that records the delays, so nothing here waits for real time (except the bounded
-admission waits of the queue tests, a few hundred milliseconds at most).
+The upstream is an `httpx.MockTransport` answering a scripted sequence. The app runs on virtual
+time (`VirtualTime` as its clock and sleep) that a driver task moves forward in small steps
+whenever the test awaits: retry backoffs, queue waits and deadlines pass without real waiting,
+and the backoffs the request handlers slept are recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from tests.inprocess import InProcessProxy
+from tests.support.clock import VirtualTime, settle
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
@@ -37,24 +39,47 @@ class Script:
         return await result if asyncio.iscoroutine(result) else result
 
 
+# Virtual seconds the driver moves time by per step (wake-ups still happen at their own time).
+STEP = 0.05
+
+
 class Harness(InProcessProxy):
-    """The app with a scripted upstream and a fake sleep recording the retry delays."""
+    """The app on virtual time with a scripted upstream; `delays` are the retry backoffs."""
 
     def __init__(self, script: Script, **env: str) -> None:
         self.script = script
+        self.vt = VirtualTime()
         self.delays: list[float] = []
 
         async def sleep(seconds: float) -> None:
-            self.delays.append(seconds)
-            await asyncio.sleep(0)
+            # The limiter's tick, the admission dispatcher and the quota's tick loop sleep too;
+            # a request handler's sleep is a retry backoff.
+            if asyncio.current_task() not in (self.limiter._task, self.admission._task,
+                                              *self.app.state.quota._tasks):
+                self.delays.append(seconds)
+            await self.vt.sleep(seconds)
 
+        # The upstream timeouts run on the event loop's real clock: generous, so a test that
+        # holds an answer back never meets them however busy the machine is.
         super().__init__(httpx.MockTransport(script), {
             "MAX_RETRIES": "3", "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MAX": "1000",
-            "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "2",
-            "UPSTREAM_CHUNK_TIMEOUT": "2", **env})
-        # Only the retry backoff sleeps on the recorder: the app's other loops (the quota tick)
-        # would spin on a sleep that returns at once and fill `delays`.
-        self.app.proxy.forwarder.sleep = sleep
+            "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "60",
+            "UPSTREAM_CHUNK_TIMEOUT": "60", **env}, clock=self.vt, sleep=sleep)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        client = await super().__aenter__()
+        self._driver = asyncio.create_task(self._drive())
+        return client
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._driver.cancel()
+        await asyncio.gather(self._driver, return_exceptions=True)
+        await super().__aexit__(*exc)
+
+    async def _drive(self) -> None:
+        """Move virtual time on while the test waits (each step lets every ready task run)."""
+        while True:
+            await self.vt.advance(STEP)
 
     def in_flight(self) -> int:
         return int(self.admission.snapshot()["in_flight"])
@@ -349,9 +374,9 @@ async def test_expected_wait_past_the_deadline_is_rejected_at_once() -> None:
                       QUEUE_TIMEOUT_SECONDS="0.5")
     async with harness as client:
         first = await client.post("/v1/chat/completions", json=CHAT)
-        started = time.monotonic()
+        started = harness.vt()
         second = await client.post("/v1/chat/completions", json=CHAT)
-        elapsed = time.monotonic() - started
+        elapsed = harness.vt() - started
     assert first.status_code == 200
     assert_proxy_429(second, "proxy_queue_timeout")
     assert elapsed < 0.4  # rejected at once, not after waiting out the deadline
@@ -402,13 +427,10 @@ async def test_client_that_leaves_while_queued_consumes_nothing() -> None:
                  "headers": [(b"content-type", b"application/json")],
                  "client": ("10.0.0.9", 1234), "http_version": "1.1", "scheme": "http"}
         second = asyncio.create_task(harness.app(scope, receive, send))
-        for _ in range(200):
-            if harness.admission.snapshot()["queue_depth"] == 1:
-                break
-            await asyncio.sleep(0.005)
+        await settle()
         assert harness.admission.snapshot()["queue_depth"] == 1
         leave.set()
-        await asyncio.wait_for(second, 5)
+        await second
         assert harness.admission.snapshot()["queue_depth"] == 0
         gate.release.set()
         assert (await first).status_code == 200

@@ -1,36 +1,41 @@
 """The limiter as wired in the app: account-keyed persistence, admin reset and limiter-state,
 /health evidence, gauges, replica shares.
 
-In-process: the upstream is an `httpx.MockTransport`; the app's clock is the real monotonic clock
-plus an offset the test moves forward to end a controller window without waiting for it.
+In-process on virtual time: the upstream is an `httpx.MockTransport`, the app's clock, wall clock
+and sleep are a `VirtualTime` the test moves forward (the limiter's background tick runs on it),
+and the limiter's file I/O runs inline, so a tick that persisted has written the file when
+`advance` returns. The Redis-backed tests live in tests/integration/test_limiter_shared.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from tests.inprocess import InProcessProxy
-from tests.servers import RedisServer
+from tests.support.clock import WALL_EPOCH, VirtualTime
 from zai_proxy.rate_controller import Outcome
 
 UPSTREAM_KEY = "upstream-secret-key-123"
 ADMIN_KEY = "admin-key-0123456789"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
+T = TypeVar("T")
 
 
-class OffsetClock:
-    def __init__(self) -> None:
-        self.offset = 0.0
+@pytest.fixture(autouse=True)
+def inline_file_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `asyncio.to_thread` work inline: a thread would finish on the real clock."""
 
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
+    async def inline(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", inline)
 
 
 class Scripted:
@@ -51,14 +56,22 @@ class Scripted:
 
 class App(InProcessProxy):
     def __init__(self, handler: Any = None, **env: str) -> None:
-        self.clock = OffsetClock()
+        self.vt = VirtualTime()
         super().__init__(httpx.MockTransport(handler or Scripted()), {
             "TOKEN_COUNTING_ENABLED": "false", "RATE_LIMIT_INITIAL": "100",
-            "RATE_LIMIT_MAX": "100", "RATE_LIMIT_WINDOW": "10", **env}, clock=self.clock)
+            "RATE_LIMIT_MAX": "100", "RATE_LIMIT_WINDOW": "10", **env},
+            clock=self.vt, sleep=self.vt.sleep, wall=self.vt.wall)
 
     async def end_window(self) -> None:
-        self.clock.offset += float(self.settings.rate_limit_window)
-        self.limiter.admission.tick()
+        """Let a controller window pass; the background tick evaluates it."""
+        await self.vt.advance(float(self.settings.rate_limit_window))
+
+    async def post(self, client: httpx.AsyncClient) -> httpx.Response:
+        """One chat request, time moving on while it waits for its send slot."""
+        task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        while not task.done():
+            await self.vt.advance(0.01)
+        return task.result()
 
 
 def gauge(text: str, name: str) -> float:
@@ -70,12 +83,13 @@ def gauge(text: str, name: str) -> float:
 
 async def learn(app: App, client: httpx.AsyncClient, requests: int) -> None:
     for _ in range(requests):
-        await client.post("/v1/chat/completions", json=CHAT)
+        await app.post(client)
     await app.end_window()
 
 
 def write_state(path: Path, **doc: Any) -> None:
-    path.write_text(json.dumps({"version": 1, "ts": time.time(), **doc}))
+    """A state file written at virtual time 0 (every `App` starts there)."""
+    path.write_text(json.dumps({"version": 1, "ts": WALL_EPOCH, **doc}))
 
 
 def own_state(app: App, path: Path, **doc: Any) -> None:
@@ -100,7 +114,7 @@ async def test_learned_ceiling_persists_atomically_and_a_new_app_restores_it(
     assert saved["ceiling"] == saved["upper"] == 100
     assert saved["hold"] == pytest.approx(health["hold"])
     assert saved["concurrency_ceiling"] == 1
-    assert abs(saved["ts"] - time.time()) < 60
+    assert WALL_EPOCH < saved["ts"] <= first.vt.wall()
     assert [p.name for p in state.parent.iterdir()] == ["ceiling.json"]  # no temp file left
 
     second = App(RATE_LIMIT_STATE_FILE=str(state))
@@ -123,10 +137,7 @@ async def test_state_is_written_by_the_background_task_when_it_changes(tmp_path:
     async with app as client:
         assert not state.exists()  # nothing learned: nothing written
         await learn(app, client, 40)
-        deadline = time.monotonic() + 5
-        while not state.exists():
-            assert time.monotonic() < deadline, "state not persisted by the limiter task"
-            await asyncio.sleep(0.05)
+        # Written by the background tick, before shutdown.
         assert json.loads(state.read_text())["ceiling"] == 100
 
 
@@ -178,7 +189,7 @@ async def test_a_go_format_file_without_an_account_is_read_only_when_configured(
 
 async def test_an_old_state_file_is_ignored(tmp_path: Path) -> None:
     state = tmp_path / "ceiling.json"
-    write_state(state, ceiling=7.0, hold=6.9, ts=time.time() - 7200)
+    write_state(state, ceiling=7.0, hold=6.9, ts=WALL_EPOCH - 7200)
     app = App(RATE_LIMIT_STATE_FILE=str(state), RATE_LIMIT_STATE_MAX_AGE="1h")
     async with app as client:
         health = (await client.get("/health")).json()["rate_limit"]
@@ -263,7 +274,7 @@ async def test_admin_reset_forgets_the_ceilings_and_persists(tmp_path: Path) -> 
 async def test_health_rate_limit_section_and_gauges() -> None:
     app = App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_INITIAL="7", MAX_WORKERS="5")
     async with app as client:
-        await client.post("/v1/chat/completions", json=CHAT)
+        await app.post(client)
         health = (await client.get("/health")).json()["rate_limit"]
         metrics = (await client.get("/metrics")).text
     assert set(health) >= {"current_rate", "ceiling", "floor", "hold", "send_rate",
@@ -298,14 +309,14 @@ async def test_health_and_metrics_show_the_evidence_behind_a_decision() -> None:
         rate.restore(20.0, 19.6)
         # What admission reports in a window: the gate was the bottleneck for 4 s of it.
         rate.gate_bound(True)
-        app.clock.offset += 4
+        app.vt.jump(4)
         rate.gate_bound(False)
         for _ in range(60):
             rate.record(Outcome.ACCEPTED)
         for _ in range(40):
             rate.record(Outcome.RATE_LIMITED)
         await app.end_window()
-        app.clock.offset += 2
+        await app.vt.advance(2)
         health = (await client.get("/health")).json()["rate_limit"]
         metrics = (await client.get("/metrics")).text
     change = health["last_change"]
@@ -346,22 +357,6 @@ async def test_replicas_divide_a_restored_ceiling(tmp_path: Path) -> None:
     assert health["ceiling"] == 40.0  # clamped to RATE_LIMIT_MAX for the account
     assert app.limiter.rate.upper == 10.0  # of which this replica enforces a quarter
     assert health["current_rate"] == pytest.approx(29.4)
-
-
-async def test_replicas_with_redis_share_the_whole_limit(redis_server: RedisServer) -> None:
-    app = App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_REPLICAS="4", RATE_LIMIT_INITIAL="20",
-              RATE_LIMIT_MAX="40", RATE_LIMIT_STORAGE_URI=redis_server.url,
-              DEPLOYMENT_VARIANT="limiter-test")
-    async with app as client:
-        response = await client.post("/v1/chat/completions", json=CHAT)
-        health = (await client.get("/health")).json()["rate_limit"]
-        metrics = (await client.get("/metrics")).text
-    assert response.status_code == 200
-    assert health["current_rate"] == 20.0  # Redis holds the global rate: no division
-    shared = health["shared_state"]
-    assert (shared["degraded"], shared["reason"], shared["replicas"]) == (False, None, 4)
-    assert shared["namespace"] == f"zai-proxy:acct:{app.settings.account}:limiter"
-    assert 'zai_proxy_shared_state_degraded{deployment_variant="limiter-test"} 0.0' in metrics
 
 
 async def test_limiter_state_export_and_adopt_between_proxies_of_one_account(
@@ -425,41 +420,3 @@ async def test_limiter_state_of_another_account_or_malformed_is_refused() -> Non
     assert garbled.status_code == 400 and negative.status_code == 400
     assert negative.json()["error"]["param"] == "rate.ceiling"
     assert after["ceiling"] == before["ceiling"] is None
-
-
-async def test_with_redis_the_state_belongs_to_the_account_not_the_variant(
-        redis_server: RedisServer) -> None:
-    env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
-           "RATE_LIMIT_WINDOW": "1"}
-    v1 = App(DEPLOYMENT_VARIANT="v1", **env)
-    async with v1 as client:
-        v1.limiter.rate.restore(14.0, 13.5)
-        assert v1.limiter.coordinator is not None
-        await v1.limiter.coordinator.publish()
-    # A v2 pod starting later, same key and upstream: it starts from the account's state.
-    v2 = App(DEPLOYMENT_VARIANT="v2", **env)
-    async with v2 as client:
-        health = (await client.get("/health")).json()["rate_limit"]
-    assert health["restored_from"] == "redis"
-    assert (health["ceiling"], health["current_rate"]) == (14.0, 13.5)
-    # Another account (another key) on the same Redis sees nothing of it.
-    other = App(DEPLOYMENT_VARIANT="v1", ZAI_API_KEY="another-upstream-key-456", **env)
-    async with other as client:
-        health = (await client.get("/health")).json()["rate_limit"]
-    assert health["restored_from"] is None and health["ceiling"] is None
-
-
-async def test_quota_pacing_is_account_wide_through_redis(redis_server: RedisServer) -> None:
-    from zai_proxy.shared_state import RedisGate
-
-    env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
-           "RATE_LIMIT_REPLICAS": "4"}
-    shared, alone = App(**env), App(RATE_LIMIT_STATE_FILE="", RATE_LIMIT_REPLICAS="4")
-    async with shared:
-        shared.limiter.set_quota_pacing(4.0)
-        # one Redis pacer at the account's rate, not a quarter of it per replica
-        assert shared.limiter.admission.pacing_rate == 4.0
-        assert isinstance(shared.limiter.admission.pacer, RedisGate)
-    async with alone:
-        alone.limiter.set_quota_pacing(4.0)
-        assert alone.limiter.admission.pacing_rate == 1.0  # without Redis: its share

@@ -136,7 +136,7 @@ async def test_unreachable_upstream_is_502() -> None:
 
 async def test_first_byte_timeout_is_504() -> None:
     async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # never answers: the first-byte timeout always wins
         return httpx.Response(200)
 
     harness = Harness(slow, UPSTREAM_FIRST_BYTE_TIMEOUT="0.1")

@@ -33,19 +33,12 @@ def used_for(rate: float, horizon: float, *, allowance: float = ALLOWANCE) -> fl
     return allowance - (rate * horizon + RESERVE_REQUESTS) * TOKENS
 
 
-def on_virtual_time(proxy: InProcessProxy, vt: VirtualTime) -> InProcessProxy:
-    # The Limiter builds Admission without create_app's `sleep`: give its dispatcher the virtual
-    # one, so a paced wait ends when virtual time passes it (not at the next quota tick).
-    proxy.admission._sleep = vt.sleep
-    return proxy
-
-
 def paced_proxy(upstream: Upstream, vt: VirtualTime, **env: str) -> InProcessProxy:
     # A rate gate far above the pacing rates, with room for bursts: only the pacer holds back.
-    return on_virtual_time(InProcessProxy(upstream.transport(), {
+    return InProcessProxy(upstream.transport(), {
         "QUOTA_POLL_SECONDS": "3600", "QUOTA_PACING": "even", "QUOTA_PACING_EXEMPT": "chat",
         "PROXY_API_KEYS": KEYS, "RATE_LIMIT_INITIAL": "50", "RATE_LIMIT_BURST": "100", **env},
-        clock=vt, sleep=vt.sleep, wall=vt.wall), vt)
+        clock=vt, sleep=vt.sleep, wall=vt.wall)
 
 
 async def eventually(condition: Callable[[], bool], rounds: int = 500) -> bool:
@@ -181,9 +174,9 @@ async def test_the_account_is_paced_at_one_rate_whatever_the_replica_count(repli
 async def test_without_redis_the_estimates_count_every_replicas_tokens() -> None:
     vt, upstream = VirtualTime(), Upstream()
     upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
-    proxy = on_virtual_time(InProcessProxy(upstream.transport(), {
+    proxy = InProcessProxy(upstream.transport(), {
         "QUOTA_POLL_SECONDS": "3600", "QUOTA_BURN_WINDOW": "100s", "RATE_LIMIT_REPLICAS": "4"},
-        clock=vt, sleep=vt.sleep, wall=vt.wall), vt)
+        clock=vt, sleep=vt.sleep, wall=vt.wall)
     async with proxy as client:
         await settle(200)  # the first poll, at start
         for _ in range(10):  # 10 s of one request a second here: four a second for the account

@@ -67,3 +67,12 @@ def test_zero_retries_never_retries() -> None:
 def test_invalid_policy_rejected() -> None:
     with pytest.raises(ValueError):
         RetryPolicy(jitter=2.0)
+
+
+def test_a_request_the_upstream_may_have_read_is_retried_only_when_safe() -> None:
+    assert retry_reason(connection_error=True, maybe_delivered=True,
+                        idempotent=False) is None
+    assert retry_reason(connection_error=True, maybe_delivered=True,
+                        idempotent=True) is RetryReason.CONNECTION
+    assert retry_reason(connection_error=True, maybe_delivered=False,
+                        idempotent=False) is RetryReason.CONNECTION

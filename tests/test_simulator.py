@@ -484,7 +484,14 @@ async def test_concurrency_ceiling_answers_1302_while_a_stream_is_open() -> None
     async with client_for(SimulatorSettings(concurrency_ceiling=1), FakeClock()) as c:
         slow = asyncio.create_task(c.post(CHAT, json=chat_body(stream=True), headers={
             **BEARER, "x-sim-ttft-ms": "300"}))
-        await asyncio.sleep(0.1)
+        # Wait until the simulator holds the stream (no timed sleep: it is open once /_stats
+        # counts it; the stream then stays open for its 300 ms time to first token).
+        for _ in range(1000):
+            if (await c.get("/_stats")).json()["in_flight"] == 1:
+                break
+            await asyncio.sleep(0)
+        else:
+            pytest.fail("the stream never opened")
         second = await c.post(CHAT, json=chat_body(), headers=BEARER)
         assert second.status_code == 429
         assert second.json()["error"]["code"] == "1302"

@@ -634,6 +634,20 @@ def test_retire_unsupported_warns_and_traffic_tells(cluster: Cluster, capsys: An
     assert code == switch.EXIT_TRAFFIC, out
 
 
+def test_a_pod_that_answers_retired_false_is_not_reported_retired(
+    cluster: Cluster, capsys: Any
+) -> None:
+    # 200, but the answer says the flag did not change: the switch must not count it as done.
+    cluster.edit(lambda s: s.update(retire_stuck=[V1[1]]))
+    code, out = run(capsys, "--to", "v2", "--no-carry-limits")
+    assert code == 0, out
+    assert f"ok: {V1[0]}: retired (Connection: close" in out, out
+    assert f"{V1[1]}: retired" not in out and f"{V1[0]}, {V1[1]}: retired" not in out, out
+    assert f"WARNING: could not retire {V1[1]}: POST /admin/retire answered " \
+           "{'retired': False}" in out, out
+    assert cluster.retired() == {V1[0]: True}
+
+
 def test_status_shows_each_pods_retired_flag(cluster: Cluster, capsys: Any) -> None:
     cluster.edit(lambda s: s.update(retired={V1[0]: True, V2[0]: True}))
     code, out = run(capsys, "status")
@@ -671,27 +685,8 @@ def test_carries_the_most_recently_learned_ceiling(cluster: Cluster, capsys: Any
     assert last_put < next(i for i, c in enumerate(calls) if "patch" in c)
 
 
-def test_old_variant_backlog_gets_its_share_then_the_target_all(
-    cluster: Cluster, capsys: Any
-) -> None:
-    doc = {**learned(20.0, 30.0), "rate": {"ceiling": 20.0, "current": 16.0,
-                                            "learned_seconds_ago": 30.0}}
-    cluster.edit(lambda s: s.update(limiter_state={V1[0]: doc}, queued={V1[0]: 4, V1[1]: 2}))
-    code, out = run(capsys, "--to", "v2")
-    assert code == 0, out
-    ceilings = [(pod, put["rate"]["ceiling"]) for pod, put in cluster.state()["puts"]]
-    # First what v1 leaves (20 - 16 req/s) before the patch, the whole 20 once v1's queue is empty.
-    assert ceilings == [(V2[0], 4.0), (V2[1], 4.0), (V2[0], 20.0), (V2[1], 20.0)], ceilings
-    assert "'v1' still has 6 request(s) queued for admission and sends 16.00 req/s" in out
-    assert "'v2' holds 4.00 req/s of the account's 20.00 until 'v1' has sent its queued " \
-           "requests, then all of it" in out
-    assert "'v1' has no request queued any more" in out
-    assert "ok: 'v2' holds the whole learned ceiling (rate ceiling 20.00 req/s" in out
-    calls = cluster.calls()
-    puts = [i for i, c in enumerate(calls) if "PUT" in c]
-    patch_at = next(i for i, c in enumerate(calls) if "patch" in c)
-    assert puts[1] < patch_at < puts[2]
-    assert cluster.state()["queued"] == {V1[0]: 0, V1[1]: 0}
+# The hand-over to a target while the old variant still sends (its backlog, exit 4) is in
+# tests/test_switch_handover.py, on virtual time.
 
 
 def test_shared_limiter_state_needs_no_carry(cluster: Cluster, capsys: Any) -> None:
@@ -701,6 +696,22 @@ def test_shared_limiter_state_needs_no_carry(cluster: Cluster, capsys: Any) -> N
     assert "limiter state is shared through Redis by every pod of both variants (account " \
            "0123456789abcdef): nothing to carry" in out
     assert "puts" not in cluster.state()
+
+
+@pytest.mark.parametrize("shared_pod", [V1[0], V1[1]])
+def test_one_pod_on_redis_is_not_every_pod_on_redis(
+    cluster: Cluster, capsys: Any, shared_pod: str
+) -> None:
+    # Only when every pod of both variants shares state is there nothing to carry; one serving
+    # pod on Redis (the others and the target not) still needs the learned ceiling carried.
+    docs = {V1[0]: learned(18.0, 5.0), V1[1]: learned(18.0, 5.0)}
+    docs[shared_pod] = learned(18.0, 5.0, shared=True)
+    cluster.edit(lambda s: s.update(limiter_state=docs))
+    code, out = run(capsys, "--to", "v2")
+    assert code == 0, out
+    assert "nothing to carry" not in out, out
+    assert [(pod, put["rate"]["ceiling"]) for pod, put in cluster.state()["puts"]] == \
+        [(V2[0], 18.0), (V2[1], 18.0)]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from zai_proxy.kube import KubectlError
-from zai_proxy.switch.carry import choose_source, describe, interim, learned_at
+from zai_proxy.switch.carry import (
+    LoadSample,
+    OldLoad,
+    choose_source,
+    describe,
+    interim,
+    judge_load,
+    learned_at,
+    share_beside,
+)
 from zai_proxy.switch.pod_admin import classify
 
 NOW = 1_800_000_000.0
@@ -66,11 +75,13 @@ def test_describe_ignores_nonsense_numbers() -> None:
 @pytest.mark.parametrize(
     ("ceiling", "old_rate", "backlog", "expected"),
     [
-        (20.0, 16.0, 30, 4.0),  # the target gets what the old variant leaves
-        (20.0, 20.0, 30, 1.0),  # at least 5% of the ceiling
-        (20.0, 25.0, 30, 1.0),
+        (20.0, 12.0, 30, 8.0),  # the target gets what the old variant leaves
+        (20.0, 16.0, 30, 5.0),  # at least a quarter of the ceiling
+        (20.0, 20.0, 30, 5.0),
+        (20.0, 25.0, 30, 5.0),
+        (20.0, None, 30, 5.0),  # the old rate is unknown: it may send the whole ceiling
         (20.0, 16.0, 0, None),  # nothing queued: the whole ceiling at once
-        (20.0, None, 30, None),  # the old rate is unknown: the whole ceiling at once
+        (20.0, 0.0, 30, None),  # queued but sending nothing: the whole ceiling is safe
         (None, 16.0, 30, None),  # no ceiling learned: nothing to share
         (20.0, 0.5, 30, 19.5),
     ],
@@ -81,10 +92,43 @@ def test_interim_share(ceiling: float | None, old_rate: float | None, backlog: f
     if expected is None:
         assert result is None
     else:
-        assert result is not None and result["rate"]["ceiling"] == pytest.approx(expected)
-        # what the target adopts: it holds at `floor` and takes `upper` as its bound
-        assert result["rate"]["floor"] == result["rate"]["upper"] == result["rate"]["ceiling"]
-        assert result["account"] == "a" * 16 and result["rate"]["learned_seconds_ago"] == 5
+        assert result is not None
+        assert result["rate"]["ceiling"] == result["rate"]["floor"] == expected
+        assert result["rate"]["upper"] == expected
+
+
+def sample(at: float, queued: dict[str, float], started: dict[str, float]) -> LoadSample:
+    return LoadSample(at, queued, started)
+
+
+@pytest.mark.parametrize(
+    ("samples", "backlog", "rate"),
+    [
+        ([], 0.0, None),
+        # Queued in every reading: a backlog (the last total); counters give the rate.
+        ([sample(0, {"a": 3, "b": 1}, {"a": 10, "b": 0}), sample(0.5, {"a": 2, "b": 1}, {}),
+          sample(1.5, {"a": 5, "b": 0}, {"a": 22, "b": 3})], 5.0, 10.0),
+        # A burst: queued once, empty later: no backlog.
+        ([sample(0, {"a": 3}, {"a": 0}), sample(0.5, {"a": 0}, {"a": 1}),
+          sample(1.0, {"a": 4}, {"a": 2})], 0.0, 2.0),
+        ([sample(0, {"a": 3}, {"a": 0})], 3.0, None),  # one reading: no rate
+        # A counter that went back (the pod restarted) is no rate.
+        ([sample(0, {"a": 3}, {"a": 50}), sample(1.0, {"a": 3}, {"a": 2})], 3.0, None),
+        # Pods readable only once are left out of the rate.
+        ([sample(0, {"a": 1}, {"a": 0, "b": 100}), sample(2.0, {"a": 1}, {"a": 6})], 1.0, 3.0),
+        ([sample(0, {}, {}), sample(1.0, {}, {})], 0.0, None),
+    ],
+)
+def test_judge_load(samples: list[LoadSample], backlog: float, rate: float | None) -> None:
+    assert judge_load(samples) == OldLoad(backlog, rate)
+
+
+def test_share_beside_an_old_variant_that_still_sends() -> None:
+    assert share_beside(doc(20.0, 5), 0.0) is None
+    assert share_beside(doc(20.0, 5), 3.0) == {**doc(20.0, 5), "rate": {
+        **doc(20.0, 5)["rate"], "ceiling": 17.0, "floor": 17.0, "upper": 17.0}}
+    result = share_beside(doc(20.0, 5), None)
+    assert result is not None and result["rate"]["ceiling"] == 5.0
 
 
 def error(stderr: str) -> KubectlError:

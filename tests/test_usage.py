@@ -258,3 +258,16 @@ def test_add_include_usage_reserialises_compactly() -> None:
     payload = {"model": "m", "stream_options": {"include_usage": False}, "q": "é"}
     out = add_include_usage(json.dumps(payload).encode(), payload)
     assert out == '{"model":"m","stream_options":{"include_usage":true},"q":"é"}'.encode()
+
+
+def test_a_float_zero_alone_is_a_count() -> None:
+    """`0.0` is a token count of zero, so a body reporting only that has usage."""
+    assert anthropic_usage({"usage": {"input_tokens": 0.0}}) == Usage()
+    assert openai_usage({"usage": {"prompt_tokens": 0.0}}) == Usage()
+
+
+def test_add_include_usage_escapes_a_lone_surrogate_compactly() -> None:
+    """A lone surrogate cannot be UTF-8: the fallback is ASCII-escaped and still compact."""
+    payload = {"q": "\ud800 é", "stream_options": {}}
+    out = add_include_usage(b'{"q":"\\ud800 \\u00e9","stream_options":{}}', payload)
+    assert out == b'{"q":"\\ud800 \\u00e9","stream_options":{"include_usage":true}}'

@@ -144,7 +144,7 @@ class Ledger:
         self._strip = strip
         self._dropped_cr = False
         self._lf_only = True  # until a CR shows up (see relay)
-        self._held = b""  # LF path: bytes of an event not complete yet
+        self._held: list[bytes] = []  # LF path: the reads of an event not complete yet
         self._parser = SSEParser() if self.stream else None
         self._tracker: OpenAIStreamTracker | AnthropicStreamTracker | None = None
         if self.stream:
@@ -167,19 +167,28 @@ class Ledger:
         assert self._parser is not None and self._tracker is not None
         if self._lf_only:
             held = self._held
-            data = held + chunk if held else chunk
             if b"\r" not in chunk:
-                cut = data.rfind(b"\n\n") + 2
-                if cut == 1:  # no event completed yet
-                    self._held = data
+                # Only the new read is searched, and what is held is joined once, when its
+                # event completes: one huge event in many reads costs linear work.
+                cut = chunk.rfind(b"\n\n") + 2
+                if cut == 1:  # no blank line inside the read; maybe one across the reads
+                    cut = 1 if held and held[-1][-1:] == b"\n" and chunk[:1] == b"\n" else 0
+                if not cut:  # no event completed yet
+                    if chunk:
+                        held.append(chunk)
                     return b"" if self._strip else chunk
-                ready, self._held = data[:cut], data[cut:]
+                ready = b"".join([*held, chunk[:cut]]) if held else chunk[:cut]
+                held.clear()
+                if cut < len(chunk):
+                    held.append(chunk[cut:])
                 if self._tracker.skippable(ready):
                     self._tracker.defer(ready)
                     return ready if self._strip else chunk
                 out = self._blocks(self._parser.feed_raw(ready))  # whole events: parser stays idle
                 return out if self._strip else chunk
-            self._lf_only, self._held = False, b""
+            data = b"".join([*held, chunk])
+            self._lf_only = False
+            held.clear()
             out = self._blocks(self._parser.feed_raw(data))
             return out if self._strip else chunk
         if (self._parser.idle and not self._dropped_cr and chunk.endswith(_EVENT_ENDS)
@@ -214,8 +223,8 @@ class Ledger:
         if self._parser is None or self._tracker is None:
             return b""
         if self._held:  # an unterminated last event (LF path): the parser closes it
-            self._parser.feed_raw(self._held)
-            self._held = b""
+            self._parser.feed_raw(b"".join(self._held))
+            self._held.clear()
         return self._blocks([block.raw for block in self._parser.close()])
 
     def body(self, obj: Any) -> None:

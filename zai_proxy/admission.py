@@ -10,10 +10,11 @@ through Redis. The dispatcher tells the rate controller when the gate is the bot
 The queue is bounded (`queue_max`) and has a deadline (`queue_timeout`); a request is rejected at
 once when the queue is full or its expected wait - for the rate, and for a concurrency slot when
 every slot is held (long streams) - would pass its deadline. A waiter whose task is cancelled
-(client left) is dropped without using a send slot or a concurrency slot, also when it leaves
-while the gate is answering or just as it is granted. During a 1312 storm (`Congestion`) the
-gate slows down for a bounded while; the learned rate does not move. Clock and sleep are
-injected so tests run on virtual time.
+(client left) is dropped without using a send slot, a concurrency slot or a pacer slot, also
+when it leaves while the gate is answering or just as it is granted; a waiter that expires
+gives back the pacer slot it took. During a 1312 storm (`Congestion`) the gate slows down for
+a bounded while; the learned rate does not move. Clock and sleep are injected so tests run on
+virtual time.
 """
 
 from __future__ import annotations
@@ -177,10 +178,15 @@ class Admission:
         paced = paced and not priority and self.pacer is not None
         pacer_held = False
         if not self.depth and self.in_flight < self.concurrency.limit:
-            if paced:
-                pacer_held = await self._take_pacer(now) == 0.0
-            if (pacer_held or not paced) and await self.gate.take(self.gate_rate, now) == 0.0:
-                return self._grant(client_id, now)
+            try:
+                if paced:
+                    pacer_held = await self._take_pacer(now) == 0.0
+                if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
+                                                                      now) == 0.0:
+                    return self._grant(client_id, now)
+            except BaseException:  # left (or the gate failed) while the gate answered
+                await self._return_pacer(pacer_held)
+                raise
         if self.depth >= self.queue_max:
             await self._return_pacer(pacer_held)
             return Rejection("queue_full", max(1.0, self._estimate(self.depth, paced)))
@@ -206,10 +212,11 @@ class Admission:
                 self._drop(waiter)  # the dispatcher refunds a slot taken while we left
                 await self._return_pacer(waiter.pacer_held)
             elif waiter.future.done() and isinstance(permit := waiter.future.result(), Permit):
-                # Granted just as the client left: free the slot, give back what it took.
+                # Granted just as the client left: free the slot, give back what it took
+                # (the pacer slot only if it took one: pacing may have been off meanwhile).
                 permit.release()
                 await self.gate.refund(self.gate_rate, self.clock())
-                await self._return_pacer(waiter.paced)
+                await self._return_pacer(waiter.pacer_held)
             raise
 
     async def _take_pacer(self, now: float) -> float:

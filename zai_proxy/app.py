@@ -3,6 +3,14 @@
 The FastAPI app serves the operational routes (/health, /ready, /metrics, /admin); every
 `/v1/...` request goes straight to the pure-ASGI `ProxyHandler`, skipping the framework's
 routing and middleware on the hot path.
+
+Who sees what: with ADMIN_API_KEY configured, /health shows client names (`quota.pacing.exempt`)
+and the account hash (`rate_limit.account`) only to a request that presents it (`"detail":
+"full"`); anyone else gets the rest (`"detail": "public"`): status, variant, version, readiness,
+retirement, limiter and quota state, which the switch and probes read. Without ADMIN_API_KEY
+there is no operator credential to ask for, and /health is full for everyone. /metrics shows the
+per-client series to every scrape unless METRICS_CLIENT_NAMES=false; then only to a scrape that
+presents ADMIN_API_KEY (to none when it is not configured).
 """
 
 from __future__ import annotations
@@ -107,11 +115,28 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         chunk_timeout=settings.chunk_timeout,
                         # Every admitted request needs a connection: never fewer than the cap.
                         pool_size=max(settings.upstream_pool_size, settings.max_workers),
-                        transport=transport)
-    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file)
-    metrics.set_auth_mode("open" if auth.open else "keys")
+                        transport=transport, api_key=settings.zai_api_key)
+    auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file,
+                      clock=clock, wall=wall)
+    key_file_errors_counted = 0
+
+    def refresh_auth() -> None:
+        """Look at the key file now, and show its state in the metrics."""
+        nonlocal key_file_errors_counted
+        auth.refresh()
+        metrics.set_auth_mode("open" if auth.open else "keys")
+        status = auth.file_status
+        if status is None:
+            return
+        metrics.auth_key_file_loaded.set(status.loaded_at)
+        metrics.auth_key_file_keys.set(status.keys)
+        metrics.auth_key_file_error.set(1 if status.last_error else 0)
+        metrics.auth_key_file_errors.inc(status.errors - key_file_errors_counted)
+        key_file_errors_counted = status.errors
+
+    refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
-    limiter = Limiter(settings, metrics, clock=clock)
+    limiter = Limiter(settings, metrics, clock=clock, wall=wall, sleep=sleep)
     quota = Quota(settings, metrics, limiter, transport=transport, wall=wall, clock=clock,
                   sleep=sleep)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
@@ -171,9 +196,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.quota = quota
     app.state.auth = auth
 
+    admin = AdminGuard(settings.admin_api_key)
+
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         """Liveness: answers 200 whenever the process can serve; never asks the upstream."""
+        refresh_auth()
+        full = admin.allows(request.headers)
         body: dict[str, Any] = {
             "status": "draining" if lifecycle.draining else "ok",
             "deployment_variant": settings.deployment_variant,
@@ -185,6 +214,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "retired": retirement.retired,
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "auth": "open" if auth.open else "keys",
+            "auth_key_file": auth.file_status.as_dict() if auth.file_status else None,
             "rate_limit": limiter.health(),
             "quota": quota.health(),
         }
@@ -192,7 +222,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             tok = accounting.tokenizer
             body["tokenizer"] = {"encoding": tok.name, "source": tok.source,
                                  "warning": tok.warning}
-        return JSONResponse(body)
+        body["detail"] = "full" if full else "public"
+        return JSONResponse(body if full else _public_health(body, settings.account))
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
@@ -202,13 +233,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                             status_code=status)
 
     @app.get("/metrics")
-    async def metrics_route() -> Response:
+    async def metrics_route(request: Request) -> Response:
         limiter.refresh_gauges()
-        metrics.set_auth_mode("open" if auth.open else "keys")  # the key file may change
+        refresh_auth()  # the key file may change
         quota.refresh_gauges()
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    admin = AdminGuard(settings.admin_api_key)
+        text = generate_latest(registry)
+        if not settings.metrics_client_names and not admin.presented(request.headers):
+            text = _without_families(text, CLIENT_FAMILIES)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reset-rate-limit")
     async def reset_rate_limit(request: Request) -> Response:
@@ -294,11 +326,57 @@ def load_pricing(settings: Settings) -> PricingTable:
     return pricing
 
 
+# Metric families whose labels name clients (METRICS_CLIENT_NAMES).
+CLIENT_FAMILIES = (b"zai_proxy_client_tokens",)
+
+
+def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
+    """The exposition `text` without the samples, HELP and TYPE lines of `families`."""
+    kept = []
+    for line in text.split(b"\n"):
+        name = line[7:] if line.startswith((b"# HELP ", b"# TYPE ")) else line
+        if not name.startswith(families):
+            kept.append(line)
+    return b"\n".join(kept)
+
+
+def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
+    """/health without the names of clients and the account hash (see the module docstring):
+    `rate_limit.account` and `quota.pacing.exempt` are left out, and the account hash anywhere
+    else (the shared state's Redis namespace) is replaced by `<hidden>`."""
+    public = dict(body)
+    if isinstance(rate := body.get("rate_limit"), dict):
+        public["rate_limit"] = {k: v for k, v in rate.items() if k != "account"}
+    if isinstance(quota := body.get("quota"), dict) and isinstance(quota.get("pacing"), dict):
+        pacing = {k: v for k, v in quota["pacing"].items() if k != "exempt"}
+        public["quota"] = {**quota, "pacing": pacing}
+    return _hide(public, account) if account else public
+
+
+def _hide(value: Any, text: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(text, "<hidden>")
+    if isinstance(value, dict):
+        return {k: _hide(v, text) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide(v, text) for v in value]
+    return value
+
+
 class AdminGuard:
     """Admin routes: 404 when ADMIN_API_KEY is unset, 401 without the key (constant time)."""
 
     def __init__(self, key: str) -> None:
         self._auth = ClientAuth((KeyEntry(key),)) if key else None
+
+    def allows(self, headers: Any) -> bool:
+        """Whether a request with `headers` may see the full operational detail: it presents
+        ADMIN_API_KEY, or none is configured (there is no operator credential to ask for)."""
+        return self._auth is None or self.check(headers) is None
+
+    def presented(self, headers: Any) -> bool:
+        """Whether ADMIN_API_KEY is configured and presented in `headers`."""
+        return self._auth is not None and self.check(headers) is None
 
     def check(self, headers: Any) -> Response | None:
         if self._auth is None:

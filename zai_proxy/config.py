@@ -142,6 +142,21 @@ def _pacing_mode(text: str) -> str:
     return mode
 
 
+def parse_upstream_key(text: str) -> str:
+    """The upstream key, stripped of surrounding blanks (a Secret file's final newline).
+
+    What is left must be printable ASCII without spaces: a key with a line break, a control
+    character or a non-ASCII character inside cannot be sent in an `Authorization` header, and a
+    proxy started with one would say ready and fail every request. The error never shows the key.
+    Empty after stripping is left to `load_settings` ("set but empty").
+    """
+    key = text.strip()
+    if any(not 0x21 <= ord(c) <= 0x7E for c in key):
+        raise ValueError("printable ASCII without spaces, line breaks or control characters "
+                         "inside (surrounding blanks and a final newline are stripped)")
+    return key
+
+
 def _setting(env: str, parse: Callable[[str], Any], help_: str, **kw: Any) -> Any:
     """A dataclass field that knows its environment variable, parser and help text."""
     return field(metadata={"env": env, "parse": parse, "help": help_}, **kw)
@@ -154,8 +169,9 @@ class Settings:
     host: str = _setting("HOST", str, "address to listen on", default="0.0.0.0")
     port: int = _setting("PORT", _positive(_int), "port to listen on", default=8080)
     zai_api_key: str = _setting(
-        "ZAI_API_KEY", str, "upstream API key; unset = run against the built-in simulator "
-        "(set but empty: refused)",
+        "ZAI_API_KEY", parse_upstream_key, "upstream API key; unset = run against the built-in "
+        "simulator (set but empty: refused). Surrounding blanks and a final newline are "
+        "stripped; any other whitespace, control or non-ASCII character inside is refused",
         default="", repr=False)
     zai_target_url: str = _setting(
         "ZAI_TARGET_URL", parse_url, "OpenAI-compatible upstream base",
@@ -212,6 +228,11 @@ class Settings:
     version: str = _setting("ZAI_PROXY_VERSION", str, "build version", default="")
     commit: str = _setting("ZAI_PROXY_COMMIT", str, "build commit", default="unknown")
     build_time: str = _setting("ZAI_PROXY_BUILD_TIME", str, "build time", default="unknown")
+    metrics_client_names: bool = _setting(
+        "METRICS_CLIENT_NAMES", parse_bool,
+        "show the per-client series (zai_proxy_client_tokens_total{client}) on /metrics to "
+        "every scrape; off = only to a scrape that presents ADMIN_API_KEY (the dashboard's top "
+        "clients then need it)", default=True)
     # Token accounting.
     token_counting_enabled: bool = _setting(
         "TOKEN_COUNTING_ENABLED", parse_bool, "count tokens and cost", default=True)

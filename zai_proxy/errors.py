@@ -134,6 +134,14 @@ class UpstreamUnreachable(UpstreamError):
     error_type = "connection"
 
 
+class UpstreamDisconnected(UpstreamUnreachable):
+    """The connection failed after the request may have been written (reset, closed without
+    an answer): the upstream may have read it and spent tokens on it. Retried only for a safe
+    method (GET, HEAD, OPTIONS); a POST is never sent twice."""
+
+    code = "proxy_upstream_disconnected"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "proxy_upstream_timeout"

@@ -14,6 +14,12 @@ is read up to `max_response_bytes` and answered 502 past it: relaying it unread 
 tokens past accounting. Any other non-stream body is read whole only while it is small
 (`STREAM_ABOVE`); past that it is relayed as it arrives. Error bodies are read up to
 `ERROR_BODY_BUDGET` (enough to classify them); a longer one is relayed as it arrives, not cut.
+
+A request that may have reached the upstream is never re-sent unless its method is safe: a
+connection that broke after the request was written (`UpstreamDisconnected`) is retried for
+GET, HEAD and OPTIONS only; a POST the upstream may have read (and spent tokens on) is answered
+502 instead. The upstream key is scrubbed (`Upstream.scrub`) from the relayed response headers
+and from every error body read whole, before anything classifies, logs or relays them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from zai_proxy.classify import Throttle, ThrottleClass, classify_429
 from zai_proxy.errors import (
     ProxyError,
     RateLimited,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamInterrupted,
     UpstreamResponseTooLarge,
@@ -43,8 +50,8 @@ from zai_proxy.headers import RawHeaders
 from zai_proxy.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
 from zai_proxy.metrics import Metrics
 from zai_proxy.rate_controller import Outcome
-from zai_proxy.retry import RetryPolicy, RetryReason, retry_reason
-from zai_proxy.upstream import BodyReader, Upstream
+from zai_proxy.retry import SAFE_METHODS, RetryPolicy, RetryReason, retry_reason
+from zai_proxy.upstream import BodyReader, ScrubbingReader, Upstream
 
 # Error bodies are read with a budget: enough to decide retries and classify a 429.
 ERROR_BODY_BUDGET = 256 * 1024
@@ -62,7 +69,7 @@ class Opened:
     status: int
     headers: RawHeaders
     content_type: str
-    chunks: BodyReader
+    chunks: BodyReader | ScrubbingReader
     permit: Permit
     body: bytes | None = None
     first: bytes = b""
@@ -132,9 +139,12 @@ class Forwarder:
                 permit.observe(Outcome.OTHER)
                 permit.release()
                 self.metrics.upstream_error(error.error_type)
-                reason = (RetryReason.CONNECTION if isinstance(error, UpstreamUnreachable) else
-                          RetryReason.EMPTY_RESPONSE if isinstance(error, UpstreamTruncated)
-                          else None)
+                reason = retry_reason(
+                    connection_error=isinstance(error, UpstreamUnreachable),
+                    maybe_delivered=isinstance(error, UpstreamDisconnected),
+                    idempotent=request.method in SAFE_METHODS,
+                ) or (RetryReason.EMPTY_RESPONSE if isinstance(error, UpstreamTruncated)
+                      else None)
                 failure: Exception = error
             else:
                 reason, retry_after = self._judge(opened, expect_json)
@@ -176,7 +186,7 @@ class Forwarder:
         status = ex.upstream_status = response.status_code
         chunks = self.upstream.chunks(response)
         content_type = response.headers.get("content-type", "")
-        raw = list(response.headers.raw)
+        raw = self.upstream.scrub.headers(response.headers.raw)
         opened = Opened(status, raw, content_type, chunks, permit)
         try:
             if status < 300 and content_type.startswith("text/event-stream"):
@@ -189,6 +199,15 @@ class Forwarder:
                 if whole and _declared_length(raw) > limit:
                     raise UpstreamResponseTooLarge(_too_large(limit))
                 data, complete = await _read_upto(chunks, limit)
+                scrub = self.upstream.scrub
+                if status >= 300 and scrub.active:  # relayed and classified: never with the key
+                    if complete:
+                        data = scrub.data(data)
+                    else:  # relayed as it arrives: scrubbed across reads, length unknown
+                        data, tail = scrub.split(data)
+                        opened.chunks = scrub.reader(chunks, tail)
+                        opened.headers = [(k, v) for k, v in raw
+                                          if k.lower() != b"content-length"]
                 if complete:
                     opened.body = data
                     ex.upstream_ended = time.perf_counter()

@@ -26,8 +26,31 @@ class KubectlError(RuntimeError):
         super().__init__(f"`{' '.join(self.command)}` failed: {self.message}")
 
 
+MIN_REQUEST_TIMEOUT = 0.001  # seconds: kubectl's finest useful unit here is the millisecond
+
+
+def request_timeout_flag(seconds: float) -> str:
+    """kubectl's `--request-timeout` value for `seconds`, fractions kept: `20s`, `1500ms`.
+
+    kubectl reads a Go duration, and `0` there means *no* timeout, so a positive value must never
+    round down to 0: whole seconds are written as `Ns`, anything else in whole milliseconds
+    (rounded). A value below one millisecond (or not positive) is a ValueError: kubectl cannot
+    express it, and sending `0ms` would switch the timeout off.
+    """
+    if not seconds >= MIN_REQUEST_TIMEOUT:  # also refuses NaN
+        raise ValueError(f"a kubectl request timeout must be at least {MIN_REQUEST_TIMEOUT:g}s "
+                         f"(1ms), not {seconds:g}s")
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
 class Kubectl:
-    """Runs `kubectl` for one namespace (and optional context) with a per-call timeout."""
+    """Runs `kubectl` for one namespace (and optional context) with a per-call timeout.
+
+    `request_timeout` (seconds, fractions allowed, at least `MIN_REQUEST_TIMEOUT`) goes to every
+    call as `--request-timeout` (see `request_timeout_flag`); ValueError if kubectl cannot take it.
+    """
 
     def __init__(
         self,
@@ -40,6 +63,7 @@ class Kubectl:
         self.namespace = namespace
         self.binary = binary
         self.context = context
+        self.timeout_flag = request_timeout_flag(request_timeout)
         self.request_timeout = request_timeout
 
     def command(self, *args: str) -> list[str]:
@@ -47,7 +71,7 @@ class Kubectl:
         argv = [self.binary]
         if self.context:
             argv += ["--context", self.context]
-        argv += ["--namespace", self.namespace, f"--request-timeout={int(self.request_timeout)}s"]
+        argv += ["--namespace", self.namespace, f"--request-timeout={self.timeout_flag}"]
         return [*argv, *args]
 
     def run(self, *args: str, stdin: str | None = None) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,19 @@ def _decision(adjustment: Adjustment | None, now: float,
 
 
 class Limiter:
-    """Everything admission control needs, with one background task."""
+    """Everything admission control needs, with one background task.
+
+    `clock`, `wall` and `sleep` are injected (tests pass virtual time): the background tick and
+    the admission queue's waits both sleep through `sleep`, so they run on the same time as
+    `clock`.
+    """
 
     def __init__(self, settings: Settings, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.metrics = metrics
-        self.clock, self.wall = clock, wall
+        self.clock, self.wall, self.sleep = clock, wall, sleep
         self.account = settings.account
         self.variant = settings.deployment_variant
         path = state_path(settings.rate_limit_state_file, self.account)
@@ -101,7 +107,7 @@ class Limiter:
                                                  state_ttl=self.state_max_age)
         self.admission = Admission(
             self.rate, self.concurrency, queue_max=settings.queue_max,
-            queue_timeout=settings.queue_timeout_seconds, clock=clock, gate=gate,
+            queue_timeout=settings.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
             burst=settings.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count)
         self.restored_from: str | None = None  # "redis", "file" or "admin"
         # Nothing learned yet: nothing to write until a ceiling is learned.
@@ -291,7 +297,7 @@ class Limiter:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_interval)
+            await self.sleep(self.tick_interval)
             try:
                 if self.coordinator is not None:  # first: the others' counts, then decide
                     adjustments = await self.coordinator.sync()

@@ -170,6 +170,22 @@ class Metrics:
         self.client_tokens = Counter("zai_proxy_client_tokens", "Tokens by client key name",
                                      ["client", "direction", V], registry=r)
 
+        # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
+        self.auth_key_file_loaded = Gauge(
+            "zai_proxy_auth_key_file_last_load_timestamp_seconds",
+            "When the key file version in force was applied (epoch s)", [V],
+            registry=r).labels(variant)
+        self.auth_key_file_keys = Gauge("zai_proxy_auth_key_file_keys",
+                                        "Keys from the key file in force", [V],
+                                        registry=r).labels(variant)
+        self.auth_key_file_error = Gauge(
+            "zai_proxy_auth_key_file_error",
+            "1 while the key file in force has a problem (an invalid line, empty, missing)",
+            [V], registry=r).labels(variant)
+        self.auth_key_file_errors = Counter(
+            "zai_proxy_auth_key_file_errors", "Key file reloads applied with a problem", [V],
+            registry=r).labels(variant)
+
     def set_auth_mode(self, mode: str) -> None:
         for known in ("keys", "open"):
             self.auth_mode.labels(known, self.variant).set(1 if known == mode else 0)

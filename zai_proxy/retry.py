@@ -12,9 +12,12 @@ from enum import StrEnum
 
 from zai_proxy.classify import Throttle, ThrottleClass, parse_retry_after
 
-__all__ = ["RetryPolicy", "RetryReason", "parse_retry_after", "retry_reason"]
+__all__ = ["SAFE_METHODS", "RetryPolicy", "RetryReason", "parse_retry_after", "retry_reason"]
 
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+# Methods a second delivery cannot harm (RFC 9110 §9.2.1): the only ones re-sent after the
+# upstream may have read them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RetryReason(StrEnum):
@@ -42,6 +45,8 @@ def retry_reason(
     status: int | None = None,
     throttle: Throttle | None = None,
     connection_error: bool = False,
+    maybe_delivered: bool = False,
+    idempotent: bool = True,
     empty_or_truncated: bool = False,
     client_started: bool = False,
 ) -> RetryReason | None:
@@ -50,11 +55,14 @@ def retry_reason(
     `status` is the upstream HTTP status (None when no response); `throttle` the classified 429;
     `empty_or_truncated` a 2xx whose body was empty or cut short (or a stream with no bytes);
     `client_started` whether any byte already went to the client - then nothing is retried.
+    `connection_error` with `maybe_delivered`: the connection broke after the request may have
+    been written, so the upstream may have read it; retried only when `idempotent` (a safe
+    method), never a POST that may already be spending tokens.
     """
     if client_started:
         return None
     if connection_error:
-        return RetryReason.CONNECTION
+        return RetryReason.CONNECTION if idempotent or not maybe_delivered else None
     if status is None:
         return None
     if status == 429:

@@ -123,7 +123,11 @@ class SSEParser:
         parts = self._parts
         scan = 0
         if parts:
-            straddle = self._last in (_CR, _LF) and chunk[0] in (_CR, _LF)
+            # A blank line split across the reads: LF+LF, LF+CR or CR+CR. CR+LF is one line
+            # ending, never a block's end by itself (a pair after it is inside `chunk`); joining
+            # on it made a huge event whose reads all end between CR and LF cost quadratic work.
+            last, first = self._last, chunk[0]
+            straddle = (last == _LF and first in (_CR, _LF)) or (last == _CR and first == _CR)
             if not straddle and all(pair not in chunk for pair in _PAIRS):
                 parts.append(chunk)
                 self._last = chunk[-1]

@@ -14,12 +14,24 @@ request is admitted, so a refusal never costs a rate token.
 Three separate timeouts, none of them a total: connect, first byte (response headers; a
 non-stream LLM call sends them only when done) and between chunks (a long stream is never cut
 while it keeps talking).
+
+Failures are told apart by whether the request can have reached the upstream:
+`UpstreamUnreachable` only when it provably did not (the connection was never established, no
+pool slot, an unusable URL), `UpstreamDisconnected` when the connection broke after the request
+may have been written (closed without an answer, reset, a protocol error): the upstream may have
+read it and spent tokens, so the forwarder retries that only for safe methods. A reused pooled
+connection that turns out to be dead cannot be told apart from an upstream that read the
+request and hung up; aiohttp itself retries the safe methods once on a fresh connection.
+
+Nothing the upstream wrote reaches a client or a log unscrubbed of the upstream key:
+`Scrubber` replaces the key in every message built from foreign text here, and the forwarder
+applies the same scrubber to relayed response headers and error bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 
 import aiohttp
@@ -28,6 +40,7 @@ import httpx
 from zai_proxy.errors import (
     InvalidRequest,
     UpstreamBadResponse,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamInterrupted,
     UpstreamTimeout,
@@ -39,6 +52,60 @@ from zai_proxy.headers import RawHeaders
 KEEPALIVE_SECONDS = 30.0
 # httpx refuses longer URLs (httpx._urlparse.MAX_URL_LENGTH).
 MAX_URL_LENGTH = 65536
+
+
+REDACTED = "<redacted>"
+
+
+class Scrubber:
+    """Replaces the upstream key with `REDACTED` in text, bytes and headers quoted from upstream.
+
+    The one scrubber of upstream text: an upstream (or a middlebox) that echoes the request's
+    `Authorization` header back, in a status line, an error body or a header, must not hand the
+    key to a client or a log. A no-op without a key (the simulator)."""
+
+    __slots__ = ("_key", "_key_bytes")
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._key_bytes = key.encode("latin-1", errors="replace")
+
+    def text(self, text: str) -> str:
+        return text.replace(self._key, REDACTED) if self._key and self._key in text else text
+
+    def data(self, data: bytes) -> bytes:
+        """`data` with the key replaced (a different length: the caller sends len() of it)."""
+        key = self._key_bytes
+        return data.replace(key, REDACTED.encode()) if key and key in data else data
+
+    @property
+    def active(self) -> bool:
+        return bool(self._key_bytes)
+
+    def split(self, data: bytes) -> tuple[bytes, bytes]:
+        """`data` scrubbed up to a tail that may be the start of the key (held back: the rest
+        of the key may come in the next read), and that tail."""
+        key = self._key_bytes
+        marker = REDACTED.encode()
+        out: list[bytes] = []
+        start = 0
+        while (found := data.find(key, start)) >= 0:
+            out += (data[start:found], marker)
+            start = found + len(key)
+        held = max(start, len(data) - len(key) + 1)
+        out.append(data[start:held])
+        return b"".join(out), data[held:]
+
+    def reader(self, body: BodyReader, tail: bytes) -> ScrubbingReader:
+        """`body` scrubbed as it is relayed; `tail` is what `split` held back of its start."""
+        return ScrubbingReader(body, self, tail)
+
+    def headers(self, raw: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
+        """Header values with the key replaced (names cannot carry it: they are tokens)."""
+        key = self._key_bytes
+        if not key:
+            return list(raw)
+        return [(name, self.data(value)) for name, value in raw]
 
 
 def default_transport(pool_size: int) -> httpx.AsyncBaseTransport:
@@ -62,7 +129,8 @@ class Upstream:
 
     def __init__(self, *, connect_timeout: float, first_byte_timeout: float,
                  chunk_timeout: float, pool_size: int,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, api_key: str = "") -> None:
+        self.scrub = Scrubber(api_key)
         self.first_byte_timeout = first_byte_timeout
         self.chunk_timeout = chunk_timeout
         self.transport = transport or default_transport(pool_size)
@@ -95,25 +163,49 @@ class Upstream:
         except TimeoutError:
             raise UpstreamTimeout(
                 f"upstream sent no response within {self.first_byte_timeout:g}s") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.WriteError, httpx.UnsupportedProtocol,
-                httpx.PoolTimeout) as exc:
-            raise UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}") from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from exc
         except aiohttp.ClientResponseError as exc:
-            # An answer aiohttp cannot parse (a header over its limit, ...): httpx_aiohttp
-            # passes it on untranslated.
-            raise UpstreamBadResponse(
-                f"upstream answer could not be read: {exc.message[:200]}") from exc
+            # An answer aiohttp cannot parse (a bad status line, a header over its limit, ...):
+            # httpx_aiohttp passes it on untranslated. Its message quotes the upstream's bytes.
+            # `from None`: a logged traceback would show the unscrubbed original.
+            raise UpstreamBadResponse("upstream answer could not be read: "
+                                      + self.scrub.text(exc.message)[:200]) from None
         except (httpx.HTTPError, OSError) as exc:
-            raise UpstreamUnreachable(f"upstream request failed: {type(exc).__name__}") from exc
+            raise _translate(exc) from None
         response.request = request
         return response
 
     def chunks(self, response: httpx.Response) -> BodyReader:
         """The response body as it arrives, with the between-chunks timeout."""
         return BodyReader(response, self.chunk_timeout)
+
+
+# aiohttp's exceptions for a connection that was never established (httpx_aiohttp maps
+# ServerDisconnectedError to httpx.ConnectTimeout too, so the httpx class alone cannot tell).
+_AIOHTTP_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# httpx's own (and httpcore's) exceptions raised before any byte of the request was written.
+_HTTPX_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                   httpx.UnsupportedProtocol)
+
+
+def _translate(exc: httpx.HTTPError | OSError) -> UpstreamError:
+    """Our error for a failure before the response headers; see the module docstring.
+
+    Only type names go into the message, never the foreign exception's text."""
+    cause = exc.__cause__
+    names = type(exc).__name__ + (f" ({type(cause).__name__})"
+                                  if isinstance(cause, aiohttp.ClientError) else "")
+    if isinstance(cause, aiohttp.ClientError):
+        not_sent = isinstance(cause, _AIOHTTP_NOT_SENT)
+        timed_out = isinstance(cause, aiohttp.ServerTimeoutError)
+    else:
+        not_sent = isinstance(exc, _HTTPX_NOT_SENT)
+        timed_out = isinstance(exc, httpx.TimeoutException)
+    if not_sent:
+        return UpstreamUnreachable(f"upstream unreachable: {names}")
+    if timed_out:
+        return UpstreamTimeout(f"upstream timed out: {names}")
+    return UpstreamDisconnected(
+        f"upstream connection broke after the request was sent: {names}")
 
 
 class BodyReader:
@@ -188,6 +280,33 @@ class BodyReader:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+class ScrubbingReader:
+    """A `BodyReader` whose chunks have the upstream key replaced, even across reads (for a long
+    error body relayed as it arrives: the length changes, so it goes without Content-Length)."""
+
+    def __init__(self, body: BodyReader, scrub: Scrubber, tail: bytes) -> None:
+        self._body = body
+        self._scrub = scrub
+        self._tail = tail
+
+    def __aiter__(self) -> ScrubbingReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._body.__anext__()
+        except StopAsyncIteration:
+            if not self._tail:
+                raise
+            tail, self._tail = self._tail, b""  # shorter than the key: cannot hold it
+            return tail
+        out, self._tail = self._scrub.split(self._tail + chunk)
+        return out
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
 
 
 async def _already_read(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -36,3 +36,10 @@ def test_a_short_admin_key_exits_2_naming_it() -> None:
     result = serve({"ADMIN_API_KEY": "admin-123"})
     assert result.returncode == 2, result.stderr
     assert "ADMIN_API_KEY" in result.stderr and "admin-123" not in result.stderr
+
+
+def test_an_upstream_key_with_a_line_break_inside_exits_2_naming_it() -> None:
+    result = serve({"ZAI_API_KEY": "upstream-key\nconfig-test"})
+    assert result.returncode == 2, result.stderr
+    assert "ZAI_API_KEY" in result.stderr and "config-test" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zai_proxy import __version__
 from zai_proxy.dashboard.auth import AuthMiddleware
@@ -199,4 +200,30 @@ def create_dashboard_app(
     )
     app.state.dashboard = dash
     app.add_middleware(AuthMiddleware, key=settings.api_key)
+    app.add_middleware(NoSniff)
     return app
+
+
+class NoSniff:
+    """Every answer carries `X-Content-Type-Options: nosniff`.
+
+    The JSON API passes on what the targets report verbatim (variant labels, client names,
+    error strings), as data; the page renders it as text. A browser must never guess such an
+    answer to be HTML and run markup from a scraped label.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)

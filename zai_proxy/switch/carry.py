@@ -10,9 +10,13 @@ that starts from `RATE_LIMIT_INITIAL` costs its workers minutes of 429s or of a 
 
 The choice among serving pods that disagree is pure (`choose_source`): the most recently learned
 rate ceiling wins, since the account's ceiling is what the latest evidence says it is. So is the
-hand-over (`interim`): while the old variant still sends requests it had queued before the
-switch, the target holds only the part of the ceiling the old variant leaves, and the whole of it
-once that backlog is gone.
+hand-over: the old variant's queue is judged over several readings (`judge_load`: a backlog only
+if it stays queued, with the rate the old variant actually sends, from its counters); while it
+still sends requests it had queued before the switch, the target holds the part of the ceiling
+the old variant leaves, never less than MIN_INTERIM_SHARE of it (`interim`), and the whole of it
+once that backlog is gone. If the switch ends with the old variant still receiving requests
+(exit 4), the target holds what the old variant leaves at that moment (`share_beside`) and the
+switch prints the command that gives it the whole ceiling once the old variant is quiet.
 """
 
 from __future__ import annotations
@@ -127,7 +131,93 @@ def choose_source(docs: Mapping[str, Mapping[str, Any]], now: float) -> Choice:
     return Choice(None, "no serving pod has learned a ceiling yet")
 
 
-MIN_INTERIM_SHARE = 0.05  # of the ceiling: the target always admits something meanwhile
+# Share of the ceiling the target holds at least while the old variant still sends. The target
+# takes every new request from the moment of the patch, so its share is what the workers get
+# while the old variant works through its backlog (or, after exit 4, while some clients stay on
+# it). 5 % starved them: a twentieth of the account's rate for up to --traffic-timeout. A
+# quarter bounds the other side too: even if the old variant sends at its whole ceiling, the
+# account sees at most 1.25 times it, and only while that backlog lasts (the old variant sends
+# it at about its ceiling, so seconds); a few 429s the limiters absorb, not a relearned ceiling.
+MIN_INTERIM_SHARE = 0.25
+
+# How the old variant's queue is judged before the hand-over: a burst puts requests in the
+# admission queue for a moment even far below the ceiling, so one reading says nothing. The
+# queue counts as a backlog only if it is non-empty in each of QUEUE_SAMPLES readings
+# QUEUE_SAMPLE_INTERVAL seconds apart (1.5 s), and the counters read alongside give the rate
+# the old variant actually sends.
+QUEUE_SAMPLES = 4
+QUEUE_SAMPLE_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """One reading of the old variant's pods: when, and per readable pod its queue and its
+    requests started (`zai_proxy_queue_depth`, `zai_proxy_requests_total` + in flight)."""
+
+    at: float
+    queued: Mapping[str, float]
+    started: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class OldLoad:
+    """What the old variant has queued (0 unless queued in every reading) and sends (req/s
+    measured from its counters; None when they could not be read twice)."""
+
+    backlog: float
+    rate: float | None
+
+
+def judge_load(samples: Sequence[LoadSample]) -> OldLoad:
+    """The old variant's backlog and send rate from successive readings.
+
+    Backlog: the last reading's total queue if every reading had a non-empty queue (a queue that
+    empties in any reading was a momentary burst the limiter admits at once), else 0. Rate: the
+    requests started between the first and the last reading over the time between them, summed
+    over the pods readable in both; None with one reading or a counter that went back (a pod
+    restarted: its count is not comparable).
+    """
+    if not samples:
+        return OldLoad(0.0, None)
+    totals = [sum(s.queued.values()) for s in samples]
+    backlog = totals[-1] if all(t > 0 for t in totals) else 0.0
+    first, last = samples[0], samples[-1]
+    elapsed = last.at - first.at
+    common = set(first.started) & set(last.started)
+    if elapsed <= 0 or not common:
+        return OldLoad(backlog, None)
+    sent = [last.started[pod] - first.started[pod] for pod in common]
+    if any(n < 0 for n in sent):
+        return OldLoad(backlog, None)
+    return OldLoad(backlog, sum(sent) / elapsed)
+
+
+def limited(doc: Mapping[str, Any], share: float) -> dict[str, Any]:
+    """`doc` with its rate ceiling cut to `share` (floor and upper bound too).
+
+    A proxy adopting its own kind of document takes `upper` as the ceiling and holds at `floor`,
+    so a share in `ceiling` alone would leave it the whole rate.
+    """
+    return {**doc, "rate": {**doc["rate"], "ceiling": share, "floor": share, "upper": share}}
+
+
+def share_beside(doc: Mapping[str, Any], old_rate: float | None) -> dict[str, Any] | None:
+    """The document the target holds while the old variant still sends `old_rate` req/s.
+
+    Without Redis both variants would each send up to the full ceiling meanwhile, so the account
+    would see more than its ceiling and both learn a lower one from the 429s. The target gets
+    what the old variant leaves, `ceiling - old_rate`, but at least MIN_INTERIM_SHARE of the
+    ceiling; an unknown `old_rate` counts as the whole ceiling (the floor then). None when the
+    whole ceiling is safe (the old variant sends nothing) or nothing was learned to share.
+    """
+    ceiling = rate_ceiling(doc)
+    if ceiling is None:
+        return None
+    sent = ceiling if old_rate is None else old_rate
+    share = max(ceiling - sent, ceiling * MIN_INTERIM_SHARE)
+    if share >= ceiling:
+        return None
+    return limited(doc, share)
 
 
 def interim(
@@ -135,20 +225,13 @@ def interim(
 ) -> dict[str, Any] | None:
     """The document the target holds while the old variant still sends its queued requests.
 
-    Without Redis both variants would each send at the full ceiling during that overlap, so the
-    account sees twice its ceiling and both learn a lower one from the 429s. The target gets what
-    the old variant leaves: the ceiling minus the old variant's current rate (at least 5% of the
-    ceiling). None when there is no backlog, or nothing to share.
+    `backlog` as `judge_load` judged it (0: no lasting queue, the whole ceiling at once);
+    `old_rate` what the old variant sends (measured, else its limiter's current rate; None if
+    neither is known). See `share_beside` for the share.
     """
-    ceiling = rate_ceiling(doc)
-    if backlog <= 0 or ceiling is None or old_rate is None:
+    if backlog <= 0:
         return None
-    share = max(ceiling - old_rate, ceiling * MIN_INTERIM_SHARE)
-    if share >= ceiling:
-        return None
-    # Floor and upper bound too: a proxy adopting its own kind of document takes `upper` as the
-    # ceiling and holds at `floor`, so a share in `ceiling` alone would leave it the whole rate.
-    return {**doc, "rate": {**doc["rate"], "ceiling": share, "floor": share, "upper": share}}
+    return share_beside(doc, old_rate)
 
 
 @dataclass

@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from zai_proxy.kube import Kubectl
+from zai_proxy.kube import MIN_REQUEST_TIMEOUT, Kubectl
 from zai_proxy.switch.cluster import Cluster
 from zai_proxy.switch.runbook import Switcher
 from zai_proxy.switch.status import status
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-interval", type=float, default=1.0,
                         help="seconds between polls and traffic samples (default 1)")
     parser.add_argument(
-        "--request-timeout", type=float, default=20.0, help="seconds per kubectl call (default 20)"
+        "--request-timeout", type=float, default=20.0,
+        help="seconds per kubectl call, fractions allowed down to 0.001 (kubectl gets e.g. "
+        "500ms); 0: the default 20",
     )
     parser.add_argument(
         "--samples", type=int, default=5, help="/metrics samples through the Service (default 5)"
@@ -111,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) < 0:
             print(f"zai-proxy switch: --{name.replace('_', '-')} must be >= 0", file=sys.stderr)
             return EXIT_USAGE
+    if args.request_timeout != 0 and not args.request_timeout >= MIN_REQUEST_TIMEOUT:
+        # kubectl takes milliseconds at the finest here; rounding down would send 0, which
+        # kubectl reads as "no timeout at all".
+        print(f"zai-proxy switch: --request-timeout {args.request_timeout:g} is below "
+              f"{MIN_REQUEST_TIMEOUT:g}s (1ms), the least kubectl can be given",
+              file=sys.stderr)
+        return EXIT_USAGE
     kube = Kubectl(
         args.namespace,
         binary=args.kubectl,

@@ -147,3 +147,12 @@ class Cluster:
             return metric_total(self.pod_get(pod, "/metrics"), "zai_proxy_queue_depth")
         except KubectlError:
             return None
+
+    def pod_load(self, pod: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """(queued for admission, requests started) from one read of the pod's `/metrics`;
+        (None, None) when it cannot be read, either one None when its family is missing."""
+        try:
+            text = self.pod_get(pod, "/metrics")
+        except KubectlError:
+            return None, None
+        return metric_total(text, "zai_proxy_queue_depth"), requests_started(text)

@@ -15,11 +15,20 @@
 
 A failure before or during step 3 restores the previous selector (exit 1, or 3 if that fails).
 A failure at step 5 leaves the selector where it is, since it is correct, and exits 4.
+
+The learned ceiling ends whole on the target on every path that leaves it serving alone: after
+a verified switch (once the old variant's backlog is sent, `handover_step`), and after a failure
+that left or put the selector back on the old variant (the target then receives nothing, so the
+whole ceiling is safe). After exit 4 the old variant still receives requests, and both holding
+the whole ceiling could send the account up to twice it: the target then holds what the old
+variant leaves as measured then (`settle_after_traffic_failure`), and the switch prints the
+exact command that gives it the whole ceiling once the old variant is quiet.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +37,20 @@ from typing import Any
 
 from zai_proxy.kube import Kubectl, KubectlError
 from zai_proxy.kube_objects import format_selector, pod_is_ready
-from zai_proxy.switch.carry import CarryPlan, CeilingCarry, describe, interim, number
+from zai_proxy.switch.carry import (
+    QUEUE_SAMPLE_INTERVAL,
+    QUEUE_SAMPLES,
+    STATE_PATH,
+    CarryPlan,
+    CeilingCarry,
+    LoadSample,
+    OldLoad,
+    describe,
+    interim,
+    judge_load,
+    number,
+    share_beside,
+)
 from zai_proxy.switch.checks import TargetChecks
 from zai_proxy.switch.cluster import Cluster, ServiceState, pod_name
 from zai_proxy.switch.pod_admin import PodAdmin
@@ -50,11 +72,13 @@ Pods = list[dict[str, Any]]
 
 @dataclass
 class Handover:
-    """A carry that gave the target only part of the ceiling while the old variant drains."""
+    """A carry that was PUT to the target: the plan, the old variant's ready pods, and `first`,
+    the part of the ceiling the target holds while the old variant drains (None: the whole)."""
 
     plan: CarryPlan
     old: Pods
     source_variant: str
+    first: dict[str, Any] | None = None
 
 
 @dataclass
@@ -98,6 +122,7 @@ class Switcher:
         self.say(f"service selector now: {format_selector(service.selector)}")
         patched = attempted = False
         unretired: list[str] = []
+        handover: Handover | None = None
         try:
             if not self.checks.ensure_replicas(service, target, replicas):
                 self.say("dry run: stopping before the pod checks (the target has no pods yet)")
@@ -108,7 +133,6 @@ class Switcher:
             others = self.other_pods(service, target)
             old = [pod for pods_ in others.values() for pod in pods_]
             first = self.verify.sample(old)
-            handover = None
             if current is not None and current != target:
                 handover = self.carry_step(others.get(current, []), pods, current, target)
             unretired = self.unretire_step(pods, healths)
@@ -135,15 +159,17 @@ class Switcher:
                 self.say(f"re-retiring {', '.join(unretired)}: the service does not select "
                          f"{target!r}")
                 self.retirement.report(self.retirement.apply(unretired, True), True)
+            if handover is not None and handover.first is not None and restored is not False:
+                # The target is not selected (any more): it sends nothing, the whole is safe.
+                self._put_whole(handover)
             return self._failed(exc, restored)
         self.retire_step(others, target)
         code = self.verify.traffic(others, pods, target, first, before, patched_at)
         if code != EXIT_OK:
             if handover is not None:
-                self.say(f"{target!r} keeps only its share of the learned ceiling while "
-                         f"{current!r} still serves; its limiter probes upward from there")
+                self.settle_after_traffic_failure(handover)
             return code
-        if handover is not None:
+        if handover is not None and handover.first is not None:
             self.handover_step(handover)
         if patched and self.options.scale_down_previous and current:
             self._scale_down(service, current)
@@ -196,24 +222,32 @@ class Switcher:
                                current, target, now)
         if plan is None:
             return None
-        backlog = sum(q or 0.0 for q in (self.cluster.pod_queued(p) for p in ready))
-        first = interim(plan.doc, number(plan.doc["rate"].get("current")), backlog)
+        load, seconds = self.measure(ready, until_empty=True)
+        rate_doc = plan.doc.get("rate")
+        gauge = number(rate_doc.get("current")) if isinstance(rate_doc, dict) else None
+        old_rate = load.rate if load.rate is not None else gauge
+        first = interim(plan.doc, old_rate, load.backlog)
         carried = f"{plan.source}'s learned ceilings ({describe(plan.doc, now)})"
         if self.options.dry_run:
             self.steps.ok(f"dry run: would PUT {carried} to {', '.join(plan.targets)}"
                           + ("" if first is None else
                              f", first {first['rate']['ceiling']:.2f} req/s of it while "
-                             f"{current!r} sends its {backlog:.0f} queued request(s)"))
+                             f"{current!r} sends its {load.backlog:.0f} queued request(s)"))
             return None
         if first is None:
             self.carry.put(plan, plan.doc)
             self.steps.ok(f"carried {carried} to {len(plan.targets)} {target!r} pod(s) before "
                           "moving traffic")
-            return None
+            return Handover(plan, ready, current)
+        source = ("measured from its request counters" if load.rate is not None
+                  else "its limiter's current rate; its counters could not be read"
+                  if gauge is not None else "unknown, counted as the whole ceiling")
+        sends = "?" if old_rate is None else f"{old_rate:.2f}"
         self.steps.note(
-            f"{current!r} still has {backlog:.0f} request(s) queued for admission and sends "
-            f"{plan.doc['rate']['current']:.2f} req/s; without shared state both variants would "
-            "send at the full ceiling while it works through them"
+            f"{current!r} kept {load.backlog:.0f} request(s) queued for admission in each of "
+            f"{QUEUE_SAMPLES} readings over {seconds:.1f} s and sends {sends} req/s ({source}); "
+            "without shared state both variants would send up to the full ceiling while it "
+            "works through them"
         )
         self.carry.put(plan, first)
         self.steps.ok(
@@ -222,7 +256,31 @@ class Switcher:
             f"{plan.doc['rate']['ceiling']:.2f} until {current!r} has sent its queued requests, "
             "then all of it"
         )
-        return Handover(plan, ready, current)
+        return Handover(plan, ready, current, first)
+
+    def measure(self, pods: Pods, *, until_empty: bool) -> tuple[OldLoad, float]:
+        """The old variant's backlog and send rate over up to QUEUE_SAMPLES readings
+        QUEUE_SAMPLE_INTERVAL apart (`carry.judge_load`), and the seconds they spanned.
+
+        `until_empty`: stop at the first reading with an empty queue (no backlog then, and the
+        rate is not needed); otherwise take every reading, for the rate.
+        """
+        samples: list[LoadSample] = []
+        for i in range(QUEUE_SAMPLES):
+            if i:
+                self.sleep(QUEUE_SAMPLE_INTERVAL)
+            queued: dict[str, float] = {}
+            started: dict[str, float] = {}
+            for pod in pods:
+                depth, count = self.cluster.pod_load(pod)
+                if depth is not None:
+                    queued[pod_name(pod)] = depth
+                if count is not None:
+                    started[pod_name(pod)] = count
+            samples.append(LoadSample(self.clock(), queued, started))
+            if until_empty and sum(queued.values()) <= 0:
+                break
+        return judge_load(samples), samples[-1].at - samples[0].at if samples else 0.0
 
     def handover_step(self, handover: Handover) -> None:
         """Step: once the old variant's queue is empty, the target holds the whole ceiling."""
@@ -240,9 +298,75 @@ class Switcher:
                                 "over the whole ceiling anyway")
                 break
             self.sleep(self.options.poll_interval)
-        self.carry.put(plan, plan.doc)
+        self._put_whole(handover)
+
+    def _put_whole(self, handover: Handover) -> None:
+        """PUT the whole carried ceiling to the target pods (a refusal is a warning here: the
+        selector is already where it ends, only the ceiling is left to the operator)."""
+        plan = handover.plan
+        try:
+            self.carry.put(plan, plan.doc)
+        except StepFailed as exc:
+            self.steps.warn(f"could not hand {plan.target_variant!r} the whole learned ceiling: "
+                            f"{exc.detail}")
+            self._print_handover_commands(plan)
+            return
+        handover.first = None
         self.steps.ok(f"{plan.target_variant!r} holds the whole learned ceiling "
                       f"({describe(plan.doc, self.wall())})")
+
+    def settle_after_traffic_failure(self, handover: Handover) -> None:
+        """After exit 4: the target holds what the old variant leaves, not more.
+
+        The old variant still receives requests (clients that stay on it), with the whole
+        ceiling; the target holding the whole too could send the account up to twice its
+        ceiling, and both would learn a lower one from the 429s. So the old variant's send rate
+        is measured now and the target holds `carry.share_beside` of it (the whole ceiling if
+        the old variant sends nothing, at least MIN_INTERIM_SHARE); the switch then prints the
+        exact commands that give the target the whole ceiling, for the operator to run once
+        the old variant is quiet (or scaled to 0).
+        """
+        plan, old = handover.plan, handover.source_variant
+        self.steps.step(f"learned ceiling of {plan.target_variant!r} while {old!r} still "
+                        "receives requests")
+        load, seconds = self.measure(handover.old, until_empty=False)
+        share = share_beside(plan.doc, load.rate)
+        if share is None:
+            self.steps.note(f"{old!r} sends {0.0 if load.rate is None else load.rate:.2f} "
+                            f"req/s over {seconds:.1f} s")
+            if handover.first is not None:
+                self._put_whole(handover)
+            else:
+                self.steps.ok(f"{plan.target_variant!r} holds the whole learned ceiling")
+            return
+        try:
+            self.carry.put(plan, share)
+        except StepFailed as exc:
+            self.steps.warn(f"could not set {plan.target_variant!r}'s share: {exc.detail}")
+        else:
+            handover.first = share
+        sends = ("cannot be read, so it may send up to the whole ceiling" if load.rate is None
+                 else f"sends {load.rate:.2f} req/s (measured over {seconds:.1f} s)")
+        self.steps.warn(
+            f"{old!r} {sends}: {plan.target_variant!r} holds {share['rate']['ceiling']:.2f} "
+            f"req/s of the account's {plan.doc['rate']['ceiling']:.2f}, so that both together "
+            "stay within it"
+        )
+        self._print_handover_commands(plan)
+
+    def _print_handover_commands(self, plan: CarryPlan) -> None:
+        """The commands that give the target pods the whole carried ceiling, run by hand."""
+        self.steps.note(
+            f"once {plan.target_variant!r} serves alone (no pod of the old variant has "
+            f"in_flight > 0 in `zai-proxy switch status -n {self.options.namespace}`, or the "
+            f"old variant is scaled to 0), give {plan.target_variant!r} the whole learned "
+            "ceiling by running:"
+        )
+        body = shlex.quote(json.dumps(plan.doc, sort_keys=True))
+        for pod in plan.targets:
+            argv = self.kube.command("exec", pod, "-c", self.options.container, "-i", "--",
+                                     "zai-proxy", "admin", "PUT", STATE_PATH, "--data", "-")
+            self.steps.note(f"  echo {body} | {shlex.join(argv)}")
 
     def unretire_step(self, pods: Pods, healths: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Step: the target's pods keep their keep-alive clients (DELETE /admin/retire).

@@ -78,6 +78,13 @@
     if (state.status) for (const v of Object.keys(state.status.variants)) names.add(v);
     return [...names].sort();
   }
+  /* An element built from data: properties, then children as nodes or text (never parsed as
+     HTML), so labels and strings scraped from the proxies show as they are. */
+  function h(tag, props = {}, ...children) {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children.map((c) => c instanceof Node ? c : String(c)));
+    return node;
+  }
   const colorOf = (v) => `var(--v${Math.max(0, variants().indexOf(v)) % 6})`;
   const shown = () => variants().filter((v) => state.variant === "all" || v === state.variant);
 
@@ -85,13 +92,17 @@
     const clients = document.createElement("section");
     clients.className = "panel";
     clients.dataset.panel = "clients";
-    clients.innerHTML = `<h2>Top clients of the current quota window</h2><div class="clients"></div>`;
+    clients.append(h("h2", {}, "Top clients of the current quota window"), h("div", { className: "clients" }));
     $("panels").replaceChildren(...PANELS.map((p) => {
       const card = document.createElement("section");
       card.className = "panel";
       card.dataset.panel = p.id;
-      card.innerHTML = `<h2>${p.title}</h2><div class="values"></div>` +
-        `<svg class="chart" role="img" aria-label="${p.title} chart"></svg><div class="legend"></div>`;
+      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      svg.setAttribute("class", "chart");
+      svg.setAttribute("role", "img");
+      svg.setAttribute("aria-label", `${p.title} chart`);
+      card.append(h("h2", {}, p.title), h("div", { className: "values" }), svg,
+        h("div", { className: "legend" }));
       return card;
     }), clients);
   }
@@ -112,21 +123,23 @@
         return { ...c, tokens };
       }).filter((c) => c.tokens > 0);
       const budget = w && w.used_ratio != null ? `${fmt.ratio(w.used_ratio)} of the budget used` : "no budget reported";
-      div.innerHTML = `<h3>${title} <span>${budget}</span></h3>`;
+      div.append(h("h3", {}, `${title} `, h("span", {}, budget)));
       if (!rows.length) {
         div.append(Object.assign(document.createElement("p"), { className: "empty", textContent: "no client tokens yet" }));
         return div;
       }
       const table = document.createElement("table");
-      table.innerHTML = "<thead><tr><th>client</th><th>tokens</th><th>share of tokens</th><th>share of budget</th></tr></thead>";
+      table.append(h("thead", {}, h("tr", {}, ...["client", "tokens", "share of tokens", "share of budget"]
+        .map((text) => h("th", {}, text)))));
       const body = document.createElement("tbody");
       for (const c of rows) {
         const tr = document.createElement("tr");
         tr.dataset.client = c.client;
         const share = c.share_of_budget;
-        tr.innerHTML = `<td></td><td>${fmt.count(c.tokens)}</td><td>${fmt.ratio(c.share_of_tokens)}</td>` +
-          `<td><span class="bar" style="width:${(60 * Math.min(1, share || 0)).toFixed(1)}px"></span>${fmt.ratio(share)}</td>`;
-        tr.firstChild.textContent = c.client;
+        const bar = h("span", { className: "bar" });
+        bar.style.width = `${(60 * Math.min(1, Number(share) || 0)).toFixed(1)}px`;
+        tr.append(h("td", {}, String(c.client)), h("td", {}, fmt.count(c.tokens)),
+          h("td", {}, fmt.ratio(c.share_of_tokens)), h("td", {}, bar, fmt.ratio(share)));
         body.append(tr);
       }
       table.append(body);
@@ -149,16 +162,20 @@
       const row = document.createElement("div");
       row.className = "value";
       row.dataset.variant = v;
-      row.innerHTML = `<span class="swatch" style="background:${colorOf(v)}"></span><b>${v}</b> `;
-      row.append(p.head(d.summary[v] || {}));
+      const swatch = h("span", { className: "swatch" });
+      swatch.style.background = colorOf(v);
+      row.append(swatch, h("b", {}, v), " ", p.head(d.summary[v] || {}));
       const cols = d.series[v];
       const scaled = (vals) => p.scale ? vals.map((x) => x == null ? x : x * p.scale) : vals;
       if (cols) p.series.forEach(([col, label], i) => lines.push({ t: cols.t, v: scaled(cols[col] || []),
         color: colorOf(v), dash: DASHES[i], variant: v, series: col, label: `${v} ${label}` }));
       return row;
     }));
-    card.querySelector(".legend").innerHTML = p.series.length < 2 ? "" : p.series.map(([, label], i) =>
-      `<span><i style="border-top-style:${i ? (i === 1 ? "dashed" : "dotted") : "solid"}"></i>${label}</span>`).join("");
+    card.querySelector(".legend").replaceChildren(...(p.series.length < 2 ? [] : p.series.map(([, label], i) => {
+      const mark = h("i");
+      mark.style.borderTopStyle = i ? (i === 1 ? "dashed" : "dotted") : "solid";
+      return h("span", {}, mark, label);
+    })));
     window.ZChart.render(card.querySelector("svg"), { from: d.to - spanOf(d.range), to: d.to,
       lines, fmt: axisFmt[p.fmt], tooltip: $("tooltip") });
   }
@@ -196,7 +213,7 @@
       div.className = "target " + (t.up ? "up" : "down");
       div.dataset.target = t.url;
       div.title = t.last_error || `${t.series} series, ${t.duration_ms} ms`;
-      div.innerHTML = `<span class="dot"></span>`;
+      div.append(h("span", { className: "dot" }));
       div.append(`${t.url.replace(/^https?:\/\//, "")} ${t.up ? "· " + (t.variants.join(", ") || "no variants")
         : "· down: " + (t.last_error || "not scraped yet")}`);
       return div;

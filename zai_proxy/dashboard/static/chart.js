@@ -101,12 +101,22 @@
       if (best === null) return;
       cross.setAttribute("x1", X(best)); cross.setAttribute("x2", X(best));
       cross.setAttribute("visibility", "visible");
+      // Built as nodes, not HTML: line labels carry variant labels scraped from the proxies.
       const rows = spec.lines.map((line) => {
         const v = line.v[line.t.indexOf(best)];
-        return `<div><i style="border-color:${line.color};border-style:${line.dash ? "dashed" : "solid"}"></i>` +
-          `${line.label}<b>${v == null ? "–" : spec.fmt(v)}</b></div>`;
+        const mark = document.createElement("i");
+        mark.style.borderColor = line.color;
+        mark.style.borderStyle = line.dash ? "dashed" : "solid";
+        const value = document.createElement("b");
+        value.textContent = v == null ? "–" : spec.fmt(v);
+        const row = document.createElement("div");
+        row.append(mark, String(line.label), value);
+        return row;
       });
-      tip.innerHTML = `<div class="tip-time">${new Date(best * 1000).toLocaleString()}</div>` + rows.join("");
+      const time = document.createElement("div");
+      time.className = "tip-time";
+      time.textContent = new Date(best * 1000).toLocaleString();
+      tip.replaceChildren(time, ...rows);
       tip.hidden = false;
       const left = Math.min(ev.pageX + 14, window.scrollX + document.documentElement.clientWidth - tip.offsetWidth - 8);
       tip.style.left = left + "px";
