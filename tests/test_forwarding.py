@@ -52,9 +52,10 @@ class Harness(InProcessProxy):
         self.delays: list[float] = []
 
         async def sleep(seconds: float) -> None:
-            # The limiter's tick and the admission dispatcher sleep too; a request handler's
-            # sleep is a retry backoff.
-            if asyncio.current_task() not in (self.limiter._task, self.admission._task):
+            # The limiter's tick, the admission dispatcher and the quota's tick loop sleep too;
+            # a request handler's sleep is a retry backoff.
+            if asyncio.current_task() not in (self.limiter._task, self.admission._task,
+                                              *self.app.state.quota._tasks):
                 self.delays.append(seconds)
             await self.vt.sleep(seconds)
 

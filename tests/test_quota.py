@@ -1,5 +1,8 @@
 """The proxy's quota awareness in process, on a fake wall clock, against a scripted upstream.
 
+The app runs on virtual monotonic time that never advances (its quota loops sleep on it): each
+test polls (`poll_once`) and ticks (`tick`) itself, so no background tick lands between steps.
+
 The upstream (`Upstream`) answers chat completions with usage (or a 1308/1310 when told) and
 the quota monitor with whatever the test set; every chat request it sees is counted, so "no
 upstream attempt" is checked where it happens.
@@ -17,6 +20,7 @@ import httpx
 import pytest
 
 from tests.inprocess import UPSTREAM_KEY, InProcessProxy
+from tests.support.clock import VirtualTime, settle
 from zai_proxy.quota import reset_stamp
 from zai_proxy.quota_poller import MONITOR_PATH
 
@@ -78,7 +82,12 @@ def limits(*, used: float, allowance: float = 10_000, reset: float | None = T0 +
 
 
 def harness(upstream: Upstream, wall: Wall, **env: str) -> InProcessProxy:
-    return InProcessProxy(upstream.transport(), env, wall=wall)
+    # The app's monotonic clock and sleep are virtual time that never moves: past the first
+    # poll at start, the test alone decides when a poll or a tick happens, and the rate gate
+    # (a burst far above what a test sends) never makes a request wait for real time.
+    vt = VirtualTime()
+    return InProcessProxy(upstream.transport(), {"RATE_LIMIT_BURST": "100", **env},
+                          clock=vt, sleep=vt.sleep, wall=wall)
 
 
 async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> None:
@@ -117,15 +126,26 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
 async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> None:
     upstream, wall = Upstream(), Wall()
     upstream.spent = ("1308", T0 + 60)
+    release = asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0.2)  # the others queue behind this one (MAX_WORKERS=1)
+        await release.wait()  # the others queue behind this one (MAX_WORKERS=1)
         return upstream.handle(request)
 
-    proxy = InProcessProxy(httpx.MockTransport(slow), {"MAX_WORKERS": "1"}, wall=wall)
+    vt = VirtualTime()
+    proxy = InProcessProxy(httpx.MockTransport(slow), {"MAX_WORKERS": "1",
+                                                       "RATE_LIMIT_BURST": "100"},
+                           clock=vt, sleep=vt.sleep, wall=wall)
     async with proxy as client:
-        answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=CHAT)
-                                         for _ in range(5)))
+        sent = [asyncio.ensure_future(client.post("/v1/chat/completions", json=CHAT))
+                for _ in range(5)]
+        for _ in range(50):  # until the first is upstream and the other four queue for its slot
+            if proxy.admission.depth == 4:
+                break
+            await settle(1)
+        assert proxy.admission.depth == 4 and proxy.admission.in_flight == 1
+        release.set()
+        answers = await asyncio.gather(*sent)
     codes = sorted(a.json()["error"]["code"] for a in answers)
     assert codes == ["1308"] + ["proxy_quota_exhausted"] * 4
     assert upstream.chats == 1  # admitted after the block began: answered without an attempt

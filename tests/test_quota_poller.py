@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.quota_monitor import Invalid, QuotaReport
 from zai_proxy.quota_poller import MONITOR_PATH, MonitorClient, PollHealth, PollLoop
 
@@ -16,8 +18,9 @@ OK = {"code": 200, "success": True, "data": {"level": "lite", "limits": [
     {"type": "TOKENS_LIMIT", "unit": 3, "percentage": 12, "nextResetTime": 1767356758467}]}}
 
 
-def client(handler: object, timeout: float = 2.0) -> MonitorClient:
-    return MonitorClient("https://monitor.test/", KEY, timeout=timeout,
+def client(handler: object, timeout: float = 2.0,
+           sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> MonitorClient:
+    return MonitorClient("https://monitor.test/", KEY, timeout=timeout, sleep=sleep,
                          transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
 
 
@@ -64,14 +67,22 @@ async def test_failures_are_values_with_a_bounded_reason_and_never_the_key(
 
 
 async def test_a_slow_monitor_times_out() -> None:
+    vt = VirtualTime()
+    answered = asyncio.Event()
+
     async def slow(request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(5)
+        await answered.wait()  # never set: the monitor does not answer
         return httpx.Response(200, json=OK)
 
-    started = asyncio.get_running_loop().time()
-    result = await client(slow, timeout=0.2).fetch()
+    monitor = client(slow, timeout=0.2, sleep=vt.sleep)
+    fetch = asyncio.ensure_future(monitor.fetch())
+    await vt.advance(0.19)
+    assert not fetch.done()  # still within the timeout
+    await vt.advance(0.01)
+    assert fetch.done()
+    result = fetch.result()
     assert isinstance(result, Invalid) and result.reason == "timeout"
-    assert asyncio.get_running_loop().time() - started < 2
+    await monitor.aclose()
 
 
 def test_poll_health_reports_each_change_of_state_once() -> None:
@@ -95,24 +106,30 @@ def test_poll_health_reports_each_change_of_state_once() -> None:
 
 
 async def test_the_loop_polls_on_its_interval_and_soon_after_a_poke() -> None:
+    vt = VirtualTime()
     polls: list[float] = []
-    loop = asyncio.get_running_loop()
 
     async def poll_once() -> None:
-        polls.append(loop.time())
+        polls.append(vt())
         if len(polls) == 2:
             raise RuntimeError("one bad poll must not end the loop")
 
-    poller = PollLoop(poll_once, interval=30.0, min_gap=0.1)
-    task = loop.create_task(poller.run())
-    await asyncio.sleep(0.05)
-    assert len(polls) == 1  # at once, then not before the interval
+    poller = PollLoop(poll_once, interval=30.0, min_gap=5.0, clock=vt, sleep=vt.sleep)
+    task = asyncio.ensure_future(poller.run())
+    await vt.advance(29.9)
+    assert polls == [0.0]  # at once, then not before the interval
+    await vt.advance(0.1)
+    assert polls == [0.0, 30.0]  # the interval
+    await vt.advance(1.0)
     poller.poke()
-    await asyncio.sleep(0.3)
-    assert len(polls) == 2 and polls[1] - polls[0] >= 0.1  # poked, but not closer than min_gap
-    poller.poke()
-    await asyncio.sleep(0.3)
-    assert len(polls) == 3  # the failed poll did not stop it
+    await vt.advance(3.9)
+    assert len(polls) == 2  # poked, but not closer than min_gap to the last poll
+    await vt.advance(0.1)
+    assert polls == [0.0, 30.0, 35.0]  # the failed poll did not stop it
+    await vt.advance(29.9)
+    assert len(polls) == 3
+    await vt.advance(0.1)
+    assert polls[-1] == 65.0  # back on the interval
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

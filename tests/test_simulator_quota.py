@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.test_simulator import BEARER, CHAT, MESSAGES, XKEY, FakeClock, chat_body, client_for
+from tests.test_simulator import BEARER, CHAT, MESSAGES, XKEY, FakeClock, chat_body
 from zai_proxy.classify import ThrottleClass, classify_429
 from zai_proxy.quota_monitor import QuotaReport, parse_monitor
-from zai_proxy.simulator import PlanQuota, SimulatorSettings, TokenWindow
+from zai_proxy.simulator import PlanQuota, SimulatorSettings, TokenWindow, create_simulator_app
 
 MONITOR = "/api/monitor/usage/quota/limit"
 RAW_KEY = {"Authorization": "sk-upstream"}
+WALL_AT_ZERO = 1_767_000_000.0  # the fake wall clock reads this when the fake clock reads 0
+
+
+def wall_of(clock: FakeClock) -> Callable[[], float]:
+    """A fake wall clock (epoch s) moving with `clock`."""
+    return lambda: WALL_AT_ZERO + clock.now
+
+
+def client_for(settings: SimulatorSettings, clock: FakeClock | None = None,
+               delays: list[float] | None = None) -> httpx.AsyncClient:
+    """The simulator on fake clocks; its sleeps (latency, monitor delay) are recorded in
+    `delays` and return at once."""
+    clock = clock or FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        if delays is not None:
+            delays.append(seconds)
+
+    app = create_simulator_app(settings, clock, wall_of(clock), sleep)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 def test_rolling_window_opens_at_first_use_refuses_once_spent_and_resets() -> None:
     clock = FakeClock()
-    window = TokenWindow("five_hour", 100, 50.0, "rolling", clock, time.time)
+    window = TokenWindow("five_hour", 100, 50.0, "rolling", clock, wall_of(clock))
     assert window.seconds_to_reset() is None  # not opened: no reset to announce
     clock.advance(10)
     window.consume(60)
@@ -32,13 +52,14 @@ def test_rolling_window_opens_at_first_use_refuses_once_spent_and_resets() -> No
     clock.advance(30)
     assert not window.spent() and window.used == 0 and window.seconds_to_reset() is None
     [closed] = window.history
-    assert closed["used"] == 120 and closed["refused"] == 1 and closed["first_refusal_at"]
+    assert closed["used"] == 120 and closed["refused"] == 1
+    assert closed["first_refusal_at"] == WALL_AT_ZERO + 1000 + 30
     assert closed["reset_at"] - closed["opened_at"] == pytest.approx(50.0)
 
 
 def test_fixed_windows_run_back_to_back_from_the_start() -> None:
     clock = FakeClock()
-    window = TokenWindow("weekly", 10, 100.0, "fixed", clock, time.time)
+    window = TokenWindow("weekly", 10, 100.0, "fixed", clock, wall_of(clock))
     assert window.seconds_to_reset() == 100.0  # open from the start, used or not
     clock.advance(130)
     assert window.seconds_to_reset() == pytest.approx(70.0)
@@ -78,7 +99,7 @@ async def test_real_token_use_spends_the_budget_then_1308_with_the_reset_message
         used = 0
         while used < 30:
             used += await _tokens_of(c, chat_body())
-        before = time.time()
+        now = wall_of(clock)()
         over = await c.post(CHAT, json=chat_body(), headers=BEARER)
         assert over.status_code == 429
         error = over.json()["error"]
@@ -86,9 +107,9 @@ async def test_real_token_use_spends_the_budget_then_1308_with_the_reset_message
         assert error["message"].startswith("Usage limit reached for 5 hour. Your limit will "
                                            "reset at 20")
         # What the proxy reads from it: class, and the reset one window after the first use.
-        throttle = classify_429(over.content, {}, before)
+        throttle = classify_429(over.content, {}, now)
         assert throttle.cls is ThrottleClass.QUOTA_5H
-        assert throttle.reset_at == pytest.approx(before + 60, abs=1.0)
+        assert throttle.reset_at == pytest.approx(now + 60, abs=1e-3)
         anthropic = await c.post(MESSAGES, json={"model": "glm-4.7", "max_tokens": 5,
                                                  "messages": [{"role": "user", "content": "x"}]},
                                  headers=XKEY)
@@ -117,7 +138,7 @@ async def test_monitor_reports_each_window_as_zai_does_and_the_parser_reads_it()
         assert (five["type"], five["unit"], weekly["unit"]) == ("TOKENS_LIMIT", 3, 6)
         assert five["usage"] == 1000 and five["currentValue"] == used
         assert five["remaining"] == 1000 - used
-        assert five["nextResetTime"] == pytest.approx((time.time() + 300) * 1000, abs=1500)
+        assert five["nextResetTime"] == int((wall_of(clock)() + 300) * 1000)
         report = parse_monitor(answer.content)
         assert isinstance(report, QuotaReport) and report.level == "max"
         limit = report.window("five_hour")
@@ -139,16 +160,16 @@ async def test_monitor_wants_the_raw_key(headers: dict[str, str], expect: str | 
 
 
 async def test_monitor_faults_are_live_settings() -> None:
-    async with client_for(SimulatorSettings(quota_5h_tokens=10)) as c:
+    delays: list[float] = []
+    async with client_for(SimulatorSettings(quota_5h_tokens=10), delays=delays) as c:
         for fault, status in (("error", 503), ("garbage", 200), ("unauthorized", 401)):
             await c.post("/_config", json={"monitor_fault": fault})
             answer = await c.get(MONITOR, headers=RAW_KEY)
             assert answer.status_code == status
             assert not isinstance(parse_monitor(answer.content), QuotaReport)
         await c.post("/_config", json={"monitor_fault": "", "monitor_delay_ms": 50})
-        started = time.perf_counter()
         assert (await c.get(MONITOR, headers=RAW_KEY)).status_code == 200
-        assert time.perf_counter() - started >= 0.05
+        assert delays == [0.05]  # the answer waited the delay asked for
         bad = await c.post("/_config", json={"monitor_fault": "sometimes"})
         assert bad.status_code == 400
         assert (await c.get("/_stats")).json()["monitor_polls"] == 4
@@ -160,9 +181,10 @@ async def test_forced_quota_codes_carry_their_window_reset_and_stats_reset_refil
                                  quota_weekly_window_s=600)
     async with client_for(settings, clock) as c:
         forced = await c.post(CHAT, json=chat_body(), headers={**BEARER, "x-sim-429-code": "1310"})
-        throttle = classify_429(forced.content, {}, time.time())
+        now = wall_of(clock)()
+        throttle = classify_429(forced.content, {}, now)
         assert throttle.cls is ThrottleClass.QUOTA_PERIOD
-        assert throttle.reset_at == pytest.approx(time.time() + 600, abs=1.0)
+        assert throttle.reset_at == pytest.approx(now + 600, abs=1e-3)
         await _tokens_of(c, chat_body())
         assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 429
         await c.post("/_stats/reset")

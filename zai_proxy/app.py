@@ -137,7 +137,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
     limiter = Limiter(settings, metrics, clock=clock, wall=wall, sleep=sleep)
-    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall)
+    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall, clock=clock,
+                  sleep=sleep)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes,

@@ -5,7 +5,8 @@ while a window is spent: one attribute test while nothing is), `observe` after a
 answer (a 1308/1310 starts a block), `settled` when usage is known (tokens per client and for
 the burn rate). Everything else runs in two background tasks: the poll loop (every
 QUOTA_POLL_SECONDS; with Redis only the leader polls) and a one-second tick (token timeline,
-sharing, pacing, logging block changes).
+sharing, pacing, logging block changes). Both wait with the injected `sleep` and measure on the
+injected `clock` (monotonic) and `wall` (epoch), so tests run the whole of it on virtual time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -60,8 +61,11 @@ class Quota:
 
     def __init__(self, settings: Settings, metrics: Metrics, limiter: Limiter, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 wall: Callable[[], float] = time.time, redis: Any = None) -> None:
+                 wall: Callable[[], float] = time.time, redis: Any = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
+        self._sleep = sleep  # the tick loop's, the poll loop's and the poll timeout's
         self.state = QuotaState(burn_window=settings.quota_burn_window)
         self.local_reject = settings.quota_local_reject
         self.pacing_mode = settings.quota_pacing
@@ -71,7 +75,7 @@ class Quota:
         self.poll = PollHealth()
         self.monitor = (MonitorClient(self.monitor_url, settings.zai_api_key,
                                       timeout=min(settings.quota_poll_timeout, self.interval),
-                                      transport=transport)
+                                      transport=transport, sleep=sleep)
                         if self.interval > 0 and settings.zai_api_key else None)
         uri = settings.rate_limit_storage_uri
         self.share = (QuotaShare(uri.removeprefix("async+"), settings.account, redis=redis)
@@ -83,7 +87,8 @@ class Quota:
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
         self._paced_rate: float | None = None
-        self._loop = PollLoop(self.poll_once, interval=self.interval) if self.monitor else None
+        self._loop = (PollLoop(self.poll_once, interval=self.interval, clock=clock, sleep=sleep)
+                      if self.monitor else None)
         self._unflushed = 0.0
         self._to_publish: list[Block] = []
         self._to_lift: list[str] = []
@@ -147,7 +152,7 @@ class Quota:
                     child = self._clients[(client, direction)] = self.metrics.client_tokens.labels(
                         client, direction, self.metrics.variant)
                 child.inc(count)
-        self.state.settled(total * self.scale)
+        self.state.settled(total, scale=self.scale)
         self._unflushed += total
 
     # -- background ----------------------------------------------------------------------------
@@ -173,7 +178,7 @@ class Quota:
 
     async def _ticks(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_interval)
+            await self._sleep(self.tick_interval)
             try:
                 await self.tick()
             except Exception:  # the loop must outlive any one bad tick
@@ -260,6 +265,8 @@ class Quota:
         if self.pacing_mode != "even":
             return
         views = [self.state.view(w, now) for w in WINDOWS]
+        # Pacing is decided for the account (its tokens, its requests in flight: this replica's
+        # times the replicas), in the account's req/s; the limiter gives this replica its share.
         in_flight = self.limiter.admission.in_flight * self.replicas
         pacing = even_pacing(views, now=now, in_flight=in_flight,
                              tokens_per_request=self.state.tokens_per_request)

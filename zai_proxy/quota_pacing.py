@@ -39,7 +39,11 @@ class Pacing:
 def even_pacing(views: Iterable[WindowView], *, now: float, in_flight: float,
                 tokens_per_request: float | None,
                 reserve_requests: float = RESERVE_REQUESTS) -> Pacing:
-    """The rate that spends each window's budget left evenly until its reset (see module)."""
+    """The rate that spends each window's budget left evenly until its reset (see module).
+
+    Everything is the account's: `views` its used ratios, `in_flight` its requests in flight,
+    the rate its req/s; `tokens_per_request` is what one request costs (not scaled by replicas).
+    """
     if not tokens_per_request or tokens_per_request <= 0:
         return Pacing(None, None, None, "calibrating")
     best: Pacing | None = None

@@ -11,7 +11,9 @@ from any error text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,23 +37,25 @@ class MonitorClient:
     """GET the monitor with the account key; returns a report or why there is none."""
 
     def __init__(self, base_url: str, key: str, *, timeout: float,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.url = base_url.rstrip("/") + MONITOR_PATH
         self._key = key
         self.timeout = timeout
+        self._sleep = sleep
         self._client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout),
                                          follow_redirects=False)
 
     async def fetch(self) -> QuotaReport | Invalid:
         try:
-            async with asyncio.timeout(self.timeout):  # bounds a body that trickles in, too
-                status, body = await self._get()
-        except TimeoutError:
-            return Invalid("timeout", f"no answer within {self.timeout:g} s")
+            got = await self._within_timeout()
         except httpx.TimeoutException:
             return Invalid("timeout", f"no answer within {self.timeout:g} s")
         except httpx.HTTPError as exc:
             return Invalid("unreachable", self._scrub(f"{type(exc).__name__}: {exc}"))
+        if got is None:
+            return Invalid("timeout", f"no answer within {self.timeout:g} s")
+        status, body = got
         if status in (401, 403):
             return Invalid("unauthorized", f"HTTP {status}: the monitor refused the key")
         if status != 200:
@@ -62,6 +66,23 @@ class MonitorClient:
         if isinstance(result, Invalid):  # its detail quotes the monitor's own message
             return Invalid(result.reason, self._scrub(result.detail))
         return result
+
+    async def _within_timeout(self) -> tuple[int, bytes | None] | None:
+        """The GET's status and body, None when `timeout` passed first (on the injected sleep:
+        it bounds a body that trickles in, too; httpx's own timeouts stay as a backstop)."""
+        get = asyncio.ensure_future(self._get())
+        timer = asyncio.ensure_future(self._sleep(self.timeout))
+        try:
+            await asyncio.wait({get, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not get.done():
+                get.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await get
+        if get.cancelled():
+            return None
+        return get.result()  # raises what the GET raised
 
     async def _get(self) -> tuple[int, bytes | None]:
         headers = {"authorization": self._key, "accept": "application/json"}
@@ -131,13 +152,17 @@ class PollHealth:
 
 
 class PollLoop:
-    """Calls `poll_once` every `interval` s, or sooner after `poke()` (at most every `min_gap`)."""
+    """Calls `poll_once` every `interval` s, or sooner after `poke()` (at most every `min_gap`).
+
+    Intervals are measured on `clock` (monotonic seconds) and waited with `sleep`."""
 
     def __init__(self, poll_once: Callable[[], Awaitable[None]], *, interval: float,
-                 min_gap: float = 5.0) -> None:
+                 min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.poll_once = poll_once
         self.interval = interval
         self.min_gap = min(min_gap, interval)
+        self.clock, self._sleep = clock, sleep
         self._poked = asyncio.Event()
 
     def poke(self) -> None:
@@ -145,17 +170,23 @@ class PollLoop:
         self._poked.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._poked.clear()
-            started = loop.time()
+            started = self.clock()
             try:
                 await self.poll_once()
             except Exception:  # the loop must outlive any one bad poll
                 log.exception("quota poll failed unexpectedly")
-            try:
-                async with asyncio.timeout(max(0.0, started + self.interval - loop.time())):
-                    await self._poked.wait()
-            except TimeoutError:
-                continue
-            await asyncio.sleep(max(0.0, started + self.min_gap - loop.time()))
+            if await self._poked_within(started + self.interval - self.clock()):
+                await self._sleep(max(0.0, started + self.min_gap - self.clock()))
+
+    async def _poked_within(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a poke; True when poked (a poke already pending counts)."""
+        poked = asyncio.ensure_future(self._poked.wait())
+        timer = asyncio.ensure_future(self._sleep(max(0.0, seconds)))
+        try:
+            await asyncio.wait({poked, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            poked.cancel()
+            timer.cancel()
+        return self._poked.is_set()

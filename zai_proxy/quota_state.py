@@ -5,7 +5,8 @@ takes `now`, epoch seconds, because Z.AI's reset times are wall-clock times):
 
 - monitor reports (`on_report`): per window the used ratio, the allowance, the reset time;
 - upstream quota 429s (`on_throttle`): 1308 (five-hour) or 1310 (weekly) with a reset hint;
-- the proxy's own token counts (`settled`), for a live estimate between polls.
+- the proxy's own token counts (`settled`), for a live estimate between polls (scaled to the
+  account; the tokens per request stay per request).
 
 From them it answers the hot-path question `blocked(now)` (one float comparison while nothing
 is blocked) and, per window, `view(now)`: used ratio now, burn rate and the projected time the
@@ -128,9 +129,15 @@ class QuotaState:
         self._recompute()
         return self.block
 
-    def settled(self, tokens: float) -> None:
-        """One request's tokens (already scaled to the account), counted when it ended."""
-        self.tokens += tokens
+    def settled(self, tokens: float, *, scale: float = 1.0) -> None:
+        """One request's tokens, counted when it ended; `scale`: how many of the account's tokens
+        each one seen here stands for (RATE_LIMIT_REPLICAS without shared counts).
+
+        The account total grows by `tokens * scale`; `tokens_per_request` learns the unscaled
+        figure, because the account's requests are scaled alike: a per-request figure learned
+        from scaled tokens would make pacing divide the account's budget by N requests too many.
+        """
+        self.tokens += tokens * scale
         self._requests += 1
         if self.tokens_per_request is None or self._requests <= 20:
             previous = self.tokens_per_request or 0.0

@@ -56,9 +56,11 @@ MONITOR_PATH = "/api/monitor/usage/quota/limit"
 class SimulatorApp:
     """ASGI callable; state (limits, counters) lives on the instance."""
 
-    def __init__(self, settings: SimulatorSettings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: SimulatorSettings, clock: Callable[[], float],
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.settings = settings
-        self.clock = clock
+        self.clock, self.wall, self.sleep = clock, wall, sleep
         self.rate = RateCeiling(settings.rate_ceiling, settings.ceiling_schedule, clock,
                                 settings.rate_burst)
         self.concurrency = ConcurrencyCeiling(settings.concurrency_ceiling)
@@ -66,7 +68,7 @@ class SimulatorApp:
             five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
             five_hour_s=settings.quota_5h_window_s, weekly_s=settings.quota_weekly_window_s,
             mode="fixed" if settings.quota_reset == "fixed" else "rolling",
-            level=settings.quota_level, clock=clock)
+            level=settings.quota_level, clock=clock, wall=wall)
         self.stats = Stats(clock)
         self.monitor_polls = 0
         self._knobs = base_knobs(settings)
@@ -170,12 +172,12 @@ class SimulatorApp:
         try:
             self.stats.record_accepted()
             if knobs.latency_s > 0:
-                await asyncio.sleep(knobs.latency_s)
+                await self.sleep(knobs.latency_s)
             if self.settings.fail_rate and self._random.random() < self.settings.fail_rate:
                 self.stats.record_event("injected_fault")
                 await self._answer(send, path, errors.server_error(self._random.choice((500, 502))))
                 return
-            call = Call(path, body, knobs, f"sim{next(self._ids):08x}", int(time.time()),
+            call = Call(path, body, knobs, f"sim{next(self._ids):08x}", int(self.wall()),
                         self.settings)
             reply = handle_api(call)
             if not isinstance(reply, Reply):
@@ -209,13 +211,14 @@ class SimulatorApp:
 
     async def _forced(self, send: Send, path: str, knobs: RequestKnobs) -> None:
         if knobs.latency_s > 0:
-            await asyncio.sleep(knobs.latency_s)
+            await self.sleep(knobs.latency_s)
         code = knobs.code_429
         if code is None and knobs.status == 429:
             code = 1303
         if code is not None:
             self.stats.record_429(str(code))
-            answer = errors.forced_429(code, knobs.retry_after, self.quota.seconds_to_reset(code))
+            answer = errors.forced_429(code, knobs.retry_after, self.quota.seconds_to_reset(code),
+                                       self.wall())
         else:
             assert knobs.status is not None
             answer = errors.status_answer(knobs.status)
@@ -225,7 +228,7 @@ class SimulatorApp:
         """Take a quota unit, an in-flight slot and a rate slot, or say which 429 to send."""
         spent = self.quota.refusal()
         if spent is not None:
-            return str(spent[0]), errors.quota_exhausted(*spent)
+            return str(spent[0]), errors.quota_exhausted(*spent, self.wall())
         if not self.concurrency.try_enter():
             return "1302", errors.too_many(1302)
         if not self.rate.try_acquire():
@@ -256,7 +259,7 @@ class SimulatorApp:
             return
         generation_s = knobs.ttft_s + knobs.gap_s * max(0, reply.chunks - 1)
         if generation_s > 0 and reply.chunks:
-            await asyncio.sleep(generation_s)
+            await self.sleep(generation_s)
         json_type = [errors.JSON_TYPE]
         if knobs.empty:
             self.stats.record_event("empty")
@@ -282,7 +285,7 @@ class SimulatorApp:
         if fault == "slow" and not delay:
             delay = 30.0
         if delay:
-            await asyncio.sleep(delay)
+            await self.sleep(delay)
         expect = self.settings.expect_key
         if fault == "unauthorized" or not key or key.lower().startswith("bearer ") or (
                 expect and key != expect):
@@ -347,7 +350,10 @@ class SimulatorApp:
 
 
 def create_simulator_app(
-    settings: SimulatorSettings, clock: Callable[[], float] = time.monotonic
+    settings: SimulatorSettings, clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> SimulatorApp:
-    """A fresh simulator (its own limits and counters) as an ASGI app; `clock` drives the limits."""
-    return SimulatorApp(settings, clock)
+    """A fresh simulator (its own limits and counters) as an ASGI app; `clock` drives the limits,
+    `wall` dates the quota resets it announces, `sleep` waits out its latencies and delays."""
+    return SimulatorApp(settings, clock, wall, sleep)

@@ -64,10 +64,11 @@ def too_many(code: int, retry_after: float | None = None) -> Answer:
     return zai_error(429, str(code), message, extra)
 
 
-def forced_429(code: int, retry_after: float | None, seconds_to_reset: float) -> Answer:
+def forced_429(code: int, retry_after: float | None, seconds_to_reset: float,
+               now_epoch: float | None = None) -> Answer:
     """The 429 a test asked for with `x-sim-429-code`, quota codes included."""
     if code in (1308, 1310):
-        return quota_exhausted(code, seconds_to_reset)
+        return quota_exhausted(code, seconds_to_reset, now_epoch)
     return too_many(code, retry_after if retry_after is not None else 1.0)
 
 
