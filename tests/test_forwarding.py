@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -64,7 +63,7 @@ class Harness(InProcessProxy):
         super().__init__(httpx.MockTransport(script), {
             "MAX_RETRIES": "3", "RATE_LIMIT_INITIAL": "1000", "RATE_LIMIT_MAX": "1000",
             "TOKEN_COUNTING_ENABLED": "false", "UPSTREAM_FIRST_BYTE_TIMEOUT": "60",
-            "UPSTREAM_CHUNK_TIMEOUT": "60", **env}, clock=self.vt, sleep=sleep)
+            "UPSTREAM_CHUNK_TIMEOUT": "60", **env}, clock=self.vt, sleep=sleep, wall=self.vt.wall)
 
     async def __aenter__(self) -> httpx.AsyncClient:
         client = await super().__aenter__()
@@ -134,7 +133,7 @@ def stream(chunks: list[bytes], fail: bool = False) -> Answer:
 
 @pytest.mark.parametrize("code", ["1308", "1310"])
 async def test_quota_429_is_relayed_at_once_with_time_until_reset(code: str) -> None:
-    reset_ms = int((time.time() + 3600) * 1000)
+    reset_ms = int((VirtualTime().wall() + 3600) * 1000)
     script = Script(z429(code, next_reset_time=reset_ms))
     harness = Harness(script)
     async with harness as client:
@@ -464,7 +463,8 @@ async def test_client_quota_is_a_proxy_429() -> None:
 
 async def test_every_path_releases_its_slot() -> None:
     answers: list[Answer] = [
-        ok, refuse, status(502), z429("1308", next_reset_time=int(time.time() * 1000) + 5000),
+        ok, refuse, status(502),
+        z429("1308", next_reset_time=int(VirtualTime().wall() * 1000) + 5000),
         z429("1303", retry_after="1"), stream([EVENT, b"data: [DONE]\n\n"]),
         stream([EVENT], fail=True), lambda r: httpx.Response(400, json={"error": {}}),
     ]

@@ -142,7 +142,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes,
-                          before_attempt=quota.recheck)
+                          before_attempt=quota.recheck, wall_clock=wall)
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
@@ -184,7 +184,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
         variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
         accounting=accounting, quotas=quotas,
-        models_body=json.dumps(catalog.openai_models_payload()).encode(), quota=quota)
+        models_body=json.dumps(catalog.openai_models_payload()).encode(), quota=quota,
+        wall=wall)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics

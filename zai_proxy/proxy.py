@@ -22,6 +22,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -79,8 +80,10 @@ class ProxyHandler:
                  lifecycle: Lifecycle, recorder: Recorder, api_key: str, variant: str,
                  max_request_bytes: int, accounting: Accounting | None = None,
                  quotas: ClientQuotas | None = None, models_body: bytes | None = None,
-                 quota: Quota | None = None) -> None:
+                 quota: Quota | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.router = router
+        self.wall = wall  # epoch seconds: Z.AI's reset hints are wall-clock times
         self.quota = quota
         self.forwarder = forwarder
         self.accounting = accounting
@@ -291,7 +294,7 @@ class ProxyHandler:
             headers.append((b"x-zai-error-class", throttle.cls.value.encode()))
             if throttle.code:
                 headers.append((b"x-zai-error-code", throttle.code.encode()))
-            wait = throttle.wait_seconds(time.time())
+            wait = throttle.wait_seconds(self.wall())
             if wait is not None and header_value(headers, b"retry-after") is None:
                 headers.append((b"retry-after", _retry_after(wait)))
             ex.outcome = f"upstream_429_{throttle.cls.value}"
