@@ -163,24 +163,18 @@ class ClientQuotas:
         if not self.enabled:
             return ALLOWED
         req_ids, tok_ids = (self.prefix, "req", client_id), (self.prefix, "tok", client_id)
-        for item in self.request_limits:
-            allowed = await self._allowed(self._requests, item, *req_ids)
+        checks = [(self._requests, item, req_ids, "requests", 1) for item in self.request_limits]
+        checks += [(self._tokens, item, tok_ids, "tokens", max(1, tokens))
+                   for item in self.token_limits]
+        for limiter, item, ids, kind, cost in checks:
+            allowed = await self._allowed(limiter, item, *ids, cost=cost)
             if allowed is None:
                 return ALLOWED
             if not allowed:
-                after = await self._retry_after(self._requests, item, *req_ids)
+                after = await self._retry_after(limiter, item, *ids)
                 if after is None:
                     return ALLOWED
-                return QuotaDecision(False, f"requests {item}", after)
-        for item in self.token_limits:
-            allowed = await self._allowed(self._tokens, item, *tok_ids, cost=max(1, tokens))
-            if allowed is None:
-                return ALLOWED
-            if not allowed:
-                after = await self._retry_after(self._tokens, item, *tok_ids)
-                if after is None:
-                    return ALLOWED
-                return QuotaDecision(False, f"tokens {item}", after)
+                return QuotaDecision(False, f"{kind} {item}", after)
         for item in self.request_limits:
             if await self._call(self._requests.hit, item, *req_ids) is None:
                 return ALLOWED
