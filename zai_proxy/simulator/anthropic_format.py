@@ -17,6 +17,11 @@ from zai_proxy.simulator.generation import Generation, StreamPlan
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
+def stop_reason(finish: str) -> str:
+    """Anthropic's stop_reason for a finish reason; a forced one (`abnormal`) passes as is."""
+    return STOP_REASONS.get(finish, finish)
+
+
 def event(name: str, payload: dict[str, Any]) -> bytes:
     """One named SSE event."""
     return b"event: " + name.encode() + b"\ndata: " + json.dumps(payload).encode() + b"\n\n"
@@ -58,7 +63,7 @@ def message(gen: Generation, model: str, rid: str, with_usage: bool) -> bytes:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS[gen.finish],
+        "stop_reason": stop_reason(gen.finish),
         "stop_sequence": None,
     }
     if with_usage:
@@ -110,7 +115,7 @@ def stream(gen: Generation, model: str, rid: str, with_usage: bool) -> StreamPla
             pieces.append((opening if n == 0 else b"") + data)
 
     finish: dict[str, Any] = {"type": "message_delta",
-                              "delta": {"stop_reason": STOP_REASONS[gen.finish],
+                              "delta": {"stop_reason": stop_reason(gen.finish),
                                         "stop_sequence": None}}
     if with_usage:
         finish["usage"] = {"output_tokens": gen.completion_tokens}

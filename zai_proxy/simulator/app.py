@@ -8,12 +8,15 @@ auth; a Bearer header without it gets the edge's bare 404 page);
 `GET /api/monitor/usage/quota/limit` (the quota monitor: raw key in `Authorization`, no Bearer;
 `monitor_fault` / `monitor_delay_ms` make it fail or slow); `GET /health`;
 `GET /_stats`, `POST /_stats/reset` (zeroes counters, restarts the schedule, refills the quota);
-`GET /_config`, `POST /_config` (JSON subset of the numeric settings, applied live).
+`GET /_config`, `POST /_config` (JSON subset of the live settings, `LIVE_FIELDS`, applied live).
 
-Per API request: auth, then a forced outcome (`x-sim-status`, `x-sim-429-code`) bypassing the
-limits, then admission in the order quota (1308/1310) → concurrency (1302) → rate (1303 with
-Retry-After), then the base latency, then `fail_rate` faults (500 JSON / 502 edge page), then the
-reply, whose prompt + completion tokens the plan quota's windows consume (`simulator.quota`).
+Per API request: auth, then a forced outcome (`x-sim-status`, `x-sim-429-code`,
+`x-sim-error-in-200`) bypassing the limits, then the account's refusals (`key_kind` on the other
+base: 1113; `account_state` on model routes; `overloaded_prompt`: 1305), then admission in the
+order quota (1308/1310) → concurrency (1302) → rate (1303 with Retry-After), then the base
+latency, then `fail_rate` faults (500 JSON / 502 edge page), then the reply, whose prompt +
+completion tokens (and, on model routes, credits) the plan quota's windows consume
+(`simulator.quota`).
 In-flight counts a request from admission until its body ended or the client left; the
 request's record (`recent_requests`) then gets `ended_at` (the simulator's clock).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -33,11 +37,18 @@ from starlette.types import Receive, Scope, Send
 
 from zai_proxy.simulator import errors
 from zai_proxy.simulator.ceiling import ConcurrencyCeiling, RateCeiling
-from zai_proxy.simulator.generation import StreamPlan
+from zai_proxy.simulator.generation import StreamPlan, prompt_text
 from zai_proxy.simulator.overrides import PREFIX, RequestKnobs, apply_headers, base_knobs
 from zai_proxy.simulator.quota import PlanQuota
-from zai_proxy.simulator.routes import ANTHROPIC_PREFIX, API_ROUTES, Call, Reply, handle_api
-from zai_proxy.simulator.settings import SimulatorSettings, updated
+from zai_proxy.simulator.routes import (
+    ANTHROPIC_PREFIX,
+    API_ROUTES,
+    MODEL_ROUTES,
+    Call,
+    Reply,
+    handle_api,
+)
+from zai_proxy.simulator.settings import ACCOUNT_STATES, SimulatorSettings, updated
 from zai_proxy.simulator.stats import Stats, describe_request
 from zai_proxy.simulator.transport import (
     BodyTooLarge,
@@ -50,6 +61,7 @@ from zai_proxy.simulator.transport import (
 )
 
 CODING_PREFIX = "/api/coding/paas/v4/"
+STANDARD_PREFIX = "/api/paas/v4/"
 MONITOR_PATH = "/api/monitor/usage/quota/limit"
 
 
@@ -68,7 +80,10 @@ class SimulatorApp:
             five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
             five_hour_s=settings.quota_5h_window_s, weekly_s=settings.quota_weekly_window_s,
             mode="fixed" if settings.quota_reset == "fixed" else "rolling",
-            level=settings.quota_level, clock=clock, wall=wall)
+            level=settings.quota_level, clock=clock, wall=wall,
+            five_hour_credits=settings.quota_5h_credits,
+            weekly_credits=settings.quota_weekly_credits,
+            time_limit=settings.monitor_time_limit, unknown_entry=settings.monitor_unknown_entry)
         self.stats = Stats(clock)
         self.monitor_polls = 0
         self._knobs = base_knobs(settings)
@@ -98,8 +113,9 @@ class SimulatorApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        base = "standard" if path.startswith(STANDARD_PREFIX) else ""
         if path.startswith(CODING_PREFIX):
-            path = "/api/paas/v4/" + path[len(CODING_PREFIX):]
+            path, base = STANDARD_PREFIX + path[len(CODING_PREFIX):], "coding"
         if path == MONITOR_PATH:
             await self._monitor(method, scope, send)
             return
@@ -123,10 +139,10 @@ class SimulatorApp:
             self.stats.record_status(path, 405)
             await send_whole(send, *errors.zai_error(405, "405", "Method Not Allowed"))
             return
-        await self._api(path, method, scope, receive, send)
+        await self._api(path, method, scope, receive, send, base)
 
     async def _api(
-        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send, base: str = ""
     ) -> None:
         headers: dict[str, str] = {}
         sim: dict[str, str] = {}
@@ -164,6 +180,11 @@ class SimulatorApp:
         if knobs.forced:
             await self._forced(send, path, knobs)
             return
+        refused = self._account_refusal(path, base, body)
+        if refused is not None:
+            self.stats.record_429(refused[0])
+            await self._answer(send, path, refused[1])
+            return
         rejection = self._admit()
         if rejection is not None:
             self.stats.record_429(rejection[0])
@@ -183,7 +204,7 @@ class SimulatorApp:
             if not isinstance(reply, Reply):
                 await self._answer(send, path, reply)
                 return
-            self.quota.consume(reply.tokens)
+            self.quota.consume(reply.tokens, self._credits(path, reply.tokens))
             await self._reply(send, receive, call, reply)
         except SimulatedReset:
             self.stats.record_event("reset")
@@ -209,16 +230,55 @@ class SimulatorApp:
             return errors.unauthorized_openai()
         return errors.unauthorized_openai(wrong_key=True) if expect and token != expect else None
 
+    def _account_refusal(self, path: str, base: str,
+                         body: dict[str, Any]) -> tuple[str, errors.Answer] | None:
+        """What the account, the key or the prompt makes Z.AI refuse before any limit: a key on
+        the other kind's base (1113), the account state's code, a prompt the platform is
+        "overloaded" by (1305, every time, whatever the rate)."""
+        settings = self.settings
+        if settings.key_kind and base and base != settings.key_kind:
+            return "1113", errors.business_error(1113, self.wall())
+        if path not in MODEL_ROUTES:
+            return None
+        code = ACCOUNT_STATES.get(settings.account_state)
+        if code is not None:
+            return str(code), errors.business_error(code, self.wall())
+        if settings.overloaded_prompt and settings.overloaded_prompt in prompt_text(body):
+            self.stats.record_event("overloaded_prompt")
+            return "1305", errors.too_many(1305, 1.0)
+        return None
+
+    def _credits(self, path: str, tokens: int) -> int:
+        """Credits a reply costs: a fixed price per model request plus a price per 1K tokens."""
+        if path not in MODEL_ROUTES:
+            return 0
+        per_1k = self.settings.credits_per_1k_tokens
+        return self.settings.credits_per_request + math.ceil(tokens * per_1k / 1000)
+
+    def _business(self, code: int) -> errors.Answer:
+        """Z.AI's 429 for `code` as `x-sim-429-code` answers it (quota codes with their window's
+        reset), for the error-in-200 and stream-error knobs to carry."""
+        return errors.forced_429(code, None, self.quota.seconds_to_reset(code), self.wall())
+
     async def _forced(self, send: Send, path: str, knobs: RequestKnobs) -> None:
         if knobs.latency_s > 0:
             await self.sleep(knobs.latency_s)
+        if knobs.error_in_200 is not None:
+            self.stats.record_event("error_in_200")
+            answer = errors.error_in_200(self._business(knobs.error_in_200),
+                                         path.startswith(ANTHROPIC_PREFIX))
+            self.stats.record_status(path, 200)
+            await send_whole(send, *answer)
+            return
         code = knobs.code_429
         if code is None and knobs.status == 429:
             code = 1303
         if code is not None:
-            self.stats.record_429(str(code))
+            status = knobs.error_status or 429
+            if status == 429:
+                self.stats.record_429(str(code))
             answer = errors.forced_429(code, knobs.retry_after, self.quota.seconds_to_reset(code),
-                                       self.wall())
+                                       self.wall(), status)
         else:
             assert knobs.status is not None
             answer = errors.status_answer(knobs.status)
@@ -251,6 +311,12 @@ class SimulatorApp:
                 await send_whole(send, 200, [(b"content-type", b"text/event-stream")], b"")
                 self.stats.record_event("empty")
                 return
+            if knobs.stream_error is not None:
+                code, after = knobs.stream_error
+                self.stats.record_event("stream_error")
+                event = errors.stream_error_event(self._business(code),
+                                                  call.route.startswith(ANTHROPIC_PREFIX))
+                payload = StreamPlan(payload.head, payload.pieces[:after], event)
             ended = await send_stream(send, receive, payload, ttft_s=knobs.ttft_s,
                                       gap_s=knobs.gap_s, reset_after=knobs.reset_after,
                                       truncate=knobs.truncate)
@@ -346,7 +412,9 @@ class SimulatorApp:
         self.quota.configure(
             five_hour=settings.quota_5h_tokens, weekly=settings.quota_weekly_tokens,
             five_hour_s=settings.quota_5h_window_s, weekly_s=settings.quota_weekly_window_s,
-            level=settings.quota_level)
+            level=settings.quota_level, five_hour_credits=settings.quota_5h_credits,
+            weekly_credits=settings.quota_weekly_credits, time_limit=settings.monitor_time_limit,
+            unknown_entry=settings.monitor_unknown_entry)
 
 
 def create_simulator_app(

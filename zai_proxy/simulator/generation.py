@@ -80,6 +80,18 @@ def embedding_tokens(item: object) -> int:
     return len(item) if isinstance(item, list) else max(1, words(item))
 
 
+def prompt_text(body: dict[str, Any]) -> str:
+    """All the prompt text of a request (system, message contents, `prompt`, `input`), joined by
+    spaces: what `overloaded_prompt` is looked for in."""
+    parts = [content_text(body.get("system"))]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts += [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    for key in ("prompt", "input"):
+        parts.append(content_text(body.get(key)))
+    return " ".join(part for part in parts if part)
+
+
 def last_user_words(messages: Sequence[Any]) -> list[str]:
     """Words of the last user message's text (empty when there is none)."""
     for message in reversed(messages):
@@ -136,7 +148,7 @@ class Generation:
     reasoning_tokens: int
     pieces: tuple[str, ...]
     tool: ToolCall | None
-    finish: str  # "stop", "length" or "tool_calls"
+    finish: str  # "stop", "length", "tool_calls", or what `x-sim-finish-reason` forced
     completion_tokens: int
 
     @property

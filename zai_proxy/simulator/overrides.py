@@ -3,7 +3,8 @@
 Headers (lower-case names): `x-sim-status`, `x-sim-429-code`, `x-sim-retry-after`,
 `x-sim-empty`, `x-sim-truncate`, `x-sim-reset-after-chunks`, `x-sim-delay-ms`, `x-sim-ttft-ms`,
 `x-sim-chunks`, `x-sim-chunk-gap-ms`, `x-sim-words-per-chunk`, `x-sim-no-usage`,
-`x-sim-cached-tokens`; their effects are listed in the `zai_proxy.simulator` docstring.
+`x-sim-cached-tokens`, `x-sim-error-status`, `x-sim-error-in-200`, `x-sim-stream-error`,
+`x-sim-finish-reason`; their effects are listed in the `zai_proxy.simulator` docstring.
 Malformed values are ignored (the setting applies).
 """
 
@@ -34,11 +35,16 @@ class RequestKnobs:
     no_usage: bool = False
     reset_after: int | None = None
     cached_tokens: int | None = None
+    error_status: int | None = None
+    error_in_200: int | None = None
+    stream_error: tuple[int, int] | None = None  # (business code, content chunks before it)
+    finish_reason: str | None = None
 
     @property
     def forced(self) -> bool:
-        """True when the request asked for an error status instead of a reply."""
-        return self.code_429 is not None or (self.status is not None and self.status != 200)
+        """True when the request asked for an error (in a status or a 200) instead of a reply."""
+        return (self.code_429 is not None or self.error_in_200 is not None
+                or (self.status is not None and self.status != 200))
 
 
 def base_knobs(settings: SimulatorSettings) -> RequestKnobs:
@@ -68,6 +74,21 @@ def _seconds(value: str | None) -> float | None:
     return number / 1000.0 if number is not None and number >= 0 else None
 
 
+def _stream_error(value: str | None) -> tuple[int, int] | None:
+    """`CODE` or `CODE@K` (K content chunks before the error event, default 0)."""
+    if value is None:
+        return None
+    code_text, at, after_text = value.strip().partition("@")
+    code = _int(code_text, 0)
+    after = _int(after_text, 0) if at else 0
+    return (code, after) if code is not None and after is not None else None
+
+
+def _word(value: str | None) -> str | None:
+    text = value.strip() if value is not None else ""
+    return text if text and len(text) <= 64 and text.replace("_", "").isalnum() else None
+
+
 def _flag(value: str | None) -> bool:
     return value is not None and value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -89,6 +110,10 @@ def apply_headers(base: RequestKnobs, sim: Mapping[str, str]) -> RequestKnobs:
         "retry_after": float(retry) if retry is not None else None,
         "reset_after": _int(get("x-sim-reset-after-chunks"), 0),
         "cached_tokens": _int(get("x-sim-cached-tokens"), 0),
+        "error_status": _int(get("x-sim-error-status"), 100),
+        "error_in_200": _int(get("x-sim-error-in-200"), 0),
+        "stream_error": _stream_error(get("x-sim-stream-error")),
+        "finish_reason": _word(get("x-sim-finish-reason")),
     }
     flags = {
         "empty": _flag(get("x-sim-empty")),

@@ -7,7 +7,7 @@ Handlers are pure (no I/O, no clock): they validate the body, compute the determ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from zai_proxy.simulator import anthropic_format as anthropic
@@ -78,7 +78,7 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 def _generate(call: Call, prompt_tokens: int, source: list[str], tool: str | None) -> Generation:
     knobs = call.knobs
-    return plan(
+    gen = plan(
         prompt_tokens=prompt_tokens,
         source=source,
         chunks=knobs.chunks,
@@ -88,6 +88,8 @@ def _generate(call: Call, prompt_tokens: int, source: list[str], tool: str | Non
         thinking=thinking_enabled(call.body),
         tool=tool,
     )
+    # Z.AI has ended replies with `network_error` / `abnormal` and no error event.
+    return replace(gen, finish=knobs.finish_reason) if knobs.finish_reason else gen
 
 
 def _cost(gen: Generation) -> int:
@@ -184,6 +186,9 @@ HANDLERS: dict[str, tuple[str, Handler]] = {
     f"{ANTHROPIC_PREFIX}/v1/messages/count_tokens": ("POST", count_tokens),
 }
 API_ROUTES: dict[str, str] = {path: method for path, (method, _) in HANDLERS.items()}
+# Routes that run the model: the account state refuses them and each one costs credits.
+MODEL_ROUTES = frozenset({f"{OPENAI_PREFIX}/chat/completions", f"{OPENAI_PREFIX}/completions",
+                          f"{OPENAI_PREFIX}/embeddings", f"{ANTHROPIC_PREFIX}/v1/messages"})
 
 
 def handle_api(call: Call) -> Reply | errors.Answer:

@@ -27,6 +27,12 @@ DEFAULT_MODELS: tuple[str, ...] = (
 
 Schedule = tuple[tuple[float, float], ...]
 MONITOR_FAULTS = ("", "error", "slow", "garbage", "unauthorized")
+# `account_state` -> the business code every model request gets while it is set.
+ACCOUNT_STATES: dict[str, int | None] = {
+    "ok": None, "daily_limit": 1304, "expired": 1309, "no_subscription": 1311,
+    "fair_use": 1313, "no_balance": 1113,
+}
+KEY_KINDS = ("", "standard", "coding")
 
 
 def parse_schedule(text: str) -> Schedule:
@@ -58,6 +64,15 @@ class SimulatorSettings:
     Times are milliseconds; ceilings of 0 mean "none". `ceiling_schedule`, when non-empty, replaces
     `rate_ceiling` from each entry's start (seconds since the app was created or last reset);
     before its first entry `rate_ceiling` applies.
+
+    Z.AI's account behaviours (all off by default): `account_state` (a key of `ACCOUNT_STATES`)
+    answers every model request with that state's code; `key_kind` ("standard" or "coding", ""
+    = either) answers 1113 on the other kind's OpenAI base; `overloaded_prompt` (a substring,
+    "" = none) answers 1305 to every request whose prompt contains it. Credits:
+    `quota_5h_credits` / `quota_weekly_credits` (0 = none) are `CREDIT_LIMIT` budgets each model
+    request spends `credits_per_request` + ceil(tokens * `credits_per_1k_tokens` / 1000) of;
+    `monitor_time_limit` (0 = none) adds a monthly `TIME_LIMIT` entry to the monitor,
+    `monitor_unknown_entry` a `FUTURE_LIMIT` entry no parser knows.
     """
 
     latency_ms: float = 0.0
@@ -83,6 +98,15 @@ class SimulatorSettings:
     embedding_dim: int = 16
     expect_key: str | None = None
     models: tuple[str, ...] = field(default=DEFAULT_MODELS)
+    account_state: str = "ok"
+    key_kind: str = ""
+    overloaded_prompt: str = ""
+    quota_5h_credits: int = 0
+    quota_weekly_credits: int = 0
+    credits_per_request: int = 1
+    credits_per_1k_tokens: float = 0.0
+    monitor_time_limit: int = 0
+    monitor_unknown_entry: bool = False
 
     def __post_init__(self) -> None:
         if self.chunks < 1 or self.words_per_chunk < 1:
@@ -103,6 +127,22 @@ class SimulatorSettings:
             raise ValueError("rate_burst must be 0 (sliding window) or at least 1 (token bucket)")
         if self.concurrency_ceiling < 0 or self.embedding_dim < 1:
             raise ValueError("concurrency_ceiling must be >= 0, embedding_dim >= 1")
+        if self.account_state not in ACCOUNT_STATES:
+            raise ValueError(f"account_state must be one of {', '.join(ACCOUNT_STATES)}")
+        if self.key_kind not in KEY_KINDS:
+            raise ValueError("key_kind must be standard, coding or '' (either)")
+        if min(self.quota_5h_credits, self.quota_weekly_credits, self.credits_per_request,
+               self.credits_per_1k_tokens, self.monitor_time_limit) < 0:
+            raise ValueError("credit budgets, credit costs and monitor_time_limit must be >= 0")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
 
 
 def _models(text: str) -> tuple[str, ...]:
@@ -136,6 +176,23 @@ _OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
     ("--embedding-dim", "embedding_dim", int, "embedding vector length"),
     ("--expect-key", "expect_key", str, "only accept this API key (default: any non-empty)"),
     ("--models", "models", _models, "comma-separated model ids for /models"),
+    ("--account-state", "account_state", str, "every model request answers this account state: "
+     "ok, daily_limit (1304), expired (1309), no_subscription (1311), fair_use (1313), "
+     "no_balance (1113)"),
+    ("--key-kind", "key_kind", str, "the key's kind: standard (/api/paas/v4) or coding "
+     "(/api/coding/paas/v4); the other base answers 1113 ('' = either)"),
+    ("--overloaded-prompt", "overloaded_prompt", str, "prompts containing this text always get "
+     "429 code 1305 ('' = none)"),
+    ("--quota-5h-credits", "quota_5h_credits", int, "five-hour budget in credits (1308), 0=none"),
+    ("--quota-weekly-credits", "quota_weekly_credits", int, "weekly budget in credits (1310), "
+     "0=none"),
+    ("--credits-per-request", "credits_per_request", int, "credits each model request costs"),
+    ("--credits-per-1k-tokens", "credits_per_1k_tokens", float, "credits per 1000 tokens "
+     "(prompt + completion) a model request costs on top"),
+    ("--monitor-time-limit", "monitor_time_limit", int, "monthly tool-call allowance the monitor "
+     "reports as TIME_LIMIT, 0=none"),
+    ("--monitor-unknown-entry", "monitor_unknown_entry", _bool, "add a FUTURE_LIMIT entry of an "
+     "unknown type to the monitor's limits"),
 )
 
 
@@ -176,7 +233,9 @@ LIVE_FIELDS = (
     "latency_ms", "ttft_ms", "chunks", "chunk_gap_ms", "words_per_chunk", "rate_ceiling",
     "rate_burst", "ceiling_schedule", "concurrency_ceiling", "fail_rate", "cache_ratio",
     "quota_5h_tokens", "quota_weekly_tokens", "quota_5h_window_s", "quota_weekly_window_s",
-    "quota_level", "monitor_fault", "monitor_delay_ms",
+    "quota_level", "monitor_fault", "monitor_delay_ms", "account_state", "key_kind",
+    "overloaded_prompt", "quota_5h_credits", "quota_weekly_credits", "credits_per_request",
+    "credits_per_1k_tokens", "monitor_time_limit", "monitor_unknown_entry",
 )
 
 
