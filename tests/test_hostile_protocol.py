@@ -14,44 +14,25 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from uvicorn.server import ServerState
 
+from tests.support import protocol as support
 from zai_proxy.client_connections import ClientBounds, ClientConnections
 from zai_proxy.metrics import Metrics
 
 BODY = b'{"model": "glm-4.7"}'
 
 
-class FakeTransport(asyncio.Transport):
-    """Collects writes; close() reports the loss to the protocol, as a real transport does."""
+class FakeTransport(support.FakeTransport):
+    """The shared fake transport on this test's private loop (the loss is reported on it), and
+    what the server answered, parsed."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self.loop = loop
-        self.written = bytearray()
-        self.closing = False
-        self.protocol: Any = None
 
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
+    def _lose(self) -> None:
         if not self.closing:
             self.closing = True
             self.loop.call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
     def get_write_buffer_size(self) -> int:
         return 0
