@@ -190,13 +190,32 @@ def mutmut(*args: str, log: Path | None = None) -> subprocess.CompletedProcess[s
                               stderr=subprocess.STDOUT, text=True)
 
 
-def mutated_line(mutant: str) -> str:
-    """The first changed line of a mutant, as `mutmut show` prints it."""
-    shown = mutmut("show", mutant).stdout
-    for line in shown.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            return line[1:].strip()
-    return "?"
+# The first changed line of each named mutant, as `mutmut show` prints it, in one process (one
+# `mutmut show` per survivor costs half a second each).
+_SHOW = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+names = json.load(sys.stdin)
+paths, out = {}, {}
+for name in names:
+    module = name.rsplit(".", 1)[0]
+    if module not in paths:
+        paths[module] = find_mutant(name).path
+    added = [line[1:].strip() for line in get_diff_for_mutant(name, path=paths[module]).splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    out[name] = added[0] if added else "?"
+json.dump(out, sys.stdout)
+"""
+
+
+def mutated_lines(mutants: list[str]) -> dict[str, str]:
+    """The first changed line of each mutant (`?` where there is none)."""
+    if not mutants:
+        return {}
+    done = subprocess.run([sys.executable, "-c", _SHOW], cwd=WORK, input=json.dumps(mutants),
+                          capture_output=True, text=True, check=True)
+    lines: dict[str, str] = json.loads(done.stdout)
+    return lines
 
 
 def collect(module: str) -> Entry:
@@ -220,9 +239,11 @@ def collect(module: str) -> Entry:
             tally["pending"] += 1
         elif code in SURVIVED:
             tally["survived"] += 1
-            survivors[mutant.removeprefix(prefix)] = mutated_line(mutant)
+            survivors[mutant.removeprefix(prefix)] = mutant
         else:
             raise SystemExit(f"{mutant}: unexpected mutmut result {code!r} (see {WORK})")
+    lines = mutated_lines(list(survivors.values()))
+    survivors = {short: lines.get(full, "?") for short, full in survivors.items()}
     covering = sorted(tests)
     seconds = sum(float(s or 0) for s in meta.get("durations_by_key", {}).values())
     # Keyed by the copy the run used: files edited in the tree meanwhile make the entry stale.

@@ -122,7 +122,7 @@ def test_collect_folds_mutmut_exit_codes(tree: tuple[ModuleType, Path],
     m, root = tree
     work = root / "work"
     monkeypatch.setattr(m, "WORK", work)
-    monkeypatch.setattr(m, "mutated_line", lambda mutant: f"<{mutant}>")
+    monkeypatch.setattr(m, "mutated_lines", lambda mutants: {x: f"<{x}>" for x in mutants})
     (work / "mutants" / "zai_proxy").mkdir(parents=True)
     (work / "zai_proxy").mkdir()
     (work / "zai_proxy" / "classify.py").write_text("x = 1\n")
