@@ -240,3 +240,87 @@ async def test_a_wait_ending_exactly_at_the_deadline_is_queued() -> None:
     assert not task.done() and adm.depth == 1
     await vt.advance(1.0)
     assert isinstance(task.result(), Permit) or task.result() == Rejection("queue_timeout", 1.0)
+
+
+class SlowPacer:
+    """A pacer gate that always asks for a long wait (a far-behind shared quota pacer)."""
+
+    async def take(self, rate: float, now: float) -> float:
+        return 100.0
+
+    async def refund(self, rate: float, now: float) -> None:
+        pass
+
+
+async def test_a_paced_waiter_expires_at_its_deadline_while_the_pacer_is_far_behind() -> None:
+    # kills _dispatch mutmut_46, _47 (the dispatcher slept the pacer's wait past the deadline)
+    vt = VirtualTime()
+    adm = build(vt, rate=10, pacer_gate=SlowPacer())  # type: ignore[arg-type]
+    adm.set_pacing(1.0)
+    task = asyncio.create_task(adm.acquire("p", paced=True, deadline=vt() + 3.0))
+    await vt.advance(2.9)
+    assert not task.done()
+    await vt.advance(0.1)
+    assert task.done() and task.result() == Rejection("queue_timeout", 1.0)
+
+
+async def test_a_paced_waiter_takes_one_pacer_slot_even_when_the_gate_then_makes_it_wait() -> None:
+    # kills _dispatch mutmut_59, _60, _61 (pacer slot not marked held: taken a second time)
+    vt = VirtualTime()
+    adm = build(vt, rate=10)
+    adm.set_pacing(1.0)
+    assert isinstance(await adm.acquire("a", paced=True), Permit)
+    paced = asyncio.create_task(adm.acquire("b", paced=True))
+    await vt.advance(0.95)
+    unpaced = asyncio.create_task(adm.acquire("c"))
+    await settle()
+    assert isinstance(unpaced.result(), Permit)  # it goes ahead of the paced waiter
+    assert not paced.done()
+    await vt.advance(0.1)  # the pacer frees at 1.0, the gate at 1.05
+    assert paced.done() and isinstance(paced.result(), Permit)
+    assert paced.result().granted_at == pytest.approx(1.05)
+
+
+class HookedPacer:
+    """A local pacer gate that can run a hook inside `take` and counts refunds."""
+
+    def __init__(self, vt: VirtualTime) -> None:
+        from zai_proxy.gcra import LocalGate
+        self.inner = LocalGate(vt())
+        self.refunds = 0
+        self.hook: object = None
+
+    async def take(self, rate: float, now: float) -> float:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            await hook()  # type: ignore[operator]
+        return await self.inner.take(rate, now)
+
+    async def refund(self, rate: float, now: float) -> None:
+        self.refunds += 1
+        await self.inner.refund(rate, now)
+
+
+async def test_a_waiter_leaving_while_the_pacer_answers_gives_its_slot_to_the_next() -> None:
+    # kills _dispatch mutmut_55, _56, _57 (pacer slot not given back) and _58 (dispatcher quit)
+    vt = VirtualTime()
+    pacer = HookedPacer(vt)
+    adm = build(vt, rate=10, pacer_gate=pacer)  # type: ignore[arg-type]
+    adm.set_pacing(1.0)
+    assert isinstance(await adm.acquire("a", paced=True), Permit)
+    leaver = asyncio.create_task(adm.acquire("b", paced=True))
+    await settle()
+    stayer = asyncio.create_task(adm.acquire("c", paced=True))
+    await settle()
+
+    async def leave() -> None:
+        leaver.cancel()
+        await settle()
+
+    pacer.hook = leave
+    await vt.advance(1.0)
+    assert leaver.cancelled()
+    assert pacer.refunds == 1
+    assert stayer.done() and isinstance(stayer.result(), Permit)
+    assert stayer.result().granted_at == pytest.approx(1.0)
+    assert adm.depth == 0
