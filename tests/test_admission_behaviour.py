@@ -254,12 +254,14 @@ class SlowPacer:
 
 async def test_a_paced_waiter_expires_at_its_deadline_while_the_pacer_is_far_behind() -> None:
     # kills _dispatch mutmut_46, _47 (the dispatcher slept the pacer's wait past the deadline)
-    vt = VirtualTime()
+    # and _dispatch mutmut_41, _42 (waiting for the pacer is not rate-gate saturation)
+    vt = VirtualTime(start=1000.0)
     adm = build(vt, rate=10, pacer_gate=SlowPacer())  # type: ignore[arg-type]
     adm.set_pacing(1.0)
     task = asyncio.create_task(adm.acquire("p", paced=True, deadline=vt() + 3.0))
     await vt.advance(2.9)
     assert not task.done()
+    assert not adm.gate_bound and adm.saturated_seconds() == 0.0
     await vt.advance(0.1)
     assert task.done() and task.result() == Rejection("queue_timeout", 1.0)
 
@@ -324,3 +326,32 @@ async def test_a_waiter_leaving_while_the_pacer_answers_gives_its_slot_to_the_ne
     assert stayer.done() and isinstance(stayer.result(), Permit)
     assert stayer.result().granted_at == pytest.approx(1.0)
     assert adm.depth == 0
+
+
+async def test_snapshot_reports_pacing_rate_and_zero_turns_pacing_off() -> None:
+    # kills __init__ mutmut_60 (initial pacing rate "") and set_pacing mutmut_3 (0 kept on)
+    vt = VirtualTime()
+    adm = build(vt, rate=10)
+    assert adm.snapshot()["pacing_rate"] is None
+    adm.set_pacing(2.0)
+    assert adm.snapshot()["pacing_rate"] == 2.0
+    adm.set_pacing(0)
+    assert adm.snapshot()["pacing_rate"] is None and adm.pacer is None
+    assert isinstance(await adm.acquire("a", paced=True), Permit)
+
+
+async def test_a_rate_bound_period_then_a_slot_wait_adds_no_saturated_time() -> None:
+    # kills _dispatch mutmut_107 (the dispatcher left the bound flag None, then counted again)
+    vt = VirtualTime(start=10.0)
+    adm = build(vt, rate=10, workers=2)
+    assert isinstance(await adm.acquire("a"), Permit)
+    task = asyncio.create_task(adm.acquire("b"))
+    await vt.advance(0.1)
+    assert isinstance(task.result(), Permit)
+    assert adm.saturated_seconds() == pytest.approx(0.1)
+    await vt.advance(50.0)
+    task = asyncio.create_task(adm.acquire("c"))  # both slots held: waits for a slot
+    await vt.advance(1.0)
+    assert not task.done()
+    assert adm.saturated_seconds() == pytest.approx(0.1)
+    await finish(adm, [task])
