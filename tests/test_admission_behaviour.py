@@ -355,3 +355,18 @@ async def test_a_rate_bound_period_then_a_slot_wait_adds_no_saturated_time() -> 
     assert not task.done()
     assert adm.saturated_seconds() == pytest.approx(0.1)
     await finish(adm, [task])
+
+
+async def test_wake_admits_a_waiter_once_the_limit_was_raised_from_outside() -> None:
+    # kills wake mutmut_1 (the dispatcher kept sleeping until the deadline)
+    vt = VirtualTime()
+    adm = build(vt, rate=10, workers=1)
+    assert isinstance(await adm.acquire("a"), Permit)
+    task = asyncio.create_task(adm.acquire("b"))
+    await vt.advance(1.0)
+    assert not task.done()
+    adm.concurrency.limit = 2  # restored or adopted from the shared state
+    adm.wake()
+    await settle()
+    assert task.done() and isinstance(task.result(), Permit)
+    assert task.result().waited == pytest.approx(1.0)
