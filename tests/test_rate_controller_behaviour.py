@@ -1290,3 +1290,77 @@ def test_a_short_saturated_stretch_is_measured_at_the_gate_rate() -> None:
     ev = ctl.decide(win(50, rate=12.5, saturated=0.5)).evidence
     assert ev is not None and ev.gate_rate == pytest.approx(12.5)
     assert ev.measured == pytest.approx(12.5)
+
+
+def holds_before_probe(ctl: RateController) -> int:
+    n = 0
+    while clean(ctl).direction == "hold" and n < 10:
+        n += 1
+    return n
+
+
+def test_a_passed_bisection_forgets_the_wait_for_the_next_failure() -> None:
+    ctl = bracketed()
+    clean(ctl)  # bisecting at 15
+    ctl.decide(win(10, 90, rate=15))  # failed: the next waits one window
+    assert holds_before_probe(ctl) == 1  # then bisects at 12.5
+    got = ctl.decide(win(60, rate=12.5))  # passed: bisecting 12.5..15 at once
+    assert got.rate == pytest.approx(13.75)
+    ctl.decide(win(10, 90, rate=13.75))  # failed: the first failure since a pass waits one
+    assert holds_before_probe(ctl) == 1
+
+
+def test_reset_forgets_how_long_bisection_waits() -> None:
+    ctl = bracketed()
+    ctl.reset()
+    ctl.adopt(10, 20, 10)
+    clean(ctl)  # bisecting at 15
+    ctl.decide(win(10, 90, rate=15))
+    assert holds_before_probe(ctl) == 1
+
+
+def test_drain_evaluates_a_window_that_ended_first() -> None:
+    clock = Clock()
+    ctl = make(clock=clock)
+    ctl.restore(10.2, 10)
+    for _ in range(50):
+        ctl.record(Outcome.ACCEPTED)
+    clock.t += 6
+    stats = ctl.drain()
+    assert ctl.last is not None and ctl.last.evidence is not None
+    assert ctl.last.evidence.ok == 50
+    assert (stats.ok, stats.seconds) == (0, pytest.approx(1))
+
+
+def test_every_other_outcome_is_counted() -> None:
+    ctl = make()
+    ctl.record(Outcome.OTHER)
+    ctl.record(Outcome.OTHER)
+    assert ctl.drain().other == 2
+
+
+def test_saturation_across_a_clock_jump_counts_from_the_new_window() -> None:
+    clock = Clock()
+    ctl = make(clock=clock)
+    ctl.restore(10.2, 10)
+    ctl.gate_bound(True)
+    clock.t += 12  # two windows skipped
+    ctl.tick()
+    clock.t += 1
+    stats = ctl.drain()
+    assert stats.saturated == pytest.approx(3)
+
+
+def test_an_idle_window_is_not_carried_into_the_next() -> None:
+    clock = Clock()
+    ctl = make(clock=clock)
+    ctl.restore(10.2, 10)
+    clock.t += 5
+    assert ctl.tick() == []  # idle
+    ctl.gate_bound(True)
+    for _ in range(50):
+        ctl.record(Outcome.ACCEPTED)
+    clock.t += 5
+    out = ctl.tick()
+    assert len(out) == 1 and out[0].evidence is not None
+    assert out[0].evidence.seconds == 5
