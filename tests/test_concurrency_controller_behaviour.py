@@ -9,27 +9,21 @@ import itertools
 
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.concurrency_controller import ConcurrencyController
 from zai_proxy.evidence import Adjustment
 
 WINDOW = 10.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def make(max_workers: int = 8, probe_interval: int = 3) -> tuple[ConcurrencyController, Clock]:
-    clock = Clock()
+def make(max_workers: int = 8,
+         probe_interval: int = 3) -> tuple[ConcurrencyController, VirtualTime]:
+    clock = VirtualTime(100.0)
     return ConcurrencyController(clock=clock, max_workers=max_workers, window=WINDOW,
                                  probe_interval=probe_interval), clock
 
 
-def window(ctl: ConcurrencyController, clock: Clock, *, peak: int | None = None,
+def window(ctl: ConcurrencyController, clock: VirtualTime, *, peak: int | None = None,
            waiting: int = 1) -> list[Adjustment]:
     """One window in which admissions reached `peak` in flight (default: the limit) while
     `waiting` requests waited for a slot; returns what the window's end decided."""
@@ -42,7 +36,7 @@ def window(ctl: ConcurrencyController, clock: Clock, *, peak: int | None = None,
     return ctl.tick()
 
 
-def windows_until_probe(ctl: ConcurrencyController, clock: Clock, limit: int = 10) -> int:
+def windows_until_probe(ctl: ConcurrencyController, clock: VirtualTime, limit: int = 10) -> int:
     for n in range(1, limit + 1):
         if window(ctl, clock):
             return n
@@ -51,7 +45,7 @@ def windows_until_probe(ctl: ConcurrencyController, clock: Clock, limit: int = 1
 
 def test_an_invalid_max_workers_is_refused_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match=r"^max_workers must be >= 1$"):
-        ConcurrencyController(clock=Clock(), max_workers=0)
+        ConcurrencyController(clock=VirtualTime(100.0), max_workers=0)
 
 
 def test_a_1302_sets_the_limit_below_the_admission_and_names_it() -> None:
@@ -101,11 +95,21 @@ def test_a_window_with_a_1302_does_not_probe_but_the_next_clean_ones_do() -> Non
     ctl.restore(4)
     generation = ctl.admitted(4)
     ctl.note_demand(3)
-    ctl.record_limited(2, generation + 5)  # stale: ignored, but the window was throttled
+    ctl.record_limited(4, generation)  # a current 1302: decided at once, the window is spent
     clock.t += WINDOW
     assert ctl.tick() == []
-    assert ctl.limit == 4
-    assert window(ctl, clock) == [Adjustment("probe", "slots full, clean window", 5.0, 4.0)]
+    assert ctl.limit == 3
+    assert window(ctl, clock) == [Adjustment("probe", "slots full, clean window", 4.0, 3.0)]
+
+
+def test_a_stale_1302_neither_decides_nor_spoils_a_full_window() -> None:
+    ctl, clock = make(probe_interval=1)
+    ctl.restore(4)
+    generation = ctl.admitted(4)
+    ctl.note_demand(3)
+    assert ctl.record_limited(2, generation + 5) == []  # not this generation's: no decision
+    clock.t += WINDOW
+    assert ctl.tick() == [Adjustment("probe", "slots full, clean window", 5.0, 4.0)]
 
 
 def test_after_a_1302_the_probe_waits_the_whole_interval_again() -> None:
@@ -250,3 +254,30 @@ def test_a_1302_window_is_forgotten_once_it_ended() -> None:
     clock.t += WINDOW
     ctl.tick()
     assert window(ctl, clock) == [Adjustment("probe", "slots full, clean window", 5.0, 4.0)]
+
+
+def test_a_stale_1302_during_a_probe_does_not_leave_the_limit_raised() -> None:
+    """A 1302 for a request admitted under an older limit is already accounted for: it neither
+    decides nor hides the probe window's verdict (an inconclusive probe goes back to the
+    ceiling; a probe that filled its slots raises the ceiling)."""
+    ctl, clock = make(max_workers=8, probe_interval=1)
+    old = ctl.admitted(6)  # a request admitted before the ceiling was restored
+    ctl.restore(4)
+    assert window(ctl, clock) == [Adjustment("probe", "slots full, clean window", 5.0, 4.0)]
+    ctl.note_demand(1)
+    ctl.admitted(4)  # the probe's slots are not filled...
+    assert ctl.record_limited(6, old) == []  # ...and a stale 1302 arrives meanwhile
+    clock.t += WINDOW
+    ctl.tick()
+    assert (ctl.limit, ctl.ceiling) == (4, 4), "an inconclusive probe goes back to the ceiling"
+
+    ctl2, clock2 = make(max_workers=8, probe_interval=1)
+    stale = ctl2.admitted(6)
+    ctl2.restore(4)
+    window(ctl2, clock2)  # probe to 5
+    ctl2.note_demand(1)
+    ctl2.admitted(5)  # the probe filled its slots
+    ctl2.record_limited(6, stale)
+    clock2.t += WINDOW
+    ctl2.tick()
+    assert ctl2.ceiling == 5, "a probe that filled its slots raises the ceiling"

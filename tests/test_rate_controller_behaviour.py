@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.evidence import Adjustment
 from zai_proxy.rate_controller import Outcome, RateController, WindowStats
 
 T0 = 1000.0
 
 
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def make(clock: Clock | None = None, **kw: float) -> RateController:
+def make(clock: VirtualTime | None = None, **kw: float) -> RateController:
     args: dict[str, float] = {"initial": 10, "minimum": 1, "maximum": 100, "window": 5}
     args.update(kw)
-    return RateController(clock=clock or Clock(), **args)  # type: ignore[arg-type]
+    return RateController(clock=clock or VirtualTime(T0), **args)  # type: ignore[arg-type]
 
 
 def win(ok: int = 0, limited: int = 0, *, rate: float, saturated: float = 5.0,
@@ -306,7 +299,7 @@ def test_after_backing_off_a_new_floor_counts_429s_afresh() -> None:
 
 
 def test_a_throttle_updates_when_the_ceiling_was_learned() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = settled(clock=clock)
     clock.t += 7
     ctl.decide(win(80, 20, rate=10))
@@ -383,7 +376,7 @@ def test_a_probe_barely_over_the_floor_is_bounded_a_minimum_step_above_it() -> N
 
 
 def test_a_probe_that_fails_early_names_it_and_discounts_the_unseen() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     clean(ctl)  # probing 15
     out: list[Adjustment] = []
@@ -427,7 +420,7 @@ def test_two_429s_far_below_the_tolerance_do_not_fail_a_probe_early() -> None:
 
 
 def test_a_probe_passes_early_at_min_outcomes_when_saturated_throughout() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     ctl.gate_bound(True)
     clean(ctl)  # probing 15
@@ -447,7 +440,7 @@ def test_a_probe_passes_early_at_min_outcomes_when_saturated_throughout() -> Non
 
 
 def test_a_probe_does_not_pass_early_when_saturated_only_lately() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     clean(ctl)  # probing 15
     clock.t += 4
@@ -460,7 +453,7 @@ def test_a_probe_does_not_pass_early_when_saturated_only_lately() -> None:
 
 
 def test_a_probe_passes_early_when_saturated_for_exactly_the_sustained_share() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock, sustained=0.5)
     clean(ctl)  # probing 15
     clock.t += 1
@@ -473,7 +466,7 @@ def test_a_probe_passes_early_when_saturated_for_exactly_the_sustained_share() -
 
 
 def test_an_early_verdict_counts_the_merged_window_it_ends() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     clean(ctl)  # probing 15
     ctl.record(Outcome.ACCEPTED)
@@ -486,7 +479,7 @@ def test_an_early_verdict_counts_the_merged_window_it_ends() -> None:
 
 
 def test_every_decision_records_its_time_and_its_evidence() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     clock.t += 3
     clean(ctl)
@@ -570,7 +563,7 @@ def test_the_rate_goes_back_up_to_a_clean_floor() -> None:
 
 
 def test_a_clean_window_at_the_floor_does_not_relearn_it() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = settled(clock=clock)
     learned = ctl.ceiling_updated_at
     clock.t += 5
@@ -579,7 +572,7 @@ def test_a_clean_window_at_the_floor_does_not_relearn_it() -> None:
 
 
 def test_a_clean_window_well_above_the_floor_raises_it() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.adopt(10, 40, 10)
     clock.t += 5
@@ -589,7 +582,7 @@ def test_a_clean_window_well_above_the_floor_raises_it() -> None:
 
 
 def test_a_clean_window_at_or_over_the_bound_disproves_it() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.adopt(10, 12, 10)
     clock.t += 5
@@ -624,7 +617,7 @@ def raised(**kw: float) -> RateController:
 
 
 def test_429s_at_a_floor_just_raised_overturn_it() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = raised(clock=clock)
     clock.t += 5
     got = ctl.decide(win(97, 3, rate=10.455))
@@ -676,7 +669,7 @@ def test_probation_is_judged_like_a_probe() -> None:
 
 
 def test_three_429s_decide_a_thin_window() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     for _ in range(3):
@@ -689,7 +682,7 @@ def test_three_429s_decide_a_thin_window() -> None:
 
 
 def test_thin_windows_merge_up_to_max_merge() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     for _ in range(3):
@@ -707,7 +700,7 @@ def test_thin_windows_merge_up_to_max_merge() -> None:
 
 
 def test_a_jump_of_two_windows_gives_a_thin_window_up() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.record(Outcome.ACCEPTED)
@@ -721,7 +714,7 @@ def test_a_jump_of_two_windows_gives_a_thin_window_up() -> None:
 
 
 def test_a_probe_with_thin_evidence_ends_and_says_so() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock, max_merge=1)
     ctl.restore(20, 10)
     clean(ctl)  # probing 15
@@ -734,7 +727,7 @@ def test_a_probe_with_thin_evidence_ends_and_says_so() -> None:
 
 
 def test_an_idle_window_ends_a_probe_and_starts_a_fresh_count() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(20, 10)
     clean(ctl)  # probing 15
@@ -747,7 +740,7 @@ def test_an_idle_window_ends_a_probe_and_starts_a_fresh_count() -> None:
 
 
 def test_an_idle_guess_stays_a_guess() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     clock.t += 5
     out = ctl.tick()
@@ -756,7 +749,7 @@ def test_an_idle_guess_stays_a_guess() -> None:
 
 
 def test_other_outcomes_are_counted_but_decide_nothing() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.record(Outcome.OTHER)
@@ -765,7 +758,7 @@ def test_other_outcomes_are_counted_but_decide_nothing() -> None:
 
 
 def test_a_window_of_other_outcomes_is_not_idle() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock, max_merge=1)
     ctl.restore(10.2, 10)
     ctl.record(Outcome.OTHER)
@@ -774,7 +767,7 @@ def test_a_window_of_other_outcomes_is_not_idle() -> None:
 
 
 def test_drain_hands_over_saturated_time_and_starts_afresh() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.gate_bound(True)
@@ -790,7 +783,7 @@ def test_drain_hands_over_saturated_time_and_starts_afresh() -> None:
 
 
 def test_drain_after_a_window_ended_includes_that_window() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.auto_evaluate = False
     ctl.record(Outcome.ACCEPTED)
@@ -800,7 +793,7 @@ def test_drain_after_a_window_ended_includes_that_window() -> None:
 
 
 def test_saturated_time_is_counted_at_the_rate_in_force_when_the_rate_changes() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.gate_bound(True)
@@ -812,7 +805,7 @@ def test_saturated_time_is_counted_at_the_rate_in_force_when_the_rate_changes() 
 
 
 def test_gate_bound_only_reports_changes() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.gate_bound(False)
     assert not ctl.saturated
@@ -825,7 +818,7 @@ def test_gate_bound_only_reports_changes() -> None:
 
 
 def test_a_window_counts_its_saturated_time_up_to_its_end() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.gate_bound(True)
@@ -838,7 +831,7 @@ def test_a_window_counts_its_saturated_time_up_to_its_end() -> None:
 
 
 def test_a_new_probe_fails_on_the_first_429_with_probe_limited_one() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock, probe_limited=1)
     ctl.restore(20, 10)
     ctl.gate_bound(True)
@@ -850,7 +843,7 @@ def test_a_new_probe_fails_on_the_first_429_with_probe_limited_one() -> None:
 
 
 def test_a_new_probe_passes_on_the_first_outcome_with_min_outcomes_one() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock, min_outcomes=1)
     ctl.restore(20, 10)
     ctl.gate_bound(True)
@@ -861,7 +854,7 @@ def test_a_new_probe_passes_on_the_first_outcome_with_min_outcomes_one() -> None
 
 
 def test_a_probe_counts_each_outcome_once() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(20, 10)
     ctl.gate_bound(True)
@@ -877,7 +870,7 @@ def test_a_probe_counts_each_outcome_once() -> None:
 
 
 def test_restore_holds_at_the_floor_and_names_it() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     clock.t += 1
     got = ctl.restore(20, 12)
@@ -931,7 +924,7 @@ def test_restore_resets_the_probe_interval_and_bisection_wait() -> None:
 
 
 def test_restore_starts_a_fresh_saturated_window() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.gate_bound(True)
     clock.t += 2
@@ -947,7 +940,7 @@ def test_restore_starts_a_fresh_saturated_window() -> None:
 
 
 def test_reset_forgets_counts_and_probation() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = raised(clock=clock)
     ctl.record(Outcome.RATE_LIMITED)
     ctl.decide(win(199, 1, rate=ctl.rate))
@@ -1071,7 +1064,7 @@ def test_a_passed_probe_spends_the_bank() -> None:
 
 
 def test_a_repeated_probe_passes_early_at_min_outcomes() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock, upstream_burst=1.0)
     ctl.restore(20, 19.5)
     for _ in range(3):
@@ -1181,7 +1174,7 @@ def test_after_a_trickle_is_acted_on_the_next_429_starts_a_new_count() -> None:
 
 
 def test_a_passed_probe_records_when_the_ceiling_was_learned() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = bracketed(clock=clock)
     clean(ctl)  # probing 15
     clock.t += 5
@@ -1205,7 +1198,7 @@ def test_a_passed_probe_above_the_ceiling_resets_the_interval() -> None:
 
 
 def test_the_guess_passes_early_at_min_outcomes() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.gate_bound(True)
     clock.t += 1
@@ -1233,7 +1226,7 @@ def test_a_leaders_floor_counts_windows_toward_a_probe_from_zero() -> None:
 
 
 def test_thin_windows_of_the_guess_merge_up_to_max_merge() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     for _ in range(3):
         ctl.record(Outcome.ACCEPTED)
@@ -1320,7 +1313,7 @@ def test_reset_forgets_how_long_bisection_waits() -> None:
 
 
 def test_drain_evaluates_a_window_that_ended_first() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     for _ in range(50):
@@ -1340,7 +1333,7 @@ def test_every_other_outcome_is_counted() -> None:
 
 
 def test_saturation_across_a_clock_jump_counts_from_the_new_window() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     ctl.gate_bound(True)
@@ -1352,7 +1345,7 @@ def test_saturation_across_a_clock_jump_counts_from_the_new_window() -> None:
 
 
 def test_an_idle_window_is_not_carried_into_the_next() -> None:
-    clock = Clock()
+    clock = VirtualTime(T0)
     ctl = make(clock=clock)
     ctl.restore(10.2, 10)
     clock.t += 5

@@ -57,9 +57,11 @@ class ConcurrencyController:
     def record_limited(self, in_flight_at_admission: int, generation: int) -> list[Adjustment]:
         """A 1302 for a request admitted as number `in_flight_at_admission` in `generation`."""
         out = self.tick()
-        self._throttled = True
         if generation != self.generation:
-            return out  # sent under an older, larger limit: already accounted for
+            # Sent under an older, larger limit: already accounted for. It says nothing about
+            # this window (a probe's verdict must not be hidden by it).
+            return out
+        self._throttled = True
         learned = max(1, min(self.limit, in_flight_at_admission) - 1)
         self.ceiling = learned
         self.generation += 1
