@@ -1357,3 +1357,14 @@ def test_an_idle_window_is_not_carried_into_the_next() -> None:
     out = ctl.tick()
     assert len(out) == 1 and out[0].evidence is not None
     assert out[0].evidence.seconds == 5
+
+
+def test_a_probe_refused_heavily_at_the_minimum_floor_bounds_at_the_probe() -> None:
+    """At a floor that is also RATE_LIMIT_MIN, an upstream that accepts far less than the floor
+    during a failed probe is a strict one that refused the probe (not a counting upstream that
+    accepts its ceiling): the bound is the probe rate, as above any other floor."""
+    ctl = make(minimum=1, initial=1)
+    ctl.restore(2, 1)
+    is_(clean(ctl), "probe", "bisecting between clean 1 and throttled 2", 1.5, 2, 1)
+    got = ctl.decide(win(1, 9, rate=1.5))  # 0.15/s accepted: far below the floor
+    is_(got, "decrease", "probe at 1.5 failed in its window: 90.0% throttled", 1, 1.5, 1)

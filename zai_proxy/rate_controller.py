@@ -452,13 +452,15 @@ class RateController:
         fraction = ev.throttled
         if early:  # decided on a few outcomes: the ones not seen yet are not counted as 429s
             fraction = ev.limited / max(ev.ok + ev.limited, self.min_outcomes)
-        measured = ev.gate_rate * (1 - fraction) if ev.measured is not None else \
+        accepted = ev.gate_rate * (1 - fraction) if ev.measured is not None else \
             min(self.rate, (ev.ok + ev.limited) / ev.seconds) * (1 - fraction)
-        measured = max(self.minimum, measured)
+        measured = max(self.minimum, accepted)
         when = "early" if early else "in its window"
         if probe is not None and self.floor is not None:
             floor = self.floor
-            if self._heavy(ev, fraction) and measured >= floor and not early:
+            # Judged on what was accepted, not on it raised to RATE_LIMIT_MIN: at a floor that
+            # is the minimum, a strict upstream's refusal would otherwise read as a ceiling.
+            if self._heavy(ev, fraction) and accepted >= floor and not early:
                 # A counting upstream: sending more got as much accepted as before, so the
                 # accepted rate is its ceiling (a whole window's evidence, not a few outcomes).
                 bound = max(floor * (1 + self.min_probe_step), measured)
