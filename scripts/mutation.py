@@ -147,6 +147,33 @@ def load_equivalents() -> dict[str, dict[str, str]]:
     return found
 
 
+def carry_equivalents(before: dict[str, Entry], after: dict[str, Entry]) -> None:
+    """Move listed equivalents to their new ids after a re-run.
+
+    Mutant ids are numbered per function, so an edit elsewhere in a function (or a new
+    operator) renumbers them. An equivalent whose id no longer survives moves to the survivor of
+    the same function with the same mutated line, when exactly one has it; otherwise it stays
+    (and is reported as stale for someone to judge).
+    """
+    if not EQUIVALENT.exists():
+        return
+    lines = EQUIVALENT.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        module, mutant, reason = [*line.split(None, 2), "", ""][:3]
+        old, new = before.get(module), after.get(module)
+        if old is None or new is None or mutant in new.survivors:
+            continue
+        text = old.survivors.get(mutant)
+        function = mutant.rsplit("__mutmut_", 1)[0]
+        moved = [m for m, t in new.survivors.items()
+                 if t == text and m.rsplit("__mutmut_", 1)[0] == function]
+        if text is not None and len(moved) == 1:
+            lines[i] = f"{module} {moved[0]} {reason}".rstrip()
+    EQUIVALENT.write_text("\n".join(lines) + "\n")
+
+
 def tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
@@ -352,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         entries.update(run_modules(stale, args.jobs))
 
     budgets: dict[str, int] = {k: int(v) for k, v in load_json(BUDGET).items()}  # type: ignore[call-overload]
+    if args.update:
+        carry_equivalents({m: cached[m] for m in stale if m in cached}, entries)
     equivalents = load_equivalents()
     print()
     print_table({m: entries[m] for m in modules}, equivalents, budgets, set(stale))

@@ -162,3 +162,22 @@ def test_check_refuses_a_rerun_longer_than_max_minutes(tree: tuple[ModuleType, P
     (root / "zai_proxy" / "classify.py").write_text("x = 2\n")
     # run_modules raises in this fixture: a refusal must come before any run.
     assert m.main(["--check", "-j", "2", "--max-minutes", "10"]) == 1
+
+
+def test_equivalents_follow_their_mutant_to_its_new_id(tree: tuple[ModuleType, Path]) -> None:
+    m, _ = tree
+    m.EQUIVALENT.write_text("# header\nclassify x_f__mutmut_2 same value either way\n"
+                            "classify x_f__mutmut_5 gone for good\n"
+                            "classify x_g__mutmut_1 still there\n")
+
+    def with_survivors(survivors: dict[str, str]) -> Any:
+        return m.Entry("k", 9, 9 - len(survivors), len(survivors), 0, 0, survivors, [])
+
+    before = with_survivors({"x_f__mutmut_2": "a = 1", "x_f__mutmut_5": "b = 2",
+                             "x_g__mutmut_1": "pass"})
+    after = with_survivors({"x_f__mutmut_3": "a = 1", "x_g__mutmut_1": "pass",
+                            "x_h__mutmut_3": "a = 1"})
+    m.carry_equivalents({"classify": before}, {"classify": after})
+    assert m.EQUIVALENT.read_text().splitlines() == [
+        "# header", "classify x_f__mutmut_3 same value either way",
+        "classify x_f__mutmut_5 gone for good", "classify x_g__mutmut_1 still there"]
