@@ -38,6 +38,13 @@ class World:
         self.app = app
 
     async def serve(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.seen.append({"scope": scope, "disconnected": True})
+            return
         body = b""
         while True:
             message = await receive()
@@ -265,8 +272,7 @@ async def test_read_timeout_on_the_body_answers_for_the_app() -> None:
                      "code": "proxy_request_timeout"}
     assert conn.closed
     assert w.seen and w.seen[-1].get("disconnected")
-    assert w.seen[-1]["scope"]["zai_proxy.client_fault"] == "read_timeout" \
-        if "zai_proxy.client_fault" in w.seen[-1]["scope"] else True
+    assert w.seen[-1]["scope"]["zai_proxy.client_fault"] == "read_timeout"
     assert w.recorder.exchanges == [], "the app records a cut-off request, not the server"
     assert w.bound("read_timeout") == 1
 
@@ -392,3 +398,46 @@ async def test_trailers_are_not_headers() -> None:
     assert conn.take().startswith(b"HTTP/1.1 200")
     names = [n for n, _ in w.seen[0]["scope"]["headers"]]
     assert b"x-t" not in names and w.seen[0]["body"] == b"hello"
+
+
+async def test_write_timeout_mid_response_tells_the_app_the_client_is_at_fault() -> None:
+    w = World(write_timeout=3.0)
+    conn = w.connect()
+    await conn.send(get("/stream"))
+    assert conn.take().startswith(b"HTTP/1.1 200")
+    conn.protocol.pause_writing()
+    await w.vt.advance(3.1)
+    assert conn.transport.aborted and w.bound("write_timeout") == 1
+    assert w.seen[-1]["disconnected"]
+    assert w.seen[-1]["scope"]["zai_proxy.client_fault"] == "write_timeout"
+
+
+async def test_a_refusal_carries_the_server_default_headers() -> None:
+    w = World()
+    conn = w.connect()
+    conn.protocol.server_state.default_headers = [(b"server", b"zai")]
+    await conn.send(b"GET /v1/models HTTP/1.1\r\nbad header\r\n\r\n")
+    _, headers, _ = parse(conn.take())
+    assert headers["server"] == "zai"
+
+
+async def test_a_trickled_head_counts_every_read_against_the_cap() -> None:
+    w = World(max_header_bytes=200)
+    conn = w.connect()
+    await conn.send(b"GET /v1/models HTTP/1.1\r\n")
+    for _ in range(30):
+        if conn.closed:
+            break
+        await conn.send(b"x-a: " + b"a" * 5 + b"\r\n")
+    assert conn.take().startswith(b"HTTP/1.1 431")
+    assert w.bound("max_header_bytes") == 1
+
+
+async def test_an_unfinished_head_of_exactly_the_cap_is_not_refused() -> None:
+    w = World(max_header_bytes=200)
+    conn = w.connect()
+    start = b"GET /v1/models HTTP/1.1\r\nx-a: "
+    await conn.send(start + b"a" * (200 - len(start)))
+    assert not conn.closed and conn.take() == b""
+    await conn.send(b"a")
+    assert conn.take().startswith(b"HTTP/1.1 431")
