@@ -220,7 +220,7 @@ def run_wrk(port: int, body_file: Path, lua: Path, seconds: float, pid: int) -> 
 def throughput_lines(seconds: float) -> Iterator[str]:
     sys.path.insert(0, str(HERE))
     bench_tokenizer = importlib.import_module("bench_tokenizer")
-    from zai_proxy.tokenizer import load_tokenizer
+    from zai_proxy.accounting.tokenizer import load_tokenizer
 
     for name in ("cl100k_base", "o200k_base"):
         tok = load_tokenizer(name)
@@ -238,14 +238,14 @@ def ledger_us(strip: bool, rounds: int) -> float:
     """CPU (us) of one Ledger over a 20-chunk simulator stream: open, relay, flush, settle."""
     from prometheus_client import CollectorRegistry
 
-    from zai_proxy.accounting import Accounting
-    from zai_proxy.catalog import ModelCatalog
-    from zai_proxy.metrics import Metrics
-    from zai_proxy.pricing import PricingTable
-    from zai_proxy.routing import Router
+    from zai_proxy.accounting.catalog import ModelCatalog
+    from zai_proxy.accounting.ledger import Accounting
+    from zai_proxy.accounting.pricing import PricingTable
+    from zai_proxy.accounting.tokenizer import load_tokenizer
+    from zai_proxy.observe.metrics import Metrics
     from zai_proxy.simulator import openai_format
     from zai_proxy.simulator.generation import plan
-    from zai_proxy.tokenizer import load_tokenizer
+    from zai_proxy.wire.routing import Router
 
     pricing = PricingTable.default()
     acc = Accounting(tokenizer=load_tokenizer(), pricing=pricing,

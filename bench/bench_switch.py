@@ -5,7 +5,8 @@ the new variant starts at the learned rate (issues 13 and 10).
     /work/venv/bin/python bench/bench_switch.py --scenario move  # one of them
     /work/venv/bin/python bench/bench_switch.py --quick          # fewer runs
 
-Harness: tests/blue_green.py, the same as the e2e test: two real `zai-proxy serve` pods (v1, v2)
+Harness: tests/support/blue_green.py, the same as the e2e test: two real `zai-proxy serve` pods
+(v1, v2)
 against `zai-proxy simulate`, a stand-in for the Service that routes each *new* connection by the
 current selector (established ones stay, as with kube-proxy), the fake kubectl driving the real
 proxies, and `zai-proxy switch` run as an operator runs it.
@@ -52,14 +53,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.blue_green import (  # noqa: E402
+from tests.support.blue_green import (  # noqa: E402
     CLIENT_KEY,
     Cluster,
     ServiceStandIn,
     Workers,
     proxy_env,
 )
-from tests.servers import Process, start_zai_proxy  # noqa: E402
+from tests.support.servers import Process, start_zai_proxy  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SWITCH_ARGS = ("--poll-interval", "0.5", "--traffic-quiet", "1", "--timeout", "20",

@@ -13,9 +13,9 @@ import json
 import statistics
 import time
 
-from zai_proxy.sse import SSEParser
-from zai_proxy.stream_usage import OpenAIStreamTracker
-from zai_proxy.tokenizer import Tokenizer, load_tokenizer
+from zai_proxy.accounting.sse import SSEParser
+from zai_proxy.accounting.stream_usage import OpenAIStreamTracker
+from zai_proxy.accounting.tokenizer import Tokenizer, load_tokenizer
 
 PROSE = (
     "Operators must be able to trust the token numbers: every request ends with input and "

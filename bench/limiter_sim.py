@@ -34,10 +34,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from zai_proxy.concurrency_controller import ConcurrencyController
-from zai_proxy.gcra import Gcra
-from zai_proxy.rate_controller import Outcome, RateController
-from zai_proxy.retry import RetryPolicy
+from zai_proxy.limiter.concurrency_controller import ConcurrencyController
+from zai_proxy.limiter.gcra import Gcra
+from zai_proxy.limiter.rate_controller import Outcome, RateController
+from zai_proxy.relay.retry import RetryPolicy
 from zai_proxy.simulator.ceiling import RateCeiling
 
 BURSTS = {"lenient": 0.0, "strict": 1.0}

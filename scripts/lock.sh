@@ -2,7 +2,7 @@
 # Regenerate requirements.lock: the runtime dependencies of pyproject.toml (its ranges stay
 # there), resolved for every platform (--universal) from Python 3.11 (Debian bookworm's python3 and the image's default
 # base), every file's hash included, plus the build backend the Dockerfile installs the project
-# with. Uses uv (`pip install uv`); commit the result. tests/test_lock.py checks the lock still
+# with. Uses uv (`pip install uv`); commit the result. tests/repo/test_lock.py checks the lock still
 # satisfies pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."

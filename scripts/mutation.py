@@ -3,7 +3,7 @@
     python scripts/mutation.py [MODULE ...] [--check] [--update [--allow-raise]] [--force] [-j N]
 
 Runs mutmut, with one operator added (statement deletion: a call or assignment line replaced by
-`pass`, scripts/mutmut_ops.py), on the in-process unit tests (`tests/test_*.py`, never
+`pass`, scripts/mutmut_ops.py), on the in-process unit tests (`tests/**/test_*.py`, never
 `tests/integration/`) in a scratch copy of the tree (`.mutation/work`, git-ignored), then prints
 per module: mutants, killed, survived (of which listed as equivalent), timeouts, mutants no unit
 test reaches, score.
@@ -40,11 +40,12 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("auth", "headers", "routing", "admission", "rate_controller",
-           "concurrency_controller", "classify", "accounting", "usage", "sse",
-           "quota", "quota_state", "quota_pacing", "quota_shared", "congestion", "gcra",
-           "shared_state", "limiter", "http_protocol", "client_connections", "switch.carry",
-           "switch.retire")
+MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
+           "limiter.rate_controller", "limiter.concurrency_controller", "zai.classify",
+           "accounting.ledger", "accounting.usage", "accounting.sse", "quota.quota",
+           "quota.state", "quota.pacing", "quota.shared", "limiter.congestion", "limiter.gcra",
+           "limiter.shared", "limiter.limiter", "server.http_protocol", "server.connections",
+           "switch.carry", "switch.retire")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"
@@ -53,7 +54,7 @@ WORK = ROOT / ".mutation" / "work"
 # Everything the unit tests read besides the package and the tests (docs, manifests, ...).
 ALSO_COPY = (".ci", "Dockerfile", ".dockerignore", "README.md", "bench", "deploy", "docs",
              "requirements.lock", "scripts")
-TEST_HELPERS = ("tests/__init__.py", "tests/conftest.py", "tests/inprocess.py", "tests/servers.py")
+TEST_HELPERS = ("tests/__init__.py", "tests/conftest.py")
 # The shared test support (fake clock, fake Redis, ...) is a helper of every test that uses it.
 SUPPORT = "tests/support"
 # mutmut with the statement-deletion operator added (see that script).

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, start_redis
+from tests.support.servers import RedisServer, start_redis
 
 REQUIRE_SERVICES = os.environ.get("ZAI_PROXY_REQUIRE_SERVICES") == "1"
 

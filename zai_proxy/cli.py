@@ -11,11 +11,14 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("zai_proxy.server", "run the proxy (simulated upstream when ZAI_API_KEY is unset)"),
-    "demo": ("zai_proxy.demo", "run the proxy and the simulated upstream and send a few requests"),
+    "serve": ("zai_proxy.server.run",
+              "run the proxy (simulated upstream when ZAI_API_KEY is unset)"),
+    "demo": ("zai_proxy.server.demo",
+             "run the proxy and the simulated upstream and send a few requests"),
     "simulate": ("zai_proxy.simulator", "run the simulated Z.AI upstream"),
     "switch": ("zai_proxy.switch", "switch the Kubernetes Service between variants v1 and v2"),
-    "admin": ("zai_proxy.admin_client", "call this pod's admin API (used by switch via exec)"),
+    "admin": ("zai_proxy.switch.admin_client",
+              "call this pod's admin API (used by switch via exec)"),
     "dashboard": ("zai_proxy.dashboard.cli", "run the live dashboard that scrapes proxies"),
 }
 

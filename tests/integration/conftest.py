@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy
 
 UPSTREAM_KEY = "zai-upstream-key-never-leaks-7f3a"
 CLIENT_KEY = "worker-client-key-9c1d"

@@ -33,8 +33,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.servers import Process, start_zai_proxy
-from zai_proxy.tokenizer import load_tokenizer
+from tests.support.servers import Process, start_zai_proxy
+from zai_proxy.accounting.tokenizer import load_tokenizer
 
 CHUNKS = 6
 WORDS = 2  # the simulator's default words per chunk
@@ -412,7 +412,7 @@ def test_client_disconnect_mid_stream_is_estimated(proxy: Process) -> None:
 
 OFFLINE_CHECK = """
 import json, sys
-from zai_proxy.tokenizer import PACKAGE_ENCODINGS_DIR, load_tokenizer
+from zai_proxy.accounting.tokenizer import PACKAGE_ENCODINGS_DIR, load_tokenizer
 out = {}
 for name in ("cl100k_base", "o200k_base"):
     tok = load_tokenizer(name)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.servers import (
+from tests.support.servers import (
     Process,
     RedisServer,
     free_port,

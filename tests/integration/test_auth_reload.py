@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import start_zai_proxy
+from tests.support.servers import start_zai_proxy
 
 BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 

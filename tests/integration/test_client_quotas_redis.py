@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.servers import RedisServer, free_port, start_redis
-from zai_proxy.client_quotas import ClientQuotas
+from tests.support.servers import RedisServer, free_port, start_redis
+from zai_proxy.clients.limits import ClientQuotas
 
 
 @pytest.mark.needs("redis-server")

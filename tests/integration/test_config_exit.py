@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 
 def serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

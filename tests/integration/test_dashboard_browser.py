@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
+from tests.support.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
 
 PANELS = ["requests", "latency", "ttfb", "errors", "tokens", "cost", "concurrency", "ratelimit",
           "retries"]

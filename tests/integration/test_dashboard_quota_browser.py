@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
+from tests.support.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
 
 KEYS = {"batch": "worker-key-batch-01", "chat": "worker-key-chat-001"}
 BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello there"}]}

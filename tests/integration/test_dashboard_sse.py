@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.fixtures.metrics import FakeProxy, FakeTarget
-from tests.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy
 
 
 @dataclass

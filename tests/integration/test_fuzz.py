@@ -36,7 +36,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.servers import Process, RecordingUpstream, SeenRequest, http_response, start_zai_proxy
+from tests.support.servers import (
+    Process,
+    RecordingUpstream,
+    SeenRequest,
+    http_response,
+    start_zai_proxy,
+)
 
 CLIENT_KEY = "worker-client-key-fuzz-81c4"
 ADMIN_KEY = "admin-key-fuzz-0123456789"
@@ -420,7 +426,7 @@ def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
         "MAX_WORKERS": "8", "UPSTREAM_FIRST_BYTE_TIMEOUT": "5", "UPSTREAM_CHUNK_TIMEOUT": "5",
         "CLIENT_RATE_LIMITS": "100000/minute", "SHUTDOWN_DRAIN_SECONDS": "0",
         # Local quota refusals off: one fuzzed 1308 would otherwise refuse every later input
-        # locally (its reset is still parsed, bounded and logged: tests/test_quota_state.py).
+        # locally (its reset is still parsed, bounded and logged: tests/quota/test_quota_state.py).
         "QUOTA_LOCAL_REJECT": "false"}), ready_path="/ready")
     yield process
     process.terminate()

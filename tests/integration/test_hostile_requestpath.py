@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.servers import Process, RecordingUpstream, SeenRequest, http_response, start_zai_proxy
+from tests.support.servers import (
+    Process,
+    RecordingUpstream,
+    SeenRequest,
+    http_response,
+    start_zai_proxy,
+)
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 

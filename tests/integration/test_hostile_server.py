@@ -14,8 +14,14 @@ import httpx
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.rawhttp import RawConnection
-from tests.servers import Process, RecordingUpstream, SeenRequest, http_response, start_zai_proxy
+from tests.support.rawhttp import RawConnection
+from tests.support.servers import (
+    Process,
+    RecordingUpstream,
+    SeenRequest,
+    http_response,
+    start_zai_proxy,
+)
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 BODY = json.dumps(CHAT).encode()

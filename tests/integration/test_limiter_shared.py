@@ -9,8 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.inprocess import InProcessProxy
-from tests.servers import RedisServer
+from tests.support.inprocess import InProcessProxy
+from tests.support.servers import RedisServer
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -68,7 +68,7 @@ async def test_with_redis_the_state_belongs_to_the_account_not_the_variant(
 
 @pytest.mark.needs("redis-server")
 async def test_quota_pacing_is_account_wide_through_redis(redis_server: RedisServer) -> None:
-    from zai_proxy.shared_state import RedisGate
+    from zai_proxy.limiter.shared import RedisGate
 
     env = {"RATE_LIMIT_STATE_FILE": "", "RATE_LIMIT_STORAGE_URI": redis_server.url,
            "RATE_LIMIT_REPLICAS": "4"}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.servers import Process, free_port, require_binary, start_zai_proxy
+from tests.support.servers import Process, free_port, require_binary, start_zai_proxy
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import CLIENT_KEY, UPSTREAM_KEY, proxy_env
-from tests.servers import Process, free_port, start_zai_proxy
+from tests.support.servers import Process, free_port, start_zai_proxy
 
 MESSAGES = [{"role": "user", "content": "hello"}]  # 2 prompt + 10 completion tokens
 

@@ -1,7 +1,8 @@
 """Two proxies of one account sharing quota state through a real redis-server.
 
-Each proxy runs in process against its own scripted upstream (tests/test_quota.py's `Upstream`),
-so the test sees which replica polled the monitor and which one went upstream.
+Each proxy runs in process against its own scripted upstream
+(tests/quota/test_quota.py's `Upstream`), so the test sees which replica polled the monitor
+and which one went upstream.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import redis
 
-from tests.inprocess import InProcessProxy
-from tests.servers import RedisServer, free_port
-from tests.test_quota import CHAT, T0, Upstream, Wall, limits
-from zai_proxy.account import account_id
+from tests.quota.test_quota import CHAT, T0, Upstream, Wall, limits
+from tests.support.inprocess import InProcessProxy
+from tests.support.servers import RedisServer, free_port
+from zai_proxy.zai.account import account_id
 
 
 @asynccontextmanager

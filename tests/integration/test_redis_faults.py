@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.servers import Process, RedisServer, start_redis, start_zai_proxy
+from tests.support.servers import Process, RedisServer, start_redis, start_zai_proxy
 
 CHAT = {"model": "glm-4.7", "stream": False,
         "messages": [{"role": "user", "content": "hi"}]}

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.rawhttp import RawConnection
-from tests.servers import Process, start_zai_proxy
+from tests.support.rawhttp import RawConnection
+from tests.support.servers import Process, start_zai_proxy
 
 ADMIN_KEY = "admin-key-for-release-tests-0123"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}

@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.rawhttp import RawConnection
-from tests.servers import Process, start_zai_proxy
-from zai_proxy.client_connections import RELEASE_IDLE_SECONDS
+from tests.support.rawhttp import RawConnection
+from tests.support.servers import Process, start_zai_proxy
+from zai_proxy.server.connections import RELEASE_IDLE_SECONDS
 
 ADMIN_KEY = "admin-key-for-retire-tests-0123"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}

@@ -12,7 +12,7 @@ import httpx
 import openai
 
 from tests.integration.conftest import CLIENT_KEY, UPSTREAM_KEY
-from tests.servers import Process
+from tests.support.servers import Process
 
 MESSAGES = [{"role": "user", "content": "Tell me about proxies"}]
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, free_port, require_binary
-from zai_proxy.rate_controller import Outcome, RateController
-from zai_proxy.shared_state import SharedCoordinator, SharedState, namespace
+from tests.support.servers import RedisServer, free_port, require_binary
+from zai_proxy.limiter.rate_controller import Outcome, RateController
+from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 
 pytestmark = pytest.mark.needs("redis-server")
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.integration.conftest import proxy_env
-from tests.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 DRAIN_REQUESTS = 3  # per worker, sent after /ready turned 503; each on a new connection

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy
 
 CHAT = "/api/paas/v4/chat/completions"
 BEARER = {"Authorization": "Bearer sk-test"}

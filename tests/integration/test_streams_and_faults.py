@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.servers import Process, free_port, start_zai_proxy
+from tests.support.servers import Process, free_port, start_zai_proxy
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 MESSAGES = {"model": "glm-4.7", "max_tokens": 16, "stream": True,

@@ -6,7 +6,7 @@ each new connection by the current selector and leaves established ones where th
 kube-proxy does); the fake kubectl drives the real proxies (pod proxy, `exec zai-proxy admin`,
 scale to 0 = SIGTERM). 20 OpenAI SDK and 4 Anthropic SDK workers (own pools, default retries)
 call continuously through switch -> rollback -> switch, then through a switch that scales the
-old variant to 0. See tests/blue_green.py for the harness and the joins.
+old variant to 0. See tests/support/blue_green.py for the harness and the joins.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.blue_green import (
+from tests.support.blue_green import (
     Cluster,
     ServiceStandIn,
     SwitchRun,
@@ -27,7 +27,7 @@ from tests.blue_green import (
     proxy_env,
     spanning,
 )
-from tests.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy
 
 # The switch samples every 0.3 s and wants 1 s without a request on the old variant.
 SWITCH_ARGS = ("--poll-interval", "0.3", "--traffic-quiet", "1", "--traffic-timeout", "30",

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.servers import (
+from tests.support.servers import (
     Process,
     RecordingUpstream,
     SeenRequest,

@@ -19,7 +19,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from tests.support.clock import VirtualTime, settle
-from zai_proxy.client_connections import ClientConnections
+from zai_proxy.server.connections import ClientConnections
 
 
 class VirtualTimer:

@@ -29,7 +29,8 @@ import redis.exceptions
 from limits.aio.storage import MemoryStorage
 
 from tests.support.clock import VirtualTime
-from zai_proxy import quota_shared, shared_state
+from zai_proxy.limiter import shared as shared_state
+from zai_proxy.quota import shared as quota_shared
 
 Mode = Literal["ok", "hang", "lie", "down"]
 

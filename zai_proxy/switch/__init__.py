@@ -11,7 +11,7 @@ connections to the old pods. So the switch does more than patch (see docs/deploy
   nothing and the new one the load;
 - `status`: what serves, and each pod's retired flag; `cli`: the command line.
 
-The cluster is reached only through `kubectl` (`zai_proxy.kube`): reads and pod/service proxy
+The cluster is reached only through `kubectl` (`zai_proxy.switch.kube`): reads and pod/service proxy
 GETs, `patch`, `scale`, and `exec ... zai-proxy admin` for the pods' admin API.
 """
 

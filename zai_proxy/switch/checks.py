@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from zai_proxy.kube import KubectlError
-from zai_proxy.kube_objects import (
+from zai_proxy.switch.cluster import Cluster, ServiceState, is_deleting, pod_name
+from zai_proxy.switch.kube import KubectlError
+from zai_proxy.switch.kube_objects import (
     check_metrics_variant,
     container_env,
     deployment_problem,
@@ -19,7 +20,6 @@ from zai_proxy.kube_objects import (
     pod_is_ready,
     selector_matches,
 )
-from zai_proxy.switch.cluster import Cluster, ServiceState, is_deleting, pod_name
 from zai_proxy.switch.steps import Options, StepFailed, Steps
 
 

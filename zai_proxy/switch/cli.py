@@ -7,8 +7,8 @@ import re
 import sys
 from collections.abc import Sequence
 
-from zai_proxy.kube import MIN_REQUEST_TIMEOUT, Kubectl
 from zai_proxy.switch.cluster import Cluster
+from zai_proxy.switch.kube import MIN_REQUEST_TIMEOUT, Kubectl
 from zai_proxy.switch.runbook import Switcher
 from zai_proxy.switch.status import status
 from zai_proxy.switch.steps import EXIT_USAGE, Options, Steps

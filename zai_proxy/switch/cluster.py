@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from zai_proxy.kube import Kubectl, KubectlError
-from zai_proxy.kube_objects import (
+from zai_proxy.switch.kube import Kubectl, KubectlError
+from zai_proxy.switch.kube_objects import (
     format_selector,
     metric_total,
     pod_port,

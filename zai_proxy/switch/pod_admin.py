@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from zai_proxy.admin_client import NO_KEY
-from zai_proxy.kube import Kubectl, KubectlError
+from zai_proxy.switch.admin_client import NO_KEY
+from zai_proxy.switch.kube import Kubectl, KubectlError
 
 _ANSWER = re.compile(r"zai-proxy admin: HTTP (?P<status>\d{3}) (?P<code>\S+): (?P<message>.*)")
 _MISSING = ("executable file not found", "no such file or directory", "not found in $PATH")

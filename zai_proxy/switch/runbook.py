@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from zai_proxy.kube import Kubectl, KubectlError
-from zai_proxy.kube_objects import format_selector, pod_is_ready
 from zai_proxy.switch.carry import (
     QUEUE_SAMPLE_INTERVAL,
     QUEUE_SAMPLES,
@@ -53,6 +51,8 @@ from zai_proxy.switch.carry import (
 )
 from zai_proxy.switch.checks import TargetChecks
 from zai_proxy.switch.cluster import Cluster, ServiceState, pod_name
+from zai_proxy.switch.kube import Kubectl, KubectlError
+from zai_proxy.switch.kube_objects import format_selector, pod_is_ready
 from zai_proxy.switch.pod_admin import PodAdmin
 from zai_proxy.switch.retire import Retirement
 from zai_proxy.switch.steps import (

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from zai_proxy.kube import KubectlError
-from zai_proxy.kube_objects import container_env, deployment_problem, format_selector, pod_is_ready
 from zai_proxy.switch.cluster import Cluster, is_deleting, pod_name
+from zai_proxy.switch.kube import KubectlError
+from zai_proxy.switch.kube_objects import (
+    container_env,
+    deployment_problem,
+    format_selector,
+    pod_is_ready,
+)
 from zai_proxy.switch.steps import (
     EXIT_FAILED,
     EXIT_OK,

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zai_proxy.kube import KubectlError
-from zai_proxy.kube_objects import check_metrics_variant, pod_is_ready
 from zai_proxy.switch.cluster import Cluster, ServiceState, pod_name
+from zai_proxy.switch.kube import KubectlError
+from zai_proxy.switch.kube_objects import check_metrics_variant, pod_is_ready
 from zai_proxy.switch.steps import EXIT_OK, EXIT_TRAFFIC, Options, StepFailed, Steps
 from zai_proxy.switch.traffic import DrainWatch, Sample, had_traffic
 

@@ -1,0 +1,1 @@
+"""Token accounting: usage from the upstream, estimates, prices, the model catalog."""

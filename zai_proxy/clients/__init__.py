@@ -1,0 +1,1 @@
+"""The proxy's own clients: authentication and per-client limits."""

@@ -1,0 +1,1 @@
+"""The account-level limiter: learned rate and concurrency, admission, shared state."""

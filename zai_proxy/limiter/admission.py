@@ -1,0 +1,443 @@
+"""Admission: the gate every upstream attempt passes (an evenly paced send slot + a slot).
+
+Being over a limit is a value (`Rejection`), not an exception. Waiters are served by one
+dispatcher task: retries (`priority=True`) first, then new work round-robin across client ids.
+Every attempt - first tries, retries, probes, queue drains - takes its slot from the same
+`Gate` (GCRA: evenly spaced at the controller's rate, burst `RATE_LIMIT_BURST`), local or shared
+through Redis. The dispatcher tells the rate controller when the gate is the bottleneck
+(requests waiting for it): the saturated time the controller learns from.
+
+The queue is bounded (`queue_max`) and has a deadline (`queue_timeout`); a request is rejected at
+once when the queue is full or its expected wait - for the rate, and for a concurrency slot when
+every slot is held (long streams) - would pass its deadline. A waiter whose task is cancelled
+(client left) is dropped without using a send slot, a concurrency slot or a pacer slot, also
+when it leaves while the gate is answering or just as it is granted; a waiter that expires
+gives back the pacer slot it took. During a 1312 storm (`Congestion`) the gate slows down for
+a bounded while; the learned rate does not move. Clock and sleep are injected so tests run on
+virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from zai_proxy.limiter.concurrency_controller import ConcurrencyController
+from zai_proxy.limiter.congestion import Congestion
+from zai_proxy.limiter.gcra import Gate, LocalGate
+from zai_proxy.limiter.rate_controller import Adjustment, Outcome, RateController
+
+HOLD_WEIGHT = 0.2  # weight of the newest permit in the mean time a concurrency slot is held
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Not admitted; `retry_after` is an estimate in seconds for the client's Retry-After."""
+
+    reason: Literal["queue_full", "queue_timeout"]
+    retry_after: float
+
+
+@dataclass(eq=False)
+class Permit:
+    """One admitted attempt holding one concurrency slot; `release()` is idempotent."""
+
+    admission: Admission
+    client_id: str
+    generation: int
+    in_flight_at_admission: int
+    waited: float
+    granted_at: float = 0.0
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._release(self)
+
+    def observe(self, outcome: Outcome) -> list[Adjustment]:
+        """Feed this attempt's outcome to the controllers."""
+        return self.admission.observe(outcome, self)
+
+    async def __aenter__(self) -> Permit:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+@dataclass(eq=False)
+class _Waiter:
+    client_id: str
+    priority: bool
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[Permit | Rejection] = field(repr=False)
+    paced: bool = False  # also needs a slot of the quota pacer (when pacing is on)
+    pacer_held: bool = False  # took its pacer slot already, waits for the rate gate
+    gone: bool = False  # admitted, expired or cancelled: skip it in the queues
+
+
+class Admission:
+    """Rate and concurrency admission with a bounded, fair, deadline-aware queue."""
+
+    def __init__(
+        self,
+        rate: RateController,
+        concurrency: ConcurrencyController,
+        *,
+        queue_max: int = 1000,
+        queue_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        gate: Gate | None = None,
+        burst: float = 1.0,
+        pacer_gate: Gate | None = None,
+        congestion: Congestion | None = None,
+        on_adjust: Callable[[Adjustment], None] | None = None,
+    ) -> None:
+        self.rate, self.concurrency = rate, concurrency
+        self.queue_max, self.queue_timeout = queue_max, queue_timeout
+        self.clock, self._sleep = clock, sleep
+        self.gate: Gate = gate or LocalGate(clock(), burst)
+        self.congestion = congestion or Congestion(clock=clock)
+        self.on_adjust = on_adjust
+        self.in_flight = 0
+        self.depth = 0
+        self.hold_time: float | None = None  # mean seconds a permit holds its slot
+        self._priority: deque[_Waiter] = deque()
+        self._clients: OrderedDict[str, deque[_Waiter]] = OrderedDict()
+        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._bound = False  # the rate gate is the bottleneck right now
+        self._unreturned = 0  # pacer slots of expired waiters, given back by the dispatcher
+        self._bound_since = 0.0
+        self._saturated_total = 0.0
+        # Quota pacing (see `set_pacing`): a second gate only paced requests draw from.
+        self._pacer_gate = pacer_gate
+        self.pacer: Gate | None = None
+        self.pacing_rate: float | None = None
+
+    # -- rates -----------------------------------------------------------------------------
+
+    @property
+    def gate_rate(self) -> float:
+        """The send rate now: the controller's, slowed while the upstream is congested."""
+        return self.rate.rate * self.congestion.factor()
+
+    def set_pacing(self, rate: float | None) -> None:
+        """Cap paced requests (`acquire(paced=True)`) at `rate` req/s; None turns pacing off.
+
+        Unpaced requests (exempt clients, retries) never wait for the pacer, and a paced
+        client waiting for it never holds up an unpaced one behind it in the queue.
+        """
+        if rate is None or rate <= 0:
+            self.pacer, self.pacing_rate = None, None
+        else:
+            if self.pacer is None:
+                self.pacer = self._pacer_gate or LocalGate(self.clock())
+            self.pacing_rate = rate
+        self._wake.set()
+
+    def _estimate(self, position: int, paced: bool = False) -> float:
+        """Expected seconds until the waiter at `position` (0 = next) is admitted."""
+        rate = self.gate_rate
+        if paced and self.pacing_rate is not None:
+            rate = min(rate, self.pacing_rate)
+        wait = (position + 1) / rate
+        slots = self.concurrency.limit
+        short = position + 1 - max(0, slots - self.in_flight)  # slots that must free up first
+        if short > 0 and self.hold_time is not None:
+            wait = max(wait, short * self.hold_time / slots)
+        return wait
+
+    # -- acquire ---------------------------------------------------------------------------
+
+    async def acquire(
+        self, client_id: str, *, priority: bool = False, deadline: float | None = None,
+        paced: bool = False,
+    ) -> Permit | Rejection:
+        """Wait for a send slot and a concurrency slot. `deadline` is absolute on this clock.
+
+        `paced`: the request also waits for the quota pacer when pacing is on (`set_pacing`).
+        """
+        now = self.clock()
+        limit = now + self.queue_timeout
+        deadline = limit if deadline is None else min(deadline, limit)
+        paced = paced and not priority and self.pacer is not None
+        pacer_held = False
+        if not self.depth and self.in_flight < self.concurrency.limit:
+            try:
+                if paced:
+                    pacer_held = await self._take_pacer(now) == 0.0
+                if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
+                                                                      now) == 0.0:
+                    return self._grant(client_id, now)
+            except BaseException:  # left (or the gate failed) while the gate answered
+                await self._return_pacer(pacer_held)
+                raise
+        if self.depth >= self.queue_max:
+            await self._return_pacer(pacer_held)
+            return Rejection("queue_full", max(1.0, self._estimate(self.depth, paced)))
+        expected = self._estimate(len(self._priority) if priority else self.depth, paced)
+        if now + expected > deadline:
+            await self._return_pacer(pacer_held)
+            return Rejection("queue_timeout", max(1.0, expected))
+        future = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(client_id, priority, deadline, now, future, paced, pacer_held)
+        if priority:
+            self._priority.append(waiter)
+        else:
+            self._clients.setdefault(client_id, deque()).append(waiter)
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
+        self.depth += 1
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch())
+        try:
+            return await asyncio.shield(waiter.future)
+        except asyncio.CancelledError:
+            if not waiter.gone:
+                self._drop(waiter)  # the dispatcher refunds a slot taken while we left
+                await self._return_pacer(waiter.pacer_held)
+            elif waiter.future.done() and isinstance(permit := waiter.future.result(), Permit):
+                # Granted just as the client left: free the slot, give back what it took
+                # (the pacer slot only if it took one: pacing may have been off meanwhile).
+                permit.release()
+                await self.gate.refund(self.gate_rate, self.clock())
+                await self._return_pacer(waiter.pacer_held)
+            raise
+
+    async def _take_pacer(self, now: float) -> float:
+        assert self.pacer is not None and self.pacing_rate is not None
+        return await self.pacer.take(self.pacing_rate, now)
+
+    async def _return_pacer(self, held: bool) -> None:
+        if held and self.pacer is not None and self.pacing_rate is not None:
+            await self.pacer.refund(self.pacing_rate, self.clock())
+
+    def _drop(self, waiter: _Waiter) -> None:
+        waiter.gone = True
+        self.depth -= 1
+        self._wake.set()
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def _next(self) -> _Waiter | None:
+        """The waiter to serve next: retries first, then round-robin across clients."""
+        while self._priority and self._priority[0].gone:
+            self._priority.popleft()
+        if self._priority:
+            return self._priority[0]
+        while self._clients:
+            client, waiters = next(iter(self._clients.items()))
+            while waiters and waiters[0].gone:
+                waiters.popleft()
+            if waiters:
+                return waiters[0]
+            del self._clients[client]
+        return None
+
+    def _next_unpaced(self) -> _Waiter | None:
+        """The first waiter in serving order that needs no pacer slot (heads only)."""
+        for waiter in self._priority:
+            if not waiter.gone:
+                return waiter
+        for waiters in self._clients.values():
+            head = next((w for w in waiters if not w.gone), None)
+            if head is not None and (not head.paced or head.pacer_held):
+                return head
+        return None
+
+    def _pop(self, waiter: _Waiter) -> None:
+        if waiter.priority:
+            self._priority.remove(waiter)
+            return
+        waiters = self._clients[waiter.client_id]
+        while waiters[0] is not waiter:  # gone waiters ahead of it
+            waiters.popleft()
+        waiters.popleft()
+        if waiters:
+            self._clients.move_to_end(waiter.client_id)  # the next client's turn
+        else:
+            del self._clients[waiter.client_id]
+
+    def _expire(self, now: float) -> float | None:
+        """Reject waiters past their deadline; return the seconds to the next deadline."""
+        while self._deadlines:
+            deadline, _, waiter = self._deadlines[0]
+            if waiter.gone:
+                heapq.heappop(self._deadlines)
+            elif deadline <= now:
+                heapq.heappop(self._deadlines)
+                self._drop(waiter)
+                if waiter.pacer_held:
+                    self._unreturned += 1
+                waiter.future.set_result(Rejection("queue_timeout", max(1.0, self._estimate(0))))
+            else:
+                return deadline - now
+        return None
+
+    async def _wait(self, seconds: float | None) -> None:
+        tasks: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+        if seconds is not None:
+            tasks.add(asyncio.ensure_future(self._sleep(max(0.0, seconds))))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    @property
+    def gate_bound(self) -> bool:
+        """True while requests wait for the rate gate (it is the bottleneck)."""
+        return self._bound
+
+    def saturated_seconds(self) -> float:
+        """Total seconds the rate gate was the bottleneck (for a counter)."""
+        open_part = self.clock() - self._bound_since if self._bound else 0.0
+        return self._saturated_total + open_part
+
+    def _gate_bound(self, bound: bool) -> None:
+        if bound != self._bound:
+            now = self.clock()
+            if bound:
+                self._bound_since = now
+            else:
+                self._saturated_total += now - self._bound_since
+            self._bound = bound
+            self._emit(self.rate.gate_bound(bound))
+
+    async def _dispatch(self) -> None:
+        try:
+            while self.depth:
+                self._wake.clear()  # before looking, so no wake-up between look and wait is lost
+                now = self.clock()
+                timeout = self._expire(now)
+                while self._unreturned:
+                    self._unreturned -= 1
+                    await self._return_pacer(True)
+                waiter = self._next()
+                if waiter is None:
+                    break
+                if self.in_flight >= self.concurrency.limit:
+                    self._gate_bound(False)  # waiting for a slot, not for the rate
+                    self._emit(self.concurrency.note_demand(self.depth))
+                    await self._wait(timeout)
+                    continue
+                if waiter.paced and not waiter.pacer_held and self.pacer is not None:
+                    paced_wait = await self._take_pacer(now)
+                    if paced_wait > 0:
+                        # Paced work waits for the pacer; unpaced work behind it goes first.
+                        unpaced = self._next_unpaced()
+                        if unpaced is None:
+                            self._gate_bound(False)
+                            await self._wait(paced_wait if timeout is None
+                                             else min(paced_wait, timeout))
+                            continue
+                        waiter = unpaced
+                    elif waiter.gone:  # it left while the pacer answered
+                        await self._return_pacer(True)
+                        continue
+                    else:
+                        waiter.pacer_held = True
+                rate = self.gate_rate
+                wait = await self.gate.take(rate, now)
+                if wait > 0.0:
+                    self._gate_bound(True)
+                    await self._wait(wait if timeout is None else min(wait, timeout))
+                    continue
+                if waiter.gone:  # it left while the gate answered: nothing went upstream
+                    await self.gate.refund(rate, now)
+                    continue
+                self._pop(waiter)
+                waiter.gone = True
+                self.depth -= 1
+                waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued))
+        finally:
+            self._gate_bound(False)
+            self._task = None
+
+    # -- permits and outcomes --------------------------------------------------------------
+
+    def _grant(self, client_id: str, enqueued: float) -> Permit:
+        self.in_flight += 1
+        self.rate.granted()
+        generation = self.concurrency.admitted(self.in_flight)
+        now = self.clock()
+        return Permit(self, client_id, generation, self.in_flight, now - enqueued, now)
+
+    def _release(self, permit: Permit) -> None:
+        self.in_flight -= 1
+        held = self.clock() - permit.granted_at
+        self.hold_time = held if self.hold_time is None else \
+            self.hold_time + HOLD_WEIGHT * (held - self.hold_time)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the queue again now (limits changed from outside: restore, adopt)."""
+        self._wake.set()
+
+    def _emit(self, adjustments: list[Adjustment]) -> None:
+        if adjustments:
+            self._wake.set()  # a raised limit may admit waiters now
+        if self.on_adjust is not None:
+            for adjustment in adjustments:
+                self.on_adjust(adjustment)
+
+    def observe(self, outcome: Outcome, permit: Permit | None = None) -> list[Adjustment]:
+        """Feed one attempt's outcome to the controllers; returns (and emits) their decisions."""
+        if outcome is Outcome.CONGESTED:
+            self.congestion.congested()
+        out = self.rate.record(outcome)
+        if outcome is Outcome.CONCURRENCY_LIMITED and permit is not None:
+            out += self.concurrency.record_limited(permit.in_flight_at_admission, permit.generation)
+        self._emit(out)
+        return out
+
+    def tick(self) -> list[Adjustment]:
+        """Evaluate windows that ended (call periodically so quiet periods are seen)."""
+        out = self.rate.tick() + self.concurrency.tick()
+        self._emit(out)
+        return out
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        """Figures for /health and the gauges (0 would mean 'none learned' in a gauge)."""
+        return {
+            "rate": self.rate.rate,
+            "gate_rate": self.gate_rate,
+            "ceiling": self.rate.ceiling,
+            "floor": self.rate.floor,
+            "hold": self.rate.hold,
+            "ceiling_updated_at": self.rate.ceiling_updated_at,
+            "concurrency_limit": self.concurrency.limit,
+            "concurrency_ceiling": self.concurrency.ceiling,
+            "max_workers": self.concurrency.max_workers,
+            "queue_depth": self.depth,
+            "in_flight": self.in_flight,
+            "slot_hold_seconds": self.hold_time,
+            "pacing_rate": self.pacing_rate,
+            "congestion_factor": self.congestion.factor(),
+        }
+
+    async def close(self) -> None:
+        """Reject everyone still waiting and stop the dispatcher (shutdown)."""
+        for _, _, waiter in self._deadlines:
+            if not waiter.gone:
+                self._drop(waiter)
+                waiter.future.set_result(Rejection("queue_timeout", 1.0))
+        self._deadlines.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,369 @@
+"""The proxy's limiter: controllers, admission, shared state and persistence, wired once.
+
+Everything learned belongs to the Z.AI account (`Settings.account`), not to the variant:
+`Limiter` builds a rate controller, a concurrency controller and the admission queue in front of
+them, with send slots from a GCRA pacer in Redis shared by every replica of every variant of the
+account (`RATE_LIMIT_STORAGE_URI=redis://...`), else from a local one with the limits divided by
+RATE_LIMIT_REPLICAS. `run` is the background loop: evaluate windows when traffic is quiet, sync
+with the other replicas, persist learned ceilings when they change. Gauges are refreshed on
+scrape; `/health` shows the evidence behind the latest decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from zai_proxy.core.errors import AccountMismatch, InvalidRequest
+from zai_proxy.limiter.admission import Admission
+from zai_proxy.limiter.concurrency_controller import ConcurrencyController
+from zai_proxy.limiter.rate_controller import Adjustment, RateController
+from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
+from zai_proxy.limiter.state_file import AUTO, LimiterState, load_state, save_state, state_path
+from zai_proxy.observe.metrics import Metrics
+from zai_proxy.server.config import Settings
+
+log = logging.getLogger("zai_proxy.limiter")
+STATE_DOC_VERSION = 1
+
+
+def _positive_number(value: object, name: str) -> float | None:
+    """A positive finite number, None for null/absent; InvalidRequest for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < float("inf")):
+        raise InvalidRequest(f"limiter state: {name} must be a positive number", param=name)
+    return float(value)
+
+
+def _decision(adjustment: Adjustment | None, now: float,
+              decided_at: float | None) -> dict[str, Any] | None:
+    if adjustment is None:
+        return None
+    body: dict[str, Any] = {"direction": adjustment.direction, "reason": adjustment.reason,
+                            "rate": round(adjustment.rate, 3)}
+    if decided_at is not None:
+        body["seconds_ago"] = round(now - decided_at, 1)
+    if adjustment.evidence is not None:
+        body["evidence"] = adjustment.evidence.as_dict()
+    return body
+
+
+class Limiter:
+    """Everything admission control needs, with one background task.
+
+    `clock`, `wall` and `sleep` are injected (tests pass virtual time): the background tick and
+    the admission queue's waits both sleep through `sleep`, so they run on the same time as
+    `clock`.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        self.metrics = metrics
+        self.clock, self.wall, self.sleep = clock, wall, sleep
+        self.account = settings.account
+        self.variant = settings.deployment_variant
+        path = state_path(settings.rate_limit_state_file, self.account)
+        self.state_file: Path | None = path
+        self.state_file_explicit = settings.rate_limit_state_file != AUTO
+        self.state_max_age = settings.rate_limit_state_max_age
+        shared_uri = settings.rate_limit_storage_uri
+        shared = shared_uri.startswith(("redis", "async+redis"))
+        # Without shared storage each replica takes its share of the account's limits.
+        share = 1.0 if shared else float(settings.rate_limit_replicas)
+        self.share = share
+        self.account_bounds = (settings.rate_limit_min, settings.rate_limit_max)
+        self.bounds = (settings.rate_limit_min / share, settings.rate_limit_max / share)
+        self.rate = RateController(
+            clock=clock, initial=settings.rate_limit_initial / share, minimum=self.bounds[0],
+            maximum=self.bounds[1], window=settings.rate_limit_window,
+            hold_margin=settings.rate_limit_hold_margin,
+            probe_interval=settings.rate_limit_probe_interval,
+            upstream_burst=settings.rate_limit_upstream_burst)
+        self.concurrency = ConcurrencyController(
+            clock=clock, max_workers=settings.max_workers, window=settings.rate_limit_window,
+            probe_interval=settings.rate_limit_probe_interval)
+        # Background tick: every second, or ten times a window when windows are short.
+        self.tick_interval = min(1.0, settings.rate_limit_window / 10)
+        self.shared: SharedState | None = None
+        self.coordinator: SharedCoordinator | None = None
+        gate = pacer = None
+        if shared:
+            self.shared = SharedState(shared_uri.removeprefix("async+"),
+                                      namespace=namespace(self.account),
+                                      replicas=settings.rate_limit_replicas, clock=clock)
+            gate = self.shared.gate("gate", settings.rate_limit_burst)
+            pacer = self.shared.gate("pacer")
+            self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall,
+                                                 interval=self.tick_interval,
+                                                 state_ttl=self.state_max_age)
+        self.admission = Admission(
+            self.rate, self.concurrency, queue_max=settings.queue_max,
+            queue_timeout=settings.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
+            burst=settings.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count)
+        self.restored_from: str | None = None  # "redis", "file" or "admin"
+        # Nothing learned yet: nothing to write until a ceiling is learned.
+        self._saved: tuple[Any, ...] | None = self._learned()
+        self._saturated_reported = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _count(self, adjustment: Adjustment) -> None:
+        if adjustment.direction != "hold" or adjustment.evidence is not None:
+            self._show_evidence(adjustment)
+        if adjustment.direction == "hold":
+            return
+        self.metrics.adjustments.labels(adjustment.direction, self.metrics.variant).inc()
+        fields: dict[str, Any] = {
+            "direction": adjustment.direction, "reason": adjustment.reason,
+            "rate": round(adjustment.rate * self.share, 3), "ceiling": self._acct(
+                adjustment.ceiling), "floor": self._acct(adjustment.floor)}
+        if adjustment.evidence is not None:
+            fields["evidence"] = adjustment.evidence.as_dict()
+        log.info("rate limit adjusted", extra={"fields": fields})
+
+    def _show_evidence(self, adjustment: Adjustment) -> None:
+        ev = adjustment.evidence
+        if ev is None:
+            return
+        m = self.metrics
+        m.window_saturation.set(ev.saturated / ev.seconds if ev.seconds else 0.0)
+        m.window_throttled.set(ev.throttled)
+        m.measured_rate.set((ev.measured or 0.0) * self.share)
+
+    def _acct(self, rate: float | None) -> float | None:
+        return None if rate is None else round(rate * self.share, 3)
+
+    def _learned(self) -> tuple[Any, ...]:
+        return (self.rate.upper, self.rate.hold, self.concurrency.ceiling)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Adopt the account's learned state: from Redis when shared, else the state file."""
+        if self.coordinator is not None:
+            state = await self.coordinator.load()
+            fresh = state is not None and isinstance(state.get("at"), int | float) and \
+                self.wall() - float(state["at"]) <= self.state_max_age
+            if state is not None and fresh and self._restore_rate(
+                    state.get("ceiling"), state.get("hold", state.get("floor")), scale=1.0):
+                self.restored_from = "redis"
+                log.info("limiter state restored from Redis", extra={"fields": {
+                    "ceiling": state.get("ceiling"), "floor": state.get("floor")}})
+        if self.state_file is None:
+            return
+        loaded = await asyncio.to_thread(
+            load_state, self.state_file, now=self.wall(), max_age=self.state_max_age,
+            rate_min=self.account_bounds[0], rate_max=self.account_bounds[1],
+            max_workers=self.concurrency.max_workers, account=self.account,
+            legacy=self.state_file_explicit)
+        if loaded is None:
+            return
+        self.concurrency.restore(loaded.concurrency_ceiling)
+        if self.restored_from is None:
+            upper = loaded.rate_upper if loaded.upper_known else loaded.rate_ceiling
+            self._restore_rate(upper, loaded.rate_hold, scale=self.share)
+            self.restored_from = "file"
+        self._saved = self._learned()
+        log.info("limiter state restored", extra={"fields": {
+            "path": str(self.state_file), "ceiling": loaded.rate_ceiling,
+            "floor": loaded.rate_hold, "concurrency_ceiling": loaded.concurrency_ceiling}})
+
+    def _restore_rate(self, ceiling: object, floor: object, *, scale: float) -> bool:
+        top = ceiling if isinstance(ceiling, int | float) and ceiling > 0 else None
+        low = floor if isinstance(floor, int | float) and floor > 0 else None
+        if top is None and low is None:
+            return False
+        adjustment = self.rate.restore(None if top is None else top / scale,
+                                       None if low is None else low / scale)
+        self._count(adjustment)
+        self.admission.wake()
+        return adjustment.direction == "restore"
+
+    async def persist(self) -> None:
+        """Write the learned ceilings when they changed (atomically, off the event loop)."""
+        learned = self._learned()
+        if self.state_file is None or learned == self._saved:
+            return
+        state = LimiterState(self._acct(self.rate.ceiling), self._acct(self.rate.hold),
+                             self.concurrency.ceiling, self.wall(), self.account,
+                             self._acct(self.rate.upper))
+        try:
+            await asyncio.to_thread(save_state, self.state_file, state)
+        except OSError as exc:
+            log.warning("limiter state not saved", extra={"fields": {
+                "path": str(self.state_file), "error": str(exc)}})
+        self._saved = learned  # on failure too: the next change tries again, not every second
+
+    # -- quota pacing and the admin API ----------------------------------------------------
+
+    def set_quota_pacing(self, rate: float | None) -> None:
+        """Cap paced requests at `rate` req/s for the whole account (None: pacing off).
+
+        With Redis the pacer is one GCRA for the account; without, each replica takes its
+        share (RATE_LIMIT_REPLICAS) of the account's rate.
+        """
+        self.admission.set_pacing(None if rate is None else rate / self.share)
+
+    def export_state(self) -> dict[str, Any]:
+        """The learned state as one account-level document (`GET /admin/limiter-state`).
+
+        Rates are for the whole account (this replica's share times RATE_LIMIT_REPLICAS), so a
+        target with another replica count takes its own share of them; the concurrency ceiling
+        is per replica, like MAX_WORKERS.
+        """
+        updated = self.rate.ceiling_updated_at
+        return {
+            "version": STATE_DOC_VERSION,
+            "account": self.account,
+            "variant": self.variant,
+            "shared": self.shared is not None,
+            "replicas": self.shared.replicas if self.shared is not None else int(self.share),
+            "exported_at": self.wall(),
+            "rate": {
+                "ceiling": self._acct(self.rate.ceiling),
+                "floor": self._acct(self.rate.hold),
+                "upper": self._acct(self.rate.upper),
+                "current": self._acct(self.rate.rate),
+                "learned_seconds_ago": None if updated is None
+                else round(self.clock() - updated, 3),
+            },
+            "concurrency": {"ceiling": self.concurrency.ceiling},
+        }
+
+    async def import_state(self, doc: object) -> dict[str, Any]:
+        """Adopt the state another proxy of the same account exported (`PUT`).
+
+        Raises InvalidRequest for a malformed document and AccountMismatch for another
+        account's; persists (and with Redis publishes) what it adopted. Returns what was applied.
+        """
+        if not isinstance(doc, dict):
+            raise InvalidRequest("limiter state must be a JSON object")
+        account = doc.get("account")
+        if not isinstance(account, str):
+            raise InvalidRequest("limiter state has no account", param="account")
+        if account != self.account:
+            raise AccountMismatch("limiter state belongs to another Z.AI account "
+                                  "(another key or upstream base); not adopted")
+        rate, conc = (part if isinstance(part := doc.get(key), dict) else {}
+                      for key in ("rate", "concurrency"))
+        ceiling = _positive_number(rate.get("ceiling"), "rate.ceiling")
+        floor = _positive_number(rate.get("floor"), "rate.floor")
+        if "upper" in rate:  # our own document: the upper bound is known (or known absent)
+            ceiling = _positive_number(rate.get("upper"), "rate.upper")
+        conc_ceiling = _positive_number(conc.get("ceiling"), "concurrency.ceiling")
+        applied: dict[str, Any] = {"rate_ceiling": None, "rate_floor": None,
+                                   "concurrency_ceiling": None}
+        if ceiling is not None or floor is not None:
+            self._restore_rate(ceiling, floor, scale=self.share)
+            applied["rate_ceiling"] = self._acct(self.rate.ceiling)
+            applied["rate_floor"] = self._acct(self.rate.floor)
+            self.restored_from = "admin"
+        if conc_ceiling is not None:
+            self.concurrency.restore(int(conc_ceiling))
+            applied["concurrency_ceiling"] = self.concurrency.ceiling
+        self.admission.wake()
+        log.warning("limiter state adopted from another proxy of this account",
+                    extra={"fields": {"from_variant": doc.get("variant"), **applied}})
+        if self.coordinator is not None:
+            await self.coordinator.publish()
+        await self.persist()
+        return applied
+
+    async def reset(self) -> None:
+        """Forget learned ceilings (admin action); persisted (and published) at once."""
+        self._count(self.rate.reset())
+        self.concurrency.reset()
+        self.metrics.adjustments.labels("reset", self.metrics.variant).inc()
+        self.restored_from = None
+        self._saved = None
+        if self.coordinator is not None:
+            await self.coordinator.publish()
+        await self.persist()
+
+    # -- the background task ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self.sleep(self.tick_interval)
+            try:
+                if self.coordinator is not None:  # first: the others' counts, then decide
+                    adjustments = await self.coordinator.sync()
+                    for adjustment in adjustments:
+                        self._count(adjustment)
+                    if adjustments:
+                        self.admission.wake()
+                self.admission.tick()
+                await self.persist()
+            except Exception:  # the loop must outlive any one bad tick
+                log.exception("limiter tick failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.persist()
+        await self.admission.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+    # -- what operators see ----------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        snap = self.admission.snapshot()
+        m = self.metrics
+        m.rate.set(float(snap["rate"] or 0) * self.share)
+        m.ceiling.set(float(snap["ceiling"] or 0) * self.share)
+        m.floor.set(float(snap["floor"] or 0) * self.share)
+        m.congestion_factor.set(float(snap["congestion_factor"] or 0))
+        m.concurrency_limit.set(float(snap["concurrency_limit"] or 0))
+        m.concurrency_ceiling.set(float(snap["concurrency_ceiling"] or 0))
+        m.queue_depth.set(float(snap["queue_depth"] or 0))
+        m.shared_degraded.set(1.0 if self.shared is not None and self.shared.degraded else 0.0)
+        saturated = self.admission.saturated_seconds()
+        if saturated > self._saturated_reported:
+            m.saturated.inc(saturated - self._saturated_reported)
+            self._saturated_reported = saturated
+
+    def health(self) -> dict[str, Any]:
+        snap = self.admission.snapshot()
+        rate, now = self.rate, self.clock()
+        updated = rate.ceiling_updated_at
+        body: dict[str, Any] = {
+            "account": self.account,
+            "current_rate": self._acct(rate.rate), "ceiling": self._acct(rate.ceiling),
+            "floor": self._acct(rate.floor), "hold": self._acct(rate.hold),
+            "send_rate": self._acct(float(snap["gate_rate"] or 0)),
+            "congestion_factor": snap["congestion_factor"],
+            "ceiling_updated_seconds_ago": None if updated is None else round(now - updated, 1),
+            "probing": rate.probing, "probe_interval_windows": rate.probe_interval_now,
+            "saturated_now": self.admission.gate_bound,
+            "last_decision": _decision(rate.last, now, None),
+            "last_change": _decision(rate.last_change, now, None),
+            "concurrency_limit": snap["concurrency_limit"],
+            "concurrency_ceiling": snap["concurrency_ceiling"],
+            "max_workers": snap["max_workers"], "queue_depth": snap["queue_depth"],
+            "in_flight_upstream": snap["in_flight"],
+            "slot_hold_seconds": None if snap["slot_hold_seconds"] is None
+            else round(float(snap["slot_hold_seconds"]), 3),
+            "state_file": None if self.state_file is None else str(self.state_file),
+            "restored_from_state": self.restored_from is not None,
+            "restored_from": self.restored_from,
+        }
+        if self.shared is not None:
+            body["shared_state"] = {**self.shared.health(), "leader": self.coordinator is not None
+                                    and self.coordinator.leader}
+        return body

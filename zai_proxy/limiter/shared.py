@@ -1,0 +1,405 @@
+"""Limiter state shared in Redis by every replica of every variant spending one Z.AI account.
+
+Keys live under `zai-proxy:acct:<account>:limiter:` (never under the deployment variant: the
+ceiling belongs to the account). Pieces:
+- `RedisGate`: the GCRA pacer as a Lua script on Redis' own clock, so all replicas' sends are
+  spaced evenly at the account's rate (`gate`), and the quota pacer (`pacer`). On any Redis
+  failure it falls back to a local `Gcra` at rate / replicas (the live replica count seen last,
+  at least RATE_LIMIT_REPLICAS), loudly, and retries Redis every `retry_interval` s.
+- `SharedCoordinator`: one controller decides for the account. Replicas register in a member
+  set; one holds the leader lock. Followers push their outcome counts and saturated time every
+  sync (a second or less) and adopt the published state; the leader merges their counts into
+  its own controller, which runs its windows on its own clock (no wall-clock alignment, no
+  partial windows), and publishes rate, ceiling and floor after every change. The published
+  state outlives the processes (it expires after RATE_LIMIT_STATE_MAX_AGE), so a new pod of
+  either variant starts from it. While Redis is unreachable each replica decides alone.
+Every Redis call follows `RedisLink`'s policy (0.5 s timeout; a timeout, an error or a reply
+the command cannot give degrades; skipped while backing off). What is read back is validated
+where it is read: the script replies (a bad one degrades), the counts and the state document
+field by field (a value that is not finite and positive, a `seq` that is not a whole number,
+is dropped and logged once: a state holding "rate": NaN is not adopted).
+The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
+from zai_proxy.limiter.evidence import Adjustment, WindowStats
+from zai_proxy.limiter.gcra import Gcra
+from zai_proxy.limiter.rate_controller import RateController
+
+log = logging.getLogger("zai_proxy.shared_state")
+
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - (tonumber(ARGV[2]) - 1) * interval - now
+if wait > 1e-9 then return string.format('%.6f', wait) end
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'PX', ARGV[3])
+return '0'
+"""
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
+if tat < now then tat = now end
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ARGV[2])
+return 1
+"""
+# Register this replica, drop members silent for ARGV[3] ms, take or renew the leader lock.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local leader = redis.call('GET', KEYS[2])
+if not leader then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  leader = ARGV[1]
+elseif leader == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {redis.call('ZCARD', KEYS[1]), leader == ARGV[1] and 1 or 0}
+"""
+_TAKE_COUNTS = """
+local counts = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return counts
+"""
+REPUBLISH_SECONDS = 60.0  # the leader rewrites an unchanged state this often (its TTL)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def namespace(account: str) -> str:
+    """The Redis key prefix of an account's limiter state."""
+    return f"zai-proxy:acct:{account}:limiter"
+
+
+class SharedState(RedisLink):
+    """Redis connection with a loud local fallback, and the live replica count."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "zai-proxy:limiter",
+        replicas: int = 1,
+        op_timeout: float = 0.5,
+        retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: Timeout = asyncio.timeout,
+        redis: Any = None,
+    ) -> None:
+        """`redis`: a client to use instead of one for `url` (tests pass a fake)."""
+        self.redis = redis if redis is not None else aioredis.Redis.from_url(
+            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
+        )
+        self.ns, self.configured_replicas = namespace, max(1, replicas)
+        self.live_replicas: int | None = None  # members seen at the last heartbeat
+        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
+                         timeout=timeout)
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas share the account: the live count, never below the configured.
+
+        While Redis is away this divides the fallback share: during a variant switch more pods
+        than RATE_LIMIT_REPLICAS are live, and dividing by the configured count alone would
+        let them together exceed the account's rate.
+        """
+        return max(self.configured_replicas, self.live_replicas or 0)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def gate(self, name: str, burst: float = 1.0) -> RedisGate:
+        """A GCRA pacer shared by every replica under `name` (`gate`, `pacer`)."""
+        return RedisGate(self, self.key(name), burst)
+
+    def health(self) -> dict[str, object]:
+        """For /health: `degraded` and why, and how many replicas share the account."""
+        return {"degraded": self.degraded, "reason": self.reason, "replicas": self.replicas,
+                "live_replicas": self.live_replicas, "namespace": self.ns}
+
+    def on_degraded(self, exc: BaseException) -> None:
+        log.error("shared limiter state degraded, local limits / %d apply: %r",
+                  self.replicas, exc)
+
+    def on_recovered(self) -> None:
+        log.warning("shared limiter state recovered: Redis answers again")
+
+    async def ping(self) -> bool:
+        """Check Redis now (also ends the back-off); True when reachable."""
+        self._retry_at = 0.0
+        return bool(await self.call(self.redis.ping))
+
+    async def close(self) -> None:
+        try:
+            await self.redis.aclose()
+        except Exception:  # closing a broken connection must not fail shutdown
+            log.debug("closing the shared state's Redis connection failed", exc_info=True)
+
+
+class RedisGate:
+    """A `Gate` (see `zai_proxy.limiter.gcra`) shared through Redis, local while Redis is away."""
+
+    def __init__(self, shared: SharedState, key: str, burst: float = 1.0) -> None:
+        self.shared, self.key, self.burst = shared, key, max(1.0, burst)
+        self._take = shared.redis.register_script(_TAKE)
+        self._refund = shared.redis.register_script(_REFUND)
+        self._local: Gcra | None = None
+
+    def _fallback(self, now: float) -> Gcra:
+        if self._local is None:
+            self._local = Gcra(now, self.burst)
+        return self._local
+
+    async def take(self, rate: float, now: float) -> float:
+        """One slot at the account's `rate`, or the local fallback at rate / replicas."""
+        interval = 1.0 / max(rate, 1e-6)
+
+        async def take() -> float:
+            wait = number_reply(await self._take(
+                keys=[self.key], args=[repr(interval), repr(self.burst), 60_000]), "take")
+            if wait < 0:
+                raise BadAnswer(f"take: negative wait {wait}")
+            return wait
+
+        answer = await self.shared.call(take)
+        if answer is not None:
+            return answer
+        return self._fallback(now).try_take(rate / self.shared.replicas, now)
+
+    async def refund(self, rate: float, now: float) -> None:
+        if self.shared.degraded:
+            self._fallback(now).give_back(rate / self.shared.replicas, now)
+            return
+        interval = 1.0 / max(rate, 1e-6)
+        await self.shared.call(lambda: self._refund(keys=[self.key],
+                                                    args=[repr(interval), 60_000]))
+
+
+class SharedCoordinator:
+    """Keeps one replica's `RateController` in agreement with the account (see module doc).
+
+    Call `sync()` every `interval` seconds (the limiter's tick); a replica silent for
+    `stale` seconds drops out of the member count, a dead leader is replaced after `lock`.
+    """
+
+    def __init__(
+        self,
+        shared: SharedState,
+        controller: RateController,
+        *,
+        wall: Callable[[], float] = time.time,
+        interval: float = 1.0,
+        state_ttl: float = 6 * 3600.0,
+    ) -> None:
+        self.shared, self.controller, self.wall = shared, controller, wall
+        self.id = uuid.uuid4().hex
+        self.lock_ms = int(max(3.0, 3 * interval) * 1000)
+        self.stale_ms = int(max(5.0, 5 * interval) * 1000)
+        self.state_ttl = int(state_ttl)
+        self.leader = False
+        self._heartbeat = shared.redis.register_script(_HEARTBEAT)
+        self._take_counts = shared.redis.register_script(_TAKE_COUNTS)
+        self._seen = -1  # sequence number of the last state adopted or published
+        self._published: tuple[Any, ...] | None = None
+        self._published_at = 0.0
+        controller.auto_evaluate = False  # until this replica knows it leads
+
+    def _learned(self) -> tuple[Any, ...]:
+        c = self.controller
+        return (round(c.rate, 6), c.upper, c.floor)
+
+    async def load(self) -> dict[str, Any] | None:
+        """The account's published state (for a starting replica), None if none or unusable.
+
+        Only valid fields are kept (see `clean_state`): a number that is not finite and
+        positive, a `seq` that is not a whole number, an `at` that is not a finite time is
+        dropped (logged once), so nothing else has to doubt them.
+        """
+
+        async def get() -> bytes | str | None:
+            raw = await self.shared.redis.get(self.shared.key("state"))
+            if raw is not None and not isinstance(raw, bytes | str):
+                raise BadAnswer(f"GET state: {raw!r:.60}")
+            return raw
+
+        raw = await self.shared.call(get)
+        if raw is None:
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError:  # UnicodeDecodeError is one too
+            self.shared.ignored("state (not JSON)", raw)
+            return None
+        if not isinstance(state, dict):
+            self.shared.ignored("state (not an object)", state)
+            return None
+        return clean_state(state, self.shared.ignored)
+
+    async def sync(self) -> list[Adjustment]:
+        """Heartbeat, then lead (merge counts, publish) or follow (push counts, adopt)."""
+        c = self.controller
+
+        async def heartbeat() -> tuple[int, bool]:
+            beat = await self._heartbeat(
+                keys=[self.shared.key("members"), self.shared.key("leader")],
+                args=[self.id, self.lock_ms, self.stale_ms])
+            # The script answers [members, 1 if this replica leads else 0], nothing else.
+            if not isinstance(beat, list | tuple) or len(beat) != 2 or \
+                    not all(isinstance(v, int) and not isinstance(v, bool) for v in beat) or \
+                    beat[0] < 1 or beat[1] not in (0, 1):
+                raise BadAnswer(f"heartbeat: {beat!r:.60}")
+            return int(beat[0]), bool(beat[1])
+
+        beat = await self.shared.call(heartbeat)
+        if beat is None:  # Redis away: decide alone on this replica's own counts
+            c.auto_evaluate, self.leader = True, False
+            return []
+        self.shared.live_replicas, leading = beat
+        if leading != self.leader or leading != c.auto_evaluate:
+            log.info("shared limiter: %s", "leading" if leading else "following")
+            self.leader = leading
+            c.auto_evaluate = leading  # a follower pushes its counts below instead
+        if leading:
+            return await self._lead()
+        return await self._follow()
+
+    async def _take_counts_now(self) -> dict[str, float]:
+        """The counts the followers pushed (and clear them); bad entries dropped, logged once."""
+        raw = await self._take_counts(keys=[self.shared.key("counts")])
+        if not isinstance(raw, list | tuple) or len(raw) % 2:
+            raise BadAnswer(f"counts: {raw!r:.60}")
+        values: dict[str, float] = {}
+        for i in range(0, len(raw), 2):
+            name, value = _text(raw[i]), raw[i + 1]
+            try:
+                number: float | None = number_reply(value, name)
+            except BadAnswer:
+                number = None
+            if name not in _COUNTS or number is None or number < 0:
+                self.shared.ignored(f"counts.{name[:40]}", value)
+                continue
+            values[name] = number
+        return values
+
+    async def _lead(self) -> list[Adjustment]:
+        c = self.controller
+        values = await self.shared.call(self._take_counts_now)
+        # A state another replica wrote (an admin PUT on a follower): adopted before deciding,
+        # else this leader would overwrite it with its own at the next publish.
+        out = await self._adopt()
+        if values:
+            out += c.merge(WindowStats(
+                ok=int(values.get("ok", 0)), limited=int(values.get("limited", 0)),
+                congested=int(values.get("congested", 0)), other=int(values.get("other", 0)),
+                saturated=values.get("saturated", 0.0),
+                rate_seconds=values.get("rate_seconds", 0.0), sent=int(values.get("sent", 0))))
+        if self._learned() != self._published or \
+                self.wall() - self._published_at > REPUBLISH_SECONDS:
+            await self.publish()
+        return out
+
+    async def publish(self) -> None:
+        """Write this controller's decisions as the account's state."""
+        c, r, key = self.controller, self.shared.redis, self.shared.key
+
+        async def incr() -> int:
+            seq = await r.incr(key("seq"))
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+                raise BadAnswer(f"INCR seq: {seq!r:.60}")
+            return seq
+
+        seq = await self.shared.call(incr)
+        if seq is None:
+            return
+        state = {"seq": int(seq), "rate": c.rate, "ceiling": c.upper, "floor": c.floor,
+                 "hold": c.hold,
+                 "by": self.id, "at": self.wall()}
+        if await self.shared.call(lambda: r.set(key("state"), json.dumps(state),
+                                                ex=self.state_ttl)) is not None:
+            self._published, self._seen = self._learned(), int(seq)
+            self._published_at = self.wall()
+
+    async def _follow(self) -> list[Adjustment]:
+        stats = self.controller.drain()
+        fields = {"ok": stats.ok, "limited": stats.limited, "congested": stats.congested,
+                  "other": stats.other, "saturated": stats.saturated,
+                  "rate_seconds": stats.rate_seconds, "sent": stats.sent}
+        if any(fields.values()):
+            key = self.shared.key("counts")
+
+            async def push() -> bool:
+                pipe = self.shared.redis.pipeline()
+                for name, value in fields.items():
+                    if value:
+                        pipe.hincrbyfloat(key, name, float(value))
+                pipe.expire(key, 60)
+                await pipe.execute()
+                return True
+
+            await self.shared.call(push)
+        return await self._adopt()
+
+    async def _adopt(self) -> list[Adjustment]:
+        state = await self.load()
+        # Without a sequence number or a rate there is nothing to order or adopt.
+        if state is None or "seq" not in state or "rate" not in state \
+                or state["seq"] <= self._seen:
+            return []
+        self._seen = state["seq"]
+        if state.get("by") == self.id:
+            return []
+        adopted = self.controller.adopt(state["rate"], state.get("ceiling"), state.get("floor"))
+        return [] if adopted is None else [adopted]
+
+
+_COUNTS = frozenset({"ok", "limited", "congested", "other", "saturated", "rate_seconds", "sent"})
+_RATES = ("rate", "ceiling", "floor", "hold")
+
+
+def clean_state(state: dict[str, Any], ignored: Callable[[str, object], None]) -> dict[str, Any]:
+    """The fields of a published state that can be used: `rate`, `ceiling`, `floor`, `hold`
+    finite and positive, `seq` a whole number >= 0, `at` a finite time, `by` a string; every
+    other value of those fields is reported to `ignored` and left out."""
+    out: dict[str, Any] = {}
+    for name in _RATES:
+        if name in state and state[name] is not None:
+            value = finite(state[name])
+            if value is not None and value > 0:
+                out[name] = value
+            else:
+                ignored(f"state.{name}", state[name])
+    seq = state.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+        out["seq"] = seq
+    elif "seq" in state:
+        ignored("state.seq", seq)
+    if "at" in state:
+        at = finite(state["at"])
+        if at is not None:
+            out["at"] = at
+        else:
+            ignored("state.at", state["at"])
+    if isinstance(state.get("by"), str):
+        out["by"] = state["by"]
+    return out

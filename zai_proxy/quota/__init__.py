@@ -1,0 +1,1 @@
+"""Plan-quota awareness: the polled budget, pacing, local refusal, sharing."""

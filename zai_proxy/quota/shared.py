@@ -1,0 +1,208 @@
+"""Quota state shared by every replica of one account through Redis.
+
+Keys live under `zai-proxy:acct:<account>:quota:` (the account, never the deployment variant:
+v1 and v2 spend the same plan):
+
+- `leader`: the replica that polls the monitor (a lock it renews each poll, expiring after three
+  poll intervals, so another replica takes over when the leader goes away);
+- `report`: the leader's last poll as JSON (`at`, `ok`, `reason`, `detail`, `tokens_at`, the
+  parsed `report`), which the other replicas adopt instead of polling;
+- `tokens`: the tokens every replica counted (each adds its own once a tick), so the cost of a
+  token and the burn rate are the account's, not one replica's share;
+- `block:<window>`: a 1308/1310 one replica got, until its reset, so the others stop at once.
+
+Any Redis failure (see `zai_proxy.core.redis_link`: a timeout, an error, an answer no command gives)
+makes the share `degraded` (logged once, shown on /health): each replica then polls the monitor
+and counts tokens on its own until Redis answers again. Documents read back (the report, the
+blocks) are validated field by field: one that is not usable is ignored (logged once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
+from zai_proxy.quota.state import Block
+from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
+
+log = logging.getLogger("zai_proxy.quota")
+
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_LIMIT_FIELDS = frozenset(f.name for f in fields(Limit))
+
+
+def report_to_doc(report: QuotaReport) -> dict[str, Any]:
+    return {"level": report.level, "limits": [asdict(limit) for limit in report.limits]}
+
+
+def report_from_doc(doc: object) -> QuotaReport | None:
+    """The report another replica published, or None when it is not one.
+
+    A limit whose fields are not what a monitor report holds (`type` a string, the numbers
+    finite) is dropped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("limits"), list):
+        return None
+    limits = []
+    for item in doc["limits"]:
+        if isinstance(item, dict) and set(item) <= _LIMIT_FIELDS and _limit_ok(item):
+            limits.append(Limit(**item))
+    level = doc.get("level")
+    return QuotaReport(level if isinstance(level, str) else None, tuple(limits))
+
+
+def _limit_ok(item: dict[str, Any]) -> bool:
+    for name, value in item.items():
+        if value is None:
+            continue
+        if name == "type":
+            if not isinstance(value, str):
+                return False
+        elif name in ("unit", "number"):
+            if not isinstance(value, int) or isinstance(value, bool):
+                return False
+        elif finite(value) is None:
+            return False
+    return True
+
+
+def block_from_doc(raw: object) -> Block | None:
+    """A block another replica published, or None when it is not one (its `window` not known,
+    its `until` and `since` not finite times)."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("window") not in WINDOWS or "code" not in doc:
+        return None
+    until, since = finite(doc.get("until")), finite(doc.get("since"))
+    if until is None or since is None:
+        return None
+    return Block(doc["window"], str(doc["code"]), until, since, "shared")
+
+
+def report_doc_from(raw: object) -> dict[str, Any] | None:
+    """The leader's poll document (`publish`) read back, or None when it is not usable: `at`
+    must be a finite time, `tokens_at` (when present) a finite count, `ok` a bool."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or finite(doc.get("at")) is None \
+            or not isinstance(doc.get("ok"), bool):
+        return None
+    if doc.get("tokens_at") is not None and finite(doc["tokens_at"]) is None:
+        return None
+    return doc
+
+
+class QuotaShare(RedisLink):
+    """The Redis side of quota sharing; every method degrades to a harmless default."""
+
+    def __init__(self, url: str, account: str, *, op_timeout: float = 0.5,
+                 retry_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 timeout: Timeout = asyncio.timeout, redis: Any = None) -> None:
+        self.redis = redis if redis is not None else aioredis.Redis.from_url(
+            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout)
+        self.prefix = f"zai-proxy:acct:{account}:quota:"
+        self.me = uuid.uuid4().hex
+        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
+                         timeout=timeout)
+        self.leader = False
+        self._lead = self.redis.register_script(_LEAD)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def on_degraded(self, exc: BaseException) -> None:
+        log.error("quota sharing degraded: each replica polls on its own: %r", exc)
+        self.leader = False
+
+    def on_recovered(self) -> None:
+        log.warning("quota sharing recovered: Redis answers again")
+
+    async def lead(self, ttl: float) -> bool:
+        """Take or renew the polling lock; True when this replica is the one to poll."""
+
+        async def lead() -> bool:
+            won = await self._lead(keys=[self.key("leader")], args=[self.me, int(ttl * 1000)])
+            if won not in (0, 1) or isinstance(won, bool):  # the script answers 1 or 0
+                raise BadAnswer(f"lead: {won!r:.60}")
+            return bool(won)
+
+        self.leader = bool(await self.call(lead))
+        return self.leader
+
+    async def publish(self, doc: dict[str, Any]) -> None:
+        await self.call(lambda: self.redis.set(self.key("report"), json.dumps(doc), ex=86400))
+
+    async def publish_block(self, block: Block, now: float) -> None:
+        ttl = int(max(1.0, block.until - now) * 1000)
+        doc = {"window": block.window, "code": block.code, "until": block.until,
+               "since": block.since}
+        await self.call(lambda: self.redis.set(self.key(f"block:{block.window}"),
+                                                json.dumps(doc), px=ttl))
+
+    async def lift(self, window: str) -> None:
+        await self.call(lambda: self.redis.delete(self.key(f"block:{window}")))
+
+    async def sync(self, tokens: float) -> tuple[float, dict[str, Any] | None, list[Block]] | None:
+        """Add this replica's new tokens; read the account's total, the report, the blocks."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incrbyfloat(self.key("tokens"), tokens)
+            pipe.get(self.key("report"))
+            for window in WINDOWS:
+                pipe.get(self.key(f"block:{window}"))
+            result = await pipe.execute()
+            if not isinstance(result, list) or len(result) != 2 + len(WINDOWS) or \
+                    not all(r is None or isinstance(r, bytes | str) for r in result[1:]):
+                raise BadAnswer(f"sync: {result!r:.60}")
+            if number_reply(result[0], "tokens") < 0:
+                raise BadAnswer(f"tokens: {result[0]!r:.60}")
+            return result
+
+        answer = await self.call(run)
+        if answer is None:
+            return None
+        total, raw_report, *raw_blocks = answer
+        report = report_doc_from(raw_report) if raw_report else None
+        if raw_report and report is None:
+            self.ignored("quota report", raw_report)
+        blocks = []
+        for window, raw in zip(WINDOWS, raw_blocks, strict=True):
+            block = block_from_doc(raw) if raw else None
+            if raw and block is None:
+                self.ignored(f"quota block:{window}", raw)
+            if block is not None:
+                blocks.append(block)
+        return number_reply(total, "tokens"), report, blocks
+
+    def health(self) -> dict[str, Any]:
+        return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}
+
+    async def aclose(self) -> None:
+        try:
+            await self.redis.aclose()
+        except Exception:  # closing a broken connection must not fail shutdown
+            pass

@@ -1,0 +1,1 @@
+"""The request path: the handler, upstream attempts, retries, the upstream pool."""

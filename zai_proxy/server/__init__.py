@@ -1,0 +1,1 @@
+"""The proxy program: settings, the app factory, uvicorn's protocol, connections."""

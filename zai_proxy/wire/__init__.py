@@ -1,0 +1,1 @@
+"""The request's vocabulary: the exchange record, the route table, headers, JSON bodies."""
