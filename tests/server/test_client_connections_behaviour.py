@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.server.connections import ClientBounds, ClientConnections
-from zai_proxy.server.http_protocol import ClientProtocol
+from zai_proxy.server.http_protocol import ClientProtocol, bound_protocol_class
 
 
 class Conn:
@@ -146,7 +146,7 @@ def test_each_bound_counts_under_its_own_label(bound: str) -> None:
 
 def test_the_protocol_class_is_bound_to_this_registry() -> None:
     reg, _ = make()
-    cls = reg.protocol_class()
+    cls = bound_protocol_class(reg)
     assert issubclass(cls, ClientProtocol)
     assert cls.registry is reg
     assert cls.__name__ == "BoundClientProtocol"

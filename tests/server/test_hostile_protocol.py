@@ -17,6 +17,7 @@ from uvicorn.server import ServerState
 from tests.support import protocol as support
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.server.connections import ClientBounds, ClientConnections
+from zai_proxy.server.http_protocol import bound_protocol_class
 
 BODY = b'{"model": "glm-4.7"}'
 
@@ -66,7 +67,7 @@ class Harness:
                                           bounds=ClientBounds(max_header_bytes=max_header_bytes))
         config = uvicorn.Config(self.app, ws="none", proxy_headers=False, log_config=None,
                                 interface="asgi3", lifespan="off")
-        protocol_class = self.registry.protocol_class()
+        protocol_class = bound_protocol_class(self.registry)
         self.protocol = protocol_class(config=config, server_state=ServerState(),
                                        app_state={}, _loop=self.loop)
         self.transport = FakeTransport(self.loop)

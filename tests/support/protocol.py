@@ -1,7 +1,7 @@
 """The proxy's per-connection HTTP protocol without a socket: a fake transport and a loop whose
 timers run on the one fake clock (`tests.support.clock.VirtualTime`).
 
-`Connection` builds the server's protocol class (`ClientConnections.protocol_class()`, exactly
+`Connection` builds the server's protocol class (`http_protocol.bound_protocol_class`, exactly
 what uvicorn runs) over `FakeTransport`, feeds it bytes as a client would send them, and reads
 back what the server wrote. Timers the protocol arms (keep-alive, read and write timeouts,
 release) fire when the test advances virtual time; the ASGI app runs as a task on the real
@@ -20,6 +20,7 @@ from uvicorn.server import ServerState
 
 from tests.support.clock import VirtualTime, settle
 from zai_proxy.server.connections import ClientConnections
+from zai_proxy.server.http_protocol import bound_protocol_class
 
 
 class VirtualTimer:
@@ -115,7 +116,7 @@ class Connection:
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
                                 timeout_keep_alive=int(keep_alive))
         config.load()
-        protocol_class = connections.protocol_class()
+        protocol_class = bound_protocol_class(connections)
         self.transport = FakeTransport()
         self.protocol = protocol_class(config=config, server_state=ServerState(), app_state={},
                                        _loop=VirtualLoop(vt))

@@ -1,7 +1,8 @@
 """The set of open client connections, and releasing them (retire, drain).
 
 `ClientConnections` is created by `create_app` and handed to the server, which builds its
-HTTP protocol class from it (`protocol_class()`); every connection registers here while open.
+HTTP protocol class for it (`http_protocol.bound_protocol_class`); every connection registers
+here while open.
 Releasing (on `POST /admin/retire`, and when a drain starts) asks every client to leave without
 failing any request:
 
@@ -28,14 +29,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.wire.exchange import Exchange
-
-if TYPE_CHECKING:
-    from zai_proxy.server.http_protocol import ClientProtocol
 
 log = logging.getLogger("zai_proxy")
 
@@ -46,6 +44,16 @@ RELEASE_IDLE_SECONDS = 1.0
 # Paths served even to connections over MAX_CONNECTIONS: probes, scrapes and the admin API
 # (the switch retires an overloaded pod through it).
 ALWAYS_SERVED = ("/health", "/ready", "/metrics", "/admin/")
+
+
+class Connection(Protocol):
+    """What the registry asks of an open connection (the server's protocol implements it)."""
+
+    def release(self) -> None:
+        """Close after the response in progress, or now when idle long enough."""
+
+    def keep(self) -> None:
+        """Stop releasing: keep-alive again."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class ClientConnections:
         self.metrics = metrics
         self.recorder = recorder
         self.bounds = bounds or ClientBounds()
-        self.live: set[ClientProtocol] = set()
+        self.live: set[Connection] = set()
         self._retired = False
         self._draining = False
         metrics.max_connections.set(self.bounds.max_connections)
@@ -79,12 +87,6 @@ class ClientConnections:
     def releasing(self) -> bool:
         """True while every response should close its connection (retired or draining)."""
         return self._retired or self._draining
-
-    def protocol_class(self) -> type[Any]:
-        """The uvicorn HTTP protocol class bound to this registry (for `uvicorn.Config(http=)`)."""
-        from zai_proxy.server.http_protocol import ClientProtocol
-
-        return type("BoundClientProtocol", (ClientProtocol,), {"registry": self})
 
     def exceeded(self, bound: str) -> None:
         """A client hit `bound` (a label of zai_proxy_client_bound_exceeded_total)."""
@@ -104,13 +106,13 @@ class ClientConnections:
         """True when a connection opened now would pass MAX_CONNECTIONS."""
         return len(self.live) >= self.bounds.max_connections
 
-    def opened(self, conn: ClientProtocol) -> None:
+    def opened(self, conn: Connection) -> None:
         self.live.add(conn)
         self.metrics.client_connections.inc()
         if self.releasing:
             conn.release()
 
-    def closed(self, conn: ClientProtocol) -> None:
+    def closed(self, conn: Connection) -> None:
         if conn in self.live:
             self.live.discard(conn)
             self.metrics.client_connections.dec()

@@ -90,7 +90,7 @@ class _Refused(Exception):
 class ClientProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with release and client bounds (see module docstring)."""
 
-    registry: ClientConnections  # set on the subclass `ClientConnections.protocol_class` makes
+    registry: ClientConnections  # set on the subclass `bound_protocol_class` makes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -418,3 +418,8 @@ class ClientProtocol(HttpToolsProtocol):
         if self.registry.releasing:
             self.registry.metrics.connections_released.inc()
         self.transport.close()
+
+
+def bound_protocol_class(registry: ClientConnections) -> type[ClientProtocol]:
+    """The protocol class bound to `registry` (for `uvicorn.Config(http=)`)."""
+    return type("BoundClientProtocol", (ClientProtocol,), {"registry": registry})

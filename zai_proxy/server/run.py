@@ -161,6 +161,7 @@ async def _start_simulator(
 async def serve(settings: Settings) -> int:
     """Run until drained; returns the process exit code."""
     from zai_proxy.server.app import create_app
+    from zai_proxy.server.http_protocol import bound_protocol_class
 
     simulator: tuple[_EmbeddedServer, asyncio.Task[None]] | None = None
     if settings.needs_simulator:
@@ -171,7 +172,7 @@ async def serve(settings: Settings) -> int:
     trusted = list(settings.forwarded_allow_ips)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", http=app.state.connections.protocol_class(), loop="none",
+        lifespan="on", http=bound_protocol_class(app.state.connections), loop="none",
         # No WebSocket: uvicorn would hand an upgrade to a protocol of its own, which the
         # connection registry never hears closing (its MAX_CONNECTIONS slot would leak).
         ws="none",
