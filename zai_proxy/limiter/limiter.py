@@ -4,15 +4,15 @@ Everything learned belongs to the Z.AI account (`Settings.account`), not to the 
 `Limiter` builds a rate controller, a concurrency controller and the admission queue in front of
 them, with send slots from a GCRA pacer in Redis shared by every replica of every variant of the
 account (`RATE_LIMIT_STORAGE_URI=redis://...`), else from a local one with the limits divided by
-RATE_LIMIT_REPLICAS. `run` is the background loop: evaluate windows when traffic is quiet, sync
-with the other replicas, persist learned ceilings when they change. Gauges are refreshed on
-scrape; `/health` shows the evidence behind the latest decisions.
+RATE_LIMIT_REPLICAS. `tick` is the background step (every `tick_interval`, on a `Ticker`): sync
+with the other replicas, evaluate windows when traffic is quiet, persist learned ceilings when
+they change. Gauges are refreshed on scrape; `/health` shows the evidence behind the latest
+decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from zai_proxy.core.errors import AccountMismatch, InvalidRequest
+from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.admission import Admission
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.rate_controller import Adjustment, RateController
@@ -113,7 +114,8 @@ class Limiter:
         # Nothing learned yet: nothing to write until a ceiling is learned.
         self._saved: tuple[Any, ...] | None = self._learned()
         self._saturated_reported = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self.ticker = Ticker(self.tick, interval=self.tick_interval, log=log,
+                             failure="limiter tick failed", clock=clock, sleep=sleep)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -293,28 +295,21 @@ class Limiter:
     # -- the background task ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.ticker.start()
 
-    async def _run(self) -> None:
-        while True:
-            await self.sleep(self.tick_interval)
-            try:
-                if self.coordinator is not None:  # first: the others' counts, then decide
-                    adjustments = await self.coordinator.sync()
-                    for adjustment in adjustments:
-                        self._count(adjustment)
-                    if adjustments:
-                        self.admission.wake()
-                self.admission.tick()
-                await self.persist()
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("limiter tick failed")
+    async def tick(self) -> None:
+        """One background tick: sync with the other replicas, evaluate windows, persist."""
+        if self.coordinator is not None:  # first: the others' counts, then decide
+            adjustments = await self.coordinator.sync()
+            for adjustment in adjustments:
+                self._count(adjustment)
+            if adjustments:
+                self.admission.wake()
+        self.admission.tick()
+        await self.persist()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.ticker.stop()
         await self.persist()
         await self.admission.close()
         if self.shared is not None:
