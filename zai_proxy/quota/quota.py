@@ -27,11 +27,11 @@ from zai_proxy.core.errors import QuotaExhausted
 from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.pacing import Pacing, even_pacing
 from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
 from zai_proxy.quota.state import CODES, LABELS, Block, QuotaState
-from zai_proxy.server.config import Settings
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.zai.classify import BEIJING, Throttle, ThrottleClass
 from zai_proxy.zai.monitor_report import REASONS, WINDOWS, Invalid, QuotaReport
@@ -62,28 +62,28 @@ def refusal(block: Block, now: float, *, paced: bool = False) -> QuotaExhausted:
 class Quota:
     """One proxy's quota awareness; see the module docstring."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, limiter: Limiter, *,
+    def __init__(self, config: QuotaConfig, metrics: Metrics, limiter: Limiter, *,
                  transport: httpx.AsyncBaseTransport | None = None,
                  wall: Callable[[], float] = time.time, redis: Any = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
-        self.state = QuotaState(burn_window=settings.quota_burn_window)
-        self.local_reject = settings.quota_local_reject
-        self.pacing_mode = settings.quota_pacing
-        self.exempt = frozenset(settings.quota_pacing_exempt)
-        self.interval = settings.quota_poll_seconds
-        self.monitor_url = settings.monitor_url
+        self.state = QuotaState(burn_window=config.quota_burn_window)
+        self.local_reject = config.quota_local_reject
+        self.pacing_mode = config.quota_pacing
+        self.exempt = frozenset(config.quota_pacing_exempt)
+        self.interval = config.quota_poll_seconds
+        self.monitor_url = config.monitor_url
         self.poll = PollHealth()
-        self.monitor = (MonitorClient(self.monitor_url, settings.zai_api_key,
-                                      timeout=min(settings.quota_poll_timeout, self.interval),
+        self.monitor = (MonitorClient(self.monitor_url, config.zai_api_key,
+                                      timeout=min(config.quota_poll_timeout, self.interval),
                                       transport=transport, sleep=sleep)
-                        if self.interval > 0 and settings.zai_api_key else None)
-        uri = settings.rate_limit_storage_uri
-        self.share = (QuotaShare(uri.removeprefix("async+"), settings.account, redis=redis)
+                        if self.interval > 0 and config.zai_api_key else None)
+        uri = config.rate_limit_storage_uri
+        self.share = (QuotaShare(uri.removeprefix("async+"), config.account, redis=redis)
                       if uri.startswith(("redis", "async+redis")) else None)
         # Without Redis each replica sees its share of the account's tokens.
-        self.replicas = settings.rate_limit_replicas
+        self.replicas = config.rate_limit_replicas
         self.scale = 1.0 if self.share is not None else float(self.replicas)
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
