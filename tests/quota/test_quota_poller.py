@@ -1,4 +1,4 @@
-"""One poll of the quota monitor (`MonitorClient`), the poll health, and the poll loop."""
+"""One poll of the quota monitor (`MonitorClient`) and the poll health (`PollHealth`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.support.clock import VirtualTime
-from zai_proxy.quota.poller import MONITOR_PATH, MonitorClient, PollHealth, PollLoop
+from zai_proxy.quota.poller import MONITOR_PATH, MonitorClient, PollHealth
 from zai_proxy.zai.monitor_report import Invalid, QuotaReport
 
 KEY = "account-key.secret-part-123"
@@ -103,35 +103,6 @@ def test_poll_health_reports_each_change_of_state_once() -> None:
     shared = PollHealth()
     assert shared.adopt({"at": 9.0, "ok": False, "reason": "bogus", "detail": "x"}) is not None
     assert shared.reason == "invalid_response"  # unknown reasons stay bounded
-
-
-async def test_the_loop_polls_on_its_interval_and_soon_after_a_poke() -> None:
-    vt = VirtualTime()
-    polls: list[float] = []
-
-    async def poll_once() -> None:
-        polls.append(vt())
-        if len(polls) == 2:
-            raise RuntimeError("one bad poll must not end the loop")
-
-    poller = PollLoop(poll_once, interval=30.0, min_gap=5.0, clock=vt, sleep=vt.sleep)
-    task = asyncio.ensure_future(poller.run())
-    await vt.advance(29.9)
-    assert polls == [0.0]  # at once, then not before the interval
-    await vt.advance(0.1)
-    assert polls == [0.0, 30.0]  # the interval
-    await vt.advance(1.0)
-    poller.poke()
-    await vt.advance(3.9)
-    assert len(polls) == 2  # poked, but not closer than min_gap to the last poll
-    await vt.advance(0.1)
-    assert polls == [0.0, 30.0, 35.0]  # the failed poll did not stop it
-    await vt.advance(29.9)
-    assert len(polls) == 3
-    await vt.advance(0.1)
-    assert polls[-1] == 65.0  # back on the interval
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_monitor_message_quoting_the_key_is_scrubbed() -> None:

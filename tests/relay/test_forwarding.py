@@ -53,8 +53,10 @@ class Harness(InProcessProxy):
         async def sleep(seconds: float) -> None:
             # The limiter's tick, the admission dispatcher and the quota's tick loop sleep too;
             # a request handler's sleep is a retry backoff.
-            if asyncio.current_task() not in (self.limiter._task, self.admission._task,
-                                              *self.app.state.quota._tasks):
+            quota = self.app.state.quota
+            if asyncio.current_task() not in (self.limiter.ticker.task, self.admission._task,
+                                              quota.ticker.task,
+                                              quota.poller and quota.poller.task):
                 self.delays.append(seconds)
             await self.vt.sleep(seconds)
 

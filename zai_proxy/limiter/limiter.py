@@ -1,18 +1,18 @@
 """The proxy's limiter: controllers, admission, shared state and persistence, wired once.
 
-Everything learned belongs to the Z.AI account (`Settings.account`), not to the variant:
+Everything learned belongs to the Z.AI account (`LimiterConfig.account`), not to the variant:
 `Limiter` builds a rate controller, a concurrency controller and the admission queue in front of
 them, with send slots from a GCRA pacer in Redis shared by every replica of every variant of the
 account (`RATE_LIMIT_STORAGE_URI=redis://...`), else from a local one with the limits divided by
-RATE_LIMIT_REPLICAS. `run` is the background loop: evaluate windows when traffic is quiet, sync
-with the other replicas, persist learned ceilings when they change. Gauges are refreshed on
-scrape; `/health` shows the evidence behind the latest decisions.
+RATE_LIMIT_REPLICAS. `tick` is the background step (every `tick_interval`, on a `Ticker`): sync
+with the other replicas, evaluate windows when traffic is quiet, persist learned ceilings when
+they change. Gauges are refreshed on scrape; `/health` shows the evidence behind the latest
+decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from zai_proxy.core.errors import AccountMismatch, InvalidRequest
+from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.admission import Admission
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
+from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.rate_controller import Adjustment, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 from zai_proxy.limiter.state_file import AUTO, LimiterState, load_state, save_state, state_path
 from zai_proxy.observe.metrics import Metrics
-from zai_proxy.server.config import Settings
 
 log = logging.getLogger("zai_proxy.limiter")
 STATE_DOC_VERSION = 1
@@ -63,57 +64,58 @@ class Limiter:
     `clock`.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics,
+    def __init__(self, config: LimiterConfig, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.metrics = metrics
         self.clock, self.wall, self.sleep = clock, wall, sleep
-        self.account = settings.account
-        self.variant = settings.deployment_variant
-        path = state_path(settings.rate_limit_state_file, self.account)
+        self.account = config.account
+        self.variant = config.deployment_variant
+        path = state_path(config.rate_limit_state_file, self.account)
         self.state_file: Path | None = path
-        self.state_file_explicit = settings.rate_limit_state_file != AUTO
-        self.state_max_age = settings.rate_limit_state_max_age
-        shared_uri = settings.rate_limit_storage_uri
+        self.state_file_explicit = config.rate_limit_state_file != AUTO
+        self.state_max_age = config.rate_limit_state_max_age
+        shared_uri = config.rate_limit_storage_uri
         shared = shared_uri.startswith(("redis", "async+redis"))
         # Without shared storage each replica takes its share of the account's limits.
-        share = 1.0 if shared else float(settings.rate_limit_replicas)
+        share = 1.0 if shared else float(config.rate_limit_replicas)
         self.share = share
-        self.account_bounds = (settings.rate_limit_min, settings.rate_limit_max)
-        self.bounds = (settings.rate_limit_min / share, settings.rate_limit_max / share)
+        self.account_bounds = (config.rate_limit_min, config.rate_limit_max)
+        self.bounds = (config.rate_limit_min / share, config.rate_limit_max / share)
         self.rate = RateController(
-            clock=clock, initial=settings.rate_limit_initial / share, minimum=self.bounds[0],
-            maximum=self.bounds[1], window=settings.rate_limit_window,
-            hold_margin=settings.rate_limit_hold_margin,
-            probe_interval=settings.rate_limit_probe_interval,
-            upstream_burst=settings.rate_limit_upstream_burst)
+            clock=clock, initial=config.rate_limit_initial / share, minimum=self.bounds[0],
+            maximum=self.bounds[1], window=config.rate_limit_window,
+            hold_margin=config.rate_limit_hold_margin,
+            probe_interval=config.rate_limit_probe_interval,
+            upstream_burst=config.rate_limit_upstream_burst)
         self.concurrency = ConcurrencyController(
-            clock=clock, max_workers=settings.max_workers, window=settings.rate_limit_window,
-            probe_interval=settings.rate_limit_probe_interval)
+            clock=clock, max_workers=config.max_workers, window=config.rate_limit_window,
+            probe_interval=config.rate_limit_probe_interval)
         # Background tick: every second, or ten times a window when windows are short.
-        self.tick_interval = min(1.0, settings.rate_limit_window / 10)
+        self.tick_interval = min(1.0, config.rate_limit_window / 10)
         self.shared: SharedState | None = None
         self.coordinator: SharedCoordinator | None = None
         gate = pacer = None
         if shared:
             self.shared = SharedState(shared_uri.removeprefix("async+"),
                                       namespace=namespace(self.account),
-                                      replicas=settings.rate_limit_replicas, clock=clock)
-            gate = self.shared.gate("gate", settings.rate_limit_burst)
+                                      replicas=config.rate_limit_replicas, clock=clock)
+            gate = self.shared.gate("gate", config.rate_limit_burst)
             pacer = self.shared.gate("pacer")
             self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall,
                                                  interval=self.tick_interval,
                                                  state_ttl=self.state_max_age)
         self.admission = Admission(
-            self.rate, self.concurrency, queue_max=settings.queue_max,
-            queue_timeout=settings.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
-            burst=settings.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count)
+            self.rate, self.concurrency, queue_max=config.queue_max,
+            queue_timeout=config.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
+            burst=config.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count)
         self.restored_from: str | None = None  # "redis", "file" or "admin"
         # Nothing learned yet: nothing to write until a ceiling is learned.
         self._saved: tuple[Any, ...] | None = self._learned()
         self._saturated_reported = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self.ticker = Ticker(self.tick, interval=self.tick_interval, log=log,
+                             failure="limiter tick failed", clock=clock, sleep=sleep)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -293,28 +295,21 @@ class Limiter:
     # -- the background task ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.ticker.start()
 
-    async def _run(self) -> None:
-        while True:
-            await self.sleep(self.tick_interval)
-            try:
-                if self.coordinator is not None:  # first: the others' counts, then decide
-                    adjustments = await self.coordinator.sync()
-                    for adjustment in adjustments:
-                        self._count(adjustment)
-                    if adjustments:
-                        self.admission.wake()
-                self.admission.tick()
-                await self.persist()
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("limiter tick failed")
+    async def tick(self) -> None:
+        """One background tick: sync with the other replicas, evaluate windows, persist."""
+        if self.coordinator is not None:  # first: the others' counts, then decide
+            adjustments = await self.coordinator.sync()
+            for adjustment in adjustments:
+                self._count(adjustment)
+            if adjustments:
+                self.admission.wake()
+        self.admission.tick()
+        await self.persist()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.ticker.stop()
         await self.persist()
         await self.admission.close()
         if self.shared is not None:

@@ -1,4 +1,4 @@
-"""Polling Z.AI's quota monitor: one GET (`MonitorClient`), the poll health, the poll loop.
+"""Polling Z.AI's quota monitor: one GET (`MonitorClient`) and the poll health (`PollHealth`).
 
 The poll is not a request of the proxy's clients: it never passes admission, never uses the
 upstream connection pool, and its failures never reach a request. Each failure is a value
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,43 +149,3 @@ class PollHealth:
                 "since": self.since, "last_attempt_at": self.last_attempt_at,
                 "last_success_at": self.last_success_at, "consecutive_failures": self.failures}
 
-
-class PollLoop:
-    """Calls `poll_once` every `interval` s, or sooner after `poke()` (at most every `min_gap`).
-
-    Intervals are measured on `clock` (monotonic seconds) and waited with `sleep`."""
-
-    def __init__(self, poll_once: Callable[[], Awaitable[None]], *, interval: float,
-                 min_gap: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
-        self.poll_once = poll_once
-        self.interval = interval
-        self.min_gap = min(min_gap, interval)
-        self.clock, self._sleep = clock, sleep
-        self._poked = asyncio.Event()
-
-    def poke(self) -> None:
-        """Poll soon (a quota 429 just came): the monitor says when the budget is back."""
-        self._poked.set()
-
-    async def run(self) -> None:
-        while True:
-            self._poked.clear()
-            started = self.clock()
-            try:
-                await self.poll_once()
-            except Exception:  # the loop must outlive any one bad poll
-                log.exception("quota poll failed unexpectedly")
-            if await self._poked_within(started + self.interval - self.clock()):
-                await self._sleep(max(0.0, started + self.min_gap - self.clock()))
-
-    async def _poked_within(self, seconds: float) -> bool:
-        """Wait up to `seconds` for a poke; True when poked (a poke already pending counts)."""
-        poked = asyncio.ensure_future(self._poked.wait())
-        timer = asyncio.ensure_future(self._sleep(max(0.0, seconds)))
-        try:
-            await asyncio.wait({poked, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            poked.cancel()
-            timer.cancel()
-        return self._poked.is_set()

@@ -3,10 +3,11 @@
 The request path calls three cheap, synchronous methods: `check` before admission (a local 429
 while a window is spent: one attribute test while nothing is), `observe` after an upstream
 answer (a 1308/1310 starts a block), `settled` when usage is known (tokens per client and for
-the burn rate). Everything else runs in two background tasks: the poll loop (every
-QUOTA_POLL_SECONDS; with Redis only the leader polls) and a one-second tick (token timeline,
-sharing, pacing, logging block changes). Both wait with the injected `sleep` and measure on the
-injected `clock` (monotonic) and `wall` (epoch), so tests run the whole of it on virtual time.
+the burn rate). Everything else runs on two `Ticker`s: the poll (every QUOTA_POLL_SECONDS, or
+sooner after a quota 429; with Redis only the leader polls) and a one-second tick (token
+timeline, sharing, pacing, logging block changes). Both wait with the injected `sleep` and
+measure on the injected `clock` (monotonic) and `wall` (epoch), so tests run the whole of it on
+virtual time.
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ from typing import Any
 import httpx
 
 from zai_proxy.core.errors import QuotaExhausted
+from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.pacing import Pacing, even_pacing
-from zai_proxy.quota.poller import MonitorClient, PollHealth, PollLoop
+from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
 from zai_proxy.quota.state import CODES, LABELS, Block, QuotaState
-from zai_proxy.server.config import Settings
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.zai.classify import BEIJING, Throttle, ThrottleClass
 from zai_proxy.zai.monitor_report import REASONS, WINDOWS, Invalid, QuotaReport
 
 log = logging.getLogger("zai_proxy.quota")
 PAUSED_RATE = 1e-3  # paced requests already queued wait (then time out) rather than spend
+POLL_MIN_GAP = 5.0  # seconds: polls asked for by quota 429s come no closer than this
 _WINDOW_WORDS = {"five_hour": "five-hour", "weekly": "weekly"}
 
 
@@ -59,43 +62,46 @@ def refusal(block: Block, now: float, *, paced: bool = False) -> QuotaExhausted:
 class Quota:
     """One proxy's quota awareness; see the module docstring."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, limiter: Limiter, *,
+    def __init__(self, config: QuotaConfig, metrics: Metrics, limiter: Limiter, *,
                  transport: httpx.AsyncBaseTransport | None = None,
                  wall: Callable[[], float] = time.time, redis: Any = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
-        self._sleep = sleep  # the tick loop's, the poll loop's and the poll timeout's
-        self.state = QuotaState(burn_window=settings.quota_burn_window)
-        self.local_reject = settings.quota_local_reject
-        self.pacing_mode = settings.quota_pacing
-        self.exempt = frozenset(settings.quota_pacing_exempt)
-        self.interval = settings.quota_poll_seconds
-        self.monitor_url = settings.monitor_url
+        self.state = QuotaState(burn_window=config.quota_burn_window)
+        self.local_reject = config.quota_local_reject
+        self.pacing_mode = config.quota_pacing
+        self.exempt = frozenset(config.quota_pacing_exempt)
+        self.interval = config.quota_poll_seconds
+        self.monitor_url = config.monitor_url
         self.poll = PollHealth()
-        self.monitor = (MonitorClient(self.monitor_url, settings.zai_api_key,
-                                      timeout=min(settings.quota_poll_timeout, self.interval),
+        self.monitor = (MonitorClient(self.monitor_url, config.zai_api_key,
+                                      timeout=min(config.quota_poll_timeout, self.interval),
                                       transport=transport, sleep=sleep)
-                        if self.interval > 0 and settings.zai_api_key else None)
-        uri = settings.rate_limit_storage_uri
-        self.share = (QuotaShare(uri.removeprefix("async+"), settings.account, redis=redis)
+                        if self.interval > 0 and config.zai_api_key else None)
+        uri = config.rate_limit_storage_uri
+        self.share = (QuotaShare(uri.removeprefix("async+"), config.account, redis=redis)
                       if uri.startswith(("redis", "async+redis")) else None)
         # Without Redis each replica sees its share of the account's tokens.
-        self.replicas = settings.rate_limit_replicas
+        self.replicas = config.rate_limit_replicas
         self.scale = 1.0 if self.share is not None else float(self.replicas)
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
         self._paced_rate: float | None = None
-        self._loop = (PollLoop(self.poll_once, interval=self.interval, clock=clock, sleep=sleep)
-                      if self.monitor else None)
+        self.ticker = Ticker(self.tick, interval=self.tick_interval, log=log,
+                             failure="quota tick failed", clock=clock, sleep=sleep)
+        # Polled at once, then every interval; a quota 429 asks for a poll sooner (poke).
+        self.poller = (Ticker(self.poll_once, interval=self.interval, log=log,
+                              failure="quota poll failed unexpectedly", immediate=True,
+                              min_gap=POLL_MIN_GAP, clock=clock, sleep=sleep)
+                       if self.monitor else None)
         self._unflushed = 0.0
         self._to_publish: list[Block] = []
         self._to_lift: list[str] = []
         self._adopted_at = 0.0
         self._logged: Block | None = None
         self._clients: dict[tuple[str, str], Any] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         if self.monitor is not None:
             for reason in REASONS:  # every reason exported from the start: increase() works
                 metrics.quota_poll_errors.labels(reason, metrics.variant)
@@ -138,8 +144,8 @@ class Quota:
             if self.share is not None:
                 self._to_publish.append(block)
             self._log_block()
-        if self._loop is not None:
-            self._loop.poke()
+        if self.poller is not None:
+            self.poller.poke()
 
     def settled(self, client: str, counts: Mapping[str, int]) -> None:
         """A request's final token counts (client = its key's name, or `anonymous`)."""
@@ -158,31 +164,20 @@ class Quota:
     # -- background ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._ticks())]
-        if self._loop is not None:
-            self._tasks.append(loop.create_task(self._loop.run()))
+        self.ticker.start()
+        if self.poller is not None:
+            self.poller.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.ticker.stop()
+        if self.poller is not None:
+            await self.poller.stop()
         if self.pacing_mode == "even":
             self.limiter.set_quota_pacing(None)
         if self.monitor is not None:
             await self.monitor.aclose()
         if self.share is not None:
             await self.share.aclose()
-
-    async def _ticks(self) -> None:
-        while True:
-            await self._sleep(self.tick_interval)
-            try:
-                await self.tick()
-            except Exception:  # the loop must outlive any one bad tick
-                log.exception("quota tick failed")
 
     async def tick(self) -> None:
         """Share, sample, pace, log: once a second."""

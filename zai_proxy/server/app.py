@@ -53,9 +53,11 @@ from zai_proxy.core.errors import (
     Unauthorized,
     error_body,
 )
+from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
+from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.quota import Quota
 from zai_proxy.relay.forwarding import Forwarder
 from zai_proxy.relay.handler import ProxyHandler
@@ -136,9 +138,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
-    limiter = Limiter(settings, metrics, clock=clock, wall=wall, sleep=sleep)
-    quota = Quota(settings, metrics, limiter, transport=transport, wall=wall, clock=clock,
-                  sleep=sleep)
+    limiter = Limiter(limiter_config(settings), metrics, clock=clock, wall=wall, sleep=sleep)
+    quota = Quota(quota_config(settings), metrics, limiter, transport=transport, wall=wall,
+                  clock=clock, sleep=sleep)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes,
@@ -417,3 +419,33 @@ def _install_error_handlers(app: FastAPI) -> None:
         return Response(error_body("invalid request parameters", "invalid_request_error",
                                    "proxy_invalid_request"),
                         status_code=400, media_type="application/json")
+
+
+def limiter_config(settings: Settings) -> LimiterConfig:
+    """The limiter's section of the settings."""
+    return LimiterConfig(
+        account=settings.account, deployment_variant=settings.deployment_variant,
+        max_workers=settings.max_workers, rate_limit_initial=settings.rate_limit_initial,
+        rate_limit_min=settings.rate_limit_min, rate_limit_max=settings.rate_limit_max,
+        rate_limit_window=settings.rate_limit_window, rate_limit_burst=settings.rate_limit_burst,
+        rate_limit_upstream_burst=settings.rate_limit_upstream_burst,
+        rate_limit_hold_margin=settings.rate_limit_hold_margin,
+        rate_limit_probe_interval=settings.rate_limit_probe_interval,
+        rate_limit_state_file=settings.rate_limit_state_file,
+        rate_limit_state_max_age=settings.rate_limit_state_max_age,
+        rate_limit_storage_uri=settings.rate_limit_storage_uri,
+        rate_limit_replicas=settings.rate_limit_replicas, queue_max=settings.queue_max,
+        queue_timeout_seconds=settings.queue_timeout_seconds)
+
+
+def quota_config(settings: Settings) -> QuotaConfig:
+    """The quota's section of the settings."""
+    return QuotaConfig(
+        account=settings.account, zai_api_key=settings.zai_api_key,
+        monitor_url=settings.monitor_url, quota_poll_seconds=settings.quota_poll_seconds,
+        quota_poll_timeout=settings.quota_poll_timeout,
+        quota_local_reject=settings.quota_local_reject, quota_pacing=settings.quota_pacing,
+        quota_pacing_exempt=settings.quota_pacing_exempt,
+        quota_burn_window=settings.quota_burn_window,
+        rate_limit_storage_uri=settings.rate_limit_storage_uri,
+        rate_limit_replicas=settings.rate_limit_replicas)
