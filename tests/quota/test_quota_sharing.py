@@ -13,7 +13,8 @@ from zai_proxy.observe.metrics import Metrics
 from zai_proxy.quota.quota import Quota
 from zai_proxy.server.app import limiter_config, quota_config
 from zai_proxy.server.config import Settings, load_settings
-from zai_proxy.zai.classify import Throttle, ThrottleClass
+from zai_proxy.zai.classify import Throttle
+from zai_proxy.zai.codes import ThrottleClass
 
 KEY = "upstream-key-of-account-a"
 OTHER_KEY = "upstream-key-of-account-b"

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from zai_proxy.relay.retry import RetryPolicy, RetryReason, retry_reason
-from zai_proxy.zai.classify import Throttle, ThrottleClass
+from zai_proxy.zai.classify import Throttle
+from zai_proxy.zai.codes import ThrottleClass
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import pytest
 
 from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, FakeClock, chat_body
 from zai_proxy.simulator import PlanQuota, SimulatorSettings, TokenWindow, create_simulator_app
-from zai_proxy.zai.classify import ThrottleClass, classify_429
+from zai_proxy.zai.classify import classify_429
+from zai_proxy.zai.codes import ThrottleClass
 from zai_proxy.zai.monitor_report import QuotaReport, parse_monitor
 
 MONITOR = "/api/monitor/usage/quota/limit"

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from zai_proxy.relay.retry import parse_retry_after
-from zai_proxy.zai.classify import MAX_BODY_BYTES, ThrottleClass, classify_429, parse_time
+from zai_proxy.zai.classify import MAX_BODY_BYTES, classify_429, parse_time
+from zai_proxy.zai.codes import ThrottleClass
 
 NOW = datetime(2026, 9, 5, 12, 0, 0, tzinfo=UTC).timestamp()
 C = ThrottleClass

@@ -113,9 +113,11 @@ class QuotaExhausted(RateLimited):
     `x-zai-error-code`, a message carrying "Your limit will reset at ...").
     """
 
-    def __init__(self, message: str, *, code: str, retry_after: float, zai_code: str) -> None:
+    def __init__(self, message: str, *, code: str, retry_after: float, zai_code: str,
+                 status: int = 429) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
         self.zai_code = zai_code
+        self.status = status
         self.extra_headers = ((b"x-zai-error-class", b"quota"),
                               (b"x-zai-error-code", zai_code.encode()))
 

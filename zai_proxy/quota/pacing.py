@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from zai_proxy.quota.state import WindowView
-from zai_proxy.zai.monitor_report import Window
+from zai_proxy.zai.codes import Window
 
 RESERVE_REQUESTS = 2.0
 # Spend the last tokens no faster than over this many seconds (a reset a moment away would

@@ -31,9 +31,10 @@ from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.pacing import Pacing, even_pacing
 from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
-from zai_proxy.quota.state import CODES, LABELS, Block, QuotaState
+from zai_proxy.quota.state import LABELS, Block, QuotaState
 from zai_proxy.wire.exchange import Exchange
-from zai_proxy.zai.classify import BEIJING, Throttle, ThrottleClass
+from zai_proxy.zai.classify import BEIJING, Throttle
+from zai_proxy.zai.codes import refusal_status, window_code
 from zai_proxy.zai.monitor_report import REASONS, WINDOWS, Invalid, QuotaReport
 
 log = logging.getLogger("zai_proxy.quota")
@@ -56,7 +57,8 @@ def refusal(block: Block, now: float, *, paced: bool = False) -> QuotaExhausted:
     message = (f"Usage limit reached for {LABELS[block.window]}. Your limit will reset at "
                f"{reset_stamp(block.until)} (answered by zai-proxy: {why})")
     return QuotaExhausted(message, code="proxy_quota_paced" if paced else "proxy_quota_exhausted",
-                          retry_after=block.retry_after(now), zai_code=block.code)
+                          retry_after=block.retry_after(now), zai_code=block.code,
+                          status=refusal_status(block.window))
 
 
 class Quota:
@@ -121,7 +123,7 @@ class Quota:
         if paused is not None and now < paused and self.paced(client):
             window = self.pacing.window if self.pacing and self.pacing.window else "five_hour"
             self.metrics.quota_rejections.inc()
-            return refusal(Block(window, CODES[window], paused, now, "poll"), now, paced=True)
+            return refusal(Block(window, window_code(window), paused, now, "poll"), now, paced=True)
         return None
 
     def recheck(self, ex: Exchange) -> QuotaExhausted | None:
@@ -138,8 +140,8 @@ class Quota:
         """An upstream answer's 429 class: a quota one starts (or extends) a local block."""
         if throttle is None or throttle.retryable:
             return
-        code = "1308" if throttle.cls is ThrottleClass.QUOTA_5H else "1310"
-        block = self.state.on_throttle(code, throttle.reset_at, self.wall())
+        code = throttle.row.code
+        block = self.state.on_throttle(code, throttle.reset_at, self.wall()) if code else None
         if block is not None:
             if self.share is not None:
                 self._to_publish.append(block)

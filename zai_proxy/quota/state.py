@@ -4,7 +4,7 @@
 takes `now`, epoch seconds, because Z.AI's reset times are wall-clock times):
 
 - monitor reports (`on_report`): per window the used ratio, the allowance, the reset time;
-- upstream quota 429s (`on_throttle`): 1308 (five-hour) or 1310 (weekly) with a reset hint;
+- upstream quota 429s (`on_throttle`): a code whose row names a window, with a reset hint;
 - the proxy's own token counts (`settled`), for a live estimate between polls (scaled to the
   account; the tokens per request stay per request).
 
@@ -23,7 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport, Window
+from zai_proxy.zai.codes import Window, window_code, window_of
+from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
 
 # A 1308/1310 without a reset hint, while no poll says when the window resets: refuse this long,
 # then let one request find out.
@@ -34,8 +35,6 @@ MAX_RESET_HORIZON = 31 * 86400.0
 # Evidence needed before a percentage-only budget's used ratio yields a ratio per token: whole
 # percent steps make a smaller increase mostly rounding.
 PERCENT_EVIDENCE = 0.05
-CODES: dict[Window, str] = {"five_hour": "1308", "weekly": "1310"}
-WINDOW_OF_CODE = {code: window for window, code in CODES.items()}
 LABELS: dict[Window, str] = {"five_hour": "5 hour", "weekly": "weekly/monthly"}
 
 Source = Literal["upstream", "poll", "shared"]
@@ -148,8 +147,9 @@ class QuotaState:
     # -- evidence ------------------------------------------------------------------------------
 
     def on_throttle(self, code: str, reset_at: float | None, now: float) -> Block | None:
-        """An upstream 1308/1310: refuse locally until its reset (or the polled one)."""
-        window = WINDOW_OF_CODE.get(code)
+        """An upstream answer whose code says a window is spent (its `window` in the Z.AI code
+        table): refuse locally until its reset (or the polled one). None for any other code."""
+        window = window_of(code)
         if window is None:
             return None
         state = self.windows[window]
@@ -209,7 +209,7 @@ class QuotaState:
             reset = min(reset, at + MAX_RESET_HORIZON)
             current = self._blocks.get(state.name)
             if current is None or current.until < reset:
-                self._set(Block(state.name, CODES[state.name], reset, at, "poll"))
+                self._set(Block(state.name, window_code(state.name), reset, at, "poll"))
         else:
             self._lift(state.name, at)
 

@@ -51,13 +51,21 @@ from zai_proxy.relay.upstream import BodyReader, ScrubbingReader, Upstream
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.wire.headers import RawHeaders
 from zai_proxy.wire.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
-from zai_proxy.zai.classify import Throttle, ThrottleClass, classify_429
+from zai_proxy.zai.classify import Throttle, classify_429
+from zai_proxy.zai.codes import Learns
 
 # Error bodies are read with a budget: enough to decide retries and classify a 429.
 ERROR_BODY_BUDGET = 256 * 1024
 # A body nobody needs whole is buffered (one send, with its length) only up to this size.
 STREAM_ABOVE = 256 * 1024
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# What each controller is told of a 429, by the `learns` column of the Z.AI code table.
+_OUTCOMES: dict[Learns | None, Outcome] = {
+    "rate": Outcome.RATE_LIMITED,
+    "concurrency": Outcome.CONCURRENCY_LIMITED,
+    "congestion": Outcome.CONGESTED,
+    None: Outcome.OTHER,
+}
 
 
 @dataclass
@@ -240,13 +248,10 @@ class Forwarder:
             opened.throttle = throttle
             self.metrics.upstream_429.labels(throttle.cls.value, self.metrics.variant).inc()
             self.metrics.upstream_error("429")
-            if not throttle.retryable:  # quota exhausted: relayed to the client, never retried
+            row = throttle.row
+            if not row.retryable:  # quota exhausted: relayed to the client, never retried
                 self.metrics.rejections.labels("quota_exhausted", self.metrics.variant).inc()
-            feeds = throttle.feeds
-            permit.observe(Outcome.RATE_LIMITED if feeds == "rate" else
-                           Outcome.CONCURRENCY_LIMITED if feeds == "concurrency" else
-                           Outcome.CONGESTED if throttle.cls is ThrottleClass.CONGESTION else
-                           Outcome.OTHER)
+            permit.observe(_OUTCOMES[row.learns])
             return retry_reason(status=429, throttle=throttle), throttle.retry_after
         permit.observe(Outcome.ACCEPTED if status < 500 else Outcome.OTHER)
         if status >= 500:

@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from zai_proxy.zai.classify import Throttle, ThrottleClass, parse_retry_after
+from zai_proxy.zai.classify import Throttle, parse_retry_after
+from zai_proxy.zai.codes import UNKNOWN
 
 __all__ = ["SAFE_METHODS", "RetryPolicy", "RetryReason", "parse_retry_after", "retry_reason"]
 
@@ -21,7 +22,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RetryReason(StrEnum):
-    """Values of the `reason` label of `zai_proxy_retry_attempts_total`."""
+    """Values of the `reason` label of `zai_proxy_retry_attempts_total` (the 429 ones are the
+    `retry` column of the Z.AI code table)."""
 
     CONNECTION = "connection"
     SERVER = "5xx"
@@ -30,14 +32,6 @@ class RetryReason(StrEnum):
     CONCURRENCY = "429_concurrency"
     CONGESTION = "429_congestion"
     UNKNOWN = "429_unknown"
-
-
-_THROTTLE_REASONS = {
-    ThrottleClass.FREQUENCY: RetryReason.FREQUENCY,
-    ThrottleClass.CONCURRENCY: RetryReason.CONCURRENCY,
-    ThrottleClass.CONGESTION: RetryReason.CONGESTION,
-    ThrottleClass.UNKNOWN: RetryReason.UNKNOWN,
-}
 
 
 def retry_reason(
@@ -66,9 +60,8 @@ def retry_reason(
     if status is None:
         return None
     if status == 429:
-        if throttle is None:
-            return RetryReason.UNKNOWN
-        return _THROTTLE_REASONS.get(throttle.cls)  # quota classes: None
+        retry = (throttle.row if throttle is not None else UNKNOWN).retry
+        return None if retry is None else RetryReason(retry)
     if status in GATEWAY_STATUSES:
         return RetryReason.SERVER
     if 200 <= status < 300 and empty_or_truncated:

@@ -1,4 +1,4 @@
-"""Classify Z.AI 429 answers by business code, and extract retry / reset hints.
+"""Read Z.AI 429 answers: the business code (its row in `codes`), and retry / reset hints.
 
 Pure functions: no I/O, never raise on bad input. Z.AI puts the code in several envelopes (see
 docs in the shared notes); hints come under several keys and time formats, naive times being
@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from typing import Any, Literal
+
+from zai_proxy.zai.codes import ThrottleClass, ZaiCode, lookup, of_class
 
 BEIJING = timezone(timedelta(hours=8))
 MAX_BODY_BYTES = 64 * 1024  # 429 bodies are tiny; anything bigger is not worth parsing
@@ -22,27 +23,6 @@ _RESET_KEYS = ("reset_time", "resetTime", "reset_at", "resetAt", "next_reset_tim
 _RETRY_KEYS = ("retry_after", "retryAfter")
 _CODE_PREFIX = re.compile(r"^\s*\[?(\d{4})\]?\s*[:\-]")
 _RESET_TEXT = re.compile(r"reset at\s+(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2})?)", re.IGNORECASE)
-
-
-class ThrottleClass(StrEnum):
-    """Why Z.AI said 429; values are the `class` label of `zai_proxy_upstream_429_total`."""
-
-    CONCURRENCY = "concurrency"
-    FREQUENCY = "frequency"
-    QUOTA_5H = "quota_5h"
-    QUOTA_PERIOD = "quota_period"
-    CONGESTION = "congestion"
-    UNKNOWN = "unknown"
-
-
-_CODES = {
-    "1302": ThrottleClass.CONCURRENCY,
-    "1303": ThrottleClass.FREQUENCY,
-    "1305": ThrottleClass.FREQUENCY,
-    "1308": ThrottleClass.QUOTA_5H,
-    "1310": ThrottleClass.QUOTA_PERIOD,
-    "1312": ThrottleClass.CONGESTION,
-}
 
 
 @dataclass(frozen=True)
@@ -55,18 +35,21 @@ class Throttle:
     reset_at: float | None = None
 
     @property
+    def row(self) -> ZaiCode:
+        """The code's row in the table; the class's row when the code is missing or another's."""
+        row = lookup(self.code)
+        return row if row.cls is self.cls else of_class(self.cls)
+
+    @property
     def retryable(self) -> bool:
-        """Quota exhaustion is never retried; every other class is (with backoff)."""
-        return self.cls not in (ThrottleClass.QUOTA_5H, ThrottleClass.QUOTA_PERIOD)
+        """Whether another attempt is worth it (never for quota exhaustion)."""
+        return self.row.retryable
 
     @property
     def feeds(self) -> Literal["rate", "concurrency"] | None:
-        """Which controller learns from this answer (congestion and quota shrink nothing)."""
-        if self.cls in (ThrottleClass.FREQUENCY, ThrottleClass.UNKNOWN):
-            return "rate"
-        if self.cls is ThrottleClass.CONCURRENCY:
-            return "concurrency"
-        return None
+        """Which limit controller learns from this answer (congestion has its own backoff)."""
+        learns = self.row.learns
+        return learns if learns == "rate" or learns == "concurrency" else None
 
     def wait_seconds(self, now: float) -> float | None:
         """Seconds a client should wait: the Retry-After hint, else time to the reset."""
@@ -191,8 +174,7 @@ def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float)
             code = match.group(1)
         if reset_at is None and (match := _RESET_TEXT.search(message)):
             reset_at = parse_time(match.group(1))
-    cls = _CODES.get(code or "", ThrottleClass.UNKNOWN)
-    return Throttle(cls, code, retry_after, reset_at)
+    return Throttle(lookup(code).cls, code, retry_after, reset_at)
 
 
 def _as_hint(value: object) -> str | float | None:

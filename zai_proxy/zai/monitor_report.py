@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from zai_proxy.zai.classify import parse_time
+from zai_proxy.zai.codes import Window
 
-Window = Literal["five_hour", "weekly"]
 WINDOWS: tuple[Window, ...] = ("five_hour", "weekly")
 UNIT_WINDOWS: dict[int, Window] = {3: "five_hour", 6: "weekly"}
 MAX_BODY_BYTES = 256 * 1024  # the real answer is well under 2 KiB
