@@ -51,6 +51,16 @@ async def test_a_slow_step_does_not_push_the_schedule_back() -> None:
     await ticker.stop()
 
 
+async def test_a_step_that_overruns_its_interval_is_followed_by_a_full_interval() -> None:
+    vt = VirtualTime()
+    steps: list[float] = []
+    ticker = recorder(vt, steps, takes=2.5)
+    ticker.start()
+    await vt.advance(8.0)
+    assert steps == [1.0, 4.5, 8.0]  # each ends 2.5 s after it starts, then a full second
+    await ticker.stop()
+
+
 async def test_a_failing_step_is_logged_and_does_not_end_the_loop(
         caplog: pytest.LogCaptureFixture) -> None:
     vt = VirtualTime()

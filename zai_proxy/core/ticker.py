@@ -2,7 +2,9 @@
 the quota monitor's poll.
 
 `Ticker` runs `step()` every `interval` seconds, measured on the injected `clock` from the start
-of each step (a slow step does not push the schedule back), waiting with the injected `sleep`
+of each step (a slow step does not push the schedule back; a step that overran its whole
+interval, e.g. against a Redis at its op timeout, is followed by a full interval, never by a
+burst of back-to-back steps on what is already struggling), waiting with the injected `sleep`
 (tests pass virtual time). The first step runs after one interval, or at once with
 `immediate=True`. A step that raises is logged (with its traceback, on the caller's logger and
 with the caller's message, each time) and the loop goes on: no one bad step ends it.
@@ -87,6 +89,8 @@ class Ticker:
 
     async def _wait(self, started: float) -> None:
         due = started + self.interval - self.clock()
+        if due <= 0:
+            due = self.interval
         if self.min_gap is None:
             await self._sleep(max(0.0, due))
         elif await self._poked_within(due):
