@@ -13,9 +13,10 @@ from starlette.applications import Starlette
 
 from tests.fixtures.metrics import FakeProxy
 from zai_proxy.dashboard.app import create_dashboard_app
-from zai_proxy.dashboard.cli import DashboardSettings, SettingsError, load_settings, main
+from zai_proxy.dashboard.cli import main
 from zai_proxy.dashboard.collector import Collector
 from zai_proxy.dashboard.events import Broker
+from zai_proxy.dashboard.settings import DashboardSettings, SettingsError, load_settings
 from zai_proxy.dashboard.storage import History
 
 T0 = 1_700_000_000.0

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from zai_proxy.dashboard.app import create_dashboard_app
-from zai_proxy.dashboard.cli import DashboardSettings
 from zai_proxy.dashboard.collector import Collector, parse_metrics, points_from_readings
 from zai_proxy.dashboard.compute import Point, client_tokens, row
+from zai_proxy.dashboard.settings import DashboardSettings
 from zai_proxy.dashboard.storage import History
 from zai_proxy.dashboard.views import quota_windows, top_clients, window_start
 from zai_proxy.observe.metrics import Metrics

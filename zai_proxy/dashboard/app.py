@@ -21,10 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zai_proxy import __version__
 from zai_proxy.dashboard.auth import AuthMiddleware
-from zai_proxy.dashboard.cli import DashboardSettings
 from zai_proxy.dashboard.collector import Collector
 from zai_proxy.dashboard.compute import Point
 from zai_proxy.dashboard.events import Broker
+from zai_proxy.dashboard.settings import DashboardSettings
 from zai_proxy.dashboard.storage import History
 from zai_proxy.dashboard.views import (
     QUOTA_WINDOWS,

@@ -1,8 +1,11 @@
 """Settings: read once from the environment (and CLI flags), validated, immutable.
 
-Every setting is declared once in `FIELDS`; the environment variable names follow the original Go
-zai-proxy where it had one. `load_settings` raises `ConfigError` naming the variable and the
-expected form for any invalid value: there is no silent fallback to a default.
+Every setting is declared once, in `Settings`, with the shared idiom of `zai_proxy.settings`
+(variable, flag of `zai-proxy serve`, parser, default, doc text, section); the environment
+variable names follow the original Go zai-proxy where it had one. `load_settings` raises
+`ConfigError` naming the variable (or flag) and the expected form for any invalid value: there is
+no silent fallback to a default. `settings_markdown` writes docs/configuration.md from this table
+and the simulator's and dashboard's.
 """
 
 from __future__ import annotations
@@ -10,79 +13,34 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from zai_proxy.core.errors import ConfigError
+from zai_proxy.settings import (
+    Section,
+    SettingError,
+    fields_of,
+    markdown_table,
+    non_negative,
+    parse_bool,
+    parse_duration,
+    parse_float,
+    parse_int,
+    parse_list,
+    parse_size,
+    parse_url,
+    positive,
+    read,
+)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|kb|mib|mb|gib|gb)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3,
-               "gb": 1000**3, None: 1}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `30`, `30s`, `1.5m`, `6h`, `250ms`, `1d`."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError("a duration such as 30, 30s, 250ms, 5m or 6h")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parse_size(text: str) -> int:
-    """Bytes from `1048576`, `512KiB`, `10MiB`, `1GB`."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError("a size in bytes such as 10485760 or 10MiB")
-    unit = match.group(2).lower() if match.group(2) else None
-    return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("true or false")
-
-
-def parse_url(text: str) -> str:
-    parts = urlsplit(text.strip())
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("an http:// or https:// URL with a host")
-    if parts.query or parts.fragment:
-        raise ValueError("a base URL without query or fragment")
-    return text.strip().rstrip("/")
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-            raise ValueError("a positive number")
-        return value
-
-    return parse
-
-
-def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError("a number >= 0")
-        return value
-
-    return parse
-
+__all__ = [
+    "Settings", "load_settings", "parse_bool", "parse_duration", "parse_list", "parse_size",
+    "parse_url", "setting_fields", "settings_markdown",
+]
 
 def _fraction(text: str) -> float:
     value = float(text)
@@ -92,24 +50,10 @@ def _fraction(text: str) -> float:
 
 
 def _at_least_one(text: str) -> float:
-    value = _float(text)
+    value = parse_float(text)
     if not (1 <= value < math.inf):
         raise ValueError("a number >= 1")
     return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("a whole number") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise ValueError("a number") from None
 
 
 def _log_level(text: str) -> str:
@@ -171,205 +115,204 @@ def _trusted_peers(text: str) -> tuple[str, ...]:
     return items
 
 
-def _setting(env: str, parse: Callable[[str], Any], help_: str, **kw: Any) -> Any:
-    """A dataclass field that knows its environment variable, parser and help text."""
-    return field(metadata={"env": env, "parse": parse, "help": help_}, **kw)
+_SERVER = Section("Server and upstream")
+_REQUEST = Section("Request path")
+_PROCESS = Section("Process, build and metrics")
+_ACCOUNTING = Section("Token accounting")
+_ADMISSION = Section("Admission control")
+_CONNECTIONS = Section("Client connections")
+_QUOTA = Section("Plan quota")
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the proxy, validated. Build with `load_settings`."""
 
-    host: str = _setting("HOST", str, "address to listen on", default="0.0.0.0")
-    port: int = _setting("PORT", _positive(_int), "port to listen on", default=8080)
-    zai_api_key: str = _setting(
+    host: str = _SERVER.setting("HOST", str, "address to listen on", default="0.0.0.0")
+    port: int = _SERVER.setting("PORT", positive(parse_int), "port to listen on", default=8080)
+    zai_api_key: str = _SERVER.setting(
         "ZAI_API_KEY", parse_upstream_key, "upstream API key; unset = run against the built-in "
         "simulator (set but empty: refused). Surrounding blanks and a final newline are "
         "stripped; any other whitespace, control or non-ASCII character inside is refused",
-        default="", repr=False)
-    zai_target_url: str = _setting(
+        default="", secret=True)
+    zai_target_url: str = _SERVER.setting(
         "ZAI_TARGET_URL", parse_url, "OpenAI-compatible upstream base",
         default="https://api.z.ai/api/paas/v4")
-    zai_anthropic_url: str = _setting(
+    zai_anthropic_url: str = _SERVER.setting(
         "ZAI_ANTHROPIC_URL", parse_url, "Anthropic-compatible upstream base",
         default="https://api.z.ai/api/anthropic")
-    deployment_variant: str = _setting(
+    deployment_variant: str = _SERVER.setting(
         "DEPLOYMENT_VARIANT", _variant, "value of the deployment_variant label",
         default="production")
-    proxy_api_keys: tuple[str, ...] = _setting(
+    proxy_api_keys: tuple[str, ...] = _SERVER.setting(
         "PROXY_API_KEYS", parse_list, "comma-separated client keys, each `name:key` or `key`; "
-        "unset (and no file) = open proxy", default=(), repr=False)
-    proxy_api_keys_file: str = _setting(
+        "unset (and no file) = open proxy", default=(), secret=True)
+    proxy_api_keys_file: str = _SERVER.setting(
         "PROXY_API_KEYS_FILE", str, "file with one client key (`name:key` or `key`) per line, "
         "re-read when it changes", default="")
-    max_request_bytes: int = _setting(
-        "MAX_REQUEST_BYTES", _positive(parse_size), "largest request body accepted",
+    max_request_bytes: int = _SERVER.setting(
+        "MAX_REQUEST_BYTES", positive(parse_size), "largest request body accepted",
         default=10 * 1024 * 1024)
-    # Request path (harden, issue 12).
-    passthrough_unknown: bool = _setting(
+    passthrough_unknown: bool = _REQUEST.setting(
         "PASSTHROUGH_UNKNOWN", parse_bool,
         "forward /v1 paths outside the route table (only GET, HEAD, POST, PUT, PATCH, DELETE; "
         "never counted); off = 404", default=False)
-    max_response_bytes: int = _setting(
-        "MAX_RESPONSE_BYTES", _positive(parse_size),
+    max_response_bytes: int = _REQUEST.setting(
+        "MAX_RESPONSE_BYTES", positive(parse_size),
         "largest non-stream answer read whole to count its tokens (502 past it); other large "
         "answers are relayed as they arrive", default=32 * 1024 * 1024)
-    max_workers: int = _setting(
-        "MAX_WORKERS", _positive(_int), "cap on requests in flight upstream", default=10)
-    connect_timeout: float = _setting(
-        "UPSTREAM_CONNECT_TIMEOUT", _positive(parse_duration), "upstream connect timeout",
+    max_workers: int = _REQUEST.setting(
+        "MAX_WORKERS", positive(parse_int), "cap on requests in flight upstream", default=10)
+    connect_timeout: float = _REQUEST.setting(
+        "UPSTREAM_CONNECT_TIMEOUT", positive(parse_duration), "upstream connect timeout",
         default=10.0)
-    first_byte_timeout: float = _setting(
-        "UPSTREAM_FIRST_BYTE_TIMEOUT", _positive(parse_duration),
+    first_byte_timeout: float = _REQUEST.setting(
+        "UPSTREAM_FIRST_BYTE_TIMEOUT", positive(parse_duration),
         "wait for upstream response headers (non-stream calls send them when done)",
         default=300.0)
-    chunk_timeout: float = _setting(
-        "UPSTREAM_CHUNK_TIMEOUT", _positive(parse_duration),
+    chunk_timeout: float = _REQUEST.setting(
+        "UPSTREAM_CHUNK_TIMEOUT", positive(parse_duration),
         "longest silence between two body chunks from upstream", default=120.0)
-    upstream_pool_size: int = _setting(
-        "UPSTREAM_POOL_SIZE", _positive(_int),
+    upstream_pool_size: int = _REQUEST.setting(
+        "UPSTREAM_POOL_SIZE", positive(parse_int),
         "upstream connections (at least MAX_WORKERS are always allowed)", default=256)
-    shutdown_drain_seconds: float = _setting(
-        "SHUTDOWN_DRAIN_SECONDS", _non_negative(parse_duration),
+    shutdown_drain_seconds: float = _REQUEST.setting(
+        "SHUTDOWN_DRAIN_SECONDS", non_negative(parse_duration),
         "after SIGTERM: keep serving with /ready=503 this long", default=5.0)
-    shutdown_grace_seconds: float = _setting(
-        "SHUTDOWN_GRACE_SECONDS", _non_negative(parse_duration),
+    shutdown_grace_seconds: float = _REQUEST.setting(
+        "SHUTDOWN_GRACE_SECONDS", non_negative(parse_duration),
         "then: wait this long for in-flight requests", default=60.0)
-    log_level: str = _setting("LOG_LEVEL", _log_level, "log level", default="INFO")
-    simulator_port: int = _setting(
-        "SIMULATOR_PORT", _non_negative(_int),
+    log_level: str = _PROCESS.setting("LOG_LEVEL", _log_level, "log level", default="INFO")
+    simulator_port: int = _PROCESS.setting(
+        "SIMULATOR_PORT", non_negative(parse_int),
         "port of the built-in simulator when ZAI_API_KEY is unset (0 = any free port)", default=0)
-    version: str = _setting("ZAI_PROXY_VERSION", str, "build version", default="")
-    commit: str = _setting("ZAI_PROXY_COMMIT", str, "build commit", default="unknown")
-    build_time: str = _setting("ZAI_PROXY_BUILD_TIME", str, "build time", default="unknown")
-    metrics_client_names: bool = _setting(
+    version: str = _PROCESS.setting("ZAI_PROXY_VERSION", str, "build version", default="")
+    commit: str = _PROCESS.setting("ZAI_PROXY_COMMIT", str, "build commit", default="unknown")
+    build_time: str = _PROCESS.setting("ZAI_PROXY_BUILD_TIME", str, "build time", default="unknown")
+    metrics_client_names: bool = _PROCESS.setting(
         "METRICS_CLIENT_NAMES", parse_bool,
         "show the per-client series (zai_proxy_client_tokens_total{client}) on /metrics to "
         "every scrape; off = only to a scrape that presents ADMIN_API_KEY (the dashboard's top "
         "clients then need it)", default=True)
-    # Token accounting.
-    token_counting_enabled: bool = _setting(
+    token_counting_enabled: bool = _ACCOUNTING.setting(
         "TOKEN_COUNTING_ENABLED", parse_bool, "count tokens and cost", default=True)
-    tokenizer_encoding: str = _setting(
+    tokenizer_encoding: str = _ACCOUNTING.setting(
         "TOKENIZER_ENCODING", str, "tiktoken encoding for estimates", default="cl100k_base")
-    tokenizer_model: str = _setting(
+    tokenizer_model: str = _ACCOUNTING.setting(
         "TOKENIZER_MODEL", str, "model label when a request names none", default="glm-4")
-    tiktoken_cache_dir: str = _setting(
+    tiktoken_cache_dir: str = _ACCOUNTING.setting(
         "TIKTOKEN_CACHE_DIR", str, "operator-supplied tiktoken encoding files", default="")
-    models: tuple[str, ...] = _setting(
+    models: tuple[str, ...] = _ACCOUNTING.setting(
         "MODELS", parse_list, "extra known model names (besides the pricing table)", default=())
-    pricing_file: str = _setting(
+    pricing_file: str = _ACCOUNTING.setting(
         "PRICING_FILE", str, "JSON pricing table merged over the built-in prices", default="")
-    peak_hours: str = _setting(
+    peak_hours: str = _ACCOUNTING.setting(
         "PEAK_HOURS", str, "peak window HH:MM-HH:MM, 'off', or empty = the pricing table's",
         default="")
-    peak_timezone: str = _setting(
+    peak_timezone: str = _ACCOUNTING.setting(
         "PEAK_TIMEZONE", str, "IANA time zone of the peak window", default="Asia/Shanghai")
-    peak_multiplier: float = _setting(
-        "PEAK_MULTIPLIER", _positive(_float), "price multiplier inside the peak window",
+    peak_multiplier: float = _ACCOUNTING.setting(
+        "PEAK_MULTIPLIER", positive(parse_float), "price multiplier inside the peak window",
         default=2.0)
-    # Admission control (limiter area).
-    rate_limit_initial: float = _setting(
-        "RATE_LIMIT_INITIAL", _positive(_float), "starting request rate (req/s) with nothing "
+    rate_limit_initial: float = _ADMISSION.setting(
+        "RATE_LIMIT_INITIAL", positive(parse_float), "starting request rate (req/s) with nothing "
         "learned yet; tried like a probe", default=10.0)
-    rate_limit_min: float = _setting(
-        "RATE_LIMIT_MIN", _positive(_float), "lowest request rate (req/s)", default=1.0)
-    rate_limit_max: float = _setting(
-        "RATE_LIMIT_MAX", _positive(_float), "highest request rate (req/s)", default=50.0)
-    rate_limit_window: float = _setting(
-        "RATE_LIMIT_WINDOW", _positive(parse_duration), "controller window", default=30.0)
-    rate_limit_burst: float = _setting(
+    rate_limit_min: float = _ADMISSION.setting(
+        "RATE_LIMIT_MIN", positive(parse_float), "lowest request rate (req/s)", default=1.0)
+    rate_limit_max: float = _ADMISSION.setting(
+        "RATE_LIMIT_MAX", positive(parse_float), "highest request rate (req/s)", default=50.0)
+    rate_limit_window: float = _ADMISSION.setting(
+        "RATE_LIMIT_WINDOW", positive(parse_duration), "controller window", default=30.0)
+    rate_limit_burst: float = _ADMISSION.setting(
         "RATE_LIMIT_BURST", _at_least_one, "upstream attempts that may leave back to back after "
         "an idle spell (1 = always evenly spaced at the rate)", default=1.0)
-    rate_limit_upstream_burst: float = _setting(
-        "RATE_LIMIT_UPSTREAM_BURST", _non_negative(_float), "seconds of rate the upstream lets "
+    rate_limit_upstream_burst: float = _ADMISSION.setting(
+        "RATE_LIMIT_UPSTREAM_BURST", non_negative(parse_float), "seconds of rate the upstream lets "
         "an account bank while it sends below the ceiling (0 = none; probes are discounted by "
         "it)", default=0.0)
-    rate_limit_hold_margin: float = _setting(
+    rate_limit_hold_margin: float = _ADMISSION.setting(
         "RATE_LIMIT_HOLD_MARGIN", _fraction, "back off this fraction under a measured ceiling",
         default=0.02)
-    rate_limit_probe_interval: int = _setting(
-        "RATE_LIMIT_PROBE_INTERVAL", _positive(_int), "clean saturated windows before probing "
+    rate_limit_probe_interval: int = _ADMISSION.setting(
+        "RATE_LIMIT_PROBE_INTERVAL", positive(parse_int), "clean saturated windows before probing "
         "above the learned ceiling (doubles after a failed probe, up to twice this)",
         default=3)
-    rate_limit_state_file: str = _setting(
+    rate_limit_state_file: str = _ADMISSION.setting(
         "RATE_LIMIT_STATE_FILE", str, "where learned ceilings persist: a path ('{account}' is "
         "replaced by the account hash), 'auto' = $XDG_STATE_HOME (or ~/.local/state)"
         "/zai-proxy/limiter-{account}.json, '' = off", default="auto")
-    rate_limit_state_max_age: float = _setting(
-        "RATE_LIMIT_STATE_MAX_AGE", _positive(parse_duration), "ignore older state",
+    rate_limit_state_max_age: float = _ADMISSION.setting(
+        "RATE_LIMIT_STATE_MAX_AGE", positive(parse_duration), "ignore older state",
         default=6 * 3600.0)
-    rate_limit_storage_uri: str = _setting(
+    rate_limit_storage_uri: str = _ADMISSION.setting(
         "RATE_LIMIT_STORAGE_URI", _storage_uri, "memory:// or redis://host:port/db (shared by "
         "every replica of every variant of the account)", default="memory://")
-    rate_limit_replicas: int = _setting(
-        "RATE_LIMIT_REPLICAS", _positive(_int), "replicas sharing the account (without Redis "
+    rate_limit_replicas: int = _ADMISSION.setting(
+        "RATE_LIMIT_REPLICAS", positive(parse_int), "replicas sharing the account (without Redis "
         "each takes 1/N of it; with Redis, the fallback share while Redis is away)",
         default=1)
-    queue_max: int = _setting(
-        "QUEUE_MAX", _non_negative(_int), "requests that may wait for admission", default=1000)
-    queue_timeout_seconds: float = _setting(
-        "QUEUE_TIMEOUT_SECONDS", _positive(parse_duration), "longest admission wait",
+    queue_max: int = _ADMISSION.setting(
+        "QUEUE_MAX", non_negative(parse_int), "requests that may wait for admission", default=1000)
+    queue_timeout_seconds: float = _ADMISSION.setting(
+        "QUEUE_TIMEOUT_SECONDS", positive(parse_duration), "longest admission wait",
         default=60.0)
-    max_retries: int = _setting(
-        "MAX_RETRIES", _non_negative(_int), "retries after the first attempt", default=3)
-    client_rate_limits: tuple[str, ...] = _setting(
+    max_retries: int = _ADMISSION.setting(
+        "MAX_RETRIES", non_negative(parse_int), "retries after the first attempt", default=3)
+    client_rate_limits: tuple[str, ...] = _ADMISSION.setting(
         "CLIENT_RATE_LIMITS", parse_list, "per-client limits, e.g. 600/minute", default=())
-    admin_api_key: str = _setting(
-        "ADMIN_API_KEY", str, "enables /admin routes with this key", default="", repr=False)
-    # Client-side bounds (conn): enforced per connection by the server (http_protocol.py).
-    max_header_bytes: int = _setting(
-        "MAX_HEADER_BYTES", _positive(parse_size),
+    admin_api_key: str = _ADMISSION.setting(
+        "ADMIN_API_KEY", str, "enables /admin routes with this key", default="", secret=True)
+    max_header_bytes: int = _CONNECTIONS.setting(
+        "MAX_HEADER_BYTES", positive(parse_size),
         "largest request line + headers accepted (answered 431)", default=64 * 1024)
-    client_read_timeout: float = _setting(
-        "CLIENT_READ_TIMEOUT_SECONDS", _positive(parse_duration),
+    client_read_timeout: float = _CONNECTIONS.setting(
+        "CLIENT_READ_TIMEOUT_SECONDS", positive(parse_duration),
         "a request's headers and body must arrive within this from its first byte (else 408)",
         default=30.0)
-    client_write_timeout: float = _setting(
-        "CLIENT_WRITE_TIMEOUT_SECONDS", _positive(parse_duration),
+    client_write_timeout: float = _CONNECTIONS.setting(
+        "CLIENT_WRITE_TIMEOUT_SECONDS", positive(parse_duration),
         "longest a client may leave the response unread (slow reader) before it is cut off",
         default=60.0)
-    client_send_buffer: int = _setting(
-        "CLIENT_SEND_BUFFER_BYTES", _non_negative(parse_size),
+    client_send_buffer: int = _CONNECTIONS.setting(
+        "CLIENT_SEND_BUFFER_BYTES", non_negative(parse_size),
         "kernel send buffer per client socket (bounds what a stalled reader pins; "
         "0 = kernel autotuning, up to megabytes)", default=256 * 1024)
-    max_connections: int = _setting(
-        "MAX_CONNECTIONS", _positive(_int),
+    max_connections: int = _CONNECTIONS.setting(
+        "MAX_CONNECTIONS", positive(parse_int),
         "open client connections served; more get 503 (probes, /metrics and /admin still served)",
         default=4096)
-    client_idle_timeout: float = _setting(
-        "CLIENT_IDLE_TIMEOUT_SECONDS", _positive(parse_duration),
+    client_idle_timeout: float = _CONNECTIONS.setting(
+        "CLIENT_IDLE_TIMEOUT_SECONDS", positive(parse_duration),
         "an open connection with no request on it (fresh or kept alive) is closed after this",
         default=30.0)
-    forwarded_allow_ips: tuple[str, ...] = _setting(
+    forwarded_allow_ips: tuple[str, ...] = _CONNECTIONS.setting(
         "FORWARDED_ALLOW_IPS", _trusted_peers,
         "peer addresses or networks whose X-Forwarded-For/-Proto are trusted for the client "
         "address (e.g. 10.0.0.0/8); unset = trust none, the TCP peer is the client", default=())
-    # Plan quota (area: quota, issue 11).
-    zai_monitor_url: str = _setting(
+    zai_monitor_url: str = _QUOTA.setting(
         "ZAI_MONITOR_URL", _optional_url, "quota monitor base (GET /api/monitor/usage/quota/limit);"
         " unset = scheme and host of ZAI_TARGET_URL (https://api.z.ai)", default="")
-    quota_poll_seconds: float = _setting(
-        "QUOTA_POLL_SECONDS", _non_negative(parse_duration),
+    quota_poll_seconds: float = _QUOTA.setting(
+        "QUOTA_POLL_SECONDS", non_negative(parse_duration),
         "poll the quota monitor this often (0 = off)", default=60.0)
-    quota_poll_timeout: float = _setting(
-        "QUOTA_POLL_TIMEOUT", _positive(parse_duration), "longest wait for one quota poll",
+    quota_poll_timeout: float = _QUOTA.setting(
+        "QUOTA_POLL_TIMEOUT", positive(parse_duration), "longest wait for one quota poll",
         default=10.0)
-    quota_local_reject: bool = _setting(
+    quota_local_reject: bool = _QUOTA.setting(
         "QUOTA_LOCAL_REJECT", parse_bool, "answer 429 locally (no upstream attempt) while a "
         "five-hour or weekly quota is spent, until its reset", default=True)
-    quota_pacing: str = _setting(
+    quota_pacing: str = _QUOTA.setting(
         "QUOTA_PACING", _pacing_mode, "off, or even: cap the admitted rate so the quota left "
         "lasts until its reset", default="off")
-    quota_pacing_exempt: tuple[str, ...] = _setting(
+    quota_pacing_exempt: tuple[str, ...] = _QUOTA.setting(
         "QUOTA_PACING_EXEMPT", parse_list, "client key names never paced (comma-separated)",
         default=())
-    quota_burn_window: float = _setting(
-        "QUOTA_BURN_WINDOW", _positive(parse_duration),
+    quota_burn_window: float = _QUOTA.setting(
+        "QUOTA_BURN_WINDOW", positive(parse_duration),
         "burn rate and time to exhaustion are measured over this much recent time",
         default=900.0)
     # Not read from the environment: set by `serve` when it starts the built-in simulator.
-    upstream_simulated: bool = field(default=False, metadata={"env": None})
+    upstream_simulated: bool = False
 
     @property
     def needs_simulator(self) -> bool:
@@ -393,31 +336,19 @@ class Settings:
 
 
 def setting_fields() -> list[tuple[str, str, str, Any]]:
-    """(attribute, env name, help, default) for every setting, for --help and docs."""
-    return [(f.name, f.metadata["env"], f.metadata["help"], f.default)
-            for f in fields(Settings) if f.metadata.get("env")]
+    """(attribute, env name, help, default) for every setting read from the environment."""
+    return [(f.attr, f.env, f.doc, f.default) for f in fields_of(Settings) if f.env]
 
 
 def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
     """Parse and validate settings from `env`, with CLI `overrides` (attribute -> text) on top.
 
-    Raises ConfigError naming the variable and the expected form.
+    Raises ConfigError naming the variable (or the flag it came from) and the expected form.
     """
-    values: dict[str, Any] = {}
-    overrides = overrides or {}
-    for f in fields(Settings):
-        name = f.metadata.get("env")
-        if not name:
-            continue
-        text = overrides.get(f.name, env.get(name))
-        # An empty value means "off" for text settings and "default" for the others.
-        if text is None or (text == "" and f.metadata["parse"] is not str):
-            continue
-        try:
-            values[f.name] = f.metadata["parse"](text)
-        except ValueError as exc:
-            shown = "<hidden>" if not f.repr else repr(text)
-            raise ConfigError(f"{name}={shown} is invalid: expected {exc}") from None
+    try:
+        values = read(Settings, env, overrides)
+    except SettingError as exc:
+        raise ConfigError(str(exc)) from None
     # Unset means the offline simulator (README); set but empty is a broken Secret or a
     # typo, and must never silently turn a production proxy into a simulator.
     if "ZAI_API_KEY" in env and not env["ZAI_API_KEY"].strip():
@@ -494,18 +425,32 @@ def _validated(settings: Settings) -> Settings:
 
 
 def settings_markdown() -> str:
-    """docs/configuration.md, generated from the settings table (a test keeps them in sync)."""
-    rows = ["# Configuration", "",
-            "Generated from `zai_proxy/server/config.py` (`python -m zai_proxy.server.config`). "
-            "Every variable "
-            "but the secrets (ZAI_API_KEY, PROXY_API_KEYS, ADMIN_API_KEY: environment only) can "
-            "also be given as a flag of `zai-proxy serve` (`--max-workers`, ...); flags win.",
-            "Durations take `250ms`, `30s`, `5m`, `6h`; sizes take `10MiB`. An invalid value stops "
-            "the program with a message naming the variable.", "",
-            "| variable | default | meaning |", "|---|---|---|"]
-    for _, env, help_, default in setting_fields():
-        shown = ",".join(default) if isinstance(default, tuple) else str(default)
-        rows.append(f"| `{env}` | {f'`{shown}`' if shown else '(unset)'} | {help_} |")
+    """docs/configuration.md, generated from the settings tables of the proxy, the simulator and
+    the dashboard (a test keeps them in sync)."""
+    from zai_proxy.dashboard.settings import DashboardSettings
+    from zai_proxy.simulator.settings import SimulatorSettings
+
+    rows = [
+        "# Configuration", "",
+        "Generated from the settings tables of `zai_proxy/server/config.py`, "
+        "`zai_proxy/simulator/settings.py` and `zai_proxy/dashboard/settings.py` "
+        "(`python -m zai_proxy.server.config`). In every program a flag wins over its variable, "
+        "and an invalid value stops the program with a message naming the variable (or flag).",
+        "",
+        "## Proxy (`zai-proxy serve`)", "",
+        "Every variable but the secrets (ZAI_API_KEY, PROXY_API_KEYS, ADMIN_API_KEY: environment "
+        "only) can also be given as a flag. Durations take `250ms`, `30s`, `5m`, `6h`; sizes "
+        "take `10MiB`.", "",
+        *markdown_table(Settings), "",
+        "## Simulator (`zai-proxy simulate`, and the one `serve` starts without ZAI_API_KEY)", "",
+        "Times are milliseconds; ceilings and budgets of 0 mean none. `serve` reads the `SIM_*` "
+        "variables only; `simulate` also takes the flags, and `--host`/`--port` "
+        "(SIM_HOST, SIM_PORT; default 127.0.0.1:8090).", "",
+        *markdown_table(SimulatorSettings), "",
+        "## Dashboard (`zai-proxy dashboard`)", "",
+        "Seconds take plain numbers (`2.5`).", "",
+        *markdown_table(DashboardSettings),
+    ]
     return "\n".join(rows) + "\n"
 
 

@@ -26,36 +26,28 @@ import uvicorn
 from zai_proxy.core.errors import ConfigError
 from zai_proxy.observe import logs
 from zai_proxy.relay.lifecycle import Lifecycle
-from zai_proxy.server.config import Settings, load_settings, setting_fields
+from zai_proxy.server.config import Settings, load_settings
+from zai_proxy.settings import add_flags, fields_of, flags_from
 
 log = logging.getLogger("zai_proxy")
 
 
-# Secrets come from the environment only: a flag would show them in `ps` and /proc/PID/cmdline.
-SECRET_SETTINGS = frozenset({"zai_api_key", "admin_api_key", "proxy_api_keys"})
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per setting; each help line names its environment variable and default."""
-    secrets = sorted(env for attr, env, _, _ in setting_fields() if attr in SECRET_SETTINGS)
+    """One flag per setting but the secrets; each help line names its variable and default."""
+    secrets = sorted(f.env for f in fields_of(Settings) if f.secret and f.env)
     parser = argparse.ArgumentParser(
         prog="zai-proxy serve",
         description="Run the proxy. Every flag overrides its environment variable; "
                     "invalid values stop the program with a message naming the variable.",
         epilog=f"Secrets are read from the environment only: {', '.join(secrets)}.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    for attr, env, help_, default in setting_fields():
-        if attr in SECRET_SETTINGS:
-            continue
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        parser.add_argument(f"--{attr.replace('_', '-')}", dest=attr, metavar=env,
-                            help=f"{help_} [env {env}, default {shown!s}]")
+    add_flags(parser, Settings)
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    overrides = flags_from(args, Settings)
     try:
         settings = load_settings(os.environ, overrides)
     except ConfigError as exc:

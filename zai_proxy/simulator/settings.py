@@ -1,9 +1,9 @@
-"""Simulator knobs: the frozen `SimulatorSettings` and its argparse/env binding.
+"""Simulator knobs: the frozen `SimulatorSettings`, declared with the shared settings idiom.
 
-Every option has a `SIM_<NAME>` environment variable as its default (e.g. `SIM_CHUNKS=8`), so a
-container or another process can configure the simulator without flags. `add_arguments` adds the
-knobs only (not `--host`/`--port`), so a process that embeds the simulator can reuse them on its own
-parser without clashing with its own listen options.
+Every knob has a `SIM_<NAME>` environment variable (e.g. `SIM_CHUNKS=8`), so a container or
+another process can configure the simulator without flags; a flag wins over its variable.
+`add_arguments` adds the knobs only (not `--host`/`--port`), so a process that embeds the
+simulator can reuse them on its own parser without clashing with its own listen options.
 """
 
 from __future__ import annotations
@@ -11,8 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
+
+from zai_proxy.settings import (
+    add_flags,
+    flags_from,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_list,
+    read,
+    setting,
+)
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "glm-4.7",
@@ -57,6 +68,11 @@ def parse_schedule(text: str) -> Schedule:
     return tuple(pairs)
 
 
+def _knob(env: str, parse: Callable[[str], Any], doc: str, **kw: Any) -> Any:
+    """A simulator setting: an empty `SIM_*` variable leaves the default, even for text."""
+    return setting(env, parse, doc, empty_is_default=True, **kw)
+
+
 @dataclass(frozen=True)
 class SimulatorSettings:
     """Behaviour of the simulated upstream. Defaults are fast: no latency, no ceilings, no faults.
@@ -75,38 +91,83 @@ class SimulatorSettings:
     `monitor_unknown_entry` a `FUTURE_LIMIT` entry no parser knows.
     """
 
-    latency_ms: float = 0.0
-    ttft_ms: float = 0.0
-    chunks: int = 5
-    chunk_gap_ms: float = 0.0
-    words_per_chunk: int = 2
-    rate_ceiling: float = 0.0
-    rate_burst: float = 0.0
-    ceiling_schedule: Schedule = ()
-    concurrency_ceiling: int = 0
-    quota_5h_tokens: int = 0
-    quota_weekly_tokens: int = 0
-    quota_5h_window_s: float = 5 * 3600.0
-    quota_weekly_window_s: float = 7 * 86400.0
-    quota_reset: str = "rolling"
-    quota_level: str = "pro"
-    monitor_fault: str = ""
-    monitor_delay_ms: float = 0.0
-    fail_rate: float = 0.0
-    seed: int = 0
-    cache_ratio: float = 0.0
-    embedding_dim: int = 16
-    expect_key: str | None = None
-    models: tuple[str, ...] = field(default=DEFAULT_MODELS)
-    account_state: str = "ok"
-    key_kind: str = ""
-    overloaded_prompt: str = ""
-    quota_5h_credits: int = 0
-    quota_weekly_credits: int = 0
-    credits_per_request: int = 1
-    credits_per_1k_tokens: float = 0.0
-    monitor_time_limit: int = 0
-    monitor_unknown_entry: bool = False
+    latency_ms: float = _knob(
+        "SIM_LATENCY_MS", parse_float, "base latency before response headers (ms)", default=0.0)
+    ttft_ms: float = _knob(
+        "SIM_TTFT_MS", parse_float, "time from headers to the first stream chunk (ms)", default=0.0)
+    chunks: int = _knob(
+        "SIM_CHUNKS", parse_int, "content chunks per reply", default=5)
+    chunk_gap_ms: float = _knob(
+        "SIM_CHUNK_GAP_MS", parse_float, "gap between content chunks (ms)", default=0.0)
+    words_per_chunk: int = _knob(
+        "SIM_WORDS_PER_CHUNK", parse_int, "reply words (= output tokens) per chunk", default=2)
+    rate_ceiling: float = _knob(
+        "SIM_RATE_CEILING", parse_float, "hidden req/s ceiling over a sliding window, 0=none",
+        default=0.0)
+    rate_burst: float = _knob(
+        "SIM_RATE_BURST", parse_float, "burst the rate ceiling allows: 0 = a whole sliding window "
+        "(lenient), N >= 1 = token bucket of N (1 = strict, no burst)", default=0.0)
+    ceiling_schedule: tuple[tuple[float, float], ...] = _knob(
+        "SIM_CEILING_SCHEDULE", parse_schedule, "e.g. '0:20,60:10' (s:req/s)", default=())
+    concurrency_ceiling: int = _knob(
+        "SIM_CONCURRENCY_CEILING", parse_int, "hidden in-flight ceiling, 0=none", default=0)
+    quota_5h_tokens: int = _knob(
+        "SIM_QUOTA_5H_TOKENS", parse_int, "five-hour budget in tokens (1308), 0=none", default=0)
+    quota_weekly_tokens: int = _knob(
+        "SIM_QUOTA_WEEKLY_TOKENS", parse_int, "weekly budget in tokens (1310), 0=none", default=0)
+    quota_5h_window_s: float = _knob(
+        "SIM_QUOTA_5H_WINDOW_S", parse_float, "length of the five-hour window (s)",
+        default=5 * 3600.0)
+    quota_weekly_window_s: float = _knob(
+        "SIM_QUOTA_WEEKLY_WINDOW_S", parse_float, "length of the weekly window (s)",
+        default=7 * 86400.0)
+    quota_reset: str = _knob(
+        "SIM_QUOTA_RESET", str, "rolling (opens at first use) or fixed (back to back)",
+        default="rolling")
+    quota_level: str = _knob(
+        "SIM_QUOTA_LEVEL", str, "plan level the quota monitor reports", default="pro")
+    monitor_fault: str = _knob(
+        "SIM_MONITOR_FAULT", str, "quota monitor fault: error, slow, garbage, unauthorized ('' = "
+        "none)", default="")
+    monitor_delay_ms: float = _knob(
+        "SIM_MONITOR_DELAY_MS", parse_float, "quota monitor latency (ms)", default=0.0)
+    fail_rate: float = _knob(
+        "SIM_FAIL_RATE", parse_float, "fraction of admitted requests answered 500/502", default=0.0)
+    seed: int = _knob(
+        "SIM_SEED", parse_int, "seed of the fault-injection random generator", default=0)
+    cache_ratio: float = _knob(
+        "SIM_CACHE_RATIO", parse_float, "fraction of prompt tokens reported as cached", default=0.0)
+    embedding_dim: int = _knob(
+        "SIM_EMBEDDING_DIM", parse_int, "embedding vector length", default=16)
+    expect_key: str | None = _knob(
+        "SIM_EXPECT_KEY", str, "only accept this API key (default: any non-empty)", default=None)
+    models: tuple[str, ...] = _knob(
+        "SIM_MODELS", parse_list, "comma-separated model ids for /models", default=DEFAULT_MODELS)
+    account_state: str = _knob(
+        "SIM_ACCOUNT_STATE", str, "every model request answers this account state: ok, "
+        "daily_limit (1304), expired (1309), no_subscription (1311), fair_use "
+        "(1313), no_balance (1113)", default="ok")
+    key_kind: str = _knob(
+        "SIM_KEY_KIND", str, "the key's kind: standard (/api/paas/v4) or coding "
+        "(/api/coding/paas/v4); the other base answers 1113 ('' = either)", default="")
+    overloaded_prompt: str = _knob(
+        "SIM_OVERLOADED_PROMPT", str, "prompts containing this text always get 429 code 1305 ('' "
+        "= none)", default="")
+    quota_5h_credits: int = _knob(
+        "SIM_QUOTA_5H_CREDITS", parse_int, "five-hour budget in credits (1308), 0=none", default=0)
+    quota_weekly_credits: int = _knob(
+        "SIM_QUOTA_WEEKLY_CREDITS", parse_int, "weekly budget in credits (1310), 0=none", default=0)
+    credits_per_request: int = _knob(
+        "SIM_CREDITS_PER_REQUEST", parse_int, "credits each model request costs", default=1)
+    credits_per_1k_tokens: float = _knob(
+        "SIM_CREDITS_PER_1K_TOKENS", parse_float, "credits per 1000 tokens (prompt + completion) "
+        "a model request costs on top", default=0.0)
+    monitor_time_limit: int = _knob(
+        "SIM_MONITOR_TIME_LIMIT", parse_int, "monthly tool-call allowance the monitor reports as "
+        "TIME_LIMIT, 0=none", default=0)
+    monitor_unknown_entry: bool = _knob(
+        "SIM_MONITOR_UNKNOWN_ENTRY", parse_bool, "add a FUTURE_LIMIT entry of an unknown type to "
+        "the monitor's limits", default=False)
 
     def __post_init__(self) -> None:
         if self.chunks < 1 or self.words_per_chunk < 1:
@@ -136,97 +197,27 @@ class SimulatorSettings:
             raise ValueError("credit budgets, credit costs and monitor_time_limit must be >= 0")
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def _models(text: str) -> tuple[str, ...]:
-    return tuple(m for m in (part.strip() for part in text.split(",")) if m)
-
-
-# (flag, settings field, parser, help)
-_OPTIONS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
-    ("--latency-ms", "latency_ms", float, "base latency before response headers (ms)"),
-    ("--ttft-ms", "ttft_ms", float, "time from headers to the first stream chunk (ms)"),
-    ("--chunks", "chunks", int, "content chunks per reply"),
-    ("--chunk-gap-ms", "chunk_gap_ms", float, "gap between content chunks (ms)"),
-    ("--words-per-chunk", "words_per_chunk", int, "reply words (= output tokens) per chunk"),
-    ("--rate-ceiling", "rate_ceiling", float, "hidden req/s ceiling over a sliding window, 0=none"),
-    ("--rate-burst", "rate_burst", float, "burst the rate ceiling allows: 0 = a whole sliding "
-     "window (lenient), N >= 1 = token bucket of N (1 = strict, no burst)"),
-    ("--ceiling-schedule", "ceiling_schedule", parse_schedule, "e.g. '0:20,60:10' (s:req/s)"),
-    ("--concurrency-ceiling", "concurrency_ceiling", int, "hidden in-flight ceiling, 0=none"),
-    ("--quota-5h-tokens", "quota_5h_tokens", int, "five-hour budget in tokens (1308), 0=none"),
-    ("--quota-weekly-tokens", "quota_weekly_tokens", int, "weekly budget in tokens (1310), 0=none"),
-    ("--quota-5h-window-s", "quota_5h_window_s", float, "length of the five-hour window (s)"),
-    ("--quota-weekly-window-s", "quota_weekly_window_s", float, "length of the weekly window (s)"),
-    ("--quota-reset", "quota_reset", str, "rolling (opens at first use) or fixed (back to back)"),
-    ("--quota-level", "quota_level", str, "plan level the quota monitor reports"),
-    ("--monitor-fault", "monitor_fault", str, "quota monitor fault: error, slow, garbage, "
-     "unauthorized ('' = none)"),
-    ("--monitor-delay-ms", "monitor_delay_ms", float, "quota monitor latency (ms)"),
-    ("--fail-rate", "fail_rate", float, "fraction of admitted requests answered 500/502"),
-    ("--seed", "seed", int, "seed of the fault-injection random generator"),
-    ("--cache-ratio", "cache_ratio", float, "fraction of prompt tokens reported as cached"),
-    ("--embedding-dim", "embedding_dim", int, "embedding vector length"),
-    ("--expect-key", "expect_key", str, "only accept this API key (default: any non-empty)"),
-    ("--models", "models", _models, "comma-separated model ids for /models"),
-    ("--account-state", "account_state", str, "every model request answers this account state: "
-     "ok, daily_limit (1304), expired (1309), no_subscription (1311), fair_use (1313), "
-     "no_balance (1113)"),
-    ("--key-kind", "key_kind", str, "the key's kind: standard (/api/paas/v4) or coding "
-     "(/api/coding/paas/v4); the other base answers 1113 ('' = either)"),
-    ("--overloaded-prompt", "overloaded_prompt", str, "prompts containing this text always get "
-     "429 code 1305 ('' = none)"),
-    ("--quota-5h-credits", "quota_5h_credits", int, "five-hour budget in credits (1308), 0=none"),
-    ("--quota-weekly-credits", "quota_weekly_credits", int, "weekly budget in credits (1310), "
-     "0=none"),
-    ("--credits-per-request", "credits_per_request", int, "credits each model request costs"),
-    ("--credits-per-1k-tokens", "credits_per_1k_tokens", float, "credits per 1000 tokens "
-     "(prompt + completion) a model request costs on top"),
-    ("--monitor-time-limit", "monitor_time_limit", int, "monthly tool-call allowance the monitor "
-     "reports as TIME_LIMIT, 0=none"),
-    ("--monitor-unknown-entry", "monitor_unknown_entry", _bool, "add a FUTURE_LIMIT entry of an "
-     "unknown type to the monitor's limits"),
-)
-
-
-def _env_default(name: str, parse: Callable[[str], Any], fallback: Any) -> Any:
-    raw = os.environ.get("SIM_" + name.upper())
-    if raw is None or raw == "":
-        return fallback
-    return parse(raw)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every simulator knob as `--flag` (defaults from `SIM_*` env, else the dataclass)."""
-    defaults = SimulatorSettings()
-    group = parser.add_argument_group("simulated upstream")
-    for flag, name, parse, help_ in _OPTIONS:
-        default = _env_default(name, parse, getattr(defaults, name))
-        group.add_argument(
-            flag, dest=f"sim_{name}", type=parse, default=default, metavar=name.upper(),
-            help=f"{help_} [env SIM_{name.upper()}]",
-        )
+    """Add every simulator knob as `--flag` (parsed by `settings_from_args`, over `SIM_*`)."""
+    add_flags(parser.add_argument_group("simulated upstream"), SimulatorSettings, "sim_")
 
 
 def settings_from_env() -> SimulatorSettings:
-    """Settings from the `SIM_*` environment variables alone (the simulator `serve` embeds)."""
-    values = {name: _env_default(name, parse, getattr(SimulatorSettings(), name))
-              for _, name, parse, _ in _OPTIONS}
-    return SimulatorSettings(**values)
+    """Settings from the `SIM_*` environment variables alone (the simulator `serve` embeds).
+
+    Raises `ValueError` (a `SettingError` naming the variable) on an invalid value.
+    """
+    return SimulatorSettings(**read(SimulatorSettings, os.environ))
 
 
 def settings_from_args(ns: argparse.Namespace) -> SimulatorSettings:
-    """Build settings from a namespace filled by a parser that ran `add_arguments`."""
-    known = {f.name for f in fields(SimulatorSettings)}
-    values = {name: getattr(ns, f"sim_{name}") for name in known if hasattr(ns, f"sim_{name}")}
-    return SimulatorSettings(**values)
+    """Settings from a namespace filled by a parser that ran `add_arguments`, over `SIM_*`.
+
+    A flag wins over its variable. Raises `ValueError` (a `SettingError` naming the flag or
+    variable) on an invalid value.
+    """
+    flags = flags_from(ns, SimulatorSettings, "sim_")
+    return SimulatorSettings(**read(SimulatorSettings, os.environ, flags))
 
 
 LIVE_FIELDS = (
