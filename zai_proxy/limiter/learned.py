@@ -36,7 +36,8 @@ from typing import Any
 FILE_VERSION = 2
 ADMIN_VERSION = 1
 
-Ignored = Callable[[str, object], None]
+# Told each value a lenient reader drops: why (its `field` the key as encoded), and the value.
+Ignored = Callable[["InvalidState", object], None]
 
 
 class InvalidState(ValueError):
@@ -117,10 +118,10 @@ def _decode(keys: Mapping[str, tuple[str, object]], *, ignored: Ignored | None) 
             continue
         try:
             out[attr] = _CHECKS[attr](raw, key)
-        except InvalidState:
+        except InvalidState as bad:
             if ignored is None:
                 raise
-            ignored(key, raw)
+            ignored(bad, raw)
     return out
 
 
@@ -203,8 +204,7 @@ class LearnedState:
         }
 
     @classmethod
-    def from_file(cls, doc: Mapping[str, Any], *,
-                  ignored: Ignored | None = None) -> LearnedState:
+    def from_file(cls, doc: Mapping[str, Any], *, ignored: Ignored) -> LearnedState:
         """A state file's state (ours or the Go proxy's); bad values dropped (told to
         `ignored`). InvalidState when it has no valid `ts` or no ceiling at all."""
         ts = file_timestamp(doc.get("ts"))
@@ -217,7 +217,7 @@ class LearnedState:
             "rate_upper": ("upper", doc.get("upper")),
             "rate_hold": ("hold", doc.get("rate_hold", doc.get("hold"))),
             "concurrency_ceiling": ("concurrency_ceiling", doc.get("concurrency_ceiling")),
-        }, ignored=ignored if ignored is not None else _drop)
+        }, ignored=ignored)
         state = cls(values.get("rate_ceiling"), values.get("rate_hold"),
                     values.get("concurrency_ceiling"), ts, account.get("account"),
                     values.get("rate_upper"), "upper" in doc)
@@ -297,17 +297,15 @@ class LearnedState:
                    upper_known="upper" in rate)
 
 
-def clean_state(doc: Mapping[str, Any], ignored: Ignored) -> dict[str, Any]:
-    """The usable keys of a published Redis state (`LearnedState.from_redis`), as published."""
-    return LearnedState.from_redis(doc, ignored=ignored).to_redis(known_only=True)
+def clean_state(doc: Mapping[str, Any], ignored: Callable[[str, object], None]) -> dict[str, Any]:
+    """The usable keys of a published Redis state (`LearnedState.from_redis`), as published;
+    `ignored` is told the key (`state.<key>`) and value of each one dropped."""
+    state = LearnedState.from_redis(doc, ignored=lambda bad, value: ignored(str(bad.field), value))
+    return state.to_redis(known_only=True)
 
 
 _REDIS = {"seq": "seq", "rate_current": "rate", "rate_upper": "ceiling", "rate_floor": "floor",
           "rate_hold": "hold", "by": "by", "ts": "at"}
-
-
-def _drop(key: str, value: object) -> None:
-    """The state file's readers drop a bad value without a word: the file is the proxy's own."""
 
 
 def file_timestamp(value: object) -> float | None:

@@ -169,8 +169,10 @@ class Limiter:
     def _fresh(self, state: LearnedState) -> bool:
         """Whether the account's state is young enough to adopt (RATE_LIMIT_STATE_MAX_AGE)."""
         try:
-            state.validate(account=self.account, now=self.wall(), max_age=self.state_max_age)
-        except InvalidState:
+            state.validate(account=self.account, now=self.wall(), max_age=self.state_max_age,
+                           time_field="at")
+        except InvalidState as invalid:
+            log.info("limiter state in Redis not restored: %s", invalid)
             return False
         return True
 

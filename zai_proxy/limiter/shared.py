@@ -256,7 +256,8 @@ class SharedCoordinator:
         if not isinstance(state, dict):
             self.shared.ignored("state (not an object)", state)
             return None
-        return LearnedState.from_redis(state, ignored=self.shared.ignored)
+        return LearnedState.from_redis(
+            state, ignored=lambda bad, value: self.shared.ignored(str(bad.field), value))
 
     async def load(self) -> dict[str, Any] | None:
         """`read()` as the published document's usable keys."""

@@ -95,7 +95,9 @@ def load_state(
         log.warning("limiter state %s ignored: not a JSON object", path)
         return None
     try:
-        state = LearnedState.from_file(doc).validate(account=account, now=now, max_age=max_age)
+        state = LearnedState.from_file(doc, ignored=lambda bad, value: log.warning(
+            "limiter state %s: %.80r dropped: %s", path, value, bad))
+        state = state.validate(account=account, now=now, max_age=max_age)
     except ForeignState:
         log.warning("limiter state %s ignored: it belongs to another Z.AI account", path)
         return None
