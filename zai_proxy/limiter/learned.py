@@ -20,9 +20,11 @@ what the new one writes and the other way round), each with its `to_*` and `from
   bound), `floor`, `hold`, `by`, `at`; the account is the key's namespace;
 - the admin export (`to_admin`, `from_admin`, `GET`/`PUT /admin/limiter-state`), account-level
   rates under `rate`, the concurrency ceiling under `concurrency`.
-A reader either refuses a document whose values are bad (`strict`: the admin API answers 400)
-or drops the bad values and keeps the good ones (`ignored` is told each one: the file and Redis,
-where a restarting proxy must take what it can); the checks are the same ones either way.
+A reader either refuses a whole document with a bad value (`from_admin`: the admin API answers
+400 naming the key) or drops the bad values and keeps the good ones (`from_file`, `from_redis`:
+`ignored` is told each one, since a restarting proxy must take what it can); the checks are the
+same ones either way. The keys differ between encodings (`ceiling` is the upper bound in Redis,
+`floor` the rate to resume at in the admin export) because each is read by released versions.
 """
 
 from __future__ import annotations

@@ -131,7 +131,10 @@ class Limiter:
         m.measured_rate.set((ev.measured or 0.0) * self.share)
 
     def _acct(self, rate: float | None) -> float | None:
-        return None if rate is None else round(rate * self.share, 3)
+        if rate is None:
+            return None
+        # Rounded for people, but never to 0: a learned rate must stay a positive number.
+        return round(rate * self.share, 3) or rate * self.share
 
     def _learned(self) -> tuple[Any, ...]:
         return (self.rate.upper, self.rate.hold, self.concurrency.ceiling)
