@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from zai_proxy.limiter.state_file import LimiterState, load_state, save_state, state_path
+from zai_proxy.limiter.learned import LearnedState as LimiterState
+from zai_proxy.limiter.state_file import load_state, save_state, state_path
 
 BOUNDS = {"rate_min": 1.0, "rate_max": 40.0, "max_workers": 10}
 

@@ -13,8 +13,9 @@ import pytest
 
 from tests.support.clock import VirtualTime
 from tests.support.redis import FakeRedis, virtual_timeout
+from zai_proxy.limiter.learned import clean_state
 from zai_proxy.limiter.rate_controller import RateController
-from zai_proxy.limiter.shared import SharedCoordinator, SharedState, clean_state, namespace
+from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 
 NS = namespace("acct0")
 

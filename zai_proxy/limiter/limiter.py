@@ -24,23 +24,13 @@ from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.admission import Admission
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.config import LimiterConfig
+from zai_proxy.limiter.learned import ForeignState, InvalidState, LearnedState
 from zai_proxy.limiter.rate_controller import Adjustment, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
-from zai_proxy.limiter.state_file import AUTO, LimiterState, load_state, save_state, state_path
+from zai_proxy.limiter.state_file import AUTO, load_state, save_state, state_path
 from zai_proxy.observe.metrics import Metrics
 
 log = logging.getLogger("zai_proxy.limiter")
-STATE_DOC_VERSION = 1
-
-
-def _positive_number(value: object, name: str) -> float | None:
-    """A positive finite number, None for null/absent; InvalidRequest for anything else."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            0 < value < float("inf")):
-        raise InvalidRequest(f"limiter state: {name} must be a positive number", param=name)
-    return float(value)
 
 
 def _decision(adjustment: Adjustment | None, now: float,
@@ -143,7 +133,10 @@ class Limiter:
         m.measured_rate.set((ev.measured or 0.0) * self.share)
 
     def _acct(self, rate: float | None) -> float | None:
-        return None if rate is None else round(rate * self.share, 3)
+        if rate is None:
+            return None
+        # Rounded for people, but never to 0: a learned rate must stay a positive number.
+        return round(rate * self.share, 3) or rate * self.share
 
     def _learned(self) -> tuple[Any, ...]:
         return (self.rate.upper, self.rate.hold, self.concurrency.ceiling)
@@ -153,14 +146,13 @@ class Limiter:
     async def restore(self) -> None:
         """Adopt the account's learned state: from Redis when shared, else the state file."""
         if self.coordinator is not None:
-            state = await self.coordinator.load()
-            fresh = state is not None and isinstance(state.get("at"), int | float) and \
-                self.wall() - float(state["at"]) <= self.state_max_age
-            if state is not None and fresh and self._restore_rate(
-                    state.get("ceiling"), state.get("hold", state.get("floor")), scale=1.0):
+            state = await self.coordinator.read()
+            if state is not None and state.ts is not None and self._fresh(state) and \
+                    self._restore_rate(state.rate_upper, state.rate_hold or state.rate_floor,
+                                       scale=1.0):
                 self.restored_from = "redis"
                 log.info("limiter state restored from Redis", extra={"fields": {
-                    "ceiling": state.get("ceiling"), "floor": state.get("floor")}})
+                    "ceiling": state.rate_upper, "floor": state.rate_floor}})
         if self.state_file is None:
             return
         loaded = await asyncio.to_thread(
@@ -172,21 +164,28 @@ class Limiter:
             return
         self.concurrency.restore(loaded.concurrency_ceiling)
         if self.restored_from is None:
-            upper = loaded.rate_upper if loaded.upper_known else loaded.rate_ceiling
-            self._restore_rate(upper, loaded.rate_hold, scale=self.share)
+            self._restore_rate(loaded.resume_upper, loaded.rate_hold, scale=self.share)
             self.restored_from = "file"
         self._saved = self._learned()
         log.info("limiter state restored", extra={"fields": {
             "path": str(self.state_file), "ceiling": loaded.rate_ceiling,
             "floor": loaded.rate_hold, "concurrency_ceiling": loaded.concurrency_ceiling}})
 
-    def _restore_rate(self, ceiling: object, floor: object, *, scale: float) -> bool:
-        top = ceiling if isinstance(ceiling, int | float) and ceiling > 0 else None
-        low = floor if isinstance(floor, int | float) and floor > 0 else None
-        if top is None and low is None:
+    def _fresh(self, state: LearnedState) -> bool:
+        """Whether the account's state is young enough to adopt (RATE_LIMIT_STATE_MAX_AGE)."""
+        try:
+            state.validate(account=self.account, now=self.wall(), max_age=self.state_max_age,
+                           time_field="at")
+        except InvalidState as invalid:
+            log.info("limiter state in Redis not restored: %s", invalid)
             return False
-        adjustment = self.rate.restore(None if top is None else top / scale,
-                                       None if low is None else low / scale)
+        return True
+
+    def _restore_rate(self, ceiling: float | None, floor: float | None, *, scale: float) -> bool:
+        if ceiling is None and floor is None:
+            return False
+        adjustment = self.rate.restore(None if ceiling is None else ceiling / scale,
+                                       None if floor is None else floor / scale)
         self._count(adjustment)
         self.admission.wake()
         return adjustment.direction == "restore"
@@ -196,7 +195,7 @@ class Limiter:
         learned = self._learned()
         if self.state_file is None or learned == self._saved:
             return
-        state = LimiterState(self._acct(self.rate.ceiling), self._acct(self.rate.hold),
+        state = LearnedState(self._acct(self.rate.ceiling), self._acct(self.rate.hold),
                              self.concurrency.ceiling, self.wall(), self.account,
                              self._acct(self.rate.upper))
         try:
@@ -224,45 +223,33 @@ class Limiter:
         is per replica, like MAX_WORKERS.
         """
         updated = self.rate.ceiling_updated_at
-        return {
-            "version": STATE_DOC_VERSION,
-            "account": self.account,
-            "variant": self.variant,
-            "shared": self.shared is not None,
-            "replicas": self.shared.replicas if self.shared is not None else int(self.share),
-            "exported_at": self.wall(),
-            "rate": {
-                "ceiling": self._acct(self.rate.ceiling),
-                "floor": self._acct(self.rate.hold),
-                "upper": self._acct(self.rate.upper),
-                "current": self._acct(self.rate.rate),
-                "learned_seconds_ago": None if updated is None
-                else round(self.clock() - updated, 3),
-            },
-            "concurrency": {"ceiling": self.concurrency.ceiling},
-        }
+        return LearnedState(
+            self._acct(self.rate.ceiling), self._acct(self.rate.hold), self.concurrency.ceiling,
+            self.wall(), self.account, self._acct(self.rate.upper),
+            rate_current=self._acct(self.rate.rate), variant=self.variant,
+            shared=self.shared is not None,
+            replicas=self.shared.replicas if self.shared is not None else int(self.share),
+            learned_seconds_ago=None if updated is None else round(self.clock() - updated, 3),
+        ).to_admin()
 
     async def import_state(self, doc: object) -> dict[str, Any]:
         """Adopt the state another proxy of the same account exported (`PUT`).
 
-        Raises InvalidRequest for a malformed document and AccountMismatch for another
+        Raises InvalidRequest for a malformed or too old document (`LearnedState.from_admin`,
+        exported more than RATE_LIMIT_STATE_MAX_AGE ago) and AccountMismatch for another
         account's; persists (and with Redis publishes) what it adopted. Returns what was applied.
         """
-        if not isinstance(doc, dict):
-            raise InvalidRequest("limiter state must be a JSON object")
-        account = doc.get("account")
-        if not isinstance(account, str):
-            raise InvalidRequest("limiter state has no account", param="account")
-        if account != self.account:
+        try:
+            state = LearnedState.from_admin(doc).validate(
+                account=self.account, now=self.wall(), max_age=self.state_max_age,
+                time_field="exported_at")
+        except ForeignState:
             raise AccountMismatch("limiter state belongs to another Z.AI account "
-                                  "(another key or upstream base); not adopted")
-        rate, conc = (part if isinstance(part := doc.get(key), dict) else {}
-                      for key in ("rate", "concurrency"))
-        ceiling = _positive_number(rate.get("ceiling"), "rate.ceiling")
-        floor = _positive_number(rate.get("floor"), "rate.floor")
-        if "upper" in rate:  # our own document: the upper bound is known (or known absent)
-            ceiling = _positive_number(rate.get("upper"), "rate.upper")
-        conc_ceiling = _positive_number(conc.get("ceiling"), "concurrency.ceiling")
+                                  "(another key or upstream base); not adopted") from None
+        except InvalidState as invalid:
+            raise InvalidRequest(f"limiter state: {invalid}", param=invalid.field) from None
+        ceiling, floor, conc_ceiling = state.resume_upper, state.rate_hold, \
+            state.concurrency_ceiling
         applied: dict[str, Any] = {"rate_ceiling": None, "rate_floor": None,
                                    "concurrency_ceiling": None}
         if ceiling is not None or floor is not None:
@@ -271,11 +258,11 @@ class Limiter:
             applied["rate_floor"] = self._acct(self.rate.floor)
             self.restored_from = "admin"
         if conc_ceiling is not None:
-            self.concurrency.restore(int(conc_ceiling))
+            self.concurrency.restore(conc_ceiling)
             applied["concurrency_ceiling"] = self.concurrency.ceiling
         self.admission.wake()
         log.warning("limiter state adopted from another proxy of this account",
-                    extra={"fields": {"from_variant": doc.get("variant"), **applied}})
+                    extra={"fields": {"from_variant": state.variant, **applied}})
         if self.coordinator is not None:
             await self.coordinator.publish()
         await self.persist()

@@ -15,9 +15,10 @@ ceiling belongs to the account). Pieces:
   either variant starts from it. While Redis is unreachable each replica decides alone.
 Every Redis call follows `RedisLink`'s policy (0.5 s timeout; a timeout, an error or a reply
 the command cannot give degrades; skipped while backing off). What is read back is validated
-where it is read: the script replies (a bad one degrades), the counts and the state document
-field by field (a value that is not finite and positive, a `seq` that is not a whole number,
-is dropped and logged once: a state holding "rate": NaN is not adopted).
+where it is read: the script replies (a bad one degrades), the counts field by field, and the
+state document by `LearnedState.from_redis` (zai_proxy/limiter/learned.py, which also writes
+it): a value that is not finite and positive, a `seq` that is not a whole number, is dropped
+and logged once, so a state holding "rate": NaN is not adopted.
 The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
 """
 
@@ -33,9 +34,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
+from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, number_reply
 from zai_proxy.limiter.evidence import Adjustment, WindowStats
 from zai_proxy.limiter.gcra import Gcra
+from zai_proxy.limiter.learned import LearnedState
 from zai_proxy.limiter.rate_controller import RateController
 
 log = logging.getLogger("zai_proxy.shared_state")
@@ -229,10 +231,10 @@ class SharedCoordinator:
         c = self.controller
         return (round(c.rate, 6), c.upper, c.floor)
 
-    async def load(self) -> dict[str, Any] | None:
+    async def read(self) -> LearnedState | None:
         """The account's published state (for a starting replica), None if none or unusable.
 
-        Only valid fields are kept (see `clean_state`): a number that is not finite and
+        Only valid values are kept (`LearnedState.from_redis`): a rate that is not finite and
         positive, a `seq` that is not a whole number, an `at` that is not a finite time is
         dropped (logged once), so nothing else has to doubt them.
         """
@@ -254,7 +256,13 @@ class SharedCoordinator:
         if not isinstance(state, dict):
             self.shared.ignored("state (not an object)", state)
             return None
-        return clean_state(state, self.shared.ignored)
+        return LearnedState.from_redis(
+            state, ignored=lambda bad, value: self.shared.ignored(str(bad.field), value))
+
+    async def load(self) -> dict[str, Any] | None:
+        """`read()` as the published document's usable keys."""
+        state = await self.read()
+        return None if state is None else state.to_redis(known_only=True)
 
     async def sync(self) -> list[Adjustment]:
         """Heartbeat, then lead (merge counts, publish) or follow (push counts, adopt)."""
@@ -332,10 +340,10 @@ class SharedCoordinator:
         seq = await self.shared.call(incr)
         if seq is None:
             return
-        state = {"seq": int(seq), "rate": c.rate, "ceiling": c.upper, "floor": c.floor,
-                 "hold": c.hold,
-                 "by": self.id, "at": self.wall()}
-        if await self.shared.call(lambda: r.set(key("state"), json.dumps(state),
+        state = LearnedState(c.ceiling, c.hold, None, self.wall(), rate_upper=c.upper,
+                             rate_floor=c.floor, rate_current=c.rate, seq=int(seq), by=self.id)
+        document = json.dumps(state.to_redis())
+        if await self.shared.call(lambda: r.set(key("state"), document,
                                                 ex=self.state_ttl)) is not None:
             self._published, self._seen = self._learned(), int(seq)
             self._published_at = self.wall()
@@ -361,45 +369,16 @@ class SharedCoordinator:
         return await self._adopt()
 
     async def _adopt(self) -> list[Adjustment]:
-        state = await self.load()
+        state = await self.read()
         # Without a sequence number or a rate there is nothing to order or adopt.
-        if state is None or "seq" not in state or "rate" not in state \
-                or state["seq"] <= self._seen:
+        if state is None or state.seq is None or state.rate_current is None \
+                or state.seq <= self._seen:
             return []
-        self._seen = state["seq"]
-        if state.get("by") == self.id:
+        self._seen = state.seq
+        if state.by == self.id:
             return []
-        adopted = self.controller.adopt(state["rate"], state.get("ceiling"), state.get("floor"))
+        adopted = self.controller.adopt(state.rate_current, state.rate_upper, state.rate_floor)
         return [] if adopted is None else [adopted]
 
 
 _COUNTS = frozenset({"ok", "limited", "congested", "other", "saturated", "rate_seconds", "sent"})
-_RATES = ("rate", "ceiling", "floor", "hold")
-
-
-def clean_state(state: dict[str, Any], ignored: Callable[[str, object], None]) -> dict[str, Any]:
-    """The fields of a published state that can be used: `rate`, `ceiling`, `floor`, `hold`
-    finite and positive, `seq` a whole number >= 0, `at` a finite time, `by` a string; every
-    other value of those fields is reported to `ignored` and left out."""
-    out: dict[str, Any] = {}
-    for name in _RATES:
-        if name in state and state[name] is not None:
-            value = finite(state[name])
-            if value is not None and value > 0:
-                out[name] = value
-            else:
-                ignored(f"state.{name}", state[name])
-    seq = state.get("seq")
-    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
-        out["seq"] = seq
-    elif "seq" in state:
-        ignored("state.seq", seq)
-    if "at" in state:
-        at = finite(state["at"])
-        if at is not None:
-            out["at"] = at
-        else:
-            ignored("state.at", state["at"])
-    if isinstance(state.get("by"), str):
-        out["by"] = state["by"]
-    return out

@@ -63,7 +63,16 @@ def learned_at(doc: Mapping[str, Any]) -> float | None:
 
 
 def validate(pod: str, doc: object) -> dict[str, Any]:
-    """The document if it has what the switch relies on, else StepFailed."""
+    """The document if it has what the switch relies on, else StepFailed.
+
+    The document is otherwise opaque here: its schema and validation belong to the proxy
+    (`LearnedState.from_admin` in zai_proxy.limiter.learned, which this separate program must
+    not import), and the target pod's PUT refuses a bad document whole (400, or 409 for
+    another account), which stops the switch. The switch checks only what it decides on before
+    any PUT: the account (it never carries across accounts) and `shared` (with Redis there is
+    nothing to carry); the rates it reads to choose a source go through `number`, where a bad
+    value counts as none learned.
+    """
     problem = None
     if not isinstance(doc, dict):
         problem = "is not a JSON object"
