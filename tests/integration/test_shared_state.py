@@ -8,10 +8,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.support.servers import RedisServer, free_port, require_binary
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.rate_controller import Outcome, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 
@@ -47,13 +49,18 @@ def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
             proc.wait(10)
 
 
+def replica(url: str, **kw: Any) -> SharedState:
+    """One replica's shared state on a Redis link of its own."""
+    return SharedState(RedisLink.connect(url), **kw)
+
+
 def ns() -> str:
     return namespace(f"{time.time_ns():016x}"[-16:])
 
 
 async def test_replicas_share_one_evenly_spaced_gate(redis_server: RedisServer) -> None:
     name = ns()
-    replicas = [SharedState(redis_server.url, namespace=name, replicas=2) for _ in range(2)]
+    replicas = [replica(redis_server.url, namespace=name, replicas=2) for _ in range(2)]
     gates = [state.gate("gate") for state in replicas]
     rate = 20.0
     admitted = 0
@@ -68,11 +75,11 @@ async def test_replicas_share_one_evenly_spaced_gate(redis_server: RedisServer) 
     assert 5 <= admitted <= 1 + rate * elapsed + 1
     assert not any(s.degraded for s in replicas)
     for state in replicas:
-        await state.close()
+        await state.link.aclose()
 
 
 async def test_wait_is_reported_and_refund_returns_a_slot(redis_server: RedisServer) -> None:
-    state = SharedState(redis_server.url, namespace=ns())
+    state = replica(redis_server.url, namespace=ns())
     gate = state.gate("gate")
     assert await gate.take(2.0, 0.0) == 0.0
     wait = await gate.take(2.0, 0.0)
@@ -81,7 +88,7 @@ async def test_wait_is_reported_and_refund_returns_a_slot(redis_server: RedisSer
     assert await gate.take(2.0, 0.0) == 0.0
     burst = state.gate("burst", burst=3)
     assert [await burst.take(1.0, 0.0) for _ in range(4)][:3] == [0.0, 0.0, 0.0]
-    await state.close()
+    await state.link.aclose()
 
 
 async def test_fallback_when_redis_dies_and_recovery(
@@ -89,8 +96,9 @@ async def test_fallback_when_redis_dies_and_recovery(
 ) -> None:
     port, procs = own_redis
     clock = [0.0]
-    state = SharedState(f"redis://127.0.0.1:{port}/0", namespace=ns(), replicas=4,
-                        retry_interval=5.0, clock=lambda: clock[0], op_timeout=0.3)
+    link = RedisLink.connect(f"redis://127.0.0.1:{port}/0", retry_interval=5.0,
+                             clock=lambda: clock[0], op_timeout=0.3)
+    state = SharedState(link, namespace=ns(), replicas=4)
     gate = state.gate("gate")
     assert await state.ping() and not state.degraded
     procs[0].terminate()
@@ -107,7 +115,7 @@ async def test_fallback_when_redis_dies_and_recovery(
     clock[0] = 6.0  # back-off over: Redis is tried again and the flag clears
     await gate.take(40.0, 106.0)
     assert not state.degraded and state.reason is None
-    await state.close()
+    await state.link.aclose()
 
 
 def controller(clock: list[float], initial: float = 30) -> RateController:
@@ -119,7 +127,7 @@ async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisSe
     name = ns()
     clock = [1000.0]
     controllers = [controller(clock), controller(clock)]
-    coordinators = [SharedCoordinator(SharedState(redis_server.url, namespace=name, replicas=2),
+    coordinators = [SharedCoordinator(replica(redis_server.url, namespace=name, replicas=2),
                                       c, wall=lambda: clock[0]) for c in controllers]
     assert await coordinators[0].sync() == [] and coordinators[0].leader
     assert await coordinators[1].sync() == [] and not coordinators[1].leader
@@ -155,16 +163,16 @@ async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisSe
     assert state["by"] == coordinators[1].id  # it publishes from what it had adopted
     assert state["ceiling"] == pytest.approx(controllers[0].upper)
     for c in coordinators:
-        await c.shared.close()
+        await c.shared.link.aclose()
 
 
 async def test_a_state_put_on_any_replica_reaches_the_leader(redis_server: RedisServer) -> None:
     name = ns()
     clock = [1000.0]
     lead, follow = controller(clock), controller(clock)
-    leader = SharedCoordinator(SharedState(redis_server.url, namespace=name), lead,
+    leader = SharedCoordinator(replica(redis_server.url, namespace=name), lead,
                                wall=lambda: clock[0])
-    follower = SharedCoordinator(SharedState(redis_server.url, namespace=name), follow,
+    follower = SharedCoordinator(replica(redis_server.url, namespace=name), follow,
                                  wall=lambda: clock[0])
     await leader.sync()
     await follower.sync()
@@ -173,15 +181,16 @@ async def test_a_state_put_on_any_replica_reaches_the_leader(redis_server: Redis
     await leader.sync()
     assert (lead.upper, lead.floor) == (12.0, 11.5)
     for c in (leader, follower):
-        await c.shared.close()
+        await c.shared.link.aclose()
 
 
 async def test_coordinator_decides_alone_when_degraded() -> None:
     clock = [1000.0]
     ctl = controller(clock)
-    shared = SharedState(f"redis://127.0.0.1:{free_port()}/0", replicas=2, op_timeout=0.2)
+    shared = SharedState(RedisLink.connect(f"redis://127.0.0.1:{free_port()}/0", op_timeout=0.2),
+                         replicas=2)
     coordinator = SharedCoordinator(shared, ctl, wall=lambda: clock[0])
     assert not ctl.auto_evaluate
     assert await coordinator.sync() == []
     assert shared.degraded and ctl.auto_evaluate and not coordinator.leader
-    await shared.close()
+    await shared.link.aclose()

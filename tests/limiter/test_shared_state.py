@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.clock import VirtualTime
 from tests.support.redis import FakeRedis, virtual_timeout
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.learned import clean_state
 from zai_proxy.limiter.rate_controller import RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
@@ -21,8 +22,8 @@ NS = namespace("acct0")
 
 
 def shared(fake: FakeRedis, vt: VirtualTime, replicas: int = 1) -> SharedState:
-    return SharedState("redis://fake", namespace=NS, replicas=replicas, clock=vt,
-                       timeout=virtual_timeout(vt), redis=fake)
+    link = RedisLink(fake, clock=vt, timeout=virtual_timeout(vt))
+    return SharedState(link, namespace=NS, replicas=replicas)
 
 
 def controller(vt: VirtualTime, initial: float = 30) -> RateController:
@@ -113,10 +114,10 @@ async def test_a_redis_that_answers_ok_to_everything_is_a_degraded_redis(
         assert await gate.take(20.0, 0.0) == 0.0  # the local fallback
         assert await gate.take(20.0, 0.0) == pytest.approx(0.1)  # at 20 / 2
         await pod.publish()
-        state._retry_at = 0.0  # past the back-off: each call is tried and rejected again
+        state.link._retry_at = 0.0  # past the back-off: each call is tried and rejected again
         assert await gate.take(20.0, 1.0) == 0.0
         assert "take" in (state.reason or "")
-        state._retry_at = 0.0
+        state.link._retry_at = 0.0
         await pod.publish()
         assert "INCR" in (state.reason or "")
     assert not any(r.exc_info for r in caplog.records)
@@ -141,11 +142,11 @@ async def test_a_lying_take_or_heartbeat_reply_is_rejected() -> None:
     gate = state.gate("gate")
     for bad in (negative, nan):
         gate._take = bad
-        state.degraded, state._retry_at = False, 0.0
+        state.link.degraded, state.link._retry_at = False, 0.0
         await gate.take(10.0, 0.0)
         assert state.degraded and "take" in (state.reason or "")
-    state.degraded = False
-    pod._heartbeat = members
+    state.link.degraded = False
+    pod.lease._script = members
     assert await pod.sync() == [] and state.degraded and "heartbeat" in (state.reason or "")
 
 

@@ -12,13 +12,16 @@ import pytest
 
 from tests.support.clock import VirtualTime
 from tests.support.redis import FakeRedis, virtual_timeout
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import RedisLink
+from zai_proxy.limiter.shared import namespace
 from zai_proxy.quota.shared import QuotaShare, block_from_doc, report_from_doc
 from zai_proxy.quota.state import Block
 
 
 def share(fake: FakeRedis, vt: VirtualTime) -> QuotaShare:
-    return QuotaShare("redis://fake", "acct0", clock=vt, timeout=virtual_timeout(vt),
-                      redis=fake)
+    link = RedisLink(fake, clock=vt, timeout=virtual_timeout(vt))
+    return QuotaShare(link, "acct0", LeaderLease(link, namespace("acct0")))
 
 
 async def test_one_leader_and_the_shared_documents() -> None:
@@ -43,8 +46,8 @@ async def test_a_redis_that_answers_ok_to_everything_degrades_without_an_excepti
     quota = share(fake, vt)
     with caplog.at_level(logging.INFO):
         assert await quota.lead(3.0) is False  # "OK" is not the script's 1: not the poller
-        assert quota.degraded and "lead" in (quota.reason or "")
-        quota._retry_at = 0.0
+        assert quota.degraded and "heartbeat" in (quota.reason or "")  # the lease, beaten first
+        quota.link._retry_at = 0.0
         assert await quota.sync(12.0) is None  # redis-py's float("OK") fails: degraded too
         assert quota.degraded and "ValueError" in (quota.reason or "")
         await quota.publish({"at": 1.0, "ok": True})

@@ -8,7 +8,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.clock import VirtualTime
 from tests.support.redis import FakeRedis
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.limiter import Limiter
+from zai_proxy.limiter.shared import namespace
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.quota.quota import Quota
 from zai_proxy.server.app import limiter_config, quota_config
@@ -32,8 +35,10 @@ def replica(key: str, fake: FakeRedis, vt: VirtualTime) -> Quota:
     # The limiter is only the pacing target here; it keeps its state in this process.
     limiter = Limiter(limiter_config(settings(key, redis=False)), metrics, clock=vt,
                       wall=vt.wall)
+    link = RedisLink(fake, clock=vt)
+    lease = LeaderLease(link, namespace(settings(key).account))
     return Quota(quota_config(settings(key)), metrics, limiter, wall=vt.wall, clock=vt,
-                 sleep=vt.sleep, redis=fake)
+                 sleep=vt.sleep, link=link, lease=lease)
 
 
 async def test_a_quota_block_one_replica_meets_stops_the_others_of_the_account_only() -> None:

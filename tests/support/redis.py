@@ -29,6 +29,7 @@ import redis.exceptions
 from limits.aio.storage import MemoryStorage
 
 from tests.support.clock import VirtualTime
+from zai_proxy.core import lease as leader_lease
 from zai_proxy.limiter import shared as shared_state
 from zai_proxy.quota import shared as quota_shared
 
@@ -185,7 +186,7 @@ class FakeRedis:
 
     def _scripts(self) -> dict[str, Callable[[list[str], list[str]], Any]]:
         return {shared_state._TAKE: self._take, shared_state._REFUND: self._refund,
-                shared_state._HEARTBEAT: self._heartbeat,
+                leader_lease._HEARTBEAT: self._heartbeat,
                 shared_state._TAKE_COUNTS: self._take_counts, quota_shared._LEAD: self._lead}
 
     def _take(self, keys: list[str], args: list[str]) -> bytes:
@@ -225,6 +226,10 @@ class FakeRedis:
 
     def _lead(self, keys: list[str], args: list[str]) -> int:
         holder, me = self._live(keys[0]), args[0].encode()
+        if args[2] != "1":  # not holding the account's lease: give the lock back
+            if holder == me:
+                self.data.pop(keys[0], None)
+            return 0
         if holder == me:
             self.expires[keys[0]] = self.clock() + int(args[1]) / 1000
             return 1

@@ -9,13 +9,16 @@ Every client key gets its own counters. Examples:
     600/minute; tokens:100000/minute        plus 100k tokens per minute per client
 
 Requests use a moving window (exact); tokens a fixed window (one counter, whatever the cost).
-Storage from `RATE_LIMIT_STORAGE_URI`: `memory://` (default) or `redis://host:port/0`
-(mapped to `limits`' async variants).
+Storage from `RATE_LIMIT_STORAGE_URI`: `memory://` (default) or `redis://host:port/0`.
 
-Every storage call goes through a `RedisLink` (the policy the limiter and the quota share
-follow): bounded by `op_timeout` (0.5 s), a failure (timeout, error, nonsense answer) marks the
-quotas `degraded` (logged once, `health()`), storage is then skipped for `retry_interval`
-seconds, and the first call that works afterwards logs the recovery. While degraded, and for the
+With Redis, the counters live in `limits`' async Redis storage on its redis-py implementation
+(`implementation="redispy"`), built on the connection pool of the process's one `RedisLink`
+(`create_app` passes it): the same client library and the same connections as the shared
+limiter state and the quota share, no second client. Every storage call goes through that
+link, so it follows the one policy: bounded by `op_timeout` (0.5 s), a failure (timeout, error,
+nonsense answer) marks the link, so the quotas, `degraded` (logged once, `health()`), storage is
+then skipped for `retry_interval` seconds, and the first call that works afterwards logs the
+recovery. While degraded, and for the
 request whose storage call failed, the request is allowed and its tokens go uncounted: a client
 quota is fairness between workers, the account itself stays protected by the limiter, and a
 stalled Redis must cost a request at most one timeout, never the client's own.
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 from limits.storage import storage_from_string
 
@@ -74,25 +78,38 @@ def parse_client_limits(spec: str) -> tuple[list[RateLimitItem], list[RateLimitI
     return requests, tokens
 
 
+def is_redis(uri: str) -> bool:
+    """Whether a configured storage URI names Redis (else `limits`' memory storage)."""
+    return uri.removeprefix("async+").startswith("redis")
+
+
 def async_storage_uri(uri: str) -> str:
     """`limits`' async scheme for a configured storage URI."""
     return uri if uri.startswith("async+") else f"async+{uri}"
 
 
-class _StorageLink(RedisLink):
-    def on_degraded(self, exc: BaseException) -> None:
-        log.error("client quota storage degraded: requests allowed without client quotas "
-                  "until it answers again: %r", exc)
+def _degraded(exc: BaseException) -> None:
+    log.error("client quota storage degraded: requests allowed without client quotas "
+              "until it answers again: %r", exc)
 
-    def on_recovered(self) -> None:
-        log.warning("client quota storage recovered: client quotas apply again")
+
+def _recovered() -> None:
+    log.warning("client quota storage recovered: client quotas apply again")
+
+
+def redis_storage(link: RedisLink) -> RedisStorage:
+    """`limits`' async Redis storage on the link's redis-py connection pool."""
+    pool = link.redis.connection_pool
+    return RedisStorage("async+redis://", implementation="redispy", connection_pool=pool)
 
 
 class ClientQuotas:
     """Per-client request and token limits; `enabled` is False when no limit is configured.
 
-    `storage` replaces the one `storage_uri` names (tests pass a fake); `op_timeout`,
-    `retry_interval`, `clock` and `timeout` are the storage link's (see the module doc).
+    `link` is the process's Redis link (with a `redis://` `storage_uri`; without one, a link
+    of its own is made for that URI); `storage` replaces the one `storage_uri` names (tests pass
+    a fake); `op_timeout`, `retry_interval`, `clock` and `timeout` are those of the link made
+    here when none is passed (see the module doc).
     """
 
     def __init__(
@@ -107,15 +124,23 @@ class ClientQuotas:
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         timeout: Timeout = asyncio.timeout,
+        link: RedisLink | None = None,
     ) -> None:
         self.request_limits, self.token_limits = parse_client_limits(spec)
+        redis = storage is None and is_redis(storage_uri)
+        if link is None:
+            settings: dict[str, Any] = {"op_timeout": op_timeout, "retry_interval": retry_interval,
+                                        "clock": clock, "timeout": timeout}
+            link = (RedisLink.connect(storage_uri, **settings) if redis
+                    else RedisLink(None, **settings))
         if storage is None:
-            storage = storage_from_string(async_storage_uri(storage_uri))
+            storage = (redis_storage(link) if redis
+                       else storage_from_string(async_storage_uri(storage_uri)))
         self._requests: RateLimiter = MovingWindowRateLimiter(storage)
         self._tokens: RateLimiter = FixedWindowRateLimiter(storage)
         self.prefix, self._wall = prefix, wall_clock
-        self.link = _StorageLink(op_timeout=op_timeout, retry_interval=retry_interval,
-                                 clock=clock, timeout=timeout)
+        self.link = link
+        link.watch(_degraded, _recovered)
 
     @property
     def enabled(self) -> bool:

@@ -1,10 +1,13 @@
-"""A Redis connection that degrades instead of failing: the one policy every Redis user follows.
+"""The process's one Redis connection, which degrades instead of failing: the one policy every
+Redis user (shared limiter state, quota sharing, client quotas) follows.
 
-`RedisLink.call(op)` runs one Redis operation under a bounded timeout (`op_timeout`, 0.5 s by
-default). A failure turns the link `degraded` (with a short `reason`), logged once by
-`on_degraded`; while degraded no operation is tried for `retry_interval` seconds (each answers
-None at once, so a lost or stalled Redis never slows a request by more than one timeout); the
-first success afterwards logs `on_recovered` and clears it.
+`create_app` makes one `RedisLink` (one redis-py client, one connection pool) and passes it to
+each user. `RedisLink.call(op)` runs one Redis operation under a bounded timeout (`op_timeout`,
+0.5 s by default). A failure turns the link `degraded` (with a short `reason`), told once to
+every user that `watch`es it (each logs what its fallback is); while degraded no operation of
+any user is tried for `retry_interval` seconds (each answers None at once, so a lost or stalled
+Redis never slows a request by more than one timeout); the first success afterwards, whoever
+makes it, tells every user it recovered and clears it.
 
 A failure is anything the operation raises: a timeout, a Redis or socket error, and also an
 answer that is not what the command returns (`BadAnswer`, or the ValueError/TypeError a client
@@ -23,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
+
 T = TypeVar("T")
 
 log = logging.getLogger("zai_proxy.redis_link")
@@ -35,27 +40,43 @@ class BadAnswer(ValueError):
 
 
 class RedisLink:
-    """Degrade-and-retry around Redis calls; subclasses say what degrading means for them.
+    """One Redis client and the degrade-and-retry policy every user of it shares.
 
-    `timeout` makes the context manager that bounds each call (`asyncio.timeout`; tests pass
-    one on virtual time).
+    `redis` is the client (redis-py asyncio; tests pass a fake; None for a link with nothing
+    behind it, whose calls all run `op` as given). `timeout` makes the context manager that
+    bounds each call (`asyncio.timeout`; tests pass one on virtual time). Users subscribe with
+    `watch` to say what degrading means for them; the state (`degraded`, `reason`, the back-off)
+    is the link's, so a Redis that hangs, lies or is down degrades every user at once, and the
+    first call that works recovers them all.
     """
 
-    def __init__(self, *, op_timeout: float = 0.5, retry_interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, redis: Any = None, *, op_timeout: float = 0.5,
+                 retry_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  timeout: Timeout = asyncio.timeout) -> None:
+        self.redis = redis
         self.op_timeout, self.retry_interval, self.clock = op_timeout, retry_interval, clock
         self._timeout = timeout
         self.degraded = False
         self.reason: str | None = None
         self._retry_at = 0.0
         self._ignored: set[str] = set()
+        self._watchers: list[tuple[Callable[[BaseException], None], Callable[[], None]]] = []
+        self._closed = False
 
-    def on_degraded(self, exc: BaseException) -> None:
-        """Called once when a working link fails (log what the fallback is)."""
+    @classmethod
+    def connect(cls, url: str, *, op_timeout: float = 0.5, **kw: Any) -> RedisLink:
+        """A link with a redis-py client (one connection pool) for `url` (`redis://...`; the
+        `async+` prefix of a `limits` URI is accepted). Connecting is lazy: nothing is sent
+        before the first call."""
+        client = aioredis.Redis.from_url(url.removeprefix("async+"), socket_timeout=op_timeout,
+                                         socket_connect_timeout=op_timeout)
+        return cls(client, op_timeout=op_timeout, **kw)
 
-    def on_recovered(self) -> None:
-        """Called once when a degraded link answers again."""
+    def watch(self, on_degraded: Callable[[BaseException], None],
+              on_recovered: Callable[[], None]) -> None:
+        """Call `on_degraded(exc)` once when the working link fails (log what the fallback is)
+        and `on_recovered()` once when the degraded link answers again."""
+        self._watchers.append((on_degraded, on_recovered))
 
     async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run a Redis operation within `op_timeout`; None (and degraded) when it fails (see
@@ -69,15 +90,23 @@ class RedisLink:
         except Exception as exc:  # every failure degrades; cancellation is not an Exception
             if isinstance(exc, TimeoutError) and not str(exc):
                 exc = TimeoutError(f"no answer within {self.op_timeout:g} s")
-            if not self.degraded:
-                self.on_degraded(exc)
+            was_degraded = self.degraded
             self.degraded, self.reason = True, f"{type(exc).__name__}: {exc}"[:200]
             self._retry_at = self.clock() + self.retry_interval
+            if not was_degraded:
+                for on_degraded, _ in self._watchers:
+                    on_degraded(exc)
             return None
         if self.degraded:
-            self.on_recovered()
             self.degraded, self.reason = False, None
+            for _, on_recovered in self._watchers:
+                on_recovered()
         return result
+
+    async def ping(self) -> bool:
+        """Check Redis now (also ends the back-off); True when reachable."""
+        self._retry_at = 0.0
+        return bool(await self.call(self.redis.ping))
 
     def ignored(self, what: str, value: object) -> None:
         """Log (once per `what`) a value read from Redis that is dropped as unusable."""
@@ -85,6 +114,17 @@ class RedisLink:
             return
         self._ignored.add(what)
         log.warning("ignored a bad value read from Redis (logged once): %s = %.80r", what, value)
+
+    async def aclose(self) -> None:
+        """Close the client (once; a second call does nothing). Closing a broken connection
+        never fails: it only happens at shutdown."""
+        if self._closed or self.redis is None:
+            return
+        self._closed = True
+        try:
+            await self.redis.aclose()
+        except Exception:
+            log.debug("closing the Redis connection failed", exc_info=True)
 
 
 def finite(value: object) -> float | None:

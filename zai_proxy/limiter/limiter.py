@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from zai_proxy.core.errors import AccountMismatch, InvalidRequest
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.admission import Admission
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
@@ -57,7 +59,8 @@ class Limiter:
     def __init__(self, config: LimiterConfig, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, *,
+                 link: RedisLink | None = None, lease: LeaderLease | None = None) -> None:
         self.metrics = metrics
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.account = config.account
@@ -66,8 +69,7 @@ class Limiter:
         self.state_file: Path | None = path
         self.state_file_explicit = config.rate_limit_state_file != AUTO
         self.state_max_age = config.rate_limit_state_max_age
-        shared_uri = config.rate_limit_storage_uri
-        shared = shared_uri.startswith(("redis", "async+redis"))
+        shared = link is not None  # the process's Redis link, when the account is shared
         # Without shared storage each replica takes its share of the account's limits.
         share = 1.0 if shared else float(config.rate_limit_replicas)
         self.share = share
@@ -87,15 +89,14 @@ class Limiter:
         self.shared: SharedState | None = None
         self.coordinator: SharedCoordinator | None = None
         gate = pacer = None
-        if shared:
-            self.shared = SharedState(shared_uri.removeprefix("async+"),
-                                      namespace=namespace(self.account),
-                                      replicas=config.rate_limit_replicas, clock=clock)
+        if link is not None:
+            self.shared = SharedState(link, namespace=namespace(self.account),
+                                      replicas=config.rate_limit_replicas)
             gate = self.shared.gate("gate", config.rate_limit_burst)
             pacer = self.shared.gate("pacer")
             self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall,
                                                  interval=self.tick_interval,
-                                                 state_ttl=self.state_max_age)
+                                                 state_ttl=self.state_max_age, lease=lease)
         self.admission = Admission(
             self.rate, self.concurrency, queue_max=config.queue_max,
             queue_timeout=config.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
@@ -299,8 +300,6 @@ class Limiter:
         await self.ticker.stop()
         await self.persist()
         await self.admission.close()
-        if self.shared is not None:
-            await self.shared.close()
 
     # -- what operators see ----------------------------------------------------------------
 

@@ -6,14 +6,16 @@ ceiling belongs to the account). Pieces:
   spaced evenly at the account's rate (`gate`), and the quota pacer (`pacer`). On any Redis
   failure it falls back to a local `Gcra` at rate / replicas (the live replica count seen last,
   at least RATE_LIMIT_REPLICAS), loudly, and retries Redis every `retry_interval` s.
-- `SharedCoordinator`: one controller decides for the account. Replicas register in a member
-  set; one holds the leader lock. Followers push their outcome counts and saturated time every
+- `SharedCoordinator`: one controller decides for the account: the one of the replica holding
+  the account's leader lease (`zai_proxy.core.lease`, beaten every sync; the quota share polls
+  under the same lease). Followers push their outcome counts and saturated time every
   sync (a second or less) and adopt the published state; the leader merges their counts into
   its own controller, which runs its windows on its own clock (no wall-clock alignment, no
   partial windows), and publishes rate, ceiling and floor after every change. The published
   state outlives the processes (it expires after RATE_LIMIT_STATE_MAX_AGE), so a new pod of
   either variant starts from it. While Redis is unreachable each replica decides alone.
-Every Redis call follows `RedisLink`'s policy (0.5 s timeout; a timeout, an error or a reply
+Every Redis call goes through the process's one `RedisLink` (shared with the quota share and
+the client quotas) and follows its policy (0.5 s timeout; a timeout, an error or a reply
 the command cannot give degrades; skipped while backing off). What is read back is validated
 where it is read: the script replies (a bad one degrades), the counts field by field, and the
 state document by `LearnedState.from_redis` (zai_proxy/limiter/learned.py, which also writes
@@ -24,23 +26,21 @@ The concurrency controller stays per replica (MAX_WORKERS is a per-replica cap).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
-from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, number_reply
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import BadAnswer, RedisLink, number_reply
 from zai_proxy.limiter.evidence import Adjustment, WindowStats
 from zai_proxy.limiter.gcra import Gcra
 from zai_proxy.limiter.learned import LearnedState
 from zai_proxy.limiter.rate_controller import RateController
 
 log = logging.getLogger("zai_proxy.shared_state")
+T = TypeVar("T")
 
 _TAKE = """
 local t = redis.call('TIME')
@@ -61,22 +61,6 @@ if tat < now then tat = now end
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ARGV[2])
 return 1
 """
-# Register this replica, drop members silent for ARGV[3] ms, take or renew the leader lock.
-_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local leader = redis.call('GET', KEYS[2])
-if not leader then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  leader = ARGV[1]
-elseif leader == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return {redis.call('ZCARD', KEYS[1]), leader == ARGV[1] and 1 or 0}
-"""
 _TAKE_COUNTS = """
 local counts = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
@@ -94,29 +78,35 @@ def namespace(account: str) -> str:
     return f"zai-proxy:acct:{account}:limiter"
 
 
-class SharedState(RedisLink):
-    """Redis connection with a loud local fallback, and the live replica count."""
+class SharedState:
+    """The limiter's view of the process's Redis link: its namespace, its loud local fallback
+    (logged when the link degrades), and the live replica count."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: str = "zai-proxy:limiter",
-        replicas: int = 1,
-        op_timeout: float = 0.5,
-        retry_interval: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-        timeout: Timeout = asyncio.timeout,
-        redis: Any = None,
-    ) -> None:
-        """`redis`: a client to use instead of one for `url` (tests pass a fake)."""
-        self.redis = redis if redis is not None else aioredis.Redis.from_url(
-            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout
-        )
+    def __init__(self, link: RedisLink, *, namespace: str = "zai-proxy:limiter",
+                 replicas: int = 1) -> None:
+        self.link = link
         self.ns, self.configured_replicas = namespace, max(1, replicas)
         self.live_replicas: int | None = None  # members seen at the last heartbeat
-        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
-                         timeout=timeout)
+        link.watch(self.on_degraded, self.on_recovered)
+
+    @property
+    def redis(self) -> Any:
+        return self.link.redis
+
+    @property
+    def degraded(self) -> bool:
+        return self.link.degraded
+
+    @property
+    def reason(self) -> str | None:
+        return self.link.reason
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """`RedisLink.call`: None when Redis failed or the link is backing off."""
+        return await self.link.call(op)
+
+    def ignored(self, what: str, value: object) -> None:
+        self.link.ignored(what, value)
 
     @property
     def replicas(self) -> int:
@@ -149,14 +139,7 @@ class SharedState(RedisLink):
 
     async def ping(self) -> bool:
         """Check Redis now (also ends the back-off); True when reachable."""
-        self._retry_at = 0.0
-        return bool(await self.call(self.redis.ping))
-
-    async def close(self) -> None:
-        try:
-            await self.redis.aclose()
-        except Exception:  # closing a broken connection must not fail shutdown
-            log.debug("closing the shared state's Redis connection failed", exc_info=True)
+        return await self.link.ping()
 
 
 class RedisGate:
@@ -201,8 +184,9 @@ class RedisGate:
 class SharedCoordinator:
     """Keeps one replica's `RateController` in agreement with the account (see module doc).
 
-    Call `sync()` every `interval` seconds (the limiter's tick); a replica silent for
-    `stale` seconds drops out of the member count, a dead leader is replaced after `lock`.
+    Call `sync()` every `interval` seconds (the limiter's tick, at most a second: the lease
+    expires after `LOCK_SECONDS`). `lease` is the account's one lease (`create_app` passes the
+    one the quota share uses too); by default one of its own under the state's namespace.
     """
 
     def __init__(
@@ -213,14 +197,14 @@ class SharedCoordinator:
         wall: Callable[[], float] = time.time,
         interval: float = 1.0,
         state_ttl: float = 6 * 3600.0,
+        lease: LeaderLease | None = None,
     ) -> None:
         self.shared, self.controller, self.wall = shared, controller, wall
-        self.id = uuid.uuid4().hex
-        self.lock_ms = int(max(3.0, 3 * interval) * 1000)
-        self.stale_ms = int(max(5.0, 5 * interval) * 1000)
+        self.lease = lease if lease is not None else LeaderLease(shared.link, shared.ns)
+        self.id = self.lease.id
+        self.interval = interval
         self.state_ttl = int(state_ttl)
         self.leader = False
-        self._heartbeat = shared.redis.register_script(_HEARTBEAT)
         self._take_counts = shared.redis.register_script(_TAKE_COUNTS)
         self._seen = -1  # sequence number of the last state adopted or published
         self._published: tuple[Any, ...] | None = None
@@ -267,19 +251,7 @@ class SharedCoordinator:
     async def sync(self) -> list[Adjustment]:
         """Heartbeat, then lead (merge counts, publish) or follow (push counts, adopt)."""
         c = self.controller
-
-        async def heartbeat() -> tuple[int, bool]:
-            beat = await self._heartbeat(
-                keys=[self.shared.key("members"), self.shared.key("leader")],
-                args=[self.id, self.lock_ms, self.stale_ms])
-            # The script answers [members, 1 if this replica leads else 0], nothing else.
-            if not isinstance(beat, list | tuple) or len(beat) != 2 or \
-                    not all(isinstance(v, int) and not isinstance(v, bool) for v in beat) or \
-                    beat[0] < 1 or beat[1] not in (0, 1):
-                raise BadAnswer(f"heartbeat: {beat!r:.60}")
-            return int(beat[0]), bool(beat[1])
-
-        beat = await self.shared.call(heartbeat)
+        beat = await self.lease.beat()
         if beat is None:  # Redis away: decide alone on this replica's own counts
             c.auto_evaluate, self.leader = True, False
             return []

@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 
 from zai_proxy.core.errors import QuotaExhausted
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.observe.metrics import Metrics
@@ -66,9 +68,10 @@ class Quota:
 
     def __init__(self, config: QuotaConfig, metrics: Metrics, limiter: Limiter, *,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 wall: Callable[[], float] = time.time, redis: Any = None,
+                 wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 link: RedisLink | None = None, lease: LeaderLease | None = None) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
         self.state = QuotaState(burn_window=config.quota_burn_window)
         self.local_reject = config.quota_local_reject
@@ -81,9 +84,9 @@ class Quota:
                                       timeout=min(config.quota_poll_timeout, self.interval),
                                       transport=transport, sleep=sleep)
                         if self.interval > 0 and config.zai_api_key else None)
-        uri = config.rate_limit_storage_uri
-        self.share = (QuotaShare(uri.removeprefix("async+"), config.account, redis=redis)
-                      if uri.startswith(("redis", "async+redis")) else None)
+        # Shared through the process's Redis link, polling under the account's one lease.
+        self.share = (QuotaShare(link, config.account, lease)
+                      if link is not None and lease is not None else None)
         # Without Redis each replica sees its share of the account's tokens.
         self.replicas = config.rate_limit_replicas
         self.scale = 1.0 if self.share is not None else float(self.replicas)

@@ -3,41 +3,49 @@
 Keys live under `zai-proxy:acct:<account>:quota:` (the account, never the deployment variant:
 v1 and v2 spend the same plan):
 
-- `leader`: the replica that polls the monitor (a lock it renews each poll, expiring after three
-  poll intervals, so another replica takes over when the leader goes away);
+- `leader`: the replica that polls the monitor. Only the holder of the account's leader lease
+  (`zai_proxy.core.lease`, the one the limiter's coordinator leads under) takes it, renews it each
+  poll (it expires after three poll intervals) and gives it back when it no longer holds the
+  lease. The key stays a lock of its own so that a replica of the previous version, which polls
+  while it holds this key, and one of this version never poll together: whoever holds it polls,
+  the other waits for it to expire or be given back.
 - `report`: the leader's last poll as JSON (`at`, `ok`, `reason`, `detail`, `tokens_at`, the
   parsed `report`), which the other replicas adopt instead of polling;
 - `tokens`: the tokens every replica counted (each adds its own once a tick), so the cost of a
   token and the burn rate are the account's, not one replica's share;
 - `block:<window>`: a 1308/1310 one replica got, until its reset, so the others stop at once.
 
-Any Redis failure (see `zai_proxy.core.redis_link`: a timeout, an error, an answer no command gives)
-makes the share `degraded` (logged once, shown on /health): each replica then polls the monitor
+Every call goes through the process's one `RedisLink`. Any Redis failure (see
+`zai_proxy.core.redis_link`: a timeout, an error, an answer no command gives) makes the link,
+so the share, `degraded` (logged once, shown on /health): each replica then polls the monitor
 and counts tokens on its own until Redis answers again. Documents read back (the report, the
 blocks) are validated field by field: one that is not usable is ignored (logged once).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
-from typing import Any
+from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-
-from zai_proxy.core.redis_link import BadAnswer, RedisLink, Timeout, finite, number_reply
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import BadAnswer, RedisLink, finite, number_reply
 from zai_proxy.quota.state import Block
 from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
 
 log = logging.getLogger("zai_proxy.quota")
+T = TypeVar("T")
 
+# ARGV[3] = 1 while this replica holds the account's lease: take or renew the polling lock;
+# else give it back if this replica still has it.
 _LEAD = """
 local holder = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '1' then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
@@ -115,20 +123,36 @@ def report_doc_from(raw: object) -> dict[str, Any] | None:
     return doc
 
 
-class QuotaShare(RedisLink):
-    """The Redis side of quota sharing; every method degrades to a harmless default."""
+class QuotaShare:
+    """The Redis side of quota sharing over the process's link, polling under the account's
+    lease; every method degrades to a harmless default."""
 
-    def __init__(self, url: str, account: str, *, op_timeout: float = 0.5,
-                 retry_interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 timeout: Timeout = asyncio.timeout, redis: Any = None) -> None:
-        self.redis = redis if redis is not None else aioredis.Redis.from_url(
-            url, socket_timeout=op_timeout, socket_connect_timeout=op_timeout)
+    def __init__(self, link: RedisLink, account: str, lease: LeaderLease) -> None:
+        self.link, self.lease = link, lease
         self.prefix = f"zai-proxy:acct:{account}:quota:"
-        self.me = uuid.uuid4().hex
-        super().__init__(op_timeout=op_timeout, retry_interval=retry_interval, clock=clock,
-                         timeout=timeout)
+        self.me = lease.id
         self.leader = False
-        self._lead = self.redis.register_script(_LEAD)
+        self._lead = link.redis.register_script(_LEAD)
+        link.watch(self.on_degraded, self.on_recovered)
+
+    @property
+    def redis(self) -> Any:
+        return self.link.redis
+
+    @property
+    def degraded(self) -> bool:
+        return self.link.degraded
+
+    @property
+    def reason(self) -> str | None:
+        return self.link.reason
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """`RedisLink.call`: None when Redis failed or the link is backing off."""
+        return await self.link.call(op)
+
+    def ignored(self, what: str, value: object) -> None:
+        self.link.ignored(what, value)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -141,10 +165,16 @@ class QuotaShare(RedisLink):
         log.warning("quota sharing recovered: Redis answers again")
 
     async def lead(self, ttl: float) -> bool:
-        """Take or renew the polling lock; True when this replica is the one to poll."""
+        """Beat the account's lease, then take or renew the polling lock (`ttl` s) while this
+        replica holds the lease, else give it back; True when this replica is the one to poll."""
+        if await self.lease.beat() is None:
+            self.leader = False
+            return False
+        held = 1 if self.lease.held else 0
 
         async def lead() -> bool:
-            won = await self._lead(keys=[self.key("leader")], args=[self.me, int(ttl * 1000)])
+            won = await self._lead(keys=[self.key("leader")],
+                                   args=[self.me, int(ttl * 1000), held])
             if won not in (0, 1) or isinstance(won, bool):  # the script answers 1 or 0
                 raise BadAnswer(f"lead: {won!r:.60}")
             return bool(won)
@@ -202,7 +232,4 @@ class QuotaShare(RedisLink):
         return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}
 
     async def aclose(self) -> None:
-        try:
-            await self.redis.aclose()
-        except Exception:  # closing a broken connection must not fail shutdown
-            pass
+        """Nothing to close: the link is the process's, closed by whoever made it."""

@@ -43,7 +43,7 @@ from zai_proxy.accounting.ledger import Accounting
 from zai_proxy.accounting.pricing import PeakWindow, PricingTable
 from zai_proxy.accounting.tokenizer import load_tokenizer
 from zai_proxy.clients.auth import ClientAuth, KeyEntry
-from zai_proxy.clients.limits import ClientQuotas
+from zai_proxy.clients.limits import ClientQuotas, is_redis
 from zai_proxy.core.errors import (
     ConfigError,
     InvalidRequest,
@@ -53,8 +53,11 @@ from zai_proxy.core.errors import (
     Unauthorized,
     error_body,
 )
+from zai_proxy.core.lease import LeaderLease
+from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.limiter import Limiter
+from zai_proxy.limiter.shared import namespace
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.quota.config import QuotaConfig
@@ -138,9 +141,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
-    limiter = Limiter(limiter_config(settings), metrics, clock=clock, wall=wall, sleep=sleep)
+    # One Redis link per process (one client, one pool, one degrade state) and one leader lease
+    # per account, shared by the limiter, the quota share and the client quotas.
+    link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
+            if is_redis(settings.rate_limit_storage_uri) else None)
+    lease = LeaderLease(link, namespace(settings.account)) if link is not None else None
+    limiter = Limiter(limiter_config(settings), metrics, clock=clock, wall=wall, sleep=sleep,
+                      link=link, lease=lease)
     quota = Quota(quota_config(settings), metrics, limiter, transport=transport, wall=wall,
-                  clock=clock, sleep=sleep)
+                  clock=clock, sleep=sleep, link=link, lease=lease)
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes,
@@ -150,8 +159,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
     accounting = (build_accounting(settings, metrics, pricing, catalog)
                   if settings.token_counting_enabled else None)
-    quotas = ClientQuotas(",".join(settings.client_rate_limits),
-                          settings.rate_limit_storage_uri) if settings.client_rate_limits else None
+    quotas = ClientQuotas(",".join(settings.client_rate_limits), settings.rate_limit_storage_uri,
+                          link=link) if settings.client_rate_limits else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -174,6 +183,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             metrics.ready.set(0)
             await quota.stop()
             await limiter.stop()
+            if link is not None:
+                await link.aclose()
             await upstream.aclose()
             if accounting is not None:
                 accounting.tokenizer.close()
