@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UV=${UV:-uv}
 command -v "$UV" >/dev/null || { echo "uv not found: pip install uv" >&2; exit 1; }
+# Start from the current pins (uv prefers what the output file already holds), so a change to
+# pyproject.toml moves only what it must; `UPGRADE=1` resolves everything afresh.
+if [ "${UPGRADE:-0}" = 1 ]; then : >requirements.lock.tmp; else grep -v '^# ' requirements.lock >requirements.lock.tmp; fi
 backend=$(python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 printf '%s\n' "$backend" | "$UV" pip compile pyproject.toml - \
   --generate-hashes --python-version 3.11 \
