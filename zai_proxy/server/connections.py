@@ -80,7 +80,7 @@ class ClientConnections:
         self._draining = False
         metrics.max_connections.set(self.bounds.max_connections)
         self._bound_children = {
-            name: metrics.client_bounds.labels(name, metrics.variant)
+            name: metrics.client_bounds.labels(name)
             for name in ("max_header_bytes", "read_timeout", "write_timeout", "max_connections")}
 
     @property
