@@ -29,13 +29,13 @@ class Pod:
         self.metrics = Metrics(CollectorRegistry(), variant)
 
     def quota(self, window: str, used: float, reset: float, eta: float) -> None:
-        m, v = self.metrics, self.metrics.variant
-        m.quota_used.labels(window, v).set(used)
-        m.quota_reset.labels(window, v).set(reset)
-        m.quota_eta.labels(window, v).set(eta)
+        m = self.metrics
+        m.quota_used.labels(window).set(used)
+        m.quota_reset.labels(window).set(reset)
+        m.quota_eta.labels(window).set(eta)
 
     def tokens(self, client: str, count: int, direction: str = "output") -> None:
-        self.metrics.client_tokens.labels(client, direction, self.metrics.variant).inc(count)
+        self.metrics.client_tokens.labels(client, direction).inc(count)
 
     def text(self) -> str:
         return generate_latest(self.metrics.registry).decode()

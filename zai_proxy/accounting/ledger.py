@@ -99,9 +99,8 @@ class Accounting:
         key = (direction, model, source, tier)
         found = self._series.get(key)
         if found is None:
-            labels = (*key, self.metrics.variant)
-            found = self._series[key] = (self.metrics.tokens.labels(*labels),
-                                         self.metrics.cost.labels(*labels))
+            found = self._series[key] = (self.metrics.tokens.labels(*key),
+                                         self.metrics.cost.labels(*key))
         return found
 
     def open(self, route: Route, payload: dict[str, Any] | None, body: bytes) -> Ledger | None:

@@ -115,7 +115,7 @@ class Limiter:
             self._show_evidence(adjustment)
         if adjustment.direction == "hold":
             return
-        self.metrics.adjustments.labels(adjustment.direction, self.metrics.variant).inc()
+        self.metrics.adjustments.labels(adjustment.direction).inc()
         fields: dict[str, Any] = {
             "direction": adjustment.direction, "reason": adjustment.reason,
             "rate": round(adjustment.rate * self.share, 3), "ceiling": self._acct(
@@ -273,7 +273,7 @@ class Limiter:
         """Forget learned ceilings (admin action); persisted (and published) at once."""
         self._count(self.rate.reset())
         self.concurrency.reset()
-        self.metrics.adjustments.labels("reset", self.metrics.variant).inc()
+        self.metrics.adjustments.labels("reset").inc()
         self.restored_from = None
         self._saved = None
         if self.coordinator is not None:

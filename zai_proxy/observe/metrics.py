@@ -1,14 +1,20 @@
 """Prometheus series of one proxy app, in its own registry (names: docs/contracts.md).
 
-Every series carries `deployment_variant`; the names follow the original Go zai-proxy where it
-had them so existing Grafana panels keep working. Label values are bounded by the callers
-(route templates, status codes, known models or `other`).
+Every series carries `deployment_variant`, bound here once: a series with only that label is
+created as its child (`Gauge`, `Counter`, `Histogram` as prometheus-client has them), one with
+more labels as a `Labelled` whose `labels()` takes the caller's own labels and appends the
+variant, always last. A call site cannot set the variant: passing it as well is a wrong label
+count and raises `TypeError`.
+
+The names follow the original Go zai-proxy where it had them so existing Grafana panels keep
+working. Label values are bounded by the callers (route templates, status codes, known models
+or `other`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -23,188 +29,204 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 
 V = "deployment_variant"
 
+S = TypeVar("S", Counter, Gauge, Histogram)
+
+
+class Labelled(Generic[S]):
+    """A labelled series with `deployment_variant` bound: `labels(*own)` is the child for the
+    caller's own labels (`labelnames`, in order), the variant appended.
+
+    Children are cached by their label values: after the first call `labels()` is one dict
+    lookup (prometheus-client's own takes a lock and builds a tuple each time). The cache is
+    bounded like the label values themselves.
+    """
+
+    __slots__ = ("_children", "_series", "_variant", "labelnames")
+    _series: S
+    _children: dict[tuple[str, ...], S]
+
+    def __init__(self, series: S, labelnames: Sequence[str], variant: str) -> None:
+        self._series = series
+        self._variant = variant
+        self._children = {}
+        self.labelnames = tuple(labelnames)
+
+    def labels(self, *own: str) -> S:
+        child = self._children.get(own)
+        if child is None:
+            if len(own) != len(self.labelnames):
+                raise TypeError(f"labels {self.labelnames} expected, got {own!r} "
+                                f"({V} is bound by Metrics)")
+            child = self._children[own] = self._series.labels(*own, self._variant)
+        return child
+
+    def remove(self, *own: str) -> None:
+        """Drop the child of `own` from the exposition (KeyError when it does not exist)."""
+        self._children.pop(own, None)
+        self._series.remove(*own, self._variant)
+
 
 class Metrics:
-    """All series, created in `registry` with the variant label bound where it is the only one."""
+    """All series, created in `registry` with `variant` bound (see the module docstring)."""
 
     def __init__(self, registry: CollectorRegistry, variant: str) -> None:
         self.registry = registry
         self.variant = variant
-        r = registry
-        self.build_info = Gauge("zai_proxy_build_info", "Build of this proxy (always 1)",
-                                ["version", "commit", "build_time", V], registry=r)
-        self.requests = Counter("zai_proxy_requests", "Requests finished, by outcome",
-                                ["method", "route", "status_code", V], registry=r)
-        self.request_duration = Histogram(
-            "zai_proxy_request_duration_seconds", "Whole request as the proxy saw it",
-            ["method", "route", "status_code", V], buckets=DURATION_BUCKETS, registry=r)
-        self.upstream_ttfb = Histogram(
-            "zai_proxy_upstream_time_to_first_byte_seconds", "Until upstream response headers",
-            ["route", V], buckets=DURATION_BUCKETS, registry=r)
-        self.upstream_duration = Histogram(
-            "zai_proxy_upstream_duration_seconds", "Upstream request until its body ended",
-            ["route", V], buckets=DURATION_BUCKETS, registry=r)
-        self.request_size = Histogram(
-            "zai_proxy_request_size_bytes", "Request body size",
-            ["method", "route", V], buckets=SIZE_BUCKETS, registry=r)
-        self.response_size = Histogram(
-            "zai_proxy_response_size_bytes", "Response body size relayed to the client",
-            ["method", "route", "status_code", V], buckets=SIZE_BUCKETS, registry=r)
-        self.concurrent = Gauge("zai_proxy_concurrent_requests", "Requests in flight",
-                                [V], registry=r).labels(variant)
-        self.max_workers = Gauge("zai_proxy_max_workers", "In-flight cap (MAX_WORKERS)",
-                                 [V], registry=r).labels(variant)
-        self.utilization = Gauge("zai_proxy_worker_utilization_ratio", "In flight / cap",
-                                 [V], registry=r).labels(variant)
-        self.upstream_errors = Counter("zai_proxy_upstream_errors", "Upstream failures by type",
-                                       ["error_type", V], registry=r)
-        self.ready = Gauge("zai_proxy_ready", "1 while serving, 0 starting or draining",
-                           [V], registry=r).labels(variant)
+        one, each = self._single, self._labelled
+        self.build_info = each(Gauge, "zai_proxy_build_info", "Build of this proxy (always 1)",
+                               ["version", "commit", "build_time"])
+        self.requests = each(Counter, "zai_proxy_requests", "Requests finished, by outcome",
+                             ["method", "route", "status_code"])
+        self.request_duration = each(Histogram, "zai_proxy_request_duration_seconds",
+                                     "Whole request as the proxy saw it",
+                                     ["method", "route", "status_code"], buckets=DURATION_BUCKETS)
+        self.upstream_ttfb = each(Histogram, "zai_proxy_upstream_time_to_first_byte_seconds",
+                                  "Until upstream response headers", ["route"],
+                                  buckets=DURATION_BUCKETS)
+        self.upstream_duration = each(Histogram, "zai_proxy_upstream_duration_seconds",
+                                      "Upstream request until its body ended", ["route"],
+                                      buckets=DURATION_BUCKETS)
+        self.request_size = each(Histogram, "zai_proxy_request_size_bytes", "Request body size",
+                                 ["method", "route"], buckets=SIZE_BUCKETS)
+        self.response_size = each(Histogram, "zai_proxy_response_size_bytes",
+                                  "Response body size relayed to the client",
+                                  ["method", "route", "status_code"], buckets=SIZE_BUCKETS)
+        self.concurrent = one(Gauge, "zai_proxy_concurrent_requests", "Requests in flight")
+        self.max_workers = one(Gauge, "zai_proxy_max_workers", "In-flight cap (MAX_WORKERS)")
+        self.utilization = one(Gauge, "zai_proxy_worker_utilization_ratio", "In flight / cap")
+        self.upstream_errors = each(Counter, "zai_proxy_upstream_errors",
+                                    "Upstream failures by type", ["error_type"])
+        self.ready = one(Gauge, "zai_proxy_ready", "1 while serving, 0 starting or draining")
         # Token accounting.
-        self.tokens = Counter("zai_proxy_tokens", "Tokens by direction, model and source",
-                              ["direction", "model", "source", "pricing_tier", V], registry=r)
-        self.cost = Counter("zai_proxy_estimated_cost_usd", "Estimated cost in USD",
-                            ["direction", "model", "source", "pricing_tier", V], registry=r)
-        self.token_count_duration = Histogram(
-            "zai_proxy_token_count_duration_seconds", "Time spent counting tokens locally",
-            [V], buckets=COUNT_BUCKETS, registry=r).labels(variant)
+        self.tokens = each(Counter, "zai_proxy_tokens", "Tokens by direction, model and source",
+                           ["direction", "model", "source", "pricing_tier"])
+        self.cost = each(Counter, "zai_proxy_estimated_cost_usd", "Estimated cost in USD",
+                         ["direction", "model", "source", "pricing_tier"])
+        self.token_count_duration = one(Histogram, "zai_proxy_token_count_duration_seconds",
+                                        "Time spent counting tokens locally",
+                                        buckets=COUNT_BUCKETS)
         # Admission control.
-        self.upstream_429 = Counter("zai_proxy_upstream_429", "Upstream 429 answers by class",
-                                    ["class", V], registry=r)
-        self.rate = Gauge("zai_proxy_rate_limit_requests_per_second", "Current admitted rate",
-                          [V], registry=r).labels(variant)
-        self.ceiling = Gauge("zai_proxy_rate_limit_ceiling_requests_per_second",
-                             "Learned upstream rate ceiling (0 = none learned)",
-                             [V], registry=r).labels(variant)
-        self.concurrency_limit = Gauge("zai_proxy_concurrency_limit", "Current in-flight limit",
-                                       [V], registry=r).labels(variant)
-        self.concurrency_ceiling = Gauge("zai_proxy_concurrency_ceiling",
-                                         "Learned in-flight ceiling (0 = none learned)",
-                                         [V], registry=r).labels(variant)
-        self.admission_wait = Histogram("zai_proxy_rate_limit_wait_seconds",
-                                        "Time waiting for admission", [V],
-                                        buckets=WAIT_BUCKETS, registry=r).labels(variant)
-        self.queue_depth = Gauge("zai_proxy_queue_depth", "Requests waiting for admission",
-                                 [V], registry=r).labels(variant)
-        self.floor = Gauge("zai_proxy_rate_limit_floor_requests_per_second",
-                           "Highest rate proven clean (0 = none)", [V], registry=r).labels(variant)
-        self.saturated = Counter("zai_proxy_rate_limit_saturated_seconds",
-                                 "Seconds requests waited for the rate gate (it was the "
-                                 "bottleneck)", [V], registry=r).labels(variant)
-        self.window_saturation = Gauge(
-            "zai_proxy_rate_limit_window_saturation_ratio",
-            "Saturated share of the window behind the latest rate decision", [V],
-            registry=r).labels(variant)
-        self.window_throttled = Gauge(
-            "zai_proxy_rate_limit_window_throttled_ratio",
-            "Share of upstream 429s in the window behind the latest rate decision", [V],
-            registry=r).labels(variant)
-        self.measured_rate = Gauge(
-            "zai_proxy_rate_limit_measured_requests_per_second",
-            "Accepted req/s over the saturated time of the latest decided window (0 = none)",
-            [V], registry=r).labels(variant)
-        self.congestion_factor = Gauge(
-            "zai_proxy_rate_limit_congestion_factor",
-            "Share of the learned rate sent while the upstream is congested (1312); 1 = none",
-            [V], registry=r).labels(variant)
-        self.adjustments = Counter("zai_proxy_rate_limit_adjustments",
-                                   "Rate controller decisions", ["direction", V], registry=r)
-        self.rejections = Counter("zai_proxy_rate_limit_rejections", "Admission rejections",
-                                  ["reason", V], registry=r)
-        self.retries = Counter("zai_proxy_retry_attempts", "Retries by reason",
-                               ["reason", V], registry=r)
-        # Label children looked up once per label set: `labels()` is a lock and a dict per call.
-        # Keys are bounded like the labels themselves (route templates, status codes).
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
-        self._route_children: dict[str, tuple[Any, Any]] = {}
-        self.shared_degraded = Gauge("zai_proxy_shared_state_degraded",
-                                     "1 while shared state is unreachable", [V],
-                                     registry=r).labels(variant)
+        self.upstream_429 = each(Counter, "zai_proxy_upstream_429",
+                                 "Upstream 429 answers by class", ["class"])
+        self.rate = one(Gauge, "zai_proxy_rate_limit_requests_per_second", "Current admitted rate")
+        self.ceiling = one(Gauge, "zai_proxy_rate_limit_ceiling_requests_per_second",
+                           "Learned upstream rate ceiling (0 = none learned)")
+        self.concurrency_limit = one(Gauge, "zai_proxy_concurrency_limit",
+                                     "Current in-flight limit")
+        self.concurrency_ceiling = one(Gauge, "zai_proxy_concurrency_ceiling",
+                                       "Learned in-flight ceiling (0 = none learned)")
+        self.admission_wait = one(Histogram, "zai_proxy_rate_limit_wait_seconds",
+                                  "Time waiting for admission", buckets=WAIT_BUCKETS)
+        self.queue_depth = one(Gauge, "zai_proxy_queue_depth", "Requests waiting for admission")
+        self.floor = one(Gauge, "zai_proxy_rate_limit_floor_requests_per_second",
+                         "Highest rate proven clean (0 = none)")
+        self.saturated = one(Counter, "zai_proxy_rate_limit_saturated_seconds",
+                             "Seconds requests waited for the rate gate (it was the bottleneck)")
+        self.window_saturation = one(
+            Gauge, "zai_proxy_rate_limit_window_saturation_ratio",
+            "Saturated share of the window behind the latest rate decision")
+        self.window_throttled = one(
+            Gauge, "zai_proxy_rate_limit_window_throttled_ratio",
+            "Share of upstream 429s in the window behind the latest rate decision")
+        self.measured_rate = one(
+            Gauge, "zai_proxy_rate_limit_measured_requests_per_second",
+            "Accepted req/s over the saturated time of the latest decided window (0 = none)")
+        self.congestion_factor = one(
+            Gauge, "zai_proxy_rate_limit_congestion_factor",
+            "Share of the learned rate sent while the upstream is congested (1312); 1 = none")
+        self.adjustments = each(Counter, "zai_proxy_rate_limit_adjustments",
+                                "Rate controller decisions", ["direction"])
+        self.rejections = each(Counter, "zai_proxy_rate_limit_rejections",
+                               "Admission rejections", ["reason"])
+        self.retries = each(Counter, "zai_proxy_retry_attempts", "Retries by reason", ["reason"])
+        # The children of one finished request, looked up together once per label set. Keys are
+        # bounded like the labels themselves (route templates, status codes).
+        self._request_children: dict[tuple[str, str, int],
+                                     tuple[Counter, Histogram, Histogram, Histogram]] = {}
+        self._route_children: dict[str, tuple[Histogram, Histogram]] = {}
+        self.shared_degraded = one(Gauge, "zai_proxy_shared_state_degraded",
+                                   "1 while shared state is unreachable")
         # Server side (conn): retirement, client connections, exposure.
-        self.retired = Gauge("zai_proxy_retired",
-                             "1 while retired (POST /admin/retire): clients are asked to leave",
-                             [V], registry=r).labels(variant)
-        self.client_connections = Gauge("zai_proxy_client_connections",
-                                        "Open client connections", [V],
-                                        registry=r).labels(variant)
-        self.connections_released = Counter(
-            "zai_proxy_client_connections_released",
-            "Idle keep-alive connections closed to release their client (retire, drain)",
-            [V], registry=r).labels(variant)
-        self.client_bounds = Counter(
-            "zai_proxy_client_bound_exceeded",
+        self.retired = one(Gauge, "zai_proxy_retired",
+                           "1 while retired (POST /admin/retire): clients are asked to leave")
+        self.client_connections = one(Gauge, "zai_proxy_client_connections",
+                                      "Open client connections")
+        self.connections_released = one(
+            Counter, "zai_proxy_client_connections_released",
+            "Idle keep-alive connections closed to release their client (retire, drain)")
+        self.client_bounds = each(
+            Counter, "zai_proxy_client_bound_exceeded",
             "Clients cut off or refused by a bound (MAX_HEADER_BYTES, CLIENT_READ_TIMEOUT_SECONDS, "
-            "CLIENT_WRITE_TIMEOUT_SECONDS, MAX_CONNECTIONS)", ["bound", V], registry=r)
-        self.auth_mode = Gauge("zai_proxy_auth_mode",
-                               "1 for the client authentication mode in force: keys (client keys "
-                               "required) or open (every client that can connect)",
-                               ["mode", V], registry=r)
-        self.upstream_simulated = Gauge("zai_proxy_upstream_simulated",
-                                        "1 when serving the built-in simulator (ZAI_API_KEY "
-                                        "unset), 0 against Z.AI", [V],
-                                        registry=r).labels(variant)
-        self.max_connections = Gauge("zai_proxy_max_connections",
-                                     "Client connection cap (MAX_CONNECTIONS)", [V],
-                                     registry=r).labels(variant)
-        r.register(_UpstreamHeadersDropped(variant))
+            "CLIENT_WRITE_TIMEOUT_SECONDS, MAX_CONNECTIONS)", ["bound"])
+        self.auth_mode = each(Gauge, "zai_proxy_auth_mode",
+                              "1 for the client authentication mode in force: keys (client keys "
+                              "required) or open (every client that can connect)", ["mode"])
+        self.upstream_simulated = one(Gauge, "zai_proxy_upstream_simulated",
+                                      "1 when serving the built-in simulator (ZAI_API_KEY "
+                                      "unset), 0 against Z.AI")
+        self.max_connections = one(Gauge, "zai_proxy_max_connections",
+                                   "Client connection cap (MAX_CONNECTIONS)")
+        registry.register(_UpstreamHeadersDropped(variant))
 
         # Plan quota (area: quota). `window` is five_hour or weekly; `client` a key's name.
-        self.quota_used = Gauge("zai_proxy_quota_used_ratio",
-                                "Share of the window's quota used (estimated now)",
-                                ["window", V], registry=r)
-        self.quota_remaining = Gauge("zai_proxy_quota_remaining",
-                                     "Quota left in the window as polled, in the monitor's unit",
-                                     ["window", V], registry=r)
-        self.quota_reset = Gauge("zai_proxy_quota_reset_timestamp_seconds",
-                                 "When the window's quota resets (epoch s)", ["window", V],
-                                 registry=r)
-        self.quota_eta = Gauge("zai_proxy_quota_exhaustion_eta_seconds",
-                               "Seconds until the window's quota is spent at the recent burn "
-                               "(+Inf: not burning)", ["window", V], registry=r)
-        self.quota_rejections = Counter("zai_proxy_quota_rejections",
-                                        "Requests answered locally because the quota is spent",
-                                        [V], registry=r).labels(variant)
-        self.quota_poll_errors = Counter("zai_proxy_quota_poll_errors",
-                                         "Failed polls of the quota monitor", ["reason", V],
-                                         registry=r)
-        self.quota_poll_up = Gauge("zai_proxy_quota_poll_up",
-                                   "1 while the last quota poll succeeded (absent: polling off)",
-                                   [V], registry=r)
-        self.quota_pacing_rate = Gauge("zai_proxy_quota_pacing_requests_per_second",
-                                       "Account-level pacing rate (0 = pacing off or paused)",
-                                       [V], registry=r).labels(variant)
-        self.client_tokens = Counter("zai_proxy_client_tokens", "Tokens by client key name",
-                                     ["client", "direction", V], registry=r)
+        self.quota_used = each(Gauge, "zai_proxy_quota_used_ratio",
+                               "Share of the window's quota used (estimated now)", ["window"])
+        self.quota_remaining = each(Gauge, "zai_proxy_quota_remaining",
+                                    "Quota left in the window as polled, in the monitor's unit",
+                                    ["window"])
+        self.quota_reset = each(Gauge, "zai_proxy_quota_reset_timestamp_seconds",
+                                "When the window's quota resets (epoch s)", ["window"])
+        self.quota_eta = each(Gauge, "zai_proxy_quota_exhaustion_eta_seconds",
+                              "Seconds until the window's quota is spent at the recent burn "
+                              "(+Inf: not burning)", ["window"])
+        self.quota_rejections = one(Counter, "zai_proxy_quota_rejections",
+                                    "Requests answered locally because the quota is spent")
+        self.quota_poll_errors = each(Counter, "zai_proxy_quota_poll_errors",
+                                      "Failed polls of the quota monitor", ["reason"])
+        # No own label, yet `Labelled`: the series is absent until the first poll sets it.
+        self.quota_poll_up = each(Gauge, "zai_proxy_quota_poll_up",
+                                  "1 while the last quota poll succeeded (absent: polling off)",
+                                  [])
+        self.quota_pacing_rate = one(Gauge, "zai_proxy_quota_pacing_requests_per_second",
+                                     "Account-level pacing rate (0 = pacing off or paused)")
+        self.client_tokens = each(Counter, "zai_proxy_client_tokens",
+                                  "Tokens by client key name", ["client", "direction"])
 
         # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
-        self.auth_key_file_loaded = Gauge(
-            "zai_proxy_auth_key_file_last_load_timestamp_seconds",
-            "When the key file version in force was applied (epoch s)", [V],
-            registry=r).labels(variant)
-        self.auth_key_file_keys = Gauge("zai_proxy_auth_key_file_keys",
-                                        "Keys from the key file in force", [V],
-                                        registry=r).labels(variant)
-        self.auth_key_file_error = Gauge(
-            "zai_proxy_auth_key_file_error",
-            "1 while the key file in force has a problem (an invalid line, empty, missing)",
-            [V], registry=r).labels(variant)
-        self.auth_key_file_errors = Counter(
-            "zai_proxy_auth_key_file_errors", "Key file reloads applied with a problem", [V],
-            registry=r).labels(variant)
+        self.auth_key_file_loaded = one(
+            Gauge, "zai_proxy_auth_key_file_last_load_timestamp_seconds",
+            "When the key file version in force was applied (epoch s)")
+        self.auth_key_file_keys = one(Gauge, "zai_proxy_auth_key_file_keys",
+                                      "Keys from the key file in force")
+        self.auth_key_file_error = one(
+            Gauge, "zai_proxy_auth_key_file_error",
+            "1 while the key file in force has a problem (an invalid line, empty, missing)")
+        self.auth_key_file_errors = one(Counter, "zai_proxy_auth_key_file_errors",
+                                        "Key file reloads applied with a problem")
+
+    def _single(self, kind: type[S], name: str, doc: str, **options: Any) -> S:
+        """A series whose only label is the variant: its one child."""
+        return kind(name, doc, [V], registry=self.registry, **options).labels(self.variant)
+
+    def _labelled(self, kind: type[S], name: str, doc: str, labelnames: Sequence[str],
+                  **options: Any) -> Labelled[S]:
+        """A series with `labelnames` and then the variant."""
+        series = kind(name, doc, [*labelnames, V], registry=self.registry, **options)
+        return Labelled(series, labelnames, self.variant)
 
     def set_auth_mode(self, mode: str) -> None:
         for known in ("keys", "open"):
-            self.auth_mode.labels(known, self.variant).set(1 if known == mode else 0)
+            self.auth_mode.labels(known).set(1 if known == mode else 0)
 
     def set_build(self, version: str, commit: str, build_time: str) -> None:
-        self.build_info.labels(version, commit, build_time, self.variant).set(1)
+        self.build_info.labels(version, commit, build_time).set(1)
 
     def set_in_flight(self, in_flight: int, cap: int) -> None:
         self.concurrent.set(in_flight)
         self.utilization.set(in_flight / cap if cap else 0.0)
 
     def upstream_error(self, error_type: str) -> None:
-        self.upstream_errors.labels(error_type, self.variant).inc()
+        self.upstream_errors.labels(error_type).inc()
 
     def finished(self, method: str, route: str, status: int, duration: float,
                  request_bytes: int, response_bytes: int) -> None:
@@ -212,12 +234,12 @@ class Metrics:
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
-            code, v = str(status), self.variant
+            code = str(status)
             children = self._request_children[key] = (
-                self.requests.labels(method, route, code, v),
-                self.request_duration.labels(method, route, code, v),
-                self.request_size.labels(method, route, v),
-                self.response_size.labels(method, route, code, v))
+                self.requests.labels(method, route, code),
+                self.request_duration.labels(method, route, code),
+                self.request_size.labels(method, route),
+                self.response_size.labels(method, route, code))
         children[0].inc()
         children[1].observe(duration)
         children[2].observe(request_bytes)
@@ -226,9 +248,8 @@ class Metrics:
     def upstream_timing(self, route: str, ttfb: float | None, duration: float | None) -> None:
         children = self._route_children.get(route)
         if children is None:
-            children = self._route_children[route] = (
-                self.upstream_ttfb.labels(route, self.variant),
-                self.upstream_duration.labels(route, self.variant))
+            children = self._route_children[route] = (self.upstream_ttfb.labels(route),
+                                                       self.upstream_duration.labels(route))
         if ttfb is not None:
             children[0].observe(ttfb)
         if duration is not None:

@@ -26,7 +26,7 @@ class Recorder:
         self.metrics.upstream_error(error_type)
 
     def rejected(self, reason: str) -> None:
-        self.metrics.rejections.labels(reason, self.metrics.variant).inc()
+        self.metrics.rejections.labels(reason).inc()
 
     def finished(self, ex: Exchange) -> None:
         now = time.perf_counter()

@@ -109,7 +109,7 @@ class Quota:
         self._clients: dict[tuple[str, str], Any] = {}
         if self.monitor is not None:
             for reason in REASONS:  # every reason exported from the start: increase() works
-                metrics.quota_poll_errors.labels(reason, metrics.variant)
+                metrics.quota_poll_errors.labels(reason)
 
     # -- the request path (synchronous, cheap) -------------------------------------------------
 
@@ -161,7 +161,7 @@ class Quota:
                 child = self._clients.get((client, direction))
                 if child is None:
                     child = self._clients[(client, direction)] = self.metrics.client_tokens.labels(
-                        client, direction, self.metrics.variant)
+                        client, direction)
                 child.inc(count)
         self.state.settled(total, scale=self.scale)
         self._unflushed += total
@@ -219,7 +219,7 @@ class Quota:
         if change is not None:
             log.log(change[0], change[1], extra={"fields": {"monitor": self.monitor_url}})
         if isinstance(result, Invalid):
-            self.metrics.quota_poll_errors.labels(result.reason, self.metrics.variant).inc()
+            self.metrics.quota_poll_errors.labels(result.reason).inc()
             return
         before = {b.window for b in self._blocks()}
         self.state.on_report(result, at, tokens_at)
@@ -348,7 +348,7 @@ class Quota:
 
     def refresh_gauges(self) -> None:
         now = self.wall()
-        m, v = self.metrics, self.metrics.variant
+        m = self.metrics
         for name in WINDOWS:
             view = self.state.view(name, now)
             for gauge, value in ((m.quota_used, view.used_ratio),
@@ -357,11 +357,11 @@ class Quota:
                                  (m.quota_eta, view.eta_seconds)):
                 if value is None:
                     with contextlib.suppress(KeyError):
-                        gauge.remove(name, v)
+                        gauge.remove(name)
                 else:
-                    gauge.labels(name, v).set(value)
+                    gauge.labels(name).set(value)
         if self.monitor is not None:
-            m.quota_poll_up.labels(v).set(1.0 if self.poll.state == "ok" else 0.0)
+            m.quota_poll_up.labels().set(1.0 if self.poll.state == "ok" else 0.0)
         pacing = self.pacing
         m.quota_pacing_rate.set(pacing.rate or 0.0 if pacing is not None else 0.0)
 

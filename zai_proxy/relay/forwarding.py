@@ -166,7 +166,7 @@ class Forwarder:
                     # Out of retries on an answer already read whole: relay it as it was.
                     return failure.opened
                 raise failure
-            self.metrics.retries.labels(reason.value, self.metrics.variant).inc()
+            self.metrics.retries.labels(reason.value).inc()
             retries += 1
             # Retries go ahead of new work, except in a congestion (1312) storm: there they
             # queue like new work, so they cannot crowd it out while the gate backs off.
@@ -176,7 +176,7 @@ class Forwarder:
     async def _admit(self, ex: Exchange, *, priority: bool) -> Permit:
         result = await self.admission.acquire(ex.client, priority=priority, paced=ex.paced)
         if isinstance(result, Rejection):
-            self.metrics.rejections.labels(result.reason, self.metrics.variant).inc()
+            self.metrics.rejections.labels(result.reason).inc()
             raise RateLimited(
                 "the proxy's request queue is full; retry later" if result.reason == "queue_full"
                 else "the proxy could not admit this request within its queue deadline",
@@ -246,11 +246,11 @@ class Forwarder:
             throttle = classify_429(opened.body or b"", _str_headers(opened.headers),
                                     self.wall_clock())
             opened.throttle = throttle
-            self.metrics.upstream_429.labels(throttle.cls.value, self.metrics.variant).inc()
+            self.metrics.upstream_429.labels(throttle.cls.value).inc()
             self.metrics.upstream_error("429")
             row = throttle.row
             if not row.retryable:  # quota exhausted: relayed to the client, never retried
-                self.metrics.rejections.labels("quota_exhausted", self.metrics.variant).inc()
+                self.metrics.rejections.labels("quota_exhausted").inc()
             permit.observe(_OUTCOMES[row.learns])
             return retry_reason(status=429, throttle=throttle), throttle.retry_after
         permit.observe(Outcome.ACCEPTED if status < 500 else Outcome.OTHER)

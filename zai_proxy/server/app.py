@@ -67,6 +67,7 @@ from zai_proxy.relay.handler import ProxyHandler
 from zai_proxy.relay.lifecycle import Lifecycle
 from zai_proxy.relay.retry import RetryPolicy
 from zai_proxy.relay.upstream import Upstream
+from zai_proxy.server import operational as ops
 from zai_proxy.server.config import Settings
 from zai_proxy.server.connections import ClientBounds, ClientConnections
 from zai_proxy.server.retirement import Retirement
@@ -80,16 +81,16 @@ class ProxyApp(FastAPI):
     which also answers (and records) the 404s for paths it does not serve."""
 
     proxy: ProxyHandler
-    operational = frozenset({"/health", "/ready", "/metrics", "/admin/reset-rate-limit",
-                             "/admin/limiter-state", "/admin/retire"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
-        elif scope["path"] not in self.operational:
+        elif scope["path"] not in ops.PATHS:
             await self.proxy(scope, receive, send)
-        else:
+        elif scope["path"] in ops.STAMPED:
             await super().__call__(scope, receive, self.proxy.stamped(scope, send))
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -212,7 +213,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     admin = AdminGuard(settings.admin_api_key)
 
-    @app.get("/health")
+    @ops.handler(app, ops.HEALTH, "GET")
     async def health(request: Request) -> JSONResponse:
         """Liveness: answers 200 whenever the process can serve; never asks the upstream."""
         refresh_auth()
@@ -241,14 +242,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         body["detail"] = "full" if full else "public"
         return JSONResponse(body if full else _public_health(body, settings.account))
 
-    @app.get("/ready")
+    @ops.handler(app, ops.READY, "GET")
     async def ready() -> JSONResponse:
         """Readiness: 200 while serving, 503 while starting or draining."""
         status = 200 if lifecycle.ready else 503
         return JSONResponse({"ready": lifecycle.ready, "phase": lifecycle.phase.value},
                             status_code=status)
 
-    @app.get("/metrics")
+    @ops.handler(app, ops.METRICS, "GET")
     async def metrics_route(request: Request) -> Response:
         limiter.refresh_gauges()
         refresh_auth()  # the key file may change
@@ -258,7 +259,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             text = _without_families(text, CLIENT_FAMILIES)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/reset-rate-limit")
+    @ops.handler(app, ops.RESET_RATE_LIMIT, "POST")
     async def reset_rate_limit(request: Request) -> Response:
         """Forget the learned ceilings; needs ADMIN_API_KEY (off without it)."""
         if (denied := admin.check(request.headers)) is not None:
@@ -267,12 +268,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         log.warning("rate limit reset by admin request")
         return JSONResponse({"reset": True, "rate_limit": limiter.health()})
 
-    @app.post("/admin/retire")
+    @ops.handler(app, ops.RETIRE, "POST")
     async def retire(request: Request) -> Response:
         """Release this pod's clients (ADMIN_API_KEY): see `zai_proxy.server.retirement`."""
         return _set_retired(request, True)
 
-    @app.delete("/admin/retire")
+    @ops.handler(app, ops.RETIRE, "DELETE")
     async def unretire(request: Request) -> Response:
         """Keep clients again: undoes POST /admin/retire (ADMIN_API_KEY)."""
         return _set_retired(request, False)
@@ -286,14 +287,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         extra={"fields": {"connections": len(connections.live)}})
         return JSONResponse({"retired": retirement.retired})
 
-    @app.get("/admin/limiter-state")
+    @ops.handler(app, ops.LIMITER_STATE, "GET")
     async def get_limiter_state(request: Request) -> Response:
         """The learned ceilings as an account-level document (ADMIN_API_KEY)."""
         if (denied := admin.check(request.headers)) is not None:
             return denied
         return JSONResponse(limiter.export_state())
 
-    @app.put("/admin/limiter-state")
+    @ops.handler(app, ops.LIMITER_STATE, "PUT")
     async def put_limiter_state(request: Request) -> Response:
         """Adopt ceilings another proxy of this account exported (ADMIN_API_KEY)."""
         if (denied := admin.check(request.headers)) is not None:
@@ -309,6 +310,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             return _error_response(error)
         return JSONResponse({"applied": applied, "rate_limit": limiter.health()})
 
+    if missing := ops.unserved(app):
+        raise RuntimeError(f"operational routes without an endpoint: {missing}")
     _install_error_handlers(app)
     return app
 

@@ -41,11 +41,6 @@ log = logging.getLogger("zai_proxy")
 RELEASE_IDLE_SECONDS = 1.0
 
 
-# Paths served even to connections over MAX_CONNECTIONS: probes, scrapes and the admin API
-# (the switch retires an overloaded pod through it).
-ALWAYS_SERVED = ("/health", "/ready", "/metrics", "/admin/")
-
-
 class Connection(Protocol):
     """What the registry asks of an open connection (the server's protocol implements it)."""
 
@@ -80,7 +75,7 @@ class ClientConnections:
         self._draining = False
         metrics.max_connections.set(self.bounds.max_connections)
         self._bound_children = {
-            name: metrics.client_bounds.labels(name, metrics.variant)
+            name: metrics.client_bounds.labels(name)
             for name in ("max_header_bytes", "read_timeout", "write_timeout", "max_connections")}
 
     @property

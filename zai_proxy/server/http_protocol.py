@@ -52,7 +52,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from zai_proxy.core.errors import error_body
-from zai_proxy.server.connections import ALWAYS_SERVED, RELEASE_IDLE_SECONDS, ClientConnections
+from zai_proxy.server.connections import RELEASE_IDLE_SECONDS, ClientConnections
+from zai_proxy.server.operational import SERVED_OVER_CAPACITY
 from zai_proxy.wire.exchange import CLIENT_FAULT, request_id
 
 # Where the connection is in its current request (uvicorn keeps no such state itself).
@@ -202,7 +203,7 @@ class ClientProtocol(HttpToolsProtocol):
             self._stop(400, "proxy_upgrade_unsupported",
                        "the proxy serves no protocol upgrade, and the body of an upgrade request "
                        "would be lost: send the request without `Upgrade`")
-        if self.over_capacity and not _path(self.url).startswith(ALWAYS_SERVED):
+        if self.over_capacity and not _path(self.url).startswith(SERVED_OVER_CAPACITY):
             self._stop(503, "proxy_too_many_connections",
                        "the proxy serves no more connections now; retry shortly",
                        [b"retry-after: 1\r\n"])
