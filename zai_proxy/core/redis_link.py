@@ -127,6 +127,40 @@ class RedisLink:
             log.debug("closing the Redis connection failed", exc_info=True)
 
 
+class LinkUser:
+    """A user of the process's `RedisLink`: its client, its shared degraded state and its
+    guarded `call`, with the user's own `on_degraded`/`on_recovered` watching the link."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        link.watch(self.on_degraded, self.on_recovered)
+
+    @property
+    def redis(self) -> Any:
+        return self.link.redis
+
+    @property
+    def degraded(self) -> bool:
+        return self.link.degraded
+
+    @property
+    def reason(self) -> str | None:
+        return self.link.reason
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """`RedisLink.call`: None when Redis failed or the link is backing off."""
+        return await self.link.call(op)
+
+    def ignored(self, what: str, value: object) -> None:
+        self.link.ignored(what, value)
+
+    def on_degraded(self, exc: BaseException) -> None:
+        """The link failed: say what this user falls back to."""
+
+    def on_recovered(self) -> None:
+        """The link answers again."""
+
+
 def finite(value: object) -> float | None:
     """`value` as a finite float when it is a number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):

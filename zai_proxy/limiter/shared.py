@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from zai_proxy.core.lease import LeaderLease
-from zai_proxy.core.redis_link import BadAnswer, RedisLink, number_reply
+from zai_proxy.core.redis_link import BadAnswer, LinkUser, RedisLink, number_reply
 from zai_proxy.limiter.evidence import Adjustment, WindowStats
 from zai_proxy.limiter.gcra import Gcra
 from zai_proxy.limiter.learned import LearnedState
@@ -78,35 +78,15 @@ def namespace(account: str) -> str:
     return f"zai-proxy:acct:{account}:limiter"
 
 
-class SharedState:
+class SharedState(LinkUser):
     """The limiter's view of the process's Redis link: its namespace, its loud local fallback
     (logged when the link degrades), and the live replica count."""
 
     def __init__(self, link: RedisLink, *, namespace: str = "zai-proxy:limiter",
                  replicas: int = 1) -> None:
-        self.link = link
+        super().__init__(link)
         self.ns, self.configured_replicas = namespace, max(1, replicas)
         self.live_replicas: int | None = None  # members seen at the last heartbeat
-        link.watch(self.on_degraded, self.on_recovered)
-
-    @property
-    def redis(self) -> Any:
-        return self.link.redis
-
-    @property
-    def degraded(self) -> bool:
-        return self.link.degraded
-
-    @property
-    def reason(self) -> str | None:
-        return self.link.reason
-
-    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        """`RedisLink.call`: None when Redis failed or the link is backing off."""
-        return await self.link.call(op)
-
-    def ignored(self, what: str, value: object) -> None:
-        self.link.ignored(what, value)
 
     @property
     def replicas(self) -> int:

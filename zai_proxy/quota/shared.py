@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
 from zai_proxy.core.lease import LeaderLease
-from zai_proxy.core.redis_link import BadAnswer, RedisLink, finite, number_reply
+from zai_proxy.core.redis_link import BadAnswer, LinkUser, RedisLink, finite, number_reply
 from zai_proxy.quota.state import Block
 from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
 
@@ -123,36 +122,17 @@ def report_doc_from(raw: object) -> dict[str, Any] | None:
     return doc
 
 
-class QuotaShare:
+class QuotaShare(LinkUser):
     """The Redis side of quota sharing over the process's link, polling under the account's
     lease; every method degrades to a harmless default."""
 
     def __init__(self, link: RedisLink, account: str, lease: LeaderLease) -> None:
-        self.link, self.lease = link, lease
+        super().__init__(link)
+        self.lease = lease
         self.prefix = f"zai-proxy:acct:{account}:quota:"
         self.me = lease.id
         self.leader = False
         self._lead = link.redis.register_script(_LEAD)
-        link.watch(self.on_degraded, self.on_recovered)
-
-    @property
-    def redis(self) -> Any:
-        return self.link.redis
-
-    @property
-    def degraded(self) -> bool:
-        return self.link.degraded
-
-    @property
-    def reason(self) -> str | None:
-        return self.link.reason
-
-    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        """`RedisLink.call`: None when Redis failed or the link is backing off."""
-        return await self.link.call(op)
-
-    def ignored(self, what: str, value: object) -> None:
-        self.link.ignored(what, value)
 
     def key(self, name: str) -> str:
         return self.prefix + name
