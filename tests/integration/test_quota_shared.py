@@ -14,14 +14,15 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import redis
 
-from tests.quota.test_quota import CHAT, T0, Upstream, Wall, limits
+from tests.quota.test_quota import CHAT, T0, Upstream, limits
+from tests.support.clock import VirtualTime
 from tests.support.inprocess import InProcessProxy
 from tests.support.servers import RedisServer, free_port
 from zai_proxy.zai.account import account_id
 
 
 @asynccontextmanager
-async def replicas(url: str, key: str, wall: Wall, **env: str) -> AsyncIterator[
+async def replicas(url: str, key: str, wall: VirtualTime, **env: str) -> AsyncIterator[
         list[tuple[InProcessProxy, Upstream, httpx.AsyncClient]]]:
     out = []
     async with AsyncExitStack() as stack:
@@ -39,7 +40,7 @@ async def replicas(url: str, key: str, wall: Wall, **env: str) -> AsyncIterator[
 async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_blocks(
         redis_server: RedisServer) -> None:
     key = f"shared-key-{uuid.uuid4().hex}"  # its own account: its own keys in this Redis
-    wall = Wall()
+    wall = VirtualTime(T0)
     async with replicas(redis_server.url, key, wall) as [(a, up_a, ca), (b, up_b, cb)]:
         qa, qb = a.app.state.quota, b.app.state.quota
         for _ in range(3):
@@ -82,7 +83,7 @@ async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_bloc
 
 
 async def test_without_redis_each_replica_polls_and_health_says_degraded() -> None:
-    wall = Wall()
+    wall = VirtualTime(T0)
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async with replicas(url, f"shared-key-{uuid.uuid4().hex}", wall) as pair:
         for proxy, _, client in pair:

@@ -28,14 +28,6 @@ CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
 T0 = 1_767_000_000.0
 
 
-class Wall:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Upstream:
     """Scripted Z.AI: `quota` is the monitor's answer; `spent` makes chat answer 1308/1310."""
 
@@ -81,7 +73,8 @@ def limits(*, used: float, allowance: float = 10_000, reset: float | None = T0 +
                                         "data": {"limits": entries, "level": "pro"}})
 
 
-def harness(upstream: Upstream, wall: Wall, **env: str) -> InProcessProxy:
+def harness(upstream: Upstream, wall: VirtualTime, **env: str) -> InProcessProxy:
+    # `wall` is a VirtualTime read as the wall clock (epoch seconds), moved only by the test.
     # The app's monotonic clock and sleep are virtual time that never moves: past the first
     # poll at start, the test alone decides when a poll or a tick happens, and the rate gate
     # (a burst far above what a test sends) never makes a request wait for real time.
@@ -91,7 +84,7 @@ def harness(upstream: Upstream, wall: Wall, **env: str) -> InProcessProxy:
 
 
 async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     proxy = harness(upstream, wall)
     async with proxy as client:
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
@@ -99,7 +92,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
         relayed = await client.post("/v1/chat/completions", json=CHAT)
         assert relayed.status_code == 429 and relayed.json()["error"]["code"] == "1308"
         assert upstream.chats == 2
-        wall.now += 10
+        wall.jump(10)
         for route, body in (("/v1/chat/completions", CHAT), ("/v1/messages", {
                 "model": "glm-4.7", "max_tokens": 5, "messages": CHAT["messages"]})):
             local = await client.post(route, json=body)
@@ -116,7 +109,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
         health = (await client.get("/health")).json()["quota"]
         assert health["blocked"] == {"window": "five_hour", "code": "1308", "until": T0 + 30.4,
                                      "retry_after": 21, "source": "upstream"}
-        wall.now = T0 + 30.4  # the reset: service resumes at once
+        wall.t = T0 + 30.4  # the reset: service resumes at once
         upstream.spent = None
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert upstream.chats == 3
@@ -124,7 +117,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
 
 
 async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     upstream.spent = ("1308", T0 + 60)
     release = asyncio.Event()
 
@@ -153,7 +146,7 @@ async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> 
 
 
 async def test_a_weekly_1310_blocks_until_its_own_reset() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     async with harness(upstream, wall) as client:
         upstream.spent = ("1310", T0 + 86_400)
         await client.post("/v1/chat/completions", json=CHAT)
@@ -164,7 +157,7 @@ async def test_a_weekly_1310_blocks_until_its_own_reset() -> None:
 
 
 async def test_local_reject_off_keeps_forwarding_but_still_knows() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     async with harness(upstream, wall, QUOTA_LOCAL_REJECT="false") as client:
         upstream.spent = ("1308", T0 + 60)
         for _ in range(3):
@@ -176,7 +169,7 @@ async def test_local_reject_off_keeps_forwarding_but_still_knows() -> None:
 
 
 async def test_a_poll_showing_the_budget_spent_stops_requests_before_any_1308() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     upstream.monitor = limits(used=10_000, reset=T0 + 120)
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600")
     async with proxy as client:
@@ -185,7 +178,7 @@ async def test_a_poll_showing_the_budget_spent_stops_requests_before_any_1308() 
         assert local.status_code == 429 and local.headers["retry-after"] == "120"
         assert upstream.chats == 0
         upstream.monitor = limits(used=100, reset=T0 + 120)  # budget again (plan upgraded)
-        wall.now += 1
+        wall.jump(1)
         await proxy.app.state.quota.poll_once()
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
     poll = upstream.polls[-1]
@@ -202,7 +195,7 @@ async def test_a_poll_showing_the_budget_spent_stops_requests_before_any_1308() 
 ])
 async def test_a_failing_monitor_never_stops_requests_and_health_says_why(
         answer: httpx.Response, reason: str, caplog: pytest.LogCaptureFixture) -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     upstream.monitor = answer
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600")
     with caplog.at_level(logging.INFO, logger="zai_proxy"):
@@ -229,7 +222,7 @@ async def test_a_failing_monitor_never_stops_requests_and_health_says_why(
 
 
 async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     keys = "batch:worker-key-0001,chat:worker-key-0002,worker-key-0003"
     proxy = harness(upstream, wall, PROXY_API_KEYS=keys)
     async with proxy as client:
@@ -247,7 +240,7 @@ async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() ->
 
     assert sample("zai_proxy_client_tokens_total", client=fingerprint("worker-key-0003"),
                   direction="input") == 10
-    open_proxy = harness(Upstream(), Wall())
+    open_proxy = harness(Upstream(), VirtualTime(T0))
     async with open_proxy as client:
         await client.post("/v1/chat/completions", json=CHAT)
     assert open_proxy.sample("zai_proxy_client_tokens_total", client="anonymous",
@@ -255,7 +248,7 @@ async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() ->
 
 
 async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     weekly = {"type": "TOKENS_LIMIT", "unit": 6, "percentage": 40,
               "nextResetTime": int((T0 + 500_000) * 1000)}
     upstream.monitor = limits(used=0, reset=T0 + 3600, weekly=weekly)
@@ -265,7 +258,7 @@ async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() 
         await quota.poll_once()
         await quota.tick()
         for _ in range(10):  # 10 s of 1 request (15 tokens) a second
-            wall.now += 1
+            wall.jump(1)
             await client.post("/v1/chat/completions", json=CHAT)
             await quota.tick()
         upstream.monitor = limits(used=150, reset=T0 + 3600, weekly=weekly)
@@ -290,7 +283,7 @@ async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() 
 
 
 async def test_even_pacing_sets_the_admission_rate_and_exempt_clients_are_never_paced() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = Upstream(), VirtualTime(T0)
     upstream.monitor = limits(used=5000, reset=T0 + 100)
     keys = "batch:worker-key-0001,chat:worker-key-0002"
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600", QUOTA_PACING="even",
