@@ -4,48 +4,27 @@ leader/follower coordinator, fallback and recovery."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.clock import VirtualTime
-from tests.support.servers import RedisServer, free_port, require_binary
+from tests.support.servers import RedisServer, free_port, start_redis
 from zai_proxy.limiter.rate_controller import Outcome, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 
 pytestmark = pytest.mark.needs("redis-server")
 
 
-def spawn_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = require_binary("redis-server")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.fixture
-def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server this test may kill and restart on the same port."""
-    port = free_port()
-    procs = [spawn_redis(port)]
-    yield port, procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+def own_redis() -> Iterator[list[RedisServer]]:
+    """A redis-server this test may stop and bring back on the same port (appended)."""
+    servers = [start_redis()]
+    yield servers
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
 
 
 def ns() -> str:
@@ -86,22 +65,21 @@ async def test_wait_is_reported_and_refund_returns_a_slot(redis_server: RedisSer
 
 
 async def test_fallback_when_redis_dies_and_recovery(
-    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+    own_redis: list[RedisServer],
 ) -> None:
-    port, procs = own_redis
+    port = own_redis[0].port
     clock = VirtualTime(0.0)
     state = SharedState(f"redis://127.0.0.1:{port}/0", namespace=ns(), replicas=4,
                         retry_interval=5.0, clock=clock, op_timeout=0.3)
     gate = state.gate("gate")
     assert await state.ping() and not state.degraded
-    procs[0].terminate()
-    procs[0].wait(10)
+    own_redis[0].stop()
     # Redis gone: the next take falls back to a local gate at rate / replicas, loudly.
     assert await gate.take(40.0, 100.0) == 0.0
     assert state.degraded and state.reason
     assert state.health()["degraded"] is True
     assert await gate.take(40.0, 100.0) == pytest.approx(0.1)  # 40 / 4 = 10 req/s
-    procs.append(spawn_redis(port))
+    own_redis.append(start_redis(port))
     clock.t = 1.0  # still backing off: no attempt yet
     await gate.take(40.0, 101.0)
     assert state.degraded

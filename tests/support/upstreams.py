@@ -1,0 +1,158 @@
+"""Fake upstreams the proxy forwards to, shared by the tests and the benchmarks.
+
+- `RecordingUpstream`: a raw HTTP/1.1 server on a loopback socket that records every request
+  (`SeenRequest`) and answers whatever bytes a test's `Answer` returns (`http_response` builds
+  well-formed ones), so a test can send what no well-behaved server would;
+- `recording_upstream(answer)`: a module-scoped pytest fixture running one;
+- `read_request(scope, receive, seen)`: the receiving half of a recording ASGI app, for tests
+  that drive the server's protocol in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class SeenRequest:
+    """One request as a raw upstream received it."""
+
+    method: str
+    target: str  # the request target exactly as sent (path and query)
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+# (raw response bytes, close the connection after them)
+Answer = Callable[[SeenRequest], tuple[bytes, bool]]
+
+
+class RecordingUpstream:
+    """A raw HTTP/1.1 server on 127.0.0.1, in a thread (and event loop) of its own.
+
+    It records every request and answers with whatever bytes `answer` returns, so tests can
+    send what no well-behaved server would (oversized headers, cut bodies, garbage) and can
+    check exactly what the proxy sent. Keep-alive like a real upstream; `close` ends the
+    connection after the answer (or without one when the bytes are empty).
+    """
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.seen: list[SeenRequest] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recording-upstream",
+                                        daemon=True)
+
+    def __enter__(self) -> RecordingUpstream:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("recording upstream did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            tasks = asyncio.all_tasks(self._loop)  # connections the proxy keeps alive
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = [(k.strip(), v.strip()) for k, _, v in
+                           (line.partition(":") for line in lines[1:] if line)]
+                fields = {k.lower(): v for k, v in headers}
+                if fields.get("transfer-encoding", "").lower() == "chunked":
+                    body = await _read_chunked(reader)
+                else:
+                    body = await reader.readexactly(int(fields.get("content-length", "0")))
+                request = SeenRequest(method, target, headers, body)
+                self.seen.append(request)
+                raw, close = self.answer(request)
+                writer.write(raw)
+                await writer.drain()
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+def http_response(status: int, body: bytes = b"", headers: Sequence[tuple[str, str]] = (),
+                  *, head: bool = False, length: int | None = None) -> bytes:
+    """Raw bytes of one HTTP/1.1 response; no body for HEAD, 1xx, 204 and 304."""
+    no_body = head or status in (204, 304) or status < 200
+    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
+    if status not in (204, 304) and status >= 200:
+        lines.append(f"Content-Length: {len(body) if length is None else length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
+
+
+def recording_upstream(answer: Answer) -> Any:
+    """A module-scoped fixture yielding a running `RecordingUpstream(answer)`; assign it to the
+    fixture's name in the test module (`upstream = recording_upstream(answer)`)."""
+
+    @pytest.fixture(scope="module")
+    def upstream() -> Iterator[RecordingUpstream]:
+        with RecordingUpstream(answer) as server:
+            yield server
+
+    return upstream
+
+
+async def read_request(scope: Any, receive: Any, seen: list[dict[str, Any]]) -> bytes | None:
+    """Receive one ASGI request's whole body and record it in `seen` as {"scope", "body"}; a
+    client that disconnects first is recorded with "disconnected": True and gives None."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            seen.append({"scope": scope, "body": body, "disconnected": True})
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    seen.append({"scope": scope, "body": body})
+    return body
