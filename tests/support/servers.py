@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -152,6 +153,34 @@ def dashboard_stack(
         for process in [dashboard, *proxies]:
             if process is not None:
                 process.terminate(10)
+
+
+def send_traffic(proxy: Process, count: int) -> dict[str, int]:
+    """Chat completions through one proxy: every third one streamed, one for an unknown model
+    and one the upstream fails with a 502 (so the error panel has something to show).
+
+    Returns what was sent: {"requests": n, "5xx": n}, counted when the answer is complete.
+    """
+    sent = {"requests": 0, "5xx": 0}
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        for i in range(count):
+            model = "no-such-model-7" if i == 1 else "glm-4.6"
+            body: dict[str, Any] = {"model": model, "max_tokens": 40,
+                                    "messages": [{"role": "user", "content": f"hello {i}"}]}
+            headers = {"x-sim-status": "502"} if i == 2 else {}
+            if i % 3 == 0:
+                body["stream"] = True
+                with client.stream("POST", "/v1/chat/completions", json=body,
+                                   headers=headers) as response:
+                    for _ in response.iter_bytes():
+                        pass
+                    status = response.status_code
+            else:
+                status = client.post("/v1/chat/completions", json=body,
+                                     headers=headers).status_code
+            sent["requests"] += 1
+            sent["5xx"] += status >= 500
+    return sent
 
 
 @dataclass
