@@ -5,7 +5,9 @@
   well-formed ones), so a test can send what no well-behaved server would;
 - `recording_upstream(answer)`: a module-scoped pytest fixture running one;
 - `read_request(scope, receive, seen)`: the receiving half of a recording ASGI app, for tests
-  that drive the server's protocol in process.
+  that drive the server's protocol in process;
+- `QuotaUpstream`: a scripted Z.AI as an httpx transport for `InProcessProxy` (chat answers
+  with usage, or 1308/1310 once `spent`; the quota monitor answers `monitor_limits(...)`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
+
+from zai_proxy.quota.poller import MONITOR_PATH
 
 
 @dataclass
@@ -156,3 +161,53 @@ async def read_request(scope: Any, receive: Any, seen: list[dict[str, Any]]) -> 
             break
     seen.append({"scope": scope, "body": body})
     return body
+
+
+# Epoch seconds the quota tests' wall clock starts at; monitor resets default to an hour later.
+QUOTA_T0 = 1_767_000_000.0
+
+
+class QuotaUpstream:
+    """Scripted Z.AI: `quota` is the monitor's answer; `spent` makes chat answer 1308/1310."""
+
+    def __init__(self) -> None:
+        self.chats = 0
+        self.polls: list[httpx.Request] = []
+        self.spent: tuple[str, float] | None = None  # (code, reset epoch)
+        self.monitor: httpx.Response | None = None
+        self.tokens = (10, 5)  # prompt, completion
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == MONITOR_PATH:
+            self.polls.append(request)
+            return self.monitor or monitor_limits(used=0)
+        self.chats += 1
+        if self.spent is not None:
+            code, reset = self.spent
+            return httpx.Response(429, json={"error": {
+                "code": code, "message": "Usage limit reached for 5 hour. Your limit will reset "
+                "at 2026-01-01 00:00:00", "next_reset_time": int(reset * 1000)}})
+        prompt, completion = self.tokens
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "model": "glm-4.7",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}})
+
+
+def monitor_limits(*, used: float, allowance: float = 10_000, reset: float | None = QUOTA_T0 + 3600,
+           weekly: dict[str, Any] | None = None, status: int = 200) -> httpx.Response:
+    """The monitor's answer: a five-hour token window `used` of `allowance` (and `weekly`)."""
+    entry: dict[str, Any] = {"type": "TOKENS_LIMIT", "unit": 3, "number": 5, "usage": allowance,
+                             "currentValue": used, "remaining": allowance - used,
+                             "percentage": int(100 * used / allowance)}
+    if reset is not None:
+        entry["nextResetTime"] = int(reset * 1000)
+    entries = [entry] + ([weekly] if weekly else [])
+    return httpx.Response(status, json={"code": 200, "msg": "Operation successful",
+                                        "success": True,
+                                        "data": {"limits": entries, "level": "pro"}})
