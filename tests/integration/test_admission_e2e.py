@@ -20,6 +20,7 @@ from tests.integration.conftest import proxy_env
 from tests.support.servers import (
     Process,
     RedisServer,
+    running_zai_proxy,
     start_redis,
     start_zai_proxy,
     wait_http,
@@ -103,9 +104,8 @@ def reset_sim(simulator: Process) -> None:
 
 @pytest.fixture(scope="module")
 def ceiling_sim() -> Iterator[Process]:
-    process = start_zai_proxy("simulate", "--rate-ceiling", "10")
-    yield process
-    process.terminate()
+    with running_zai_proxy("simulate", "--rate-ceiling", "10") as process:
+        yield process
 
 
 def serve(simulator: Process, **env: str) -> Process:

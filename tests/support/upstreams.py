@@ -1,4 +1,4 @@
-"""Fake upstreams the proxy forwards to, shared by the tests and the benchmarks.
+"""Fake upstreams the proxy forwards to, shared by the test modules.
 
 - `RecordingUpstream`: a raw HTTP/1.1 server on a loopback socket that records every request
   (`SeenRequest`) and answers whatever bytes a test's `Answer` returns (`http_response` builds
