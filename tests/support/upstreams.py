@@ -152,11 +152,12 @@ async def read_request(scope: Any, receive: Any, seen: list[dict[str, Any]]) -> 
     client that disconnects first is recorded with "disconnected": True and gives None."""
     body = b""
     while True:
-        message = await receive()
+        message: dict[str, Any] = await receive()
         if message["type"] == "http.disconnect":
             seen.append({"scope": scope, "body": body, "disconnected": True})
             return None
-        body += message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
         if not message.get("more_body"):
             break
     seen.append({"scope": scope, "body": body})
