@@ -22,12 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.test_dashboard_browser import send_traffic  # noqa: E402
-from tests.support.servers import (  # noqa: E402
-    CHROMIUM_ARGS,
-    Process,
-    start_zai_proxy,
-)
+from tests.support.servers import CHROMIUM_ARGS, Process, send_traffic, start_zai_proxy  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

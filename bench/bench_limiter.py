@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from procs import Proc, free_port, launch, zai
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root holds tests.support
+
+from tests.support.servers import Process, RedisServer, start_redis, start_zai_proxy  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 UPSTREAM_KEY = "bench-upstream-key-0000"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
@@ -117,8 +120,8 @@ SCENARIOS = {
 # -- processes --------------------------------------------------------------------------------
 
 
-def start_processes(sc: Scenario, window: float) -> tuple[Proc, list[Proc], Proc | None]:
-    sim_port = free_port()
+def start_processes(sc: Scenario, window: float
+                    ) -> tuple[Process, list[Process], RedisServer | None]:
     args = ["--latency-ms", "20"]
     if sc.ceiling:
         args += ["--rate-ceiling", f"{sc.ceiling:g}"]
@@ -131,7 +134,7 @@ def start_processes(sc: Scenario, window: float) -> tuple[Proc, list[Proc], Proc
         args += ["--concurrency-ceiling", str(sc.concurrency)]
     if sc.stream_chunks:
         args += ["--chunks", str(sc.stream_chunks), "--chunk-gap-ms", str(sc.chunk_gap_ms)]
-    sim = launch("simulator", zai("simulate", sim_port, *args), {}, sim_port, "/health")
+    sim = start_zai_proxy("simulate", *args, timeout=30)
     redis = None
     env = {
         "ZAI_API_KEY": UPSTREAM_KEY, "ZAI_TARGET_URL": f"{sim.url}/api/paas/v4",
@@ -141,18 +144,14 @@ def start_processes(sc: Scenario, window: float) -> tuple[Proc, list[Proc], Proc
         "TOKEN_COUNTING_ENABLED": "false", "QUEUE_MAX": "2000", **sc.env,
     }
     if sc.proxies > 1:
-        redis_port = free_port()
-        redis = launch("redis", ["redis-server", "--port", str(redis_port), "--bind",
-                                 "127.0.0.1", "--save", "", "--appendonly", "no"],
-                       {}, redis_port, None)
-        env.update(RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{redis_port}/0",
+        redis = start_redis()
+        env.update(RATE_LIMIT_STORAGE_URI=redis.url,
                    RATE_LIMIT_REPLICAS=str(sc.replicas))
     proxies = []
     for i in range(sc.proxies):
-        port = free_port()
         variant = f"v{1 + i // sc.replicas}" if sc.variants > 1 else "bench"
-        proxies.append(launch(f"proxy{i}", zai("serve", port),
-                              {**env, "DEPLOYMENT_VARIANT": variant}, port, "/ready"))
+        proxies.append(start_zai_proxy("serve", env={**env, "DEPLOYMENT_VARIANT": variant},
+                                       ready_path="/ready", timeout=30))
     return sim, proxies, redis
 
 
@@ -189,7 +188,7 @@ def parse_gauges(text: str) -> dict[str, float]:
     return out
 
 
-async def sample(session: aiohttp.ClientSession, sim: Proc, proxies: list[Proc],
+async def sample(session: aiohttp.ClientSession, sim: Process, proxies: list[Process],
                  t: float) -> Sample:
     async with session.get(f"{sim.url}/_stats") as answer:
         stats = json.loads(await answer.read())
@@ -233,7 +232,7 @@ def arrivals(sc: Scenario, duration: float) -> list[tuple[float, int]]:
 BURST_PERIOD = 5.0
 
 
-async def run_load(sc: Scenario, sim: Proc, proxies: list[Proc], window: float,
+async def run_load(sc: Scenario, sim: Process, proxies: list[Process], window: float,
                    quick: bool) -> tuple[list[Sample], ClientTally]:
     duration = sc.windows * window
     tally = ClientTally()
@@ -251,7 +250,7 @@ async def run_load(sc: Scenario, sim: Proc, proxies: list[Proc], window: float,
         start = time.monotonic()
         samples = [await sample(probe, sim, proxies, 0.0)]
 
-        async def one(proxy: Proc, burst: int) -> None:
+        async def one(proxy: Process, burst: int) -> None:
             sent = time.monotonic()
             try:
                 async with load.post(f"{proxy.url}/v1/chat/completions", json=body) as answer:
@@ -486,8 +485,10 @@ async def run_scenario(sc: Scenario, window: float, quick: bool, run: str,
     try:
         samples, tally = await run_load(sc, sim, proxies, window, quick)
     finally:
-        for proc in (*proxies, sim, *([redis] if redis else [])):
-            proc.stop()
+        for proc in (*proxies, sim):
+            proc.terminate(15)
+        if redis:
+            redis.stop()
     load_after = os.getloadavg()
     rows = windows_of(sc, samples, window)
     targets = judge(sc, rows, window, tally)

@@ -43,9 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from procs import Proc, free_port, launch, zai
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repository root holds tests.support
+
+from tests.support.servers import Process, free_port, start_zai_proxy  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 UPSTREAM_KEY = "bench-upstream-key-quota-0000"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
@@ -58,24 +61,19 @@ BUDGET_RATE = BUDGET / TOKENS_PER_REQUEST / WINDOW
 # -- processes ---------------------------------------------------------------------------------
 
 
-def start(name: str, command: str, env: dict[str, str], ready: str, *args: str) -> Proc:
-    port = free_port()
-    return launch(name, zai(command, port, *args), env, port, ready)
+def start_simulator(budget: int) -> Process:
+    return start_zai_proxy("simulate", "--latency-ms", "20", "--expect-key", UPSTREAM_KEY,
+                           "--quota-5h-tokens", str(budget), "--quota-5h-window-s",
+                           f"{WINDOW:g}", timeout=30)
 
 
-def start_simulator(budget: int) -> Proc:
-    return start("simulator", "simulate", {}, "/health",
-                 "--latency-ms", "20", "--expect-key", UPSTREAM_KEY,
-                 "--quota-5h-tokens", str(budget), "--quota-5h-window-s", f"{WINDOW:g}")
-
-
-def start_proxy(sim: Proc, **env: str) -> Proc:
-    return start("proxy", "serve", {
+def start_proxy(sim: Process, **env: str) -> Process:
+    return start_zai_proxy("serve", env={
         "ZAI_API_KEY": UPSTREAM_KEY, "ZAI_TARGET_URL": f"{sim.url}/api/paas/v4",
         "ZAI_ANTHROPIC_URL": f"{sim.url}/api/anthropic", "RATE_LIMIT_STATE_FILE": "",
         "RATE_LIMIT_INITIAL": "100", "RATE_LIMIT_MAX": "100", "MAX_WORKERS": "64",
         "LOG_LEVEL": "WARNING", "QUOTA_POLL_SECONDS": "1", "QUOTA_BURN_WINDOW": "10s",
-        "SHUTDOWN_DRAIN_SECONDS": "0", **env}, "/ready")
+        "SHUTDOWN_DRAIN_SECONDS": "0", **env}, ready_path="/ready", timeout=30)
 
 
 # -- load ---------------------------------------------------------------------------------------
@@ -108,7 +106,7 @@ def schedule(rate: float, seconds: float, burst: float | None = None) -> list[fl
     return times
 
 
-async def load(proxy: Proc, rate: float, seconds: float, run: Run,
+async def load(proxy: Process, rate: float, seconds: float, run: Run,
                health_every: float = 0.5, burst: float | None = None) -> None:
     """Open loop: `rate` req/s for `seconds` (see `schedule`), every answer kept; /health
     sampled meanwhile."""
@@ -157,12 +155,12 @@ async def load(proxy: Proc, rate: float, seconds: float, run: Run,
         await asyncio.gather(sampling, return_exceptions=True)
 
 
-def sim_quota(sim: Proc) -> dict[str, Any]:
+def sim_quota(sim: Process) -> dict[str, Any]:
     with urllib.request.urlopen(sim.url + "/_stats", timeout=5) as answer:
         return dict(json.loads(answer.read())["quota"]["five_hour"])
 
 
-def sim_config(sim: Proc, **values: Any) -> None:
+def sim_config(sim: Process, **values: Any) -> None:
     request = urllib.request.Request(sim.url + "/_config", data=json.dumps(values).encode(),
                                      headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=5):
@@ -181,8 +179,8 @@ def wall(_: int, burst: float | None = None) -> dict[str, float]:
         asyncio.run(load(proxy, 1.4 * BUDGET_RATE, WINDOW + 6, run, burst=burst))
         window = sim_quota(sim)["history"][0]
     finally:
-        proxy.stop()
-        sim.stop()
+        proxy.terminate(15)
+        sim.terminate(15)
     opened, reset = window["opened_at"], window["reset_at"]
     refusals = window["refusals"]
     local = [a for a in run.answers if a.code == "proxy_quota_exhausted"]
@@ -223,8 +221,8 @@ def pacing(_: int) -> dict[str, float]:
         asyncio.run(load(proxy, 2 * BUDGET_RATE, WINDOW + 2, run))
         window = sim_quota(sim)["history"][0]
     finally:
-        proxy.stop()
-        sim.stop()
+        proxy.terminate(15)
+        sim.terminate(15)
     codes: dict[str | None, int] = {}
     for a in run.answers:
         if a.sent < window["reset_at"]:
@@ -276,7 +274,7 @@ def monitor(_: int) -> dict[str, Any]:
             }
     finally:
         for p in (down, proxy, sim):
-            p.stop()
+            p.terminate(15)
     return out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.clients import auth as auth_module
 from zai_proxy.clients.auth import (
     MIN_KEY_LENGTH,
@@ -18,14 +19,6 @@ from zai_proxy.clients.auth import (
     presented_key,
 )
 from zai_proxy.core.errors import Unauthorized
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def bearer(key: str) -> list[tuple[bytes, bytes]]:
@@ -79,7 +72,7 @@ def test_key_file_merges_with_the_list_and_is_reread_when_it_changes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# workers\nbatch:worker-key-0001\n\nworker-key-0002\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth(("inline:inline-key-001",), key_file=str(keys), clock=clock)
     assert auth.client_id(bearer("inline-key-001")) == "inline"
     assert auth.client_id(bearer("worker-key-0001")) == "batch"
@@ -88,10 +81,10 @@ def test_key_file_merges_with_the_list_and_is_reread_when_it_changes(
     replacement.write_text("batch:worker-key-0003\nnew:worker-key-0004\n")
     os.replace(replacement, keys)
     assert auth.client_id(bearer("worker-key-0001")) == "batch"  # not looked at yet (< 1 s)
-    clock.now += 1.0
+    clock.jump(1.0)
     # Seen changed; applied once it is still the same a second later (it has settled).
     assert auth.client_id(bearer("worker-key-0001")) == "batch"
-    clock.now += 1.0
+    clock.jump(1.0)
     with caplog.at_level(logging.WARNING, logger="zai_proxy.auth"):
         assert auth.client_id(bearer("worker-key-0003")) == "batch"
     assert "reloaded" in caplog.text and "worker-key" not in caplog.text
@@ -106,12 +99,12 @@ def test_each_distinct_key_file_problem_is_logged_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth((), key_file=str(keys), clock=clock)
 
     def settle() -> None:
         for _ in range(2):
-            clock.now += 1.0
+            clock.jump(1.0)
             with pytest.raises(Unauthorized):
                 auth.client_id([])
 
@@ -135,7 +128,7 @@ def test_the_key_file_is_looked_at_once_a_second_at_most(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth((), key_file=str(keys), clock=clock)
     calls: list[str] = []
     real_stat = os.stat
@@ -148,7 +141,7 @@ def test_the_key_file_is_looked_at_once_a_second_at_most(tmp_path: Path,
     monkeypatch.setattr(auth_module.os, "stat", counting_stat)
     for _ in range(1000):
         auth.client_id(bearer("worker-key-0001"))
-        clock.now += 0.01  # 1000 requests over 10 s
+        clock.jump(0.01)  # 1000 requests over 10 s
     assert 9 <= len(calls) <= 11
 
 
@@ -216,7 +209,7 @@ def test_a_good_key_file_reports_no_error(tmp_path: Path) -> None:
     """`file_error` is None (not merely falsy) until a changed file fails to load."""
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    assert ClientAuth((), key_file=str(keys), clock=Clock()).file_error is None
+    assert ClientAuth((), key_file=str(keys), clock=VirtualTime(100.0)).file_error is None
     assert ClientAuth(("worker-key-0001",)).file_error is None
 
 
@@ -224,7 +217,7 @@ def test_a_change_within_the_first_second_is_not_seen_yet(tmp_path: Path) -> Non
     """The first look at the file after startup is CHECK_INTERVAL later, not at once."""
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth((), key_file=str(keys), clock=clock)
     replacement = tmp_path / "keys.new"
     replacement.write_text("worker-key-0002-longer\n")
@@ -232,10 +225,10 @@ def test_a_change_within_the_first_second_is_not_seen_yet(tmp_path: Path) -> Non
     assert auth.client_id(bearer("worker-key-0001")) == fingerprint("worker-key-0001")
     with pytest.raises(Unauthorized):
         auth.client_id(bearer("worker-key-0002-longer"))
-    clock.now += 1.0  # the first look sees the change; it applies once the file has settled
+    clock.jump(1.0)  # the first look sees the change; it applies once the file has settled
     with pytest.raises(Unauthorized):
         auth.client_id(bearer("worker-key-0002-longer"))
-    clock.now += 1.0
+    clock.jump(1.0)
     assert auth.client_id(bearer("worker-key-0002-longer"))
 
 
@@ -244,9 +237,9 @@ def test_an_unchanged_key_file_is_not_reloaded(
     """The startup read counts: the next look finds the same file and logs nothing."""
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth((), key_file=str(keys), clock=clock)
-    clock.now += 1.0
+    clock.jump(1.0)
     with caplog.at_level(logging.DEBUG, logger="zai_proxy.auth"):
         assert auth.client_id(bearer("worker-key-0001"))
     assert caplog.records == []
@@ -257,15 +250,15 @@ def test_reload_log_line_and_its_fields(
     """The reload warning carries path, key count and the clients added and removed."""
     keys = tmp_path / "keys"
     keys.write_text("old:worker-key-0001\nkeep:worker-key-0002\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth(("inline:inline-key-001",), key_file=str(keys), clock=clock)
     replacement = tmp_path / "keys.new"
     replacement.write_text("keep:worker-key-0002\nnew:worker-key-0003\nnew:worker-key-0004\n")
     os.replace(replacement, keys)
-    clock.now += 1.0
+    clock.jump(1.0)
     with pytest.raises(Unauthorized):  # seen, not settled yet
         auth.client_id(bearer("worker-key-0004"))
-    clock.now += 1.0
+    clock.jump(1.0)
     with caplog.at_level(logging.WARNING, logger="zai_proxy.auth"):
         assert auth.client_id(bearer("worker-key-0004")) == "new"
     [record] = caplog.records
@@ -281,19 +274,19 @@ def test_unusable_key_file_error_texts(
     (a missing file by its strerror), and a proxy with no key left says every request fails."""
     keys = tmp_path / "keys"
     keys.write_text("worker-key-0001\n")
-    clock = Clock()
+    clock = VirtualTime(100.0)
     auth = ClientAuth((), key_file=str(keys), clock=clock)
     with caplog.at_level(logging.ERROR, logger="zai_proxy.auth"):
         keys.write_text("# emptied, and longer than before\n")
-        clock.now += 1.0  # seen changed: the keys in force stay
+        clock.jump(1.0)  # seen changed: the keys in force stay
         assert auth.client_id(bearer("worker-key-0001"))
-        clock.now += 1.0  # unchanged a second later: applied
+        clock.jump(1.0)  # unchanged a second later: applied
         with pytest.raises(Unauthorized):
             auth.client_id(bearer("worker-key-0001"))
         assert auth.file_error == "holds no key: no key from it is in force"
         keys.unlink()
         for _ in range(2):
-            clock.now += 1.0
+            clock.jump(1.0)
             with pytest.raises(Unauthorized):
                 auth.client_id(bearer("worker-key-0001"))
         assert auth.file_error == ("cannot be read (No such file or directory): no key from it "

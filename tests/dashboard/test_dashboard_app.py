@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +12,7 @@ import pytest
 from starlette.applications import Starlette
 
 from tests.fixtures.metrics import FakeProxy
+from tests.support.clock import VirtualTime
 from zai_proxy.dashboard.app import create_dashboard_app
 from zai_proxy.dashboard.cli import main
 from zai_proxy.dashboard.collector import Collector
@@ -26,9 +27,8 @@ class Rig:
     """An app with a fake target, a hand-driven clock, and no background loops."""
 
     def __init__(self, api_key: str | None = None, db: str | None = None) -> None:
-        self.now = T0
+        self.clock = clock = VirtualTime(T0)  # shared by all parts
         self.proxy = FakeProxy()
-        clock: Callable[[], float] = lambda: self.now  # noqa: E731 - shared by all parts
 
         def handler(request: httpx.Request) -> httpx.Response:
             if request.url.host == "down.test":
@@ -46,7 +46,7 @@ class Rig:
             background=False)
 
     async def round(self, seconds: float = 5) -> None:
-        self.now += seconds
+        self.clock.jump(seconds)
         await self.app.state.dashboard.on_points(await self.collector.scrape_once())
 
 

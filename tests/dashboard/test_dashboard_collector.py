@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.fixtures.metrics import FakeProxy, fixture_text
+from tests.support.clock import VirtualTime
 from zai_proxy.dashboard.collector import (
     Collector,
     Reading,
@@ -144,18 +145,18 @@ async def test_failing_target_is_down_with_error_and_others_continue() -> None:
 
 
 async def test_stale_baseline_after_an_outage_is_not_used() -> None:
-    proxy, now, fail = FakeProxy(), [0.0], [False]
+    proxy, now, fail = FakeProxy(), VirtualTime(), [False]
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503 if fail[0] else 200, text=proxy.text())
 
-    collector = Collector(["http://t.test/metrics"], interval=5, clock=lambda: now[0],
+    collector = Collector(["http://t.test/metrics"], interval=5, clock=now,
                           transport=httpx.MockTransport(handler))
     proxy.request("v1")
     await collector.scrape_once()
-    fail[0], now[0] = True, 5.0
+    fail[0], now.t = True, 5.0
     await collector.scrape_once()
-    fail[0], now[0] = False, 60.0
+    fail[0], now.t = False, 60.0
     proxy.request("v1")
     (point,) = await collector.scrape_once()
     await collector.aclose()

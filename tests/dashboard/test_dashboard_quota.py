@@ -5,12 +5,11 @@ Targets export the proxy's own `Metrics` (the real names and labels), one regist
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.dashboard.app import create_dashboard_app
 from zai_proxy.dashboard.collector import Collector, parse_metrics, points_from_readings
 from zai_proxy.dashboard.compute import Point, client_tokens, row
@@ -84,9 +83,9 @@ def test_the_current_window_starts_one_window_length_before_its_reset() -> None:
 
 
 async def test_api_quota_lists_each_variants_windows_and_the_windows_top_clients() -> None:
-    now = [T0]
+    now = VirtualTime(T0)
     pods = {"v1": Pod("v1"), "v2": Pod("v2")}
-    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    clock = now
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, text=pods[request.url.host.split(".")[0]].text())
@@ -104,7 +103,7 @@ async def test_api_quota_lists_each_variants_windows_and_the_windows_top_clients
                 pod.quota("five_hour", 0.2, T0 + 3600, 7200)
             await dash.on_points(await collector.scrape_once())
             for step in range(3):
-                now[0] += 5
+                now.jump(5)
                 pods["v1"].tokens("batch", 300)
                 pods["v2"].tokens("chat", 100)
                 pods["v2"].tokens("batch", 100 * step)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.dashboard.compute import Point
 from zai_proxy.dashboard.storage import History
 
@@ -24,14 +25,14 @@ def point(ts: float, variant: str = "v1", requests: float = 5.0) -> Point:
 
 async def test_history_survives_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "h.sqlite3")
-    now = [T0 + 30]
-    first = History(path, clock=lambda: now[0])
+    now = VirtualTime(T0 + 30)
+    first = History(path, clock=now)
     await first.open()
     await first.add([point(T0 + 5), point(T0 + 10, "v2"), point(T0 + 15)])
     await first.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
-    second = History(path, clock=lambda: now[0])
+    second = History(path, clock=now)
     await second.open()
     got = await second.query(T0, T0 + 60, rollups=False)
     await second.close()
@@ -44,16 +45,16 @@ async def test_history_survives_a_restart(tmp_path: Path) -> None:
 async def test_rollups_cover_seven_days_and_trimming_keeps_24h_raw(
     tmp_path: Path, on_disk: bool
 ) -> None:
-    now = [T0]
-    history = History(str(tmp_path / "h.sqlite3") if on_disk else None, clock=lambda: now[0])
+    now = VirtualTime(T0)
+    history = History(str(tmp_path / "h.sqlite3") if on_disk else None, clock=now)
     await history.open()
     # One point a minute (at :30) for 8 days, rolled up and trimmed every simulated hour.
     for hour in range(8 * 24):
         base = T0 + hour * 3600
         await history.add([point(base + m * 60 + 30, requests=1.0) for m in range(60)])
-        now[0] = base + 3600
+        now.t = base + 3600
         await history.maintain()
-    end = now[0]
+    end = now()
     raw = await history.query(end - 8 * DAY, end, rollups=False)
     assert raw[0].ts >= end - DAY and len(raw) == 24 * 60
     rolled = await history.query(end - 7 * DAY, end, rollups=True)
@@ -64,8 +65,8 @@ async def test_rollups_cover_seven_days_and_trimming_keeps_24h_raw(
 
 
 async def test_rollup_query_adds_raw_points_after_the_last_rolled_minute() -> None:
-    now = [T0 + 150]
-    history = History(None, clock=lambda: now[0])
+    now = VirtualTime(T0 + 150)
+    history = History(None, clock=now)
     await history.open()
     await history.add([point(T0 + 10), point(T0 + 50), point(T0 + 70), point(T0 + 130)])
     await history.maintain()  # rolls the minutes starting at T0 and T0 + 60

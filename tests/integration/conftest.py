@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy
 
 UPSTREAM_KEY = "zai-upstream-key-never-leaks-7f3a"
 CLIENT_KEY = "worker-client-key-9c1d"
@@ -27,14 +27,12 @@ def proxy_env(upstream: Process | str, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[Process]:
-    process = start_zai_proxy("simulate", "--chunk-gap-ms", "20", "--chunks", "8")
-    yield process
-    process.terminate()
+    with running_zai_proxy("simulate", "--chunk-gap-ms", "20", "--chunks", "8") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def proxy(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(simulator, PROXY_API_KEYS=CLIENT_KEY),
-                              ready_path="/ready")
-    yield process
-    process.terminate()
+    with running_zai_proxy("serve", env=proxy_env(simulator, PROXY_API_KEYS=CLIENT_KEY),
+                           ready_path="/ready") as process:
+        yield process

@@ -33,7 +33,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy, start_zai_proxy
 from zai_proxy.accounting.tokenizer import load_tokenizer
 
 CHUNKS = 6
@@ -52,16 +52,15 @@ NORMALISE = ((re.compile(rb"sim[0-9a-f]{8}"), b"simID"),
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Process]:
-    process = start_zai_proxy("simulate", "--chunks", str(CHUNKS))
-    yield process
-    process.terminate()
+    with running_zai_proxy("simulate", "--chunks", str(CHUNKS)) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def proxy(sim: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(sim, PEAK_HOURS="off"), ready_path="/ready")
-    yield process
-    process.terminate()
+    with running_zai_proxy("serve", env=proxy_env(sim, PEAK_HOURS="off"),
+                           ready_path="/ready") as process:
+        yield process
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,8 +8,6 @@ deliberately generous: they tell a working limiter from a broken one, not fast f
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +20,8 @@ from tests.integration.conftest import proxy_env
 from tests.support.servers import (
     Process,
     RedisServer,
-    free_port,
-    require_binary,
+    running_zai_proxy,
+    start_redis,
     start_zai_proxy,
     wait_http,
 )
@@ -106,9 +104,8 @@ def reset_sim(simulator: Process) -> None:
 
 @pytest.fixture(scope="module")
 def ceiling_sim() -> Iterator[Process]:
-    process = start_zai_proxy("simulate", "--rate-ceiling", "10")
-    yield process
-    process.terminate()
+    with running_zai_proxy("simulate", "--rate-ceiling", "10") as process:
+        yield process
 
 
 def serve(simulator: Process, **env: str) -> Process:
@@ -227,23 +224,6 @@ async def test_two_proxies_sharing_redis_stay_under_the_ceiling(
     assert 6.0 <= ceilings[0] <= 12.0, ceilings
 
 
-def start_redis_on(port: int) -> RedisServer:
-    binary = require_binary("redis-server")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(proc, port)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError("redis-server did not start")
-
-
 def shared_health(proxy: Process) -> dict[str, object]:
     wait_http(f"{proxy.url}/health", 5)
     return httpx.get(f"{proxy.url}/health").json()["rate_limit"]["shared_state"]
@@ -259,8 +239,8 @@ async def wait_for(check: Callable[[], bool], within: float) -> bool:
 
 
 async def test_redis_loss_degrades_loudly_and_recovers(ceiling_sim: Process) -> None:
-    port = free_port()
-    redis = start_redis_on(port)
+    redis = start_redis()
+    port = redis.port
     env = {"RATE_LIMIT_STORAGE_URI": f"redis://127.0.0.1:{port}/0", "RATE_LIMIT_INITIAL": "6",
            "RATE_LIMIT_REPLICAS": "2", "DEPLOYMENT_VARIANT": "e2e-degrade"}
     proxies = [serve(ceiling_sim, **env), serve(ceiling_sim, **env)]
@@ -274,7 +254,7 @@ async def test_redis_loss_degrades_loudly_and_recovers(ceiling_sim: Process) -> 
         gauges = [metric(p, "zai_proxy_shared_state_degraded") for p in proxies]
         reasons = [shared_health(p)["reason"] for p in proxies]
         await asyncio.sleep(3)
-        redis = start_redis_on(port)  # and comes back
+        redis = start_redis(port)  # and comes back
         recovered = await wait_for(lambda: all(shared_health(p)["degraded"] is False
                                                for p in proxies), 12)
         after = [metric(p, "zai_proxy_shared_state_degraded") for p in proxies]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import proxy_env
 from tests.support.rawhttp import RawConnection
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy, start_zai_proxy
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 BODY = json.dumps(CHAT).encode()
@@ -22,14 +22,13 @@ BODY = json.dumps(CHAT).encode()
 
 @pytest.fixture(scope="module")
 def bounded(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         simulator, MAX_HEADER_BYTES="8KiB", CLIENT_READ_TIMEOUT_SECONDS="1",
         CLIENT_WRITE_TIMEOUT_SECONDS="1", RATE_LIMIT_INITIAL="50",
         # Counting the tokens of megabytes a cut-off stream relayed is accounting's cost,
         # not the server's: off here, so the slot timing below is the server's alone.
-        TOKEN_COUNTING_ENABLED="false"), ready_path="/ready")
-    yield process
-    process.terminate()
+        TOKEN_COUNTING_ENABLED="false"), ready_path="/ready") as process:
+        yield process
 
 
 def samples(proxy: Process, name: str) -> dict[str, float]:

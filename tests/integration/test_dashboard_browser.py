@@ -15,45 +15,21 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.support.servers import CHROMIUM_ARGS, Process, dashboard_stack, require_binary
+from tests.support.servers import (
+    CHROMIUM_ARGS,
+    Process,
+    dashboard_stack,
+    require_binary,
+    send_traffic,
+)
 
 PANELS = ["requests", "latency", "ttfb", "errors", "tokens", "cost", "concurrency", "ratelimit",
           "retries"]
 VARIANTS = ["v1", "v2"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-
-def send_traffic(proxy: Process, count: int) -> dict[str, int]:
-    """Chat completions through one proxy: every third one streamed, one for an unknown model
-    and one the upstream fails with a 502 (so the error panel has something to show).
-
-    Returns what was sent: {"requests": n, "5xx": n}, counted when the answer is complete.
-    """
-    sent = {"requests": 0, "5xx": 0}
-    with httpx.Client(base_url=proxy.url, timeout=30) as client:
-        for i in range(count):
-            model = "no-such-model-7" if i == 1 else "glm-4.6"
-            body: dict[str, Any] = {"model": model, "max_tokens": 40,
-                                    "messages": [{"role": "user", "content": f"hello {i}"}]}
-            headers = {"x-sim-status": "502"} if i == 2 else {}
-            if i % 3 == 0:
-                body["stream"] = True
-                with client.stream("POST", "/v1/chat/completions", json=body,
-                                   headers=headers) as response:
-                    for _ in response.iter_bytes():
-                        pass
-                    status = response.status_code
-            else:
-                status = client.post("/v1/chat/completions", json=body,
-                                     headers=headers).status_code
-            sent["requests"] += 1
-            sent["5xx"] += status >= 500
-    return sent
 
 
 class Traffic:

@@ -18,8 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_dashboard_browser import send_traffic
-from tests.support.servers import CHROMIUM_ARGS, Process, require_binary, start_zai_proxy
+from tests.support.servers import (
+    CHROMIUM_ARGS,
+    Process,
+    require_binary,
+    send_traffic,
+    start_zai_proxy,
+)
 
 IMG = "<img src=x onerror=window.__xss_variant=1>"
 SCRIPT = "</script><script>window.__xss_script=1</script>"

@@ -36,12 +36,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.support.servers import (
-    Process,
+from tests.support.servers import Process, running_zai_proxy
+from tests.support.upstreams import (
     RecordingUpstream,
     SeenRequest,
     http_response,
-    start_zai_proxy,
+    recording_upstream,
 )
 
 CLIENT_KEY = "worker-client-key-fuzz-81c4"
@@ -409,16 +409,13 @@ def parse_reply(raw: bytes, head: bool) -> Reply:
 # --------------------------------------------------------------------------- the run
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    with RecordingUpstream(answer) as server:
-        yield server
+upstream = recording_upstream(answer)
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
     base = f"http://localhost:{upstream.port}"
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         base, PROXY_API_KEYS=CLIENT_KEY, **{
         "ADMIN_API_KEY": ADMIN_KEY, "PASSTHROUGH_UNKNOWN": "1", "MAX_RESPONSE_BYTES": "256KiB",
         "MAX_REQUEST_BYTES": "1MiB", "MAX_RETRIES": "0",
@@ -427,9 +424,8 @@ def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
         "CLIENT_RATE_LIMITS": "100000/minute", "SHUTDOWN_DRAIN_SECONDS": "0",
         # Local quota refusals off: one fuzzed 1308 would otherwise refuse every later input
         # locally (its reset is still parsed, bounded and logged: tests/quota/test_quota_state.py).
-        "QUOTA_LOCAL_REJECT": "false"}), ready_path="/ready")
-    yield process
-    process.terminate()
+        "QUOTA_LOCAL_REJECT": "false"}), ready_path="/ready") as process:
+        yield process
 
 
 def check_reply(reply: Reply, sent: Sent) -> str:

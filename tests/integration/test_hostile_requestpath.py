@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.support.servers import (
-    Process,
+from tests.support.servers import Process, running_zai_proxy
+from tests.support.upstreams import (
     RecordingUpstream,
     SeenRequest,
     http_response,
-    start_zai_proxy,
+    recording_upstream,
 )
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
@@ -46,19 +46,15 @@ def answer(request: SeenRequest) -> tuple[bytes, bool]:
     return http_response(404, b"{}", [("Content-Type", "application/json")]), False
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    with RecordingUpstream(answer) as server:
-        yield server
+upstream = recording_upstream(answer)
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         f"http://127.0.0.1:{upstream.port}", MAX_RETRIES="2", SHUTDOWN_DRAIN_SECONDS="0"),
-        ready_path="/ready")
-    yield process
-    process.terminate()
+        ready_path="/ready") as process:
+        yield process
 
 
 def everything(response: httpx.Response) -> bytes:

@@ -15,12 +15,12 @@ import pytest
 
 from tests.integration.conftest import proxy_env
 from tests.support.rawhttp import RawConnection
-from tests.support.servers import (
-    Process,
+from tests.support.servers import Process, running_zai_proxy, start_zai_proxy
+from tests.support.upstreams import (
     RecordingUpstream,
     SeenRequest,
     http_response,
-    start_zai_proxy,
+    recording_upstream,
 )
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
@@ -54,28 +54,23 @@ def answer(request: SeenRequest) -> tuple[bytes, bool]:
     return http_response(200, ANSWER, [JSON]), False
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    with RecordingUpstream(answer) as server:
-        yield server
+upstream = recording_upstream(answer)
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         f"http://127.0.0.1:{upstream.port}", MAX_RETRIES="0", MAX_HEADER_BYTES="8KiB",
-        SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready")
-    yield process
-    process.terminate()
+        SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready") as process:
+        yield process
 
 
 @pytest.fixture
 def capped(upstream: RecordingUpstream) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         f"http://127.0.0.1:{upstream.port}", MAX_CONNECTIONS="20",
-        SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready")
-    yield process
-    process.terminate()
+        SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready") as process:
+        yield process
 
 
 def test_upgrade_requests_leave_no_connection_slot_behind(capped: Process) -> None:

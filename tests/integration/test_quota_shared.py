@@ -1,7 +1,7 @@
 """Two proxies of one account sharing quota state through a real redis-server.
 
 Each proxy runs in process against its own scripted upstream
-(tests/quota/test_quota.py's `Upstream`), so the test sees which replica polled the monitor
+(tests/quota/test_quota.py's `QuotaUpstream`), so the test sees which replica polled the monitor
 and which one went upstream.
 """
 
@@ -14,20 +14,23 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 import redis
 
-from tests.quota.test_quota import CHAT, T0, Upstream, Wall, limits
+from tests.support.clock import VirtualTime
 from tests.support.inprocess import InProcessProxy
 from tests.support.servers import RedisServer, free_port
+from tests.support.upstreams import QUOTA_T0, QuotaUpstream, monitor_limits
 from zai_proxy.zai.account import account_id
+
+CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
 
 
 @asynccontextmanager
-async def replicas(url: str, key: str, wall: Wall, **env: str) -> AsyncIterator[
-        list[tuple[InProcessProxy, Upstream, httpx.AsyncClient]]]:
+async def replicas(url: str, key: str, wall: VirtualTime, **env: str) -> AsyncIterator[
+        list[tuple[InProcessProxy, QuotaUpstream, httpx.AsyncClient]]]:
     out = []
     async with AsyncExitStack() as stack:
         for _ in range(2):
-            upstream = Upstream()
-            upstream.monitor = limits(used=1000, reset=T0 + 600)
+            upstream = QuotaUpstream()
+            upstream.monitor = monitor_limits(used=1000, reset=QUOTA_T0 + 600)
             proxy = InProcessProxy(upstream.transport(), {
                 "ZAI_API_KEY": key, "RATE_LIMIT_STORAGE_URI": url,
                 "QUOTA_POLL_SECONDS": "3600", **env}, wall=wall)
@@ -39,7 +42,7 @@ async def replicas(url: str, key: str, wall: Wall, **env: str) -> AsyncIterator[
 async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_blocks(
         redis_server: RedisServer) -> None:
     key = f"shared-key-{uuid.uuid4().hex}"  # its own account: its own keys in this Redis
-    wall = Wall()
+    wall = VirtualTime(QUOTA_T0)
     async with replicas(redis_server.url, key, wall) as [(a, up_a, ca), (b, up_b, cb)]:
         qa, qb = a.app.state.quota, b.app.state.quota
         for _ in range(3):
@@ -60,7 +63,7 @@ async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_bloc
             await quota.tick()
         assert qa.state.tokens == qb.state.tokens == 45
         # A 1308 on one replica stops the other at its next tick, before it tries upstream.
-        up_a.spent = ("1308", T0 + 600)
+        up_a.spent = ("1308", QUOTA_T0 + 600)
         assert (await ca.post("/v1/chat/completions", json=CHAT)).status_code == 429
         await qa.tick()
         await qb.tick()
@@ -82,7 +85,7 @@ async def test_one_replica_polls_and_every_replica_shares_report_tokens_and_bloc
 
 
 async def test_without_redis_each_replica_polls_and_health_says_degraded() -> None:
-    wall = Wall()
+    wall = VirtualTime(QUOTA_T0)
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async with replicas(url, f"shared-key-{uuid.uuid4().hex}", wall) as pair:
         for proxy, _, client in pair:

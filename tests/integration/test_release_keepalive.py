@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.conftest import proxy_env
 from tests.support.rawhttp import RawConnection
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy, start_zai_proxy
 
 ADMIN_KEY = "admin-key-for-release-tests-0123"
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
@@ -26,11 +26,10 @@ STREAM = {**CHAT, "stream": True}
 
 @pytest.fixture(scope="module")
 def proxy(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         simulator, ADMIN_API_KEY=ADMIN_KEY, RATE_LIMIT_INITIAL="200", RATE_LIMIT_MAX="400",
-        MAX_WORKERS="64"), ready_path="/ready")
-    yield process
-    process.terminate()
+        MAX_WORKERS="64"), ready_path="/ready") as process:
+        yield process
 
 
 def admin(proxy: Process, method: str) -> None:

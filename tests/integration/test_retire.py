@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import proxy_env
 from tests.support.rawhttp import RawConnection
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy
 from zai_proxy.server.connections import RELEASE_IDLE_SECONDS
 
 ADMIN_KEY = "admin-key-for-retire-tests-0123"
@@ -28,11 +28,10 @@ BODY = json.dumps(CHAT).encode()
 
 @pytest.fixture(scope="module")
 def proxy(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         simulator, ADMIN_API_KEY=ADMIN_KEY, RATE_LIMIT_INITIAL="200", RATE_LIMIT_MAX="400",
-        MAX_WORKERS="64"), ready_path="/ready")
-    yield process
-    process.terminate()
+        MAX_WORKERS="64"), ready_path="/ready") as process:
+        yield process
 
 
 @pytest.fixture(autouse=True)

@@ -4,15 +4,14 @@ leader/follower coordinator, fallback and recovery."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.servers import RedisServer, free_port, require_binary
+from tests.support.clock import VirtualTime
+from tests.support.servers import RedisServer, free_port, start_redis
 from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.rate_controller import Outcome, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
@@ -20,33 +19,14 @@ from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
 pytestmark = pytest.mark.needs("redis-server")
 
 
-def spawn_redis(port: int) -> subprocess.Popen[bytes]:
-    binary = require_binary("redis-server")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.fixture
-def own_redis() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server this test may kill and restart on the same port."""
-    port = free_port()
-    procs = [spawn_redis(port)]
-    yield port, procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
+def own_redis() -> Iterator[list[RedisServer]]:
+    """A redis-server this test may stop and bring back on the same port (appended)."""
+    servers = [start_redis()]
+    yield servers
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
 
 
 def replica(url: str, **kw: Any) -> SharedState:
@@ -92,43 +72,42 @@ async def test_wait_is_reported_and_refund_returns_a_slot(redis_server: RedisSer
 
 
 async def test_fallback_when_redis_dies_and_recovery(
-    own_redis: tuple[int, list[subprocess.Popen[bytes]]],
+    own_redis: list[RedisServer],
 ) -> None:
-    port, procs = own_redis
-    clock = [0.0]
+    port = own_redis[0].port
+    clock = VirtualTime(0.0)
     link = RedisLink.connect(f"redis://127.0.0.1:{port}/0", retry_interval=5.0,
-                             clock=lambda: clock[0], op_timeout=0.3)
+                             clock=clock, op_timeout=0.3)
     state = SharedState(link, namespace=ns(), replicas=4)
     gate = state.gate("gate")
     assert await state.ping() and not state.degraded
-    procs[0].terminate()
-    procs[0].wait(10)
+    own_redis[0].stop()
     # Redis gone: the next take falls back to a local gate at rate / replicas, loudly.
     assert await gate.take(40.0, 100.0) == 0.0
     assert state.degraded and state.reason
     assert state.health()["degraded"] is True
     assert await gate.take(40.0, 100.0) == pytest.approx(0.1)  # 40 / 4 = 10 req/s
-    procs.append(spawn_redis(port))
-    clock[0] = 1.0  # still backing off: no attempt yet
+    own_redis.append(start_redis(port))
+    clock.t = 1.0  # still backing off: no attempt yet
     await gate.take(40.0, 101.0)
     assert state.degraded
-    clock[0] = 6.0  # back-off over: Redis is tried again and the flag clears
+    clock.t = 6.0  # back-off over: Redis is tried again and the flag clears
     await gate.take(40.0, 106.0)
     assert not state.degraded and state.reason is None
     await state.link.aclose()
 
 
-def controller(clock: list[float], initial: float = 30) -> RateController:
-    return RateController(clock=lambda: clock[0], initial=initial, minimum=1, maximum=50,
+def controller(clock: VirtualTime, initial: float = 30) -> RateController:
+    return RateController(clock=clock, initial=initial, minimum=1, maximum=50,
                           window=5)
 
 
 async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisServer) -> None:
     name = ns()
-    clock = [1000.0]
+    clock = VirtualTime(1000.0)
     controllers = [controller(clock), controller(clock)]
     coordinators = [SharedCoordinator(replica(redis_server.url, namespace=name, replicas=2),
-                                      c, wall=lambda: clock[0]) for c in controllers]
+                                      c, wall=clock) for c in controllers]
     assert await coordinators[0].sync() == [] and coordinators[0].leader
     assert await coordinators[1].sync() == [] and not coordinators[1].leader
     assert coordinators[1].shared.live_replicas == 2
@@ -138,7 +117,7 @@ async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisSe
     # Both saw half of a window in which 12 of 19.6 req/s were accepted, saturated throughout.
     for c in controllers:
         c.gate_bound(True)
-    clock[0] += 4.9
+    clock.jump(4.9)
     for c in controllers:
         for _ in range(30):
             c.record(Outcome.ACCEPTED)
@@ -146,7 +125,7 @@ async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisSe
             c.record(Outcome.RATE_LIMITED)
         c.gate_bound(False)
     assert await coordinators[1].sync() == []  # the follower pushes its counts
-    clock[0] += 0.2  # the leader's window ends: it decides on both replicas' counts
+    clock.jump(0.2)  # the leader's window ends: it decides on both replicas' counts
     [decision] = await coordinators[0].sync()
     assert decision.direction == "decrease" and decision.evidence is not None
     assert (decision.evidence.ok, decision.evidence.limited) == (60, 38)
@@ -168,12 +147,12 @@ async def test_one_leader_decides_on_every_replicas_counts(redis_server: RedisSe
 
 async def test_a_state_put_on_any_replica_reaches_the_leader(redis_server: RedisServer) -> None:
     name = ns()
-    clock = [1000.0]
+    clock = VirtualTime(1000.0)
     lead, follow = controller(clock), controller(clock)
     leader = SharedCoordinator(replica(redis_server.url, namespace=name), lead,
-                               wall=lambda: clock[0])
+                               wall=clock)
     follower = SharedCoordinator(replica(redis_server.url, namespace=name), follow,
-                                 wall=lambda: clock[0])
+                                 wall=clock)
     await leader.sync()
     await follower.sync()
     follow.restore(12.0, 11.5)  # what an admin PUT does on the follower
@@ -185,11 +164,11 @@ async def test_a_state_put_on_any_replica_reaches_the_leader(redis_server: Redis
 
 
 async def test_coordinator_decides_alone_when_degraded() -> None:
-    clock = [1000.0]
+    clock = VirtualTime(1000.0)
     ctl = controller(clock)
     shared = SharedState(RedisLink.connect(f"redis://127.0.0.1:{free_port()}/0", op_timeout=0.2),
                          replicas=2)
-    coordinator = SharedCoordinator(shared, ctl, wall=lambda: clock[0])
+    coordinator = SharedCoordinator(shared, ctl, wall=clock)
     assert not ctl.auto_evaluate
     assert await coordinator.sync() == []
     assert shared.degraded and ctl.auto_evaluate and not coordinator.leader

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import proxy_env
 from tests.support.rawhttp import RawConnection
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, running_zai_proxy
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
 BODY = json.dumps(CHAT).encode()
@@ -32,16 +32,15 @@ SLOW = 50
 
 @pytest.fixture(scope="module")
 def proxy(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         simulator, CLIENT_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT),
         CLIENT_WRITE_TIMEOUT_SECONDS=str(WRITE_TIMEOUT), CLIENT_SEND_BUFFER_BYTES="64KiB",
         MAX_WORKERS="200",
         RATE_LIMIT_INITIAL="400", RATE_LIMIT_MAX="500", LOG_LEVEL="WARNING",
         # Counting the tokens of the megabytes each cut-off stream relayed is accounting's
         # cost, not the server's: off, so what is measured here is the server's bounds.
-        TOKEN_COUNTING_ENABLED="false"), ready_path="/ready")
-    yield process
-    process.terminate()
+        TOKEN_COUNTING_ENABLED="false"), ready_path="/ready") as process:
+        yield process
 
 
 def bound(proxy: Process, name: str) -> float:

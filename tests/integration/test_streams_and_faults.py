@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import proxy_env
-from tests.support.servers import Process, free_port, start_zai_proxy
+from tests.support.servers import Process, free_port, running_zai_proxy, start_zai_proxy
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 MESSAGES = {"model": "glm-4.7", "max_tokens": 16, "stream": True,
@@ -22,11 +22,10 @@ MESSAGES = {"model": "glm-4.7", "max_tokens": 16, "stream": True,
 
 @pytest.fixture(scope="module")
 def open_proxy(simulator: Process) -> Iterator[Process]:
-    process = start_zai_proxy("serve", env=proxy_env(
+    with running_zai_proxy("serve", env=proxy_env(
         simulator, UPSTREAM_FIRST_BYTE_TIMEOUT="1", UPSTREAM_CHUNK_TIMEOUT="1"),
-        ready_path="/ready")
-    yield process
-    process.terminate()
+        ready_path="/ready") as process:
+        yield process
 
 
 def metric(proxy: Process, name: str, **labels: str) -> float:

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from tests.integration.conftest import UPSTREAM_KEY, proxy_env
-from tests.support.servers import (
-    Process,
+from tests.support.servers import Process, running_zai_proxy
+from tests.support.upstreams import (
     RecordingUpstream,
     SeenRequest,
     http_response,
-    start_zai_proxy,
+    recording_upstream,
 )
 
 JSON = ("Content-Type", "application/json")
@@ -35,20 +35,16 @@ def answer(request: SeenRequest) -> tuple[bytes, bool]:
     return http_response(200, ANSWER, [JSON, ("Set-Cookie", "affinity=lb-7; Path=/")]), False
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    with RecordingUpstream(answer) as server:
-        yield server
+upstream = recording_upstream(answer)
 
 
 @pytest.fixture(scope="module")
 def proxy(upstream: RecordingUpstream) -> Iterator[Process]:
     # A host name, not an IP: aiohttp's cookie jar ignores cookies from IP hosts.
     base = f"http://localhost:{upstream.port}"
-    process = start_zai_proxy("serve", env=proxy_env(
-        base, MAX_RETRIES="0", SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready")
-    yield process
-    process.terminate()
+    with running_zai_proxy("serve", env=proxy_env(
+        base, MAX_RETRIES="0", SHUTDOWN_DRAIN_SECONDS="0"), ready_path="/ready") as process:
+        yield process
     log = process.output()
     assert "Traceback" not in log and UPSTREAM_KEY not in log
 

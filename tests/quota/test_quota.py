@@ -3,7 +3,7 @@
 The app runs on virtual monotonic time that never advances (its quota loops sleep on it): each
 test polls (`poll_once`) and ticks (`tick`) itself, so no background tick lands between steps.
 
-The upstream (`Upstream`) answers chat completions with usage (or a 1308/1310 when told) and
+The upstream (`QuotaUpstream`) answers chat completions with usage (or a 1308/1310 when told) and
 the quota monitor with whatever the test set; every chat request it sees is counted, so "no
 upstream attempt" is checked where it happens.
 """
@@ -14,74 +14,22 @@ import asyncio
 import json
 import logging
 import math
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.clock import VirtualTime, settle
 from tests.support.inprocess import UPSTREAM_KEY, InProcessProxy
+from tests.support.upstreams import QUOTA_T0, QuotaUpstream, monitor_limits
 from zai_proxy.quota.poller import MONITOR_PATH
 from zai_proxy.quota.quota import reset_stamp
 
 CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
-T0 = 1_767_000_000.0
+T0 = QUOTA_T0
 
 
-class Wall:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Upstream:
-    """Scripted Z.AI: `quota` is the monitor's answer; `spent` makes chat answer 1308/1310."""
-
-    def __init__(self) -> None:
-        self.chats = 0
-        self.polls: list[httpx.Request] = []
-        self.spent: tuple[str, float] | None = None  # (code, reset epoch)
-        self.monitor: httpx.Response | None = None
-        self.tokens = (10, 5)  # prompt, completion
-
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == MONITOR_PATH:
-            self.polls.append(request)
-            return self.monitor or limits(used=0)
-        self.chats += 1
-        if self.spent is not None:
-            code, reset = self.spent
-            return httpx.Response(429, json={"error": {
-                "code": code, "message": "Usage limit reached for 5 hour. Your limit will reset "
-                "at 2026-01-01 00:00:00", "next_reset_time": int(reset * 1000)}})
-        prompt, completion = self.tokens
-        return httpx.Response(200, json={
-            "id": "x", "object": "chat.completion", "model": "glm-4.7",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                      "total_tokens": prompt + completion}})
-
-
-def limits(*, used: float, allowance: float = 10_000, reset: float | None = T0 + 3600,
-           weekly: dict[str, Any] | None = None, status: int = 200) -> httpx.Response:
-    entry: dict[str, Any] = {"type": "TOKENS_LIMIT", "unit": 3, "number": 5, "usage": allowance,
-                             "currentValue": used, "remaining": allowance - used,
-                             "percentage": int(100 * used / allowance)}
-    if reset is not None:
-        entry["nextResetTime"] = int(reset * 1000)
-    entries = [entry] + ([weekly] if weekly else [])
-    return httpx.Response(status, json={"code": 200, "msg": "Operation successful",
-                                        "success": True,
-                                        "data": {"limits": entries, "level": "pro"}})
-
-
-def harness(upstream: Upstream, wall: Wall, **env: str) -> InProcessProxy:
+def harness(upstream: QuotaUpstream, wall: VirtualTime, **env: str) -> InProcessProxy:
+    # `wall` is a VirtualTime read as the wall clock (epoch seconds), moved only by the test.
     # The app's monotonic clock and sleep are virtual time that never moves: past the first
     # poll at start, the test alone decides when a poll or a tick happens, and the rate gate
     # (a burst far above what a test sends) never makes a request wait for real time.
@@ -91,7 +39,7 @@ def harness(upstream: Upstream, wall: Wall, **env: str) -> InProcessProxy:
 
 
 async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     proxy = harness(upstream, wall)
     async with proxy as client:
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
@@ -99,7 +47,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
         relayed = await client.post("/v1/chat/completions", json=CHAT)
         assert relayed.status_code == 429 and relayed.json()["error"]["code"] == "1308"
         assert upstream.chats == 2
-        wall.now += 10
+        wall.jump(10)
         for route, body in (("/v1/chat/completions", CHAT), ("/v1/messages", {
                 "model": "glm-4.7", "max_tokens": 5, "messages": CHAT["messages"]})):
             local = await client.post(route, json=body)
@@ -116,7 +64,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
         health = (await client.get("/health")).json()["quota"]
         assert health["blocked"] == {"window": "five_hour", "code": "1308", "until": T0 + 30.4,
                                      "retry_after": 21, "source": "upstream"}
-        wall.now = T0 + 30.4  # the reset: service resumes at once
+        wall.t = T0 + 30.4  # the reset: service resumes at once
         upstream.spent = None
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         assert upstream.chats == 3
@@ -124,7 +72,7 @@ async def test_after_a_1308_requests_are_answered_locally_until_the_reset() -> N
 
 
 async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     upstream.spent = ("1308", T0 + 60)
     release = asyncio.Event()
 
@@ -153,7 +101,7 @@ async def test_requests_queued_when_the_1308_came_never_reach_the_upstream() -> 
 
 
 async def test_a_weekly_1310_blocks_until_its_own_reset() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     async with harness(upstream, wall) as client:
         upstream.spent = ("1310", T0 + 86_400)
         await client.post("/v1/chat/completions", json=CHAT)
@@ -164,7 +112,7 @@ async def test_a_weekly_1310_blocks_until_its_own_reset() -> None:
 
 
 async def test_local_reject_off_keeps_forwarding_but_still_knows() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     async with harness(upstream, wall, QUOTA_LOCAL_REJECT="false") as client:
         upstream.spent = ("1308", T0 + 60)
         for _ in range(3):
@@ -176,16 +124,16 @@ async def test_local_reject_off_keeps_forwarding_but_still_knows() -> None:
 
 
 async def test_a_poll_showing_the_budget_spent_stops_requests_before_any_1308() -> None:
-    upstream, wall = Upstream(), Wall()
-    upstream.monitor = limits(used=10_000, reset=T0 + 120)
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
+    upstream.monitor = monitor_limits(used=10_000, reset=T0 + 120)
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600")
     async with proxy as client:
         await proxy.app.state.quota.poll_once()
         local = await client.post("/v1/chat/completions", json=CHAT)
         assert local.status_code == 429 and local.headers["retry-after"] == "120"
         assert upstream.chats == 0
-        upstream.monitor = limits(used=100, reset=T0 + 120)  # budget again (plan upgraded)
-        wall.now += 1
+        upstream.monitor = monitor_limits(used=100, reset=T0 + 120)  # budget again (plan upgraded)
+        wall.jump(1)
         await proxy.app.state.quota.poll_once()
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
     poll = upstream.polls[-1]
@@ -202,7 +150,7 @@ async def test_a_poll_showing_the_budget_spent_stops_requests_before_any_1308() 
 ])
 async def test_a_failing_monitor_never_stops_requests_and_health_says_why(
         answer: httpx.Response, reason: str, caplog: pytest.LogCaptureFixture) -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     upstream.monitor = answer
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600")
     with caplog.at_level(logging.INFO, logger="zai_proxy"):
@@ -215,7 +163,7 @@ async def test_a_failing_monitor_never_stops_requests_and_health_says_why(
             assert health["state"] == "failing" and health["reason"] == reason
             assert health["consecutive_failures"] >= 3
             metrics = (await client.get("/metrics")).text
-            upstream.monitor = limits(used=5)
+            upstream.monitor = monitor_limits(used=5)
             await quota.poll_once()
             recovered = (await client.get("/health")).json()["quota"]["polling"]
     assert proxy.sample("zai_proxy_quota_poll_errors_total", reason=reason) >= 3
@@ -229,7 +177,7 @@ async def test_a_failing_monitor_never_stops_requests_and_health_says_why(
 
 
 async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     keys = "batch:worker-key-0001,chat:worker-key-0002,worker-key-0003"
     proxy = harness(upstream, wall, PROXY_API_KEYS=keys)
     async with proxy as client:
@@ -247,7 +195,7 @@ async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() ->
 
     assert sample("zai_proxy_client_tokens_total", client=fingerprint("worker-key-0003"),
                   direction="input") == 10
-    open_proxy = harness(Upstream(), Wall())
+    open_proxy = harness(QuotaUpstream(), VirtualTime(T0))
     async with open_proxy as client:
         await client.post("/v1/chat/completions", json=CHAT)
     assert open_proxy.sample("zai_proxy_client_tokens_total", client="anonymous",
@@ -255,20 +203,20 @@ async def test_client_tokens_by_key_name_and_one_anonymous_series_when_open() ->
 
 
 async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() -> None:
-    upstream, wall = Upstream(), Wall()
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
     weekly = {"type": "TOKENS_LIMIT", "unit": 6, "percentage": 40,
               "nextResetTime": int((T0 + 500_000) * 1000)}
-    upstream.monitor = limits(used=0, reset=T0 + 3600, weekly=weekly)
+    upstream.monitor = monitor_limits(used=0, reset=T0 + 3600, weekly=weekly)
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600", QUOTA_BURN_WINDOW="100s")
     async with proxy as client:
         quota = proxy.app.state.quota
         await quota.poll_once()
         await quota.tick()
         for _ in range(10):  # 10 s of 1 request (15 tokens) a second
-            wall.now += 1
+            wall.jump(1)
             await client.post("/v1/chat/completions", json=CHAT)
             await quota.tick()
-        upstream.monitor = limits(used=150, reset=T0 + 3600, weekly=weekly)
+        upstream.monitor = monitor_limits(used=150, reset=T0 + 3600, weekly=weekly)
         await quota.poll_once()
         health = (await client.get("/health")).json()["quota"]
         text = (await client.get("/metrics")).text
@@ -290,8 +238,8 @@ async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() 
 
 
 async def test_even_pacing_sets_the_admission_rate_and_exempt_clients_are_never_paced() -> None:
-    upstream, wall = Upstream(), Wall()
-    upstream.monitor = limits(used=5000, reset=T0 + 100)
+    upstream, wall = QuotaUpstream(), VirtualTime(T0)
+    upstream.monitor = monitor_limits(used=5000, reset=T0 + 100)
     keys = "batch:worker-key-0001,chat:worker-key-0002"
     proxy = harness(upstream, wall, QUOTA_POLL_SECONDS="3600", QUOTA_PACING="even",
                     QUOTA_PACING_EXEMPT="chat", PROXY_API_KEYS=keys)
@@ -303,14 +251,14 @@ async def test_even_pacing_sets_the_admission_rate_and_exempt_clients_are_never_
         assert quota.pacing.status == "calibrating"  # no tokens per request known yet
         assert proxy.admission.pacer is None
         await client.post("/v1/chat/completions", json=CHAT, headers=batch)  # 15 tokens
-        upstream.monitor = limits(used=5015, reset=T0 + 100)
+        upstream.monitor = monitor_limits(used=5015, reset=T0 + 100)
         await quota.poll_once()
         left = 10_000 - 5015 - 2 * 15
         assert quota.pacing.status == "paced"
         assert proxy.admission.pacing_rate == pytest.approx(left / 15 / 100)
         assert quota.paced("batch") and not quota.paced("chat")
         # Nearly spent: paced clients are refused until the reset, exempt ones still go.
-        upstream.monitor = limits(used=9980, reset=T0 + 100)
+        upstream.monitor = monitor_limits(used=9980, reset=T0 + 100)
         await quota.poll_once()
         assert quota.pacing.status == "paused"
         refused = await client.post("/v1/chat/completions", json=CHAT, headers=batch)

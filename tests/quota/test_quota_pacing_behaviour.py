@@ -1,7 +1,7 @@
 """QUOTA_PACING=even through the whole app on virtual time: who waits, for how long, and what
 happens to the queue when pacing pauses or a window resets; the account's rate with N replicas.
 
-The upstream is `tests.quota.test_quota.Upstream` (15 tokens a chat; the monitor answers what
+The upstream is `tests.support.upstreams.QuotaUpstream` (15 tokens a chat; the monitor answers what
 the test sets); the proxy runs on `VirtualTime` (its quota tick and poll loop sleep on it), so a
 paced request's wait is measured in virtual seconds. Budgets are chosen for a pacing rate:
 `used_for` gives the used tokens at which the budget left, spread evenly until the reset,
@@ -17,15 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.quota.test_quota import CHAT, Upstream, limits
 from tests.support.clock import VirtualTime, settle
 from tests.support.inprocess import InProcessProxy
+from tests.support.upstreams import QuotaUpstream, monitor_limits
 from zai_proxy.quota.pacing import RESERVE_REQUESTS
 
+CHAT = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
 KEYS = "batch:worker-key-0001,chat:worker-key-0002"
 BATCH = {"authorization": "Bearer worker-key-0001"}  # paced
 CHAT_KEY = {"authorization": "Bearer worker-key-0002"}  # QUOTA_PACING_EXEMPT
-TOKENS = 15  # what Upstream charges per chat
+TOKENS = 15  # what QuotaUpstream charges per chat
 ALLOWANCE = 10_000
 
 
@@ -34,7 +35,7 @@ def used_for(rate: float, horizon: float, *, allowance: float = ALLOWANCE) -> fl
     return allowance - (rate * horizon + RESERVE_REQUESTS) * TOKENS
 
 
-def paced_proxy(upstream: Upstream, vt: VirtualTime, **env: str) -> InProcessProxy:
+def paced_proxy(upstream: QuotaUpstream, vt: VirtualTime, **env: str) -> InProcessProxy:
     # A rate gate far above the pacing rates, with room for bursts: only the pacer holds back.
     return InProcessProxy(upstream.transport(), {
         "QUOTA_POLL_SECONDS": "3600", "QUOTA_PACING": "even", "QUOTA_PACING_EXEMPT": "chat",
@@ -51,11 +52,11 @@ async def eventually(condition: Callable[[], bool], rounds: int = 500) -> bool:
     return condition()
 
 
-async def calibrate(proxy: InProcessProxy, client: httpx.AsyncClient, upstream: Upstream,
+async def calibrate(proxy: InProcessProxy, client: httpx.AsyncClient, upstream: QuotaUpstream,
                     vt: VirtualTime, *, rate: float, horizon: float) -> None:
     """One request teaches the tokens per request; a poll then sets pacing at `rate`."""
     assert (await client.post("/v1/chat/completions", json=CHAT, headers=BATCH)).status_code == 200
-    upstream.monitor = limits(used=used_for(rate, horizon), reset=vt.wall() + horizon)
+    upstream.monitor = monitor_limits(used=used_for(rate, horizon), reset=vt.wall() + horizon)
     await proxy.app.state.quota.poll_once()
     assert proxy.app.state.quota.pacing.status == "paced"
 
@@ -65,8 +66,8 @@ def post(client: httpx.AsyncClient, headers: dict[str, str]) -> asyncio.Future[h
 
 
 async def test_a_second_paced_request_waits_for_the_pacer_and_an_exempt_one_does_not() -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = paced_proxy(upstream, vt)
     async with proxy as client:
         await calibrate(proxy, client, upstream, vt, rate=0.1, horizon=3600)  # one per 10 s
@@ -87,8 +88,8 @@ async def test_a_second_paced_request_waits_for_the_pacer_and_an_exempt_one_does
 
 
 async def test_requests_queued_when_pacing_pauses_do_not_go_upstream() -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = paced_proxy(upstream, vt)
     async with proxy as client:
         await calibrate(proxy, client, upstream, vt, rate=0.1, horizon=3600)
@@ -98,7 +99,7 @@ async def test_requests_queued_when_pacing_pauses_do_not_go_upstream() -> None:
         await vt.advance(2.0)
         assert not queued.done()
         # The budget left is within the reserve: pacing pauses until the reset.
-        upstream.monitor = limits(used=ALLOWANCE - TOKENS, reset=vt.wall() + 3598)
+        upstream.monitor = monitor_limits(used=ALLOWANCE - TOKENS, reset=vt.wall() + 3598)
         await proxy.app.state.quota.poll_once()
         assert proxy.app.state.quota.pacing.status == "paused"
         chats = upstream.chats
@@ -111,8 +112,8 @@ async def test_requests_queued_when_pacing_pauses_do_not_go_upstream() -> None:
 
 
 async def test_after_a_window_resets_the_backlog_is_not_released_at_once() -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = paced_proxy(upstream, vt)
     async with proxy as client:
         # One request every 2 s for 20 s: 10 go before the reset, the rest of 20 queue past it.
@@ -136,8 +137,8 @@ async def test_after_a_window_resets_the_backlog_is_not_released_at_once() -> No
 
 
 async def test_with_both_windows_reserved_pacing_refuses_until_the_later_reset() -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = paced_proxy(upstream, vt)
     async with proxy as client:
         await calibrate(proxy, client, upstream, vt, rate=0.1, horizon=3600)
@@ -145,7 +146,7 @@ async def test_with_both_windows_reserved_pacing_refuses_until_the_later_reset()
             "type": "TOKENS_LIMIT", "unit": 6, "number": 1, "usage": 100_000,
             "currentValue": 100_000 - TOKENS, "remaining": TOKENS, "percentage": 99,
             "nextResetTime": int((vt.wall() + 5000) * 1000)}
-        upstream.monitor = limits(used=ALLOWANCE - TOKENS, reset=vt.wall() + 100,
+        upstream.monitor = monitor_limits(used=ALLOWANCE - TOKENS, reset=vt.wall() + 100,
                                   weekly=weekly)
         await proxy.app.state.quota.poll_once()
         chats = upstream.chats
@@ -160,8 +161,8 @@ async def test_with_both_windows_reserved_pacing_refuses_until_the_later_reset()
 
 @pytest.mark.parametrize("replicas", [1, 2, 4])
 async def test_the_account_is_paced_at_one_rate_whatever_the_replica_count(replicas: int) -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = paced_proxy(upstream, vt, RATE_LIMIT_REPLICAS=str(replicas))
     async with proxy as client:
         await calibrate(proxy, client, upstream, vt, rate=0.1, horizon=1000)
@@ -173,8 +174,8 @@ async def test_the_account_is_paced_at_one_rate_whatever_the_replica_count(repli
 
 
 async def test_without_redis_the_estimates_count_every_replicas_tokens() -> None:
-    vt, upstream = VirtualTime(), Upstream()
-    upstream.monitor = limits(used=0, reset=vt.wall() + 3600)
+    vt, upstream = VirtualTime(), QuotaUpstream()
+    upstream.monitor = monitor_limits(used=0, reset=vt.wall() + 3600)
     proxy = InProcessProxy(upstream.transport(), {
         "QUOTA_POLL_SECONDS": "3600", "QUOTA_BURN_WINDOW": "100s", "RATE_LIMIT_REPLICAS": "4"},
         clock=vt, sleep=vt.sleep, wall=vt.wall)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from uvicorn.server import ServerState
 
 from tests.support import protocol as support
+from tests.support.upstreams import read_request
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.server.connections import ClientBounds, ClientConnections
 from zai_proxy.server.http_protocol import bound_protocol_class
@@ -75,16 +76,8 @@ class Harness:
         self.protocol.connection_made(self.transport)
 
     async def app(self, scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.seen.append({"scope": scope, "body": body, "disconnected": True})
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.seen.append({"scope": scope, "body": body})
+        if await read_request(scope, receive, self.seen) is None:
+            return
         stream = scope["path"] == "/stream"
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})

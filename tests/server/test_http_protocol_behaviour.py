@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.clock import VirtualTime
 from tests.support.protocol import Connection
+from tests.support.upstreams import read_request
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.server.connections import RELEASE_IDLE_SECONDS, ClientBounds, ClientConnections
 
@@ -45,16 +46,9 @@ class World:
                 pass
             self.seen.append({"scope": scope, "disconnected": True})
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.seen.append({"scope": scope, "body": body, "disconnected": True})
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.seen.append({"scope": scope, "body": body})
+        body = await read_request(scope, receive, self.seen)
+        if body is None:
+            return
         payload = json.dumps({"len": len(body)}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})

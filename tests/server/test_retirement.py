@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests.support.clock import VirtualTime
 from tests.support.inprocess import InProcessProxy
 from zai_proxy.server.retirement import Retirement
 
@@ -16,12 +17,12 @@ def upstream() -> httpx.MockTransport:
 
 
 def test_listeners_hear_each_change_once() -> None:
-    now = [10.0]
-    retirement = Retirement(clock=lambda: now[0])
+    now = VirtualTime(10.0)
+    retirement = Retirement(clock=now)
     heard: list[bool] = []
     retirement.subscribe(heard.append)
     assert retirement.set(True) is True
-    now[0] = 12.0
+    now.t = 12.0
     assert retirement.set(True) is False  # a repeat (the switch re-asserts) changes nothing
     assert retirement.changed_at == 10.0
     assert retirement.set(False) is True

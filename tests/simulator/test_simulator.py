@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.clock import VirtualTime
 from zai_proxy.simulator import (
     ConcurrencyCeiling,
     RateCeiling,
@@ -37,20 +38,9 @@ BEARER = {"Authorization": "Bearer sk-upstream"}
 XKEY = {"x-api-key": "sk-upstream"}
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def client_for(settings: SimulatorSettings | None = None, clock: FakeClock | None = None
+def client_for(settings: SimulatorSettings | None = None, clock: VirtualTime | None = None
                ) -> httpx.AsyncClient:
-    app = create_simulator_app(settings or SimulatorSettings(), clock or FakeClock())
+    app = create_simulator_app(settings or SimulatorSettings(), clock or VirtualTime(1000.0))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
@@ -94,38 +84,38 @@ def test_parse_schedule_sorts_and_validates() -> None:
 
 
 def test_rate_ceiling_sliding_window() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     ceiling = RateCeiling(3, clock=clock)
     assert [ceiling.try_acquire() for _ in range(4)] == [True, True, True, False]
     assert ceiling.retry_after() == pytest.approx(1.0)
-    clock.advance(0.5)
+    clock.jump(0.5)
     assert not ceiling.try_acquire()
     assert ceiling.retry_after() == pytest.approx(0.5)
-    clock.advance(0.5)
+    clock.jump(0.5)
     assert ceiling.try_acquire()
     assert ceiling.retry_after() == 0.0 or not ceiling.try_acquire()
 
 
 def test_rate_ceiling_spread_requests_never_exceed_rate_in_any_second() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     ceiling = RateCeiling(10, clock=clock)
     accepted: list[float] = []
     for _ in range(1000):  # 100 req/s offered for 10 s
         if ceiling.try_acquire():
-            accepted.append(clock.now)
-        clock.advance(0.01)
+            accepted.append(clock())
+        clock.jump(0.01)
     assert 95 <= len(accepted) <= 101
     for i, t in enumerate(accepted):
         assert sum(1 for u in accepted[i:] if u < t + 1.0) <= 10
 
 
 def test_rate_ceiling_fractional_and_unlimited() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     slow = RateCeiling(0.5, clock=clock)
     assert slow.try_acquire() and not slow.try_acquire()
-    clock.advance(1.9)
+    clock.jump(1.9)
     assert not slow.try_acquire()
-    clock.advance(0.2)
+    clock.jump(0.2)
     assert slow.try_acquire()
     free = RateCeiling(0, clock=clock)
     assert all(free.try_acquire() for _ in range(10_000))
@@ -133,20 +123,20 @@ def test_rate_ceiling_fractional_and_unlimited() -> None:
 
 
 def test_strict_rate_ceiling_refuses_anything_sooner_than_one_interval() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     strict = RateCeiling(10, clock=clock, burst=1)  # a bucket holding one token
     assert strict.try_acquire() and not strict.try_acquire()
     assert strict.retry_after() == pytest.approx(0.1)
-    clock.advance(0.099)
+    clock.jump(0.099)
     assert not strict.try_acquire()  # 99 ms after the last admission: too soon
-    clock.advance(0.001)
+    clock.jump(0.001)
     assert strict.try_acquire()
-    clock.advance(5.0)  # idle: it still holds one token only, no burst
+    clock.jump(5.0)  # idle: it still holds one token only, no burst
     assert [strict.try_acquire() for _ in range(3)] == [True, False, False]
     # Evenly spaced at exactly the rate: every request passes; a refused one costs nothing.
     accepted = 0
     for _ in range(100):
-        clock.advance(0.1)
+        clock.jump(0.1)
         accepted += strict.try_acquire()
     assert accepted == 100
     loose = RateCeiling(10, clock=clock, burst=3)
@@ -156,13 +146,13 @@ def test_strict_rate_ceiling_refuses_anything_sooner_than_one_interval() -> None
 
 
 def test_rate_ceiling_follows_schedule_and_reset_restarts_it() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     ceiling = RateCeiling(0, parse_schedule("10:2,20:5"), clock=clock)
     assert ceiling.current() == 0 and all(ceiling.try_acquire() for _ in range(50))
-    clock.advance(10)
+    clock.jump(10)
     assert ceiling.current() == 2
     assert [ceiling.try_acquire() for _ in range(3)] == [True, True, False]
-    clock.advance(10)
+    clock.jump(10)
     assert ceiling.current() == 5
     assert sum(ceiling.try_acquire() for _ in range(10)) == 5
     ceiling.reset()
@@ -454,34 +444,34 @@ async def test_anthropic_auth(client: httpx.AsyncClient) -> None:
 
 
 async def test_rate_ceiling_answers_1303_with_retry_after() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     async with client_for(SimulatorSettings(rate_ceiling=2), clock) as c:
         statuses = [(await c.post(CHAT, json=chat_body(), headers=BEARER)) for _ in range(3)]
         assert [r.status_code for r in statuses] == [200, 200, 429]
         assert statuses[2].json() == {"error": {"code": "1303",
                                                 "message": "Rate limit reached for requests"}}
         assert statuses[2].headers["retry-after"] == "1"
-        clock.advance(1.01)
+        clock.jump(1.01)
         assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 200
         stats = (await c.get("/_stats")).json()
         assert stats["rate_limited"] == {"1303": 1} and stats["ceilings"]["rate"] == 2
 
 
 async def test_ceiling_schedule_changes_over_time() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0)
     settings = SimulatorSettings(ceiling_schedule=parse_schedule("0:1,60:3"))
     async with client_for(settings, clock) as c:
         codes = [(await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code
                  for _ in range(3)]
         assert codes == [200, 429, 429]
-        clock.advance(61)
+        clock.jump(61)
         codes = [(await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code
                  for _ in range(4)]
         assert codes == [200, 200, 200, 429]
 
 
 async def test_concurrency_ceiling_answers_1302_while_a_stream_is_open() -> None:
-    async with client_for(SimulatorSettings(concurrency_ceiling=1), FakeClock()) as c:
+    async with client_for(SimulatorSettings(concurrency_ceiling=1), VirtualTime(1000.0)) as c:
         slow = asyncio.create_task(c.post(CHAT, json=chat_body(stream=True), headers={
             **BEARER, "x-sim-ttft-ms": "300"}))
         # Wait until the simulator holds the stream (no timed sleep: it is open once /_stats
@@ -564,7 +554,7 @@ async def test_reset_after_chunks_raises_a_protocol_error_in_process(
 
 
 async def test_reset_after_chunks_truncates_the_body() -> None:
-    app = create_simulator_app(SimulatorSettings(), FakeClock())
+    app = create_simulator_app(SimulatorSettings(), VirtualTime(1000.0))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://sim") as c:
         response = await c.post(CHAT, json=chat_body(stream=True), headers={
@@ -614,7 +604,7 @@ async def test_live_config(client: httpx.AsyncClient) -> None:
 
 
 async def test_anthropic_route_errors_use_the_anthropic_envelope() -> None:
-    async with client_for(SimulatorSettings(rate_ceiling=1), FakeClock()) as c:
+    async with client_for(SimulatorSettings(rate_ceiling=1), VirtualTime(1000.0)) as c:
         assert (await c.post(MESSAGES, json=anthropic_body(), headers=XKEY)).status_code == 200
         limited = await c.post(MESSAGES, json=anthropic_body(), headers=XKEY)
         assert limited.status_code == 429 and "retry-after" in limited.headers

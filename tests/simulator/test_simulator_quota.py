@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, FakeClock, chat_body
+from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body
+from tests.support.clock import VirtualTime
 from zai_proxy.simulator import PlanQuota, SimulatorSettings, TokenWindow, create_simulator_app
 from zai_proxy.zai.classify import classify_429
 from zai_proxy.zai.codes import ThrottleClass
@@ -19,38 +19,33 @@ RAW_KEY = {"Authorization": "sk-upstream"}
 WALL_AT_ZERO = 1_767_000_000.0  # the fake wall clock reads this when the fake clock reads 0
 
 
-def wall_of(clock: FakeClock) -> Callable[[], float]:
-    """A fake wall clock (epoch s) moving with `clock`."""
-    return lambda: WALL_AT_ZERO + clock.now
-
-
-def client_for(settings: SimulatorSettings, clock: FakeClock | None = None,
+def client_for(settings: SimulatorSettings, clock: VirtualTime | None = None,
                delays: list[float] | None = None) -> httpx.AsyncClient:
     """The simulator on fake clocks; its sleeps (latency, monitor delay) are recorded in
     `delays` and return at once."""
-    clock = clock or FakeClock()
+    clock = clock or VirtualTime(1000.0, WALL_AT_ZERO)
 
     async def sleep(seconds: float) -> None:
         if delays is not None:
             delays.append(seconds)
 
-    app = create_simulator_app(settings, clock, wall_of(clock), sleep)
+    app = create_simulator_app(settings, clock, clock.wall, sleep)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 def test_rolling_window_opens_at_first_use_refuses_once_spent_and_resets() -> None:
-    clock = FakeClock()
-    window = TokenWindow("five_hour", 100, 50.0, "rolling", clock, wall_of(clock))
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
+    window = TokenWindow("five_hour", 100, 50.0, "rolling", clock, clock.wall)
     assert window.seconds_to_reset() is None  # not opened: no reset to announce
-    clock.advance(10)
+    clock.jump(10)
     window.consume(60)
     assert not window.spent() and window.seconds_to_reset() == 50.0
-    clock.advance(20)
+    clock.jump(20)
     window.consume(60)  # the last request may overshoot, as on Z.AI
     assert window.spent() and window.used == 120
     window.refuse()
     assert window.seconds_to_reset() == pytest.approx(30.0)
-    clock.advance(30)
+    clock.jump(30)
     assert not window.spent() and window.used == 0 and window.seconds_to_reset() is None
     [closed] = window.history
     assert closed["used"] == 120 and closed["refused"] == 1
@@ -59,24 +54,24 @@ def test_rolling_window_opens_at_first_use_refuses_once_spent_and_resets() -> No
 
 
 def test_fixed_windows_run_back_to_back_from_the_start() -> None:
-    clock = FakeClock()
-    window = TokenWindow("weekly", 10, 100.0, "fixed", clock, wall_of(clock))
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
+    window = TokenWindow("weekly", 10, 100.0, "fixed", clock, clock.wall)
     assert window.seconds_to_reset() == 100.0  # open from the start, used or not
-    clock.advance(130)
+    clock.jump(130)
     assert window.seconds_to_reset() == pytest.approx(70.0)
     window.consume(10)
     assert window.spent()
-    clock.advance(70)
+    clock.jump(70)
     assert not window.spent() and window.seconds_to_reset() == pytest.approx(100.0)
 
 
 def test_weekly_refusal_wins_when_both_are_spent_and_unlimited_windows_never_refuse() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
     quota = PlanQuota(five_hour=10, weekly=15, five_hour_s=10, weekly_s=100, clock=clock)
     quota.consume(12)
     code, to_reset = quota.refusal() or (0, 0.0)
     assert code == 1308 and to_reset == pytest.approx(10.0)
-    clock.advance(10)
+    clock.jump(10)
     assert quota.refusal() is None  # five-hour reset; weekly has 3 left
     quota.consume(5)
     code, to_reset = quota.refusal() or (0, 0.0)
@@ -94,13 +89,13 @@ async def _tokens_of(client: httpx.AsyncClient, body: dict[str, Any]) -> int:
 
 
 async def test_real_token_use_spends_the_budget_then_1308_with_the_reset_message() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
     settings = SimulatorSettings(quota_5h_tokens=30, quota_5h_window_s=60)
     async with client_for(settings, clock) as c:
         used = 0
         while used < 30:
             used += await _tokens_of(c, chat_body())
-        now = wall_of(clock)()
+        now = clock.wall()
         over = await c.post(CHAT, json=chat_body(), headers=BEARER)
         assert over.status_code == 429
         error = over.json()["error"]
@@ -119,14 +114,14 @@ async def test_real_token_use_spends_the_budget_then_1308_with_the_reset_message
                                              "rate_limit_error", "code": "1308"}
         stats = (await c.get("/_stats")).json()["quota"]["five_hour"]
         assert stats["used"] == used and stats["remaining"] == 0 and stats["refused"] == 2
-        clock.advance(60)
+        clock.jump(60)
         assert (await c.post(CHAT, json=chat_body(), headers=BEARER)).status_code == 200
         history = (await c.get("/_stats")).json()["quota"]["five_hour"]["history"]
         assert history[-1]["used"] == used and len(history[-1]["refusals"]) == 2
 
 
 async def test_monitor_reports_each_window_as_zai_does_and_the_parser_reads_it() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
     settings = SimulatorSettings(quota_5h_tokens=1000, quota_weekly_tokens=10000,
                                  quota_5h_window_s=300, quota_level="max")
     async with client_for(settings, clock) as c:
@@ -139,7 +134,7 @@ async def test_monitor_reports_each_window_as_zai_does_and_the_parser_reads_it()
         assert (five["type"], five["unit"], weekly["unit"]) == ("TOKENS_LIMIT", 3, 6)
         assert five["usage"] == 1000 and five["currentValue"] == used
         assert five["remaining"] == 1000 - used
-        assert five["nextResetTime"] == int((wall_of(clock)() + 300) * 1000)
+        assert five["nextResetTime"] == int((clock.wall() + 300) * 1000)
         report = parse_monitor(answer.content)
         assert isinstance(report, QuotaReport) and report.level == "max"
         limit = report.window("five_hour")
@@ -177,12 +172,12 @@ async def test_monitor_faults_are_live_settings() -> None:
 
 
 async def test_forced_quota_codes_carry_their_window_reset_and_stats_reset_refills() -> None:
-    clock = FakeClock()
+    clock = VirtualTime(1000.0, WALL_AT_ZERO)
     settings = SimulatorSettings(quota_5h_tokens=5, quota_5h_window_s=60,
                                  quota_weekly_window_s=600)
     async with client_for(settings, clock) as c:
         forced = await c.post(CHAT, json=chat_body(), headers={**BEARER, "x-sim-429-code": "1310"})
-        now = wall_of(clock)()
+        now = clock.wall()
         throttle = classify_429(forced.content, {}, now)
         assert throttle.cls is ThrottleClass.QUOTA_PERIOD
         assert throttle.reset_at == pytest.approx(now + 600, abs=1e-3)

@@ -1,9 +1,13 @@
-"""Real processes for tests: the proxy, the simulator, redis-server, on free loopback ports;
-and a raw recording upstream for tests that need an upstream misbehaving on the wire."""
+"""Real processes for the integration tests and the benchmarks: `zai-proxy serve`, `simulate`
+and `dashboard`, and redis-server, each on a loopback port, started with a clean environment
+and returned once it answers.
+
+One launcher for both: `start_zai_proxy` (a `Process`, stopped with `terminate`) and
+`start_redis` (a `RedisServer`, stopped with `stop`). `bench/` imports them from here.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -11,12 +15,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -82,6 +86,11 @@ class Process:
         return self.proc.returncode
 
 
+# Variables of the proxy and the simulator: a child gets the ones its caller passes, never the
+# ones of the shell that runs the tests or the bench.
+OWN_PREFIXES = ("ZAI_", "PROXY_", "SIM_", "RATE_LIMIT_", "QUOTA_")
+
+
 def start_zai_proxy(
     command: str,
     *args: str,
@@ -92,7 +101,7 @@ def start_zai_proxy(
     """Run `python -m zai_proxy COMMAND --host 127.0.0.1 --port P ARGS`; wait until it answers."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix=f"zai-{command}-", suffix=".log")[1])
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ZAI_", "PROXY_"))}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
     full_env.update(env or {})
     argv = [sys.executable, "-m", "zai_proxy", command, "--host", "127.0.0.1", "--port",
             str(port), *args]
@@ -105,6 +114,17 @@ def start_zai_proxy(
         process.terminate(5)
         raise RuntimeError(f"{' '.join(argv)} did not start:\n{process.output()}") from None
     return process
+
+
+@contextmanager
+def running_zai_proxy(command: str, *args: str, env: dict[str, str] | None = None,
+                      ready_path: str = "/health") -> Iterator[Process]:
+    """`start_zai_proxy` for the length of a `with` block (a fixture's body): terminated after."""
+    process = start_zai_proxy(command, *args, env=env, ready_path=ready_path)
+    try:
+        yield process
+    finally:
+        process.terminate()
 
 
 # Debian's Chromium as root, headless, on a machine with no internet: no sandbox, no GPU, and
@@ -135,8 +155,38 @@ def dashboard_stack(
                 process.terminate(10)
 
 
+def send_traffic(proxy: Process, count: int) -> dict[str, int]:
+    """Chat completions through one proxy: every third one streamed, one for an unknown model
+    and one the upstream fails with a 502 (so the error panel has something to show).
+
+    Returns what was sent: {"requests": n, "5xx": n}, counted when the answer is complete.
+    """
+    sent = {"requests": 0, "5xx": 0}
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        for i in range(count):
+            model = "no-such-model-7" if i == 1 else "glm-4.6"
+            body: dict[str, Any] = {"model": model, "max_tokens": 40,
+                                    "messages": [{"role": "user", "content": f"hello {i}"}]}
+            headers = {"x-sim-status": "502"} if i == 2 else {}
+            if i % 3 == 0:
+                body["stream"] = True
+                with client.stream("POST", "/v1/chat/completions", json=body,
+                                   headers=headers) as response:
+                    for _ in response.iter_bytes():
+                        pass
+                    status = response.status_code
+            else:
+                status = client.post("/v1/chat/completions", json=body,
+                                     headers=headers).status_code
+            sent["requests"] += 1
+            sent["5xx"] += status >= 500
+    return sent
+
+
 @dataclass
 class RedisServer:
+    """A redis-server child; `stop` ends it (SIGTERM, waited for)."""
+
     proc: subprocess.Popen[bytes]
     port: int
 
@@ -149,10 +199,11 @@ class RedisServer:
         self.proc.wait(10)
 
 
-def start_redis() -> RedisServer:
-    """A throwaway redis-server on a free loopback port, no persistence."""
+def start_redis(port: int | None = None) -> RedisServer:
+    """A throwaway redis-server on loopback, no persistence, once it accepts connections: on a
+    free port, or on `port` (to bring a stopped one back at the same address)."""
     binary = require_binary("redis-server")
-    port = free_port()
+    port = free_port() if port is None else port
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -167,114 +218,3 @@ def start_redis() -> RedisServer:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("redis-server did not start")
-
-
-@dataclass
-class SeenRequest:
-    """One request as a raw upstream received it."""
-
-    method: str
-    target: str  # the request target exactly as sent (path and query)
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name), None)
-
-
-# (raw response bytes, close the connection after them)
-Answer = Callable[[SeenRequest], tuple[bytes, bool]]
-
-
-class RecordingUpstream:
-    """A raw HTTP/1.1 server on 127.0.0.1, in a thread (and event loop) of its own.
-
-    It records every request and answers with whatever bytes `answer` returns, so tests can
-    send what no well-behaved server would (oversized headers, cut bodies, garbage) and can
-    check exactly what the proxy sent. Keep-alive like a real upstream; `close` ends the
-    connection after the answer (or without one when the bytes are empty).
-    """
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-        self.seen: list[SeenRequest] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recording-upstream",
-                                        daemon=True)
-
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("recording upstream did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, limit=1 << 20))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-            tasks = asyncio.all_tasks(self._loop)  # connections the proxy keeps alive
-            for task in tasks:
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            self._loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = [(k.strip(), v.strip()) for k, _, v in
-                           (line.partition(":") for line in lines[1:] if line)]
-                fields = {k.lower(): v for k, v in headers}
-                if fields.get("transfer-encoding", "").lower() == "chunked":
-                    body = await _read_chunked(reader)
-                else:
-                    body = await reader.readexactly(int(fields.get("content-length", "0")))
-                request = SeenRequest(method, target, headers, body)
-                self.seen.append(request)
-                raw, close = self.answer(request)
-                writer.write(raw)
-                await writer.drain()
-                if close:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
-
-
-def http_response(status: int, body: bytes = b"", headers: Sequence[tuple[str, str]] = (),
-                  *, head: bool = False, length: int | None = None) -> bytes:
-    """Raw bytes of one HTTP/1.1 response; no body for HEAD, 1xx, 204 and 304."""
-    no_body = head or status in (204, 304) or status < 200
-    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in headers]
-    if status not in (204, 304) and status >= 200:
-        lines.append(f"Content-Length: {len(body) if length is None else length}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body)
