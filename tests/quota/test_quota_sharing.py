@@ -14,7 +14,7 @@ from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.limiter.shared import namespace
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.quota.quota import Quota
-from zai_proxy.server.app import limiter_config, quota_config
+from zai_proxy.server.accounts import account_of, limiter_config, quota_config
 from zai_proxy.server.config import Settings, load_settings
 from zai_proxy.zai.classify import Throttle
 from zai_proxy.zai.codes import ThrottleClass
@@ -33,12 +33,13 @@ def settings(key: str, redis: bool = True) -> Settings:
 def replica(key: str, fake: FakeRedis, vt: VirtualTime) -> Quota:
     metrics = Metrics(CollectorRegistry(), "v1")
     # The limiter is only the pacing target here; it keeps its state in this process.
-    limiter = Limiter(limiter_config(settings(key, redis=False)), metrics, clock=vt,
-                      wall=vt.wall)
+    local = settings(key, redis=False)
+    limiter = Limiter(limiter_config(local, account_of(local)), metrics, clock=vt, wall=vt.wall)
+    shared = settings(key)
     link = RedisLink(fake, clock=vt)
-    lease = LeaderLease(link, namespace(settings(key).account))
-    return Quota(quota_config(settings(key)), metrics, limiter, wall=vt.wall, clock=vt,
-                 sleep=vt.sleep, link=link, lease=lease)
+    lease = LeaderLease(link, namespace(shared.account))
+    return Quota(quota_config(shared, account_of(shared)), metrics, limiter, wall=vt.wall,
+                 clock=vt, sleep=vt.sleep, link=link, lease=lease)
 
 
 async def test_a_quota_block_one_replica_meets_stops_the_others_of_the_account_only() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.quota.config import QuotaConfig
-from zai_proxy.server.app import limiter_config, quota_config
+from zai_proxy.server.accounts import account_of, limiter_config, quota_config
 from zai_proxy.server.config import Settings, load_settings
 
 KEY = "upstream-key.secret-part-42"
@@ -39,7 +39,7 @@ def settings() -> Settings:
 def test_each_field_is_the_setting_of_its_name(settings: Settings, build: object,
                                                section: type) -> None:
     assert callable(build)
-    config = build(settings)
+    config = build(settings, account_of(settings))
     assert isinstance(config, section)
     for field in dataclasses.fields(section):
         assert getattr(config, field.name) == getattr(settings, field.name), field.name
@@ -54,9 +54,9 @@ def test_the_settings_read_differ_from_their_defaults(settings: Settings) -> Non
 
 
 def test_the_sections_are_frozen_and_never_print_the_key(settings: Settings) -> None:
-    quota = quota_config(settings)
+    quota = quota_config(settings, account_of(settings))
     assert KEY not in repr(quota) and quota.zai_api_key == KEY
     with pytest.raises(dataclasses.FrozenInstanceError):
         quota.quota_poll_seconds = 1.0  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        limiter_config(settings).rate_limit_max = 1.0  # type: ignore[misc]
+        limiter_config(settings, account_of(settings)).rate_limit_max = 1.0  # type: ignore[misc]

@@ -27,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from zai_proxy.core.errors import (
-    ProxyError,
     RateLimited,
     UpstreamDisconnected,
     UpstreamError,
@@ -46,6 +45,7 @@ from zai_proxy.core.errors import (
 from zai_proxy.limiter.admission import Admission, Permit, Rejection
 from zai_proxy.limiter.rate_controller import Outcome
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.relay.hooks import RequestHook
 from zai_proxy.relay.retry import SAFE_METHODS, RetryPolicy, RetryReason, retry_reason
 from zai_proxy.relay.upstream import BodyReader, ScrubbingReader, Upstream
 from zai_proxy.wire.exchange import Exchange
@@ -101,12 +101,12 @@ class Forwarder:
                  metrics: Metrics, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  wall_clock: Callable[[], float] = time.time,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 before_attempt: Callable[[Exchange], ProxyError | None] | None = None) -> None:
+                 hooks: Sequence[RequestHook] = ()) -> None:
         self.upstream = upstream
         self.max_response_bytes = max_response_bytes
-        # Asked after admission, before every attempt: an error it returns is the answer (the
-        # plan quota ran out while the request waited in the queue).
-        self.before_attempt = before_attempt
+        # Each hook's `recheck` is asked after admission, before every attempt: the first
+        # refusal is the answer (the plan quota ran out while the request waited in the queue).
+        self.hooks = tuple(hooks)
         self.admission = admission
         self.policy = policy
         self.metrics = metrics
@@ -132,9 +132,10 @@ class Forwarder:
         priority = False
         while True:
             permit = await self._admit(ex, priority=priority)
-            if self.before_attempt is not None and (refused := self.before_attempt(ex)):
-                permit.release()
-                raise refused
+            for hook in self.hooks:
+                if (refused := hook.recheck(ex)) is not None:
+                    permit.release()
+                    raise refused
             ex.attempts += 1
             retry_after: float | None = None
             reason: RetryReason | None

@@ -1,8 +1,9 @@
 """The request path: a pure ASGI handler for every `/v1/...` call.
 
-read and check the request -> plan quota (a local 429 while it is spent) -> client quota ->
-admission and upstream attempt(s) (`Forwarder`) -> relay (token accounting watching) -> settle
-usage -> record once.
+read and check the request -> the request hooks' checks (`relay.hooks`: the plan quota, the
+client limits, in the order `create_app` gives) -> admission and upstream attempt(s)
+(`Forwarder`) -> relay (token accounting watching) -> settle usage (accounting, then the hooks)
+-> record once.
 
 Streams are relayed chunk by chunk as the upstream sends them; a non-stream body is read whole
 (it is needed whole for usage and to spot an empty 2xx) and sent with its length, unless it is
@@ -22,13 +23,11 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
 from zai_proxy.accounting.ledger import Accounting, Ledger
-from zai_proxy.clients.auth import ClientAuth
-from zai_proxy.clients.limits import ClientQuotas
 from zai_proxy.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -40,9 +39,10 @@ from zai_proxy.core.errors import (
     sse_error_event,
 )
 from zai_proxy.observe.recorder import Recorder
-from zai_proxy.quota.quota import Quota
-from zai_proxy.relay.forwarding import Forwarder, Opened
+from zai_proxy.relay.forwarding import Opened
+from zai_proxy.relay.hooks import ClientIdentity, RequestHook
 from zai_proxy.relay.lifecycle import Lifecycle
+from zai_proxy.relay.outbound import ClientFacing, Outbound
 from zai_proxy.wire.exchange import (
     ClientGone,
     DisconnectWatcher,
@@ -57,7 +57,7 @@ from zai_proxy.wire.headers import (
     upstream_request_headers,
 )
 from zai_proxy.wire.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
-from zai_proxy.wire.routing import Route, Router
+from zai_proxy.wire.routing import Route
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -76,25 +76,22 @@ _QUERY_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 class ProxyHandler:
     """ASGI app for `/v1/...`; every collaborator is passed in by `create_app`."""
 
-    def __init__(self, *, router: Router, forwarder: Forwarder, auth: ClientAuth,
-                 lifecycle: Lifecycle, recorder: Recorder, api_key: str, variant: str,
-                 max_request_bytes: int, accounting: Accounting | None = None,
-                 quotas: ClientQuotas | None = None, models_body: bytes | None = None,
-                 quota: Quota | None = None,
+    def __init__(self, *, outbound: Outbound, hooks: Sequence[RequestHook],
+                 auth: ClientIdentity, accounting: Accounting | None, facing: ClientFacing,
+                 lifecycle: Lifecycle, recorder: Recorder,
                  wall: Callable[[], float] = time.time) -> None:
-        self.router = router
+        self.router = outbound.router
+        self.forwarder = outbound.forwarder
+        self.api_key = outbound.account.key
+        self.hooks = tuple(hooks)
         self.wall = wall  # epoch seconds: Z.AI's reset hints are wall-clock times
-        self.quota = quota
-        self.forwarder = forwarder
         self.accounting = accounting
-        self.quotas = quotas
-        self.models_body = models_body
+        self.models_body = facing.models_body
         self.auth = auth
         self.lifecycle = lifecycle
         self.recorder = recorder
-        self.api_key = api_key
-        self.variant = variant.encode()
-        self.max_request_bytes = max_request_bytes
+        self.variant = facing.variant.encode()
+        self.max_request_bytes = facing.max_request_bytes
 
     def stamped(self, scope: Scope, send: Any) -> Any:
         """`send` that adds x-request-id and x-zai-proxy-variant (for the operational routes)."""
@@ -170,13 +167,6 @@ class ProxyHandler:
 
     async def _forward(self, ex: Exchange, method: str, route: Route, headers: RawHeaders,
                        body: bytes, payload: dict[str, Any] | None, send: Any) -> None:
-        quota = self.quota
-        if quota is not None:  # a spent plan quota is answered here, before admission
-            refused = quota.check(ex.client)
-            if refused is not None:
-                await self._error(ex, send, refused)
-                return
-            ex.paced = quota.paced(ex.client)
         head = method == "HEAD"
         try:
             ledger = (self.accounting.open(route, payload, body)
@@ -186,20 +176,18 @@ class ProxyHandler:
                                                          ex.request_id, len(upstream_body))
             request = self.forwarder.build(method, route.upstream_url, upstream_headers,
                                            upstream_body)
-            if self.quotas is not None:
-                decision = await self.quotas.check(ex.client)
-                if not decision.allowed:
-                    self.recorder.rejected("client_quota")
-                    raise RateLimited(f"client quota {decision.limit} exceeded",
-                                      code="proxy_client_quota",
-                                      retry_after=decision.retry_after)
+            for hook in self.hooks:
+                refused = await hook.check(ex)
+                if refused is not None:
+                    raise refused
             opened = await self.forwarder.open(ex, request, expect_json=route.json_body,
                                                read_whole=ledger is not None)
         except ProxyError as error:
             await self._error(ex, send, error)
             return
-        if quota is not None and opened.throttle is not None:
-            quota.observe(opened.throttle)
+        if opened.throttle is not None:
+            for hook in self.hooks:
+                hook.observe(ex, opened.throttle)
         try:
             if opened.body is not None:
                 await self._relay_whole(ex, opened, ledger, send, head)
@@ -211,10 +199,9 @@ class ProxyHandler:
                 report = await ledger.settle()
                 ex.usage = report.log_fields()
                 ex.cost = report.cost_usd
-                if quota is not None:
-                    quota.settled("anonymous" if self.auth.open else ex.client, report.counts)
-                if self.quotas is not None:
-                    await self.quotas.record_tokens(ex.client, sum(report.counts.values()))
+                client = "anonymous" if self.auth.open else ex.client
+                for hook in self.hooks:
+                    await hook.settled(ex, client, report.counts)
 
     async def _relay_whole(self, ex: Exchange, opened: Opened, ledger: Ledger | None,
                            send: Any, head: bool) -> None:

@@ -43,6 +43,7 @@ from zai_proxy.accounting.ledger import Accounting
 from zai_proxy.accounting.pricing import PeakWindow, PricingTable
 from zai_proxy.accounting.tokenizer import load_tokenizer
 from zai_proxy.clients.auth import ClientAuth, KeyEntry
+from zai_proxy.clients.hook import ClientLimitsHook
 from zai_proxy.clients.limits import ClientQuotas, is_redis
 from zai_proxy.core.errors import (
     ConfigError,
@@ -53,25 +54,20 @@ from zai_proxy.core.errors import (
     Unauthorized,
     error_body,
 )
-from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import RedisLink
-from zai_proxy.limiter.config import LimiterConfig
-from zai_proxy.limiter.limiter import Limiter
-from zai_proxy.limiter.shared import namespace
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
-from zai_proxy.quota.config import QuotaConfig
-from zai_proxy.quota.quota import Quota
 from zai_proxy.relay.forwarding import Forwarder
 from zai_proxy.relay.handler import ProxyHandler
+from zai_proxy.relay.hooks import RequestHook
 from zai_proxy.relay.lifecycle import Lifecycle
+from zai_proxy.relay.outbound import ClientFacing, Outbound
 from zai_proxy.relay.retry import RetryPolicy
-from zai_proxy.relay.upstream import Upstream
 from zai_proxy.server import operational as ops
+from zai_proxy.server.accounts import AccountRuntime, account_of
 from zai_proxy.server.config import Settings
 from zai_proxy.server.connections import ClientBounds, ClientConnections
 from zai_proxy.server.retirement import Retirement
-from zai_proxy.wire.routing import Router
 
 log = logging.getLogger("zai_proxy")
 
@@ -116,12 +112,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         max_connections=settings.max_connections))
     retirement.subscribe(connections.retire)
     retirement.subscribe(lambda retired: metrics.retired.set(1 if retired else 0))
-    upstream = Upstream(connect_timeout=settings.connect_timeout,
-                        first_byte_timeout=settings.first_byte_timeout,
-                        chunk_timeout=settings.chunk_timeout,
-                        # Every admitted request needs a connection: never fewer than the cap.
-                        pool_size=max(settings.upstream_pool_size, settings.max_workers),
-                        transport=transport, api_key=settings.zai_api_key)
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file,
                       clock=clock, wall=wall)
     key_file_errors_counted = 0
@@ -142,19 +132,13 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
 
     refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
-    # One Redis link per process (one client, one pool, one degrade state) and one leader lease
-    # per account, shared by the limiter, the quota share and the client quotas.
+    # One Redis link per process (one client, one pool, one degrade state), shared by the
+    # account's limiter and quota (under the account's one leader lease) and the client limits.
     link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
             if is_redis(settings.rate_limit_storage_uri) else None)
-    lease = LeaderLease(link, namespace(settings.account)) if link is not None else None
-    limiter = Limiter(limiter_config(settings), metrics, clock=clock, wall=wall, sleep=sleep,
-                      link=link, lease=lease)
-    quota = Quota(quota_config(settings), metrics, limiter, transport=transport, wall=wall,
-                  clock=clock, sleep=sleep, link=link, lease=lease)
-    forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
-                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
-                          max_response_bytes=settings.max_response_bytes,
-                          before_attempt=quota.recheck, wall_clock=wall)
+    account = AccountRuntime(account_of(settings), settings, metrics, transport=transport,
+                             clock=clock, wall=wall, sleep=sleep, link=link)
+    limiter, quota, upstream = account.limiter, account.quota, account.upstream
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
@@ -162,6 +146,15 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                   if settings.token_counting_enabled else None)
     quotas = ClientQuotas(",".join(settings.client_rate_limits), settings.rate_limit_storage_uri,
                           link=link) if settings.client_rate_limits else None
+    # The request hooks, in the order the relay calls them: the plan quota first (a spent
+    # quota answers before a client's request budget is counted), then the per-client limits.
+    hooks: list[RequestHook] = [account.quota_hook]
+    if quotas is not None:
+        hooks.append(ClientLimitsHook(quotas, recorder))
+    forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
+                          policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
+                          max_response_bytes=settings.max_response_bytes, hooks=hooks,
+                          wall_clock=wall)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -170,9 +163,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
                         "that can reach it")
         if accounting is not None and accounting.tokenizer.warning:
             log.warning("token estimates use a heuristic: %s", accounting.tokenizer.warning)
-        await limiter.restore()
-        limiter.start()
-        quota.start()
+        await account.start()
         if unknown := sorted(quota.exempt - set(auth.names())):
             log.warning("QUOTA_PACING_EXEMPT names no configured key: %s", ", ".join(unknown))
         lifecycle.serving()
@@ -182,24 +173,20 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         finally:
             lifecycle.drain()
             metrics.ready.set(0)
-            await quota.stop()
-            await limiter.stop()
+            await account.stop()
             if link is not None:
                 await link.aclose()
-            await upstream.aclose()
             if accounting is not None:
                 accounting.tokenizer.close()
 
     app = ProxyApp(title="zai-proxy", version=version, lifespan=lifespan, docs_url=None,
                    redoc_url=None)
     app.proxy = ProxyHandler(
-        router=Router(settings.zai_target_url, settings.zai_anthropic_url,
-                      passthrough_unknown=settings.passthrough_unknown), forwarder=forwarder,
-        auth=auth, lifecycle=lifecycle, recorder=recorder, api_key=settings.zai_api_key,
-        variant=settings.deployment_variant, max_request_bytes=settings.max_request_bytes,
-        accounting=accounting, quotas=quotas,
-        models_body=json.dumps(catalog.openai_models_payload()).encode(), quota=quota,
-        wall=wall)
+        outbound=Outbound(account.account, account.router, forwarder), hooks=hooks, auth=auth,
+        accounting=accounting,
+        facing=ClientFacing(settings.deployment_variant, settings.max_request_bytes,
+                            json.dumps(catalog.openai_models_payload()).encode()),
+        lifecycle=lifecycle, recorder=recorder, wall=wall)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
@@ -434,32 +421,3 @@ def _install_error_handlers(app: FastAPI) -> None:
                                    "proxy_invalid_request"),
                         status_code=400, media_type="application/json")
 
-
-def limiter_config(settings: Settings) -> LimiterConfig:
-    """The limiter's section of the settings."""
-    return LimiterConfig(
-        account=settings.account, deployment_variant=settings.deployment_variant,
-        max_workers=settings.max_workers, rate_limit_initial=settings.rate_limit_initial,
-        rate_limit_min=settings.rate_limit_min, rate_limit_max=settings.rate_limit_max,
-        rate_limit_window=settings.rate_limit_window, rate_limit_burst=settings.rate_limit_burst,
-        rate_limit_upstream_burst=settings.rate_limit_upstream_burst,
-        rate_limit_hold_margin=settings.rate_limit_hold_margin,
-        rate_limit_probe_interval=settings.rate_limit_probe_interval,
-        rate_limit_state_file=settings.rate_limit_state_file,
-        rate_limit_state_max_age=settings.rate_limit_state_max_age,
-        rate_limit_storage_uri=settings.rate_limit_storage_uri,
-        rate_limit_replicas=settings.rate_limit_replicas, queue_max=settings.queue_max,
-        queue_timeout_seconds=settings.queue_timeout_seconds)
-
-
-def quota_config(settings: Settings) -> QuotaConfig:
-    """The quota's section of the settings."""
-    return QuotaConfig(
-        account=settings.account, zai_api_key=settings.zai_api_key,
-        monitor_url=settings.monitor_url, quota_poll_seconds=settings.quota_poll_seconds,
-        quota_poll_timeout=settings.quota_poll_timeout,
-        quota_local_reject=settings.quota_local_reject, quota_pacing=settings.quota_pacing,
-        quota_pacing_exempt=settings.quota_pacing_exempt,
-        quota_burn_window=settings.quota_burn_window,
-        rate_limit_storage_uri=settings.rate_limit_storage_uri,
-        rate_limit_replicas=settings.rate_limit_replicas)
