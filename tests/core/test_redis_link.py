@@ -15,7 +15,7 @@ from limits.aio.storage import MemoryStorage
 
 from tests.support.clock import VirtualTime
 from tests.support.redis import FakeRedis, Mode, virtual_timeout
-from zai_proxy.clients.limits import ClientQuotas
+from zai_proxy.clients.limits import ClientLimits
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.rate_controller import RateController
@@ -37,7 +37,7 @@ class Process:
         self.coordinator = SharedCoordinator(self.shared, controller, wall=vt.wall,
                                              lease=self.lease)
         self.share = QuotaShare(self.link, ACCOUNT, self.lease)
-        self.quotas = ClientQuotas("1/minute", "redis://fake", link=self.link,
+        self.quotas = ClientLimits("1/minute", "redis://fake", link=self.link,
                                    storage=MemoryStorage())
 
     def degraded(self) -> list[object]:

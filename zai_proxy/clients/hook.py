@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from zai_proxy.clients.limits import ClientQuotas
+from zai_proxy.clients.limits import ClientLimits
 from zai_proxy.core.errors import ProxyError, RateLimited
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.wire.exchange import Exchange
@@ -21,14 +21,14 @@ from zai_proxy.zai.classify import Throttle
 class ClientLimitsHook:
     """The configured per-client limits, called by the relay at the hook points."""
 
-    __slots__ = ("quotas", "recorder")
+    __slots__ = ("limits", "recorder")
 
-    def __init__(self, quotas: ClientQuotas, recorder: Recorder) -> None:
-        self.quotas = quotas
+    def __init__(self, limits: ClientLimits, recorder: Recorder) -> None:
+        self.limits = limits
         self.recorder = recorder
 
     async def check(self, ex: Exchange) -> ProxyError | None:
-        decision = await self.quotas.check(ex.client)
+        decision = await self.limits.check(ex.client)
         if decision.allowed:
             return None
         self.recorder.rejected("client_quota")
@@ -42,4 +42,4 @@ class ClientLimitsHook:
         return None
 
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:
-        await self.quotas.record_tokens(ex.client, sum(counts.values()))
+        await self.limits.record_tokens(ex.client, sum(counts.values()))

@@ -1,4 +1,4 @@
-"""Optional per-client quotas (requests and tokens per period) with the `limits` library.
+"""Optional per-client limits (requests and tokens per period) with the `limits` library.
 
 `CLIENT_RATE_LIMITS` syntax: items separated by `;` or `,`, each in `limits` notation; an item
 prefixed `tokens:` limits tokens, any other (optionally prefixed `requests:`) limits requests.
@@ -103,7 +103,7 @@ def redis_storage(link: RedisLink) -> RedisStorage:
     return RedisStorage("async+redis://", implementation="redispy", connection_pool=pool)
 
 
-class ClientQuotas:
+class ClientLimits:
     """Per-client request and token limits; `enabled` is False when no limit is configured.
 
     `link` is the process's Redis link (with a `redis://` `storage_uri`; without one, a link

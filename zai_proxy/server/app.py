@@ -44,7 +44,7 @@ from zai_proxy.accounting.pricing import PeakWindow, PricingTable
 from zai_proxy.accounting.tokenizer import load_tokenizer
 from zai_proxy.clients.auth import ClientAuth, KeyEntry
 from zai_proxy.clients.hook import ClientLimitsHook
-from zai_proxy.clients.limits import ClientQuotas, is_redis
+from zai_proxy.clients.limits import ClientLimits, is_redis
 from zai_proxy.core.errors import (
     ConfigError,
     InvalidRequest,
@@ -144,13 +144,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     catalog = ModelCatalog.from_pricing(pricing, settings.models)
     accounting = (build_accounting(settings, metrics, pricing, catalog)
                   if settings.token_counting_enabled else None)
-    quotas = ClientQuotas(",".join(settings.client_rate_limits), settings.rate_limit_storage_uri,
-                          link=link) if settings.client_rate_limits else None
+    client_limits = (ClientLimits(",".join(settings.client_rate_limits),
+                                  settings.rate_limit_storage_uri, link=link)
+                     if settings.client_rate_limits else None)
     # The request hooks, in the order the relay calls them: the plan quota first (a spent
     # quota answers before a client's request budget is counted), then the per-client limits.
     hooks: list[RequestHook] = [account.quota_hook]
-    if quotas is not None:
-        hooks.append(ClientLimitsHook(quotas, recorder))
+    if client_limits is not None:
+        hooks.append(ClientLimitsHook(client_limits, recorder))
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes, hooks=hooks,
@@ -220,8 +221,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "rate_limit": limiter.health(),
             "quota": quota.health(),
         }
-        if quotas is not None:
-            body["client_rate_limits"] = quotas.health()
+        if client_limits is not None:
+            body["client_rate_limits"] = client_limits.health()
         if accounting is not None:
             tok = accounting.tokenizer
             body["tokenizer"] = {"encoding": tok.name, "source": tok.source,

@@ -1,6 +1,6 @@
 """Per-client quotas with the `limits` library, on memory storage and on a storage that
 hangs or answers nonsense (tests/support/redis.py). Real Redis: tests/integration/
-test_client_quotas_redis.py."""
+test_client_limits_redis.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from tests.support.clock import VirtualTime
 from tests.support.inprocess import InProcessProxy
 from tests.support.redis import StalledStorage, virtual_timeout
-from zai_proxy.clients.limits import ClientQuotas, parse_client_limits
+from zai_proxy.clients.limits import ClientLimits, parse_client_limits
 
 
 def test_parse_spec() -> None:
@@ -31,13 +31,13 @@ def test_parse_spec_rejects_garbage(bad: str) -> None:
 
 
 async def test_disabled_allows_everything() -> None:
-    quotas = ClientQuotas("")
+    quotas = ClientLimits("")
     assert not quotas.enabled
     assert (await quotas.check("a", tokens=10**9)).allowed
 
 
 async def test_request_limit_per_client() -> None:
-    quotas = ClientQuotas("3/minute")
+    quotas = ClientLimits("3/minute")
     for _ in range(3):
         assert (await quotas.check("a")).allowed
     refused = await quotas.check("a")
@@ -47,7 +47,7 @@ async def test_request_limit_per_client() -> None:
 
 
 async def test_token_limit_counts_input_and_recorded_output() -> None:
-    quotas = ClientQuotas("tokens:1000/minute")
+    quotas = ClientLimits("tokens:1000/minute")
     assert (await quotas.check("a", tokens=400)).allowed
     await quotas.record_tokens("a", 500)  # output known after the response
     refused = await quotas.check("a", tokens=200)
@@ -63,7 +63,7 @@ async def test_a_stalled_storage_costs_one_timeout_then_is_skipped(
     waits op_timeout (0.5 s), the next ones skip the storage until the retry interval."""
     vt = VirtualTime()
     storage = StalledStorage()
-    quotas = ClientQuotas("1/minute; tokens:100/minute", storage=storage, clock=vt,
+    quotas = ClientLimits("1/minute; tokens:100/minute", storage=storage, clock=vt,
                           timeout=virtual_timeout(vt))
     assert (await quotas.check("a")).allowed
     storage.hang = True
@@ -98,7 +98,7 @@ async def test_a_storage_answering_nonsense_lets_the_request_through() -> None:
         return b"OK"
 
     storage.get_moving_window = nonsense  # type: ignore[method-assign]
-    quotas = ClientQuotas("5/minute", storage=storage)
+    quotas = ClientLimits("5/minute", storage=storage)
     assert (await quotas.check("a")).allowed
     assert quotas.health()["degraded"] is True
 

@@ -11,14 +11,14 @@ import time
 import pytest
 
 from tests.support.servers import RedisServer, free_port, start_redis
-from zai_proxy.clients.limits import ClientQuotas
+from zai_proxy.clients.limits import ClientLimits
 
 
 @pytest.mark.needs("redis-server")
 async def test_redis_storage_is_shared(redis_server: RedisServer) -> None:
     uri = redis_server.url
-    one = ClientQuotas("2/minute", uri, prefix="q-test")
-    two = ClientQuotas("2/minute", uri, prefix="q-test")
+    one = ClientLimits("2/minute", uri, prefix="q-test")
+    two = ClientLimits("2/minute", uri, prefix="q-test")
     assert (await one.check("shared")).allowed
     assert (await two.check("shared")).allowed
     assert not (await one.check("shared")).allowed  # the other replica's hit counted
@@ -26,7 +26,7 @@ async def test_redis_storage_is_shared(redis_server: RedisServer) -> None:
 
 
 async def test_storage_failure_fails_open() -> None:
-    quotas = ClientQuotas("1/minute", f"redis://127.0.0.1:{free_port()}/0")
+    quotas = ClientLimits("1/minute", f"redis://127.0.0.1:{free_port()}/0")
     assert (await quotas.check("a")).allowed
     assert (await quotas.check("a")).allowed  # degraded: allowed without trying
     assert quotas.health()["degraded"] is True
@@ -39,7 +39,7 @@ async def test_a_stalled_redis_is_skipped_then_counts_again_without_losing_its_p
     connection answering the wrong command (the count is exactly the hits that went through)."""
     server = start_redis()
     try:
-        quotas = ClientQuotas("3/minute", server.url, prefix="stall", retry_interval=0.2)
+        quotas = ClientLimits("3/minute", server.url, prefix="stall", retry_interval=0.2)
         assert (await quotas.check("a")).allowed
         os.kill(server.proc.pid, signal.SIGSTOP)
         start = time.monotonic()
