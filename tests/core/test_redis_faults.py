@@ -61,7 +61,7 @@ async def test_startup_requests_and_ticks_work_on_a_redis_that_lies_or_is_down(
             for _ in range(3):
                 assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
             limiter, quota = proxy.app.state.limiter, proxy.app.state.quota
-            assert quota.share.link is limiter.shared.link
+            assert quota.sharing.link is limiter.shared.link
             limiter.shared.link._retry_at = 0.0  # past the back-off: the ticks try Redis again
             assert await limiter.coordinator.sync() == []
             await quota.tick()

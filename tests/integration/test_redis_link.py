@@ -69,7 +69,7 @@ async def test_a_proxy_opens_one_connection_pool_for_every_redis_user(
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         await limiter.coordinator.sync()
         await quota.tick()
-        await quota.share.lead(3.0)
+        await quota.sharing.lead(3.0)
         assert observer.exists(f"{namespace(app.settings.account)}:leader")
         assert any(k.startswith(b"LIMITS") for k in observer.keys()), "client quotas counted"
         connections = proxy_connections(observer)
@@ -92,13 +92,13 @@ async def test_the_limiter_and_the_quota_lead_under_one_lease(server: RedisServe
         async def step() -> list[tuple[bool, bool]]:
             roles = []
             for p in (first, second):
-                coordinator, share = p.app.state.limiter.coordinator, p.app.state.quota.share
+                coordinator, share = p.app.state.limiter.coordinator, p.app.state.quota.sharing
                 await coordinator.sync()
                 roles.append((coordinator.leader, await share.lead(3.0)))
             return roles
 
         for p in (first, second):
-            assert p.app.state.limiter.coordinator.lease is p.app.state.quota.share.lease
+            assert p.app.state.limiter.coordinator.lease is p.app.state.quota.sharing.lease
         assert await step() == [(True, True), (False, False)]
         holder = first.app.state.limiter.coordinator.lease.id
         assert observer.get(lease_key) == observer.get(quota_key) == holder.encode()
@@ -106,7 +106,7 @@ async def test_the_limiter_and_the_quota_lead_under_one_lease(server: RedisServe
         observer.delete(lease_key)  # the lease moves (the first replica stalled past it)
         observer.set(lease_key, second.app.state.limiter.coordinator.lease.id, px=3000)
         assert await step() == [(False, False), (True, True)]
-        assert observer.get(quota_key) == second.app.state.quota.share.lease.id.encode()
+        assert observer.get(quota_key) == second.app.state.quota.sharing.lease.id.encode()
 
         # A replica of the previous version polls while it holds the polling lock: the lease
         # holder does not poll beside it, and takes over once that lock is gone.

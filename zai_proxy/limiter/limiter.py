@@ -71,12 +71,12 @@ class Limiter:
         self.state_max_age = config.rate_limit_state_max_age
         shared = link is not None  # the process's Redis link, when the account is shared
         # Without shared storage each replica takes its share of the account's limits.
-        share = 1.0 if shared else float(config.rate_limit_replicas)
-        self.share = share
+        scale = 1.0 if shared else float(config.rate_limit_replicas)
+        self.scale = scale
         self.account_bounds = (config.rate_limit_min, config.rate_limit_max)
-        self.bounds = (config.rate_limit_min / share, config.rate_limit_max / share)
+        self.bounds = (config.rate_limit_min / scale, config.rate_limit_max / scale)
         self.rate = RateController(
-            clock=clock, initial=config.rate_limit_initial / share, minimum=self.bounds[0],
+            clock=clock, initial=config.rate_limit_initial / scale, minimum=self.bounds[0],
             maximum=self.bounds[1], window=config.rate_limit_window,
             hold_margin=config.rate_limit_hold_margin,
             probe_interval=config.rate_limit_probe_interval,
@@ -118,7 +118,7 @@ class Limiter:
         self.metrics.adjustments.labels(adjustment.direction).inc()
         fields: dict[str, Any] = {
             "direction": adjustment.direction, "reason": adjustment.reason,
-            "rate": round(adjustment.rate * self.share, 3), "ceiling": self._acct(
+            "rate": round(adjustment.rate * self.scale, 3), "ceiling": self._acct(
                 adjustment.ceiling), "floor": self._acct(adjustment.floor)}
         if adjustment.evidence is not None:
             fields["evidence"] = adjustment.evidence.as_dict()
@@ -131,13 +131,13 @@ class Limiter:
         m = self.metrics
         m.window_saturation.set(ev.saturated / ev.seconds if ev.seconds else 0.0)
         m.window_throttled.set(ev.throttled)
-        m.measured_rate.set((ev.measured or 0.0) * self.share)
+        m.measured_rate.set((ev.measured or 0.0) * self.scale)
 
     def _acct(self, rate: float | None) -> float | None:
         if rate is None:
             return None
         # Rounded for people, but never to 0: a learned rate must stay a positive number.
-        return round(rate * self.share, 3) or rate * self.share
+        return round(rate * self.scale, 3) or rate * self.scale
 
     def _learned(self) -> tuple[Any, ...]:
         return (self.rate.upper, self.rate.hold, self.concurrency.ceiling)
@@ -165,7 +165,7 @@ class Limiter:
             return
         self.concurrency.restore(loaded.concurrency_ceiling)
         if self.restored_from is None:
-            self._restore_rate(loaded.resume_upper, loaded.rate_hold, scale=self.share)
+            self._restore_rate(loaded.resume_upper, loaded.rate_hold, scale=self.scale)
             self.restored_from = "file"
         self._saved = self._learned()
         log.info("limiter state restored", extra={"fields": {
@@ -214,7 +214,7 @@ class Limiter:
         With Redis the pacer is one GCRA for the account; without, each replica takes its
         share (RATE_LIMIT_REPLICAS) of the account's rate.
         """
-        self.admission.set_pacing(None if rate is None else rate / self.share)
+        self.admission.set_pacing(None if rate is None else rate / self.scale)
 
     def export_state(self) -> dict[str, Any]:
         """The learned state as one account-level document (`GET /admin/limiter-state`).
@@ -229,7 +229,7 @@ class Limiter:
             self.wall(), self.account, self._acct(self.rate.upper),
             rate_current=self._acct(self.rate.rate), variant=self.variant,
             shared=self.shared is not None,
-            replicas=self.shared.replicas if self.shared is not None else int(self.share),
+            replicas=self.shared.replicas if self.shared is not None else int(self.scale),
             learned_seconds_ago=None if updated is None else round(self.clock() - updated, 3),
         ).to_admin()
 
@@ -254,7 +254,7 @@ class Limiter:
         applied: dict[str, Any] = {"rate_ceiling": None, "rate_floor": None,
                                    "concurrency_ceiling": None}
         if ceiling is not None or floor is not None:
-            self._restore_rate(ceiling, floor, scale=self.share)
+            self._restore_rate(ceiling, floor, scale=self.scale)
             applied["rate_ceiling"] = self._acct(self.rate.ceiling)
             applied["rate_floor"] = self._acct(self.rate.floor)
             self.restored_from = "admin"
@@ -306,9 +306,9 @@ class Limiter:
     def refresh_gauges(self) -> None:
         snap = self.admission.snapshot()
         m = self.metrics
-        m.rate.set(float(snap["rate"] or 0) * self.share)
-        m.ceiling.set(float(snap["ceiling"] or 0) * self.share)
-        m.floor.set(float(snap["floor"] or 0) * self.share)
+        m.rate.set(float(snap["rate"] or 0) * self.scale)
+        m.ceiling.set(float(snap["ceiling"] or 0) * self.scale)
+        m.floor.set(float(snap["floor"] or 0) * self.scale)
         m.congestion_factor.set(float(snap["congestion_factor"] or 0))
         m.concurrency_limit.set(float(snap["concurrency_limit"] or 0))
         m.concurrency_ceiling.set(float(snap["concurrency_ceiling"] or 0))

@@ -85,11 +85,11 @@ class Quota:
                                       transport=transport, sleep=sleep)
                         if self.interval > 0 and config.zai_api_key else None)
         # Shared through the process's Redis link, polling under the account's one lease.
-        self.share = (QuotaShare(link, config.account, lease)
+        self.sharing = (QuotaShare(link, config.account, lease)
                       if link is not None and lease is not None else None)
         # Without Redis each replica sees its share of the account's tokens.
         self.replicas = config.rate_limit_replicas
-        self.scale = 1.0 if self.share is not None else float(self.replicas)
+        self.scale = 1.0 if self.sharing is not None else float(self.replicas)
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
@@ -146,7 +146,7 @@ class Quota:
         code = throttle.row.code
         block = self.state.on_throttle(code, throttle.reset_at, self.wall()) if code else None
         if block is not None:
-            if self.share is not None:
+            if self.sharing is not None:
                 self._to_publish.append(block)
             self._log_block()
         if self.poller is not None:
@@ -181,12 +181,12 @@ class Quota:
             self.limiter.set_quota_pacing(None)
         if self.monitor is not None:
             await self.monitor.aclose()
-        if self.share is not None:
-            await self.share.aclose()
+        if self.sharing is not None:
+            await self.sharing.aclose()
 
     async def tick(self) -> None:
         """Share, sample, pace, log: once a second."""
-        if self.share is not None:
+        if self.sharing is not None:
             await self._sync()
         now = self.wall()
         self.state.tick(now)
@@ -196,21 +196,21 @@ class Quota:
     async def poll_once(self) -> None:
         """One poll of the monitor (by the leader only, when replicas share Redis)."""
         assert self.monitor is not None
-        share = self.share
-        if share is not None and not await share.lead(max(3 * self.interval, 3.0)):
-            if not share.degraded:
+        sharing = self.sharing
+        if sharing is not None and not await sharing.lead(max(3 * self.interval, 3.0)):
+            if not sharing.degraded:
                 return  # another replica polls; the tick adopts its report
         result = await self.monitor.fetch()
         at = self.wall()
         self._apply(result, at, self.state.tokens)
-        if share is not None and share.leader:
+        if sharing is not None and sharing.leader:
             doc: dict[str, Any] = {"at": at, "tokens_at": self.state.tokens,
                                    "ok": not isinstance(result, Invalid)}
             if isinstance(result, Invalid):
                 doc.update(reason=result.reason, detail=result.detail)
             else:
                 doc["report"] = report_to_doc(result)
-            await share.publish(doc)
+            await sharing.publish(doc)
             self._adopted_at = at
         self.pace(self.wall())
 
@@ -224,7 +224,7 @@ class Quota:
         before = {b.window for b in self._blocks()}
         self.state.on_report(result, at, tokens_at)
         after = {b.window for b in self._blocks()}
-        if self.share is not None:
+        if self.sharing is not None:
             self._to_lift.extend(before - after)
             self._to_publish.extend(b for b in self._blocks() if b.source == "poll"
                                     and b.window in after - before)
@@ -234,16 +234,16 @@ class Quota:
         return self.state.blocks()
 
     async def _sync(self) -> None:
-        share = self.share
-        assert share is not None
+        sharing = self.sharing
+        assert sharing is not None
         now = self.wall()
         for block in self._to_publish:
-            await share.publish_block(block, now)
+            await sharing.publish_block(block, now)
         for window in self._to_lift:
-            await share.lift(window)
+            await sharing.lift(window)
         self._to_publish, self._to_lift = [], []
         delta, self._unflushed = self._unflushed, 0.0
-        answer = await share.sync(delta)
+        answer = await sharing.sync(delta)
         if answer is None:
             self._unflushed += delta  # counted again at the next sync that works
             return
@@ -251,7 +251,7 @@ class Quota:
         self.state.tokens = total + self._unflushed
         for block in blocks:
             self.state.adopt(block, self.wall())
-        if doc is not None and not share.leader and float(doc.get("at") or 0) > self._adopted_at:
+        if doc is not None and not sharing.leader and float(doc.get("at") or 0) > self._adopted_at:
             self._adopted_at = float(doc.get("at") or 0)
             change = self.poll.adopt(doc)
             if change is not None:
@@ -329,7 +329,7 @@ class Quota:
         return {
             "polling": {"interval_seconds": self.interval, "monitor": self.monitor_url,
                         **self.poll.as_dict()} if self.monitor else {"state": "off"},
-            "shared": self.share.health() if self.share is not None else None,
+            "shared": self.sharing.health() if self.sharing is not None else None,
             "level": self.state.level,
             "windows": windows,
             "other_limits": [{"type": lim.type, "unit": lim.unit,
