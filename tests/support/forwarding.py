@@ -34,7 +34,8 @@ class Script:
         self.seen.append(request)
         answer = self.answers[min(len(self.seen), len(self.answers)) - 1]
         result = answer(request)
-        return await result if asyncio.iscoroutine(result) else result
+        response: httpx.Response = await result if asyncio.iscoroutine(result) else result
+        return response
 
 
 # Virtual seconds the driver moves time by per step (wake-ups still happen at their own time).
