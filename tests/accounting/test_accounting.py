@@ -27,8 +27,15 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from tests.accounting.test_usage import CASES, EOL, STREAMS, usage_chunk, variants
 from tests.support.inprocess import InProcessProxy
+from tests.support.streams import (
+    CASES,
+    EOL,
+    STREAMS,
+    stream_ledger,
+    usage_chunk,
+    variants,
+)
 from zai_proxy.accounting.catalog import ModelCatalog
 from zai_proxy.accounting.ledger import RESULTS_REMEMBERED, Accounting, Ledger
 from zai_proxy.accounting.pricing import ModelPrice, PricingTable
@@ -536,24 +543,6 @@ def test_ledger_prices_by_the_tier_at_its_wall_clock() -> None:
 
 
 
-def _ledger(surface: str, strip: bool) -> Any:
-    from zai_proxy.accounting.catalog import ModelCatalog
-    from zai_proxy.accounting.ledger import Accounting
-    from zai_proxy.accounting.pricing import PricingTable
-    from zai_proxy.observe.metrics import Metrics
-
-    pricing = PricingTable.default()
-    acc = Accounting(tokenizer=load_tokenizer("cl100k_base"), pricing=pricing,
-                     catalog=ModelCatalog.from_pricing(pricing),
-                     metrics=Metrics(CollectorRegistry(), "t"), default_model="glm-4.7")
-    path = "/v1/messages" if surface == "anthropic" else "/v1/chat/completions"
-    route = Router("http://u/api/paas/v4", "http://u/api/anthropic").resolve("POST", path)
-    payload: dict[str, Any] = {"model": "glm-4.7", "stream": True, "messages": []}
-    if not strip:
-        payload["stream_options"] = {"include_usage": True}
-    return acc.open(route, payload, json.dumps(payload).encode())
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("ending", ["lf", "crlf", "cr"])
 @hsettings(max_examples=40, deadline=None)
@@ -566,7 +555,7 @@ async def test_ledger_relays_exactly_on_any_split(name: str, ending: str, cuts: 
     stream = variants((STREAMS / name).read_bytes())[ending]
     points = sorted({c % (len(stream) + 1) for c in cuts})
     edges = [0, *points, len(stream)]
-    ledger = _ledger(surface, strip)
+    ledger = stream_ledger(surface, strip)
     relayed = b"".join(ledger.relay(stream[a:b]) for a, b in itertools.pairwise(edges))
     relayed += ledger.flush()
     expected = stream
@@ -995,7 +984,7 @@ def test_non_stream_without_an_answer_estimates_zero_output() -> None:
 
 
 def test_flush_returns_the_unterminated_last_event_once() -> None:
-    ledger = _ledger("openai", strip=True)
+    ledger = stream_ledger("openai", strip=True)
     head = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     assert ledger.relay(head + b"data: [DO") == head
     assert ledger.relay(b"NE]") == b""
@@ -1004,19 +993,19 @@ def test_flush_returns_the_unterminated_last_event_once() -> None:
 
 
 def test_crlf_stream_starting_with_a_blank_line_relays_it() -> None:
-    ledger = _ledger("openai", strip=True)
+    ledger = stream_ledger("openai", strip=True)
     assert ledger.relay(b"\n: hi\r\n\r\n") == b"\n: hi\r\n\r\n"
 
 
 def test_after_the_dropped_chunk_only_one_lf_is_dropped() -> None:
-    ledger = _ledger("openai", strip=True)
+    ledger = stream_ledger("openai", strip=True)
     usage = USAGE_CHUNK[:-1]  # the read ends on the last CR of the usage chunk
     assert ledger.relay(STREAM_HEAD + usage) == STREAM_HEAD
     assert ledger.relay(b"\n\n" + STREAM_DONE) == b"\n" + STREAM_DONE
 
 
 def test_after_the_dropped_chunk_a_content_read_loses_its_leading_lf() -> None:
-    ledger = _ledger("openai", strip=True)
+    ledger = stream_ledger("openai", strip=True)
     content = (b'data: {"choices":[{"index":0,"delta":{"content":"more"}}]}\r\n\r\n')
     assert ledger.relay(STREAM_HEAD + USAGE_CHUNK[:-1]) == STREAM_HEAD
     assert ledger.relay(b"\n" + content) == content
@@ -1026,7 +1015,7 @@ def test_after_the_dropped_chunk_a_content_read_loses_its_leading_lf() -> None:
 def test_crlf_stream_cut_short_estimates_every_relayed_content_read() -> None:
     # After the first CR, whole skippable reads are deferred unparsed; cut short, their
     # content is still estimated.
-    ledger = _ledger("openai", strip=True)
+    ledger = stream_ledger("openai", strip=True)
     reads = [b'data: {"model":"glm-4.7","choices":[{"index":0,"delta":{"content":"%s"}}]}\r\n\r\n'
              % word for word in (b"alpha", b"beta", b"gamma")]
     assert b"".join(ledger.relay(r) for r in reads) == b"".join(reads)

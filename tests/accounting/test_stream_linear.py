@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.accounting.test_accounting import _ledger
+from tests.support.streams import stream_ledger
 from zai_proxy.accounting.sse import SSEParser
 
 READ = 4096
@@ -52,7 +52,7 @@ def huge_event(size: int) -> bytes:
 @pytest.mark.parametrize("strip", [False, True])
 def test_the_ledger_relays_one_huge_event_in_linear_work(strip: bool) -> None:
     event = huge_event(2 << 20)
-    ledger = _ledger("openai", strip)
+    ledger = stream_ledger("openai", strip)
     relayed: list[bytes] = []
     work = searched(lambda chunk: relayed.append(ledger.relay(chunk)), reads(event))
     relayed.append(ledger.flush())

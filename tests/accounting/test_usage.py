@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.streams import CASES, EOL, STREAMS, usage_chunk, variants
 from zai_proxy.accounting.sse import SSEBlock, SSEParser
 from zai_proxy.accounting.stream_usage import AnthropicStreamTracker, OpenAIStreamTracker
 from zai_proxy.accounting.usage import (
@@ -20,49 +20,6 @@ from zai_proxy.accounting.usage import (
     request_wants_usage,
     usage_from_body,
 )
-
-STREAMS = Path(__file__).parent.parent / "fixtures" / "streams"
-
-REASONING = "The user asks for a haiku about autumn in Kyoto. Keep it 5-7-5."
-HAIKU = "Maples blaze on Kamo's banks —\n寺の鐘\nslow bells fold into the dusk 🍁"
-THINKING = "The user wants the weather; I should call the tool with city=Kyoto."
-ANTHROPIC_TEXT = (
-    THINKING + "Let me check the weather in Kyoto — 京都の天気を確認します。"
-    + 'get_weather{"city": "Kyoto", "unit": "celsius"}'
-)
-ANTHROPIC_USAGE = Usage(input=472, output=118, cache_read=9216, cache_write=2048)
-
-# name -> (surface, expected usage, expected output text, has a usage-only chunk)
-CASES: dict[str, tuple[str, Usage | None, str, bool]] = {
-    "openai_chat_include_usage.sse": (
-        "openai", Usage(input=496, output=87, cache_read=1024, reasoning=41),
-        REASONING + HAIKU, True,
-    ),
-    "openai_chat_no_usage.sse": ("openai", None, HAIKU, False),
-    "openai_chat_tool_calls_crlf.sse": (
-        "openai", Usage(input=312, output=24), 'get_weather{"city": "Kyoto", "unit": "c"}', True,
-    ),
-    "openai_chat_usage_in_final_chunk.sse": (
-        "openai", Usage(input=26, output=9, cache_read=32), "Hello there!", False,
-    ),
-    "anthropic_thinking_cache.sse": ("anthropic", ANTHROPIC_USAGE, ANTHROPIC_TEXT, False),
-    "anthropic_thinking_cache_crlf.sse": ("anthropic", ANTHROPIC_USAGE, ANTHROPIC_TEXT, False),
-}
-
-
-def variants(stream: bytes) -> dict[str, bytes]:
-    """The stream with LF, CRLF and lone-CR line endings (JSON in these has no raw newlines)."""
-    lf = stream.replace(b"\r\n", b"\n")
-    return {"lf": lf, "crlf": lf.replace(b"\n", b"\r\n"), "cr": lf.replace(b"\n", b"\r")}
-
-
-EOL = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
-
-
-def usage_chunk(stream: bytes, eol: bytes) -> bytes:
-    """The usage-only block, found by text rather than by the parser under test."""
-    start = stream.rindex(b"data: ", 0, stream.index(b'"choices":[],"usage"'))
-    return stream[start : stream.index(eol + eol, start) + 2 * len(eol)]
 
 
 def run(surface: str, pieces: list[bytes], strip: bool) -> tuple[bytes, object]:

@@ -9,45 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from tests.fixtures.metrics import FakeProxy
-from tests.support.clock import VirtualTime
-from zai_proxy.dashboard.app import create_dashboard_app
+from tests.support.dashboard import Rig
 from zai_proxy.dashboard.cli import main
-from zai_proxy.dashboard.collector import Collector
 from zai_proxy.dashboard.events import Broker
-from zai_proxy.dashboard.settings import DashboardSettings, SettingsError, load_settings
-from zai_proxy.dashboard.storage import History
-
-T0 = 1_700_000_000.0
-
-
-class Rig:
-    """An app with a fake target, a hand-driven clock, and no background loops."""
-
-    def __init__(self, api_key: str | None = None, db: str | None = None) -> None:
-        self.clock = clock = VirtualTime(T0)  # shared by all parts
-        self.proxy = FakeProxy()
-
-        def handler(request: httpx.Request) -> httpx.Response:
-            if request.url.host == "down.test":
-                raise httpx.ConnectError("refused")
-            return httpx.Response(200, text=self.proxy.text())
-
-        self.settings = DashboardSettings(targets=("http://up.test/metrics",
-                                                   "http://down.test/metrics"),
-                                          interval=5, db=db, api_key=api_key)
-        self.collector = Collector(self.settings.targets, 5, 3, clock,
-                                   transport=httpx.MockTransport(handler))
-        self.storage = History(db, clock)
-        self.app: Starlette = create_dashboard_app(
-            self.settings, collector=self.collector, storage=self.storage, clock=clock,
-            background=False)
-
-    async def round(self, seconds: float = 5) -> None:
-        self.clock.jump(seconds)
-        await self.app.state.dashboard.on_points(await self.collector.scrape_once())
+from zai_proxy.dashboard.settings import SettingsError, load_settings
 
 
 @pytest.fixture

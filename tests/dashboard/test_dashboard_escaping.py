@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.dashboard.test_dashboard_app import Rig
+from tests.support.dashboard import Rig
 from zai_proxy.dashboard.auth import login_page
 
 EVIL = '<img src=x onerror=alert(1)></script><script>alert("v")</script>'

@@ -6,18 +6,8 @@ import dataclasses
 
 import pytest
 
+from tests.support.quota_windows import NOW, view
 from zai_proxy.quota.pacing import RESERVE_REQUESTS, even_pacing
-from zai_proxy.quota.state import WindowView
-
-NOW = 1_767_000_000.0
-
-
-def view(name: str = "five_hour", *, used: float | None = 0.5, k: float | None = 1e-4,
-         reset: float | None = NOW + 1000) -> WindowView:
-    return WindowView(name=name, at=NOW, used_ratio=used, polled_used_ratio=used,  # type: ignore[arg-type]
-                      remaining=None, allowance=None, reset_at=reset, polled_at=NOW,
-                      burn_per_second=None, eta_seconds=None, ratio_per_token=k,
-                      limit_type="TOKENS_LIMIT")
 
 
 def test_rate_spends_what_is_left_evenly_until_the_reset() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.quota.test_quota_pacing import NOW, view
+from tests.support.quota_windows import NOW, view
 from zai_proxy.quota.pacing import even_pacing
 from zai_proxy.quota.state import QuotaState
 

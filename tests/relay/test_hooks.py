@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tests.relay.test_forwarding import Harness, Script, ok, z429
+from tests.support.forwarding import Harness, Script, ok, z429
 from zai_proxy.core.errors import ProxyError
 from zai_proxy.relay.hooks import RequestHook
 from zai_proxy.wire.exchange import Exchange

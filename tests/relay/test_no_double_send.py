@@ -9,7 +9,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.relay.test_forwarding import CHAT, Harness, Script, ok
+from tests.support.forwarding import CHAT, Harness, Script, ok
 
 
 def hung_up(request: httpx.Request) -> httpx.Response:

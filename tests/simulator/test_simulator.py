@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support.clock import VirtualTime
+from tests.support.simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body, sse_data, sse_events
 from zai_proxy.simulator import (
     ConcurrencyCeiling,
     RateCeiling,
@@ -32,11 +33,6 @@ from zai_proxy.simulator.generation import (
 )
 from zai_proxy.simulator.overrides import RequestKnobs, apply_headers
 
-CHAT = "/api/paas/v4/chat/completions"
-MESSAGES = "/api/anthropic/v1/messages"
-BEARER = {"Authorization": "Bearer sk-upstream"}
-XKEY = {"x-api-key": "sk-upstream"}
-
 
 def client_for(settings: SimulatorSettings | None = None, clock: VirtualTime | None = None
                ) -> httpx.AsyncClient:
@@ -48,28 +44,6 @@ def client_for(settings: SimulatorSettings | None = None, clock: VirtualTime | N
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with client_for() as c:
         yield c
-
-
-def chat_body(text: str = "hello there world", **extra: Any) -> dict[str, Any]:
-    return {"model": "glm-4.7", "messages": [{"role": "user", "content": text}], **extra}
-
-
-def sse_data(text: str) -> list[Any]:
-    """The `data:` payloads of an SSE body ([DONE] kept as a string)."""
-    out: list[Any] = []
-    for line in text.split("\n"):
-        if line.startswith("data: "):
-            payload = line[6:]
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
-
-
-def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 # ---- pure: schedule, ceilings --------------------------------------------------------------

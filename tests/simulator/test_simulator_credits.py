@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body
-from tests.simulator.test_simulator_zai_codes import anthropic_body, sim
 from tests.support.clock import WALL_EPOCH, VirtualTime
+from tests.support.simulator import BEARER, CHAT, MESSAGES, XKEY, anthropic_body, chat_body, sim
 from zai_proxy.simulator import PlanQuota, SimulatorSettings
 
 MONITOR = "/api/monitor/usage/quota/limit"

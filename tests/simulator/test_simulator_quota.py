@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body
 from tests.support.clock import VirtualTime
+from tests.support.simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body
 from zai_proxy.simulator import PlanQuota, SimulatorSettings, TokenWindow, create_simulator_app
 from zai_proxy.zai.classify import classify_429
 from zai_proxy.zai.codes import ThrottleClass

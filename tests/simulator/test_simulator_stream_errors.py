@@ -7,16 +7,17 @@ from typing import Any
 
 import pytest
 
-from tests.simulator.test_simulator import (
+from tests.support.simulator import (
     BEARER,
     CHAT,
     MESSAGES,
     XKEY,
+    anthropic_body,
     chat_body,
+    sim,
     sse_data,
     sse_events,
 )
-from tests.simulator.test_simulator_zai_codes import anthropic_body, sim
 from zai_proxy.simulator.overrides import RequestKnobs, apply_headers
 
 COMPLETIONS = "/api/paas/v4/completions"

@@ -5,17 +5,22 @@ the 1305 that repeats for one prompt. Virtual time only."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.simulator.test_simulator import BEARER, CHAT, MESSAGES, XKEY, chat_body
 from tests.support.clock import WALL_EPOCH, VirtualTime
+from tests.support.simulator import (
+    BEARER,
+    CHAT,
+    MESSAGES,
+    XKEY,
+    anthropic_body,
+    chat_body,
+    sim,
+)
 from zai_proxy.simulator import (
     SimulatorSettings,
     add_arguments,
-    create_simulator_app,
     settings_from_args,
     settings_from_env,
 )
@@ -30,17 +35,6 @@ ACCOUNT_CODES = {
 }
 # WALL_EPOCH is 2026-12-07 00:00 UTC = 08:00 in Beijing: the next Beijing midnight is 16 h away.
 NEXT_MIDNIGHT_MS = int((WALL_EPOCH + 16 * 3600) * 1000)
-
-
-def sim(settings: SimulatorSettings | None = None, vt: VirtualTime | None = None
-        ) -> httpx.AsyncClient:
-    vt = vt or VirtualTime()
-    app = create_simulator_app(settings or SimulatorSettings(), vt, vt.wall, vt.sleep)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
-
-
-def anthropic_body(text: str = "hello there") -> dict[str, Any]:
-    return {"model": "glm-4.7", "max_tokens": 100, "messages": [{"role": "user", "content": text}]}
 
 
 @pytest.mark.parametrize("code", sorted(ACCOUNT_CODES))

@@ -11,6 +11,15 @@
 - blue_green.py: a blue-green pair on one machine: Service stand-in, fake cluster, SDK workers.
 - kubectl_fake.py: installs the fake `kubectl` for one test or bench run.
 - rawhttp.py: a minimal HTTP/1.1 client over a raw socket.
+- simulator.py: requests to the simulator in process: routes, keys, bodies, `sim`, SSE parsers.
+- forwarding.py: `Harness`, the proxy app on self-driving virtual time, and `Script`, the
+  scripted upstream, with its answers (`ok`, `z429`, `status`, `refuse`, `stream`).
+- switch.py: the fake kubectl's `Cluster` (state and call log), `install_cluster`, `V1`/`V2`
+  pods, `learned` limiter-state documents.
+- quota_windows.py: `view`, a quota `WindowView` observed at `NOW`, for the pacing tests.
+- streams.py: the recorded usage streams (`CASES`, `variants`, `usage_chunk`) and
+  `stream_ledger`, the ledger a streaming request gets.
+- dashboard.py: `Rig`, the dashboard app with a fake proxy to scrape and a driven clock.
 
 The session-wide `redis_server` fixture (one `RedisServer`) is in tests/conftest.py.
 """

@@ -12,71 +12,19 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import kubectl_fake
+from tests.support.switch import V1, V2, Cluster, install_cluster, learned
 from zai_proxy import switch
 from zai_proxy.switch import kube_objects
 
 
-class Cluster:
-    """The fake cluster's state file and call log."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.state_path = tmp / "state.json"
-        self.calls_path = tmp / "calls.jsonl"
-        self.state_path.write_text(kubectl_fake.CLUSTER.read_text())
-        self.calls_path.write_text("")
-
-    def edit(self, change: Callable[[dict[str, Any]], None]) -> None:
-        state = self.state()
-        change(state)
-        self.state_path.write_text(json.dumps(state))
-
-    def state(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.state_path.read_text())
-        return result
-
-    def selector(self) -> dict[str, str]:
-        return dict(self.state()["service"]["spec"]["selector"])
-
-    def calls(self) -> list[list[str]]:
-        lines = self.calls_path.read_text().splitlines()
-        return [json.loads(line) for line in lines]
-
-    def patches(self) -> list[dict[str, Any]]:
-        return [json.loads(c[c.index("-p") + 1]) for c in self.calls() if "patch" in c]
-
-    def pod(self, state: dict[str, Any], name_part: str) -> dict[str, Any]:
-        pod: dict[str, Any] = next(p for p in state["pods"] if name_part in p["metadata"]["name"])
-        return pod
-
-    def admin_calls(self) -> list[list[str]]:
-        """`[pod, METHOD, PATH]` of every `kubectl exec ... zai-proxy admin` call."""
-        found = []
-        for call in self.calls():
-            if "exec" in call:
-                command = call[call.index("--") + 1:]
-                found.append([call[call.index("exec") + 1], command[2], command[3]])
-        return found
-
-    def retired(self) -> dict[str, bool]:
-        return dict(self.state().get("retired", {}))
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cluster:
-    fake = kubectl_fake.install(tmp_path / "bin")
-    kubectl_fake.patch_subprocess(monkeypatch, fake)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_KUBECTL_STATE", str(tmp_path / "state.json"))
-    monkeypatch.setenv("FAKE_KUBECTL_CALLS", str(tmp_path / "calls.jsonl"))
-    return Cluster(tmp_path)
+    return install_cluster(tmp_path, monkeypatch)
 
 
 FAST = ["--timeout", "0.5", "--poll-interval", "0.01", "--samples", "3", "--traffic-quiet", "0",
@@ -87,19 +35,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     code = switch.main(["-n", "zai", *FAST, *argv])
     out = capsys.readouterr()
     return code, out.out + out.err
-
-
-V1 = ["zai-proxy-v1-7c9f-aaaaa", "zai-proxy-v1-7c9f-bbbbb"]
-V2 = ["zai-proxy-v2-7c9f-ccccc", "zai-proxy-v2-7c9f-ddddd"]
-
-
-def learned(ceiling: float | None, ago: float | None, conc: int | None = None,
-            account: str = "0123456789abcdef", shared: bool = False) -> dict[str, Any]:
-    """A /admin/limiter-state document as a v1 pod would export it now."""
-    return {"version": 1, "account": account, "variant": "v1", "shared": shared, "replicas": 2,
-            "exported_at": time.time(), "rate": {"ceiling": ceiling, "current": ceiling or 2.0,
-                                                 "learned_seconds_ago": ago},
-            "concurrency": {"ceiling": conc}}
 
 
 def assert_restored(cluster: Cluster, code: int, out: str, step: str) -> None:

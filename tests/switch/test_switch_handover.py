@@ -11,16 +11,14 @@ variant leaves then, and the switch prints the commands that give it the whole c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import kubectl_fake
 from tests.support.clock import VirtualTime
-from tests.switch.test_switch import V1, V2, Cluster, learned
+from tests.support.switch import V1, V2, Cluster, install_cluster, learned
 from zai_proxy import switch
 from zai_proxy.switch.kube import Kubectl
 from zai_proxy.switch.runbook import Switcher
@@ -29,12 +27,7 @@ from zai_proxy.switch.steps import Options
 
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cluster:
-    path = kubectl_fake.install(tmp_path / "bin")
-    kubectl_fake.patch_subprocess(monkeypatch, path)
-    monkeypatch.setenv("PATH", f"{path.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_KUBECTL_STATE", str(tmp_path / "state.json"))
-    monkeypatch.setenv("FAKE_KUBECTL_CALLS", str(tmp_path / "calls.jsonl"))
-    return Cluster(tmp_path)
+    return install_cluster(tmp_path, monkeypatch)
 
 
 def switch_to_v2(**options: Any) -> tuple[int, str, VirtualTime]:
