@@ -247,46 +247,38 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             text = _without_families(text, CLIENT_FAMILIES)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    @ops.handler(app, ops.RESET_RATE_LIMIT, "POST")
+    @ops.handler(app, ops.RESET_RATE_LIMIT, "POST", guard=admin.guard)
     async def reset_rate_limit(request: Request) -> Response:
         """Forget the learned ceilings; needs ADMIN_API_KEY (off without it)."""
-        if (denied := admin.check(request.headers)) is not None:
-            return denied
         await limiter.reset()
         log.warning("rate limit reset by admin request")
         return JSONResponse({"reset": True, "rate_limit": limiter.health()})
 
-    @ops.handler(app, ops.RETIRE, "POST")
+    @ops.handler(app, ops.RETIRE, "POST", guard=admin.guard)
     async def retire(request: Request) -> Response:
         """Release this pod's clients (ADMIN_API_KEY): see `zai_proxy.server.retirement`."""
         return _set_retired(request, True)
 
-    @ops.handler(app, ops.RETIRE, "DELETE")
+    @ops.handler(app, ops.RETIRE, "DELETE", guard=admin.guard)
     async def unretire(request: Request) -> Response:
         """Keep clients again: undoes POST /admin/retire (ADMIN_API_KEY)."""
         return _set_retired(request, False)
 
     def _set_retired(request: Request, retired: bool) -> Response:
-        if (denied := admin.check(request.headers)) is not None:
-            return denied
         if retirement.set(retired):
             log.warning("retired by admin request: clients are asked to leave" if retired
                         else "un-retired by admin request: clients are kept again",
                         extra={"fields": {"connections": len(connections.live)}})
         return JSONResponse({"retired": retirement.retired})
 
-    @ops.handler(app, ops.LIMITER_STATE, "GET")
+    @ops.handler(app, ops.LIMITER_STATE, "GET", guard=admin.guard)
     async def get_limiter_state(request: Request) -> Response:
         """The learned ceilings as an account-level document (ADMIN_API_KEY)."""
-        if (denied := admin.check(request.headers)) is not None:
-            return denied
         return JSONResponse(limiter.export_state())
 
-    @ops.handler(app, ops.LIMITER_STATE, "PUT")
+    @ops.handler(app, ops.LIMITER_STATE, "PUT", guard=admin.guard)
     async def put_limiter_state(request: Request) -> Response:
         """Adopt ceilings another proxy of this account exported (ADMIN_API_KEY)."""
-        if (denied := admin.check(request.headers)) is not None:
-            return denied
         body = await request.body()
         try:
             doc = json.loads(body)
@@ -385,7 +377,12 @@ class AdminGuard:
         """Whether ADMIN_API_KEY is configured and presented in `headers`."""
         return self._auth is not None and self.check(headers) is None
 
+    def guard(self, request: Request) -> Response | None:
+        """The answer to an admin request that may not pass, or None (`ops.handler`'s guard)."""
+        return self.check(request.headers)
+
     def check(self, headers: Any) -> Response | None:
+        """404 while ADMIN_API_KEY is unset, 401 without it in `headers`, else None."""
         if self._auth is None:
             return _error_response(NotFound("admin routes are off: set ADMIN_API_KEY"))
         try:

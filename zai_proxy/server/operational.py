@@ -14,23 +14,28 @@ Derived here, used elsewhere:
 - `SERVED_OVER_CAPACITY`: path prefixes served over MAX_CONNECTIONS (`server.http_protocol`).
   The admin API counts as the one prefix `/admin/`, so an unknown admin path over capacity gets
   the app's 404 rather than the 503 of a refused connection.
-- `handler(app, route, method)`: the decorator that registers an endpoint for a row, and
-  `unserved(app)`: the rows' methods that have no endpoint (`create_app` refuses to build then).
-The handlers themselves (and their admin-key checks) live in `server.app`.
+- `handler(app, route, method, guard=)`: the decorator that registers an endpoint for a row;
+  for a row that needs the admin key it puts `guard` (the admin-key check) in front, so an
+  endpoint cannot forget it. `unserved(app)`: the rows' methods that have no endpoint
+  (`create_app` refuses to build then).
+The handlers themselves and the admin-key check live in `server.app`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
 ADMIN_PREFIX = "/admin/"
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+# Answers a request that may not pass (404 while no admin key is set, 401 without it), or None.
+Guard = Callable[[Request], Response | None]
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,30 @@ STAMPED = stamped_paths(ROUTES)
 SERVED_OVER_CAPACITY = over_capacity_prefixes(ROUTES)
 
 
-def handler(app: FastAPI, route: OperationalRoute, method: str) -> Callable[[F], F]:
-    """Decorator registering the endpoint of `method` on `route` (a method the row lists)."""
+def handler(app: FastAPI, route: OperationalRoute, method: str, *,
+            guard: Guard | None = None) -> Callable[[F], F]:
+    """Decorator registering the endpoint of `method` on `route` (a method the row lists);
+    a row that needs the admin key is answered by `guard` first, which it requires."""
     if method not in route.methods:
         raise ValueError(f"{method} {route.path} is not in the operational table")
-    register: Callable[[F], F] = app.api_route(route.path, methods=[method])
+    if route.admin_key and guard is None:
+        raise ValueError(f"{route.path} needs the admin key: give its endpoint a guard")
+
+    def register(endpoint: F) -> F:
+        target: Callable[..., Awaitable[Any]] = endpoint
+        if route.admin_key and guard is not None:
+            check = guard
+
+            @functools.wraps(endpoint)
+            async def guarded(request: Request) -> Any:
+                if (denied := check(request)) is not None:
+                    return denied
+                return await endpoint(request)
+
+            target = guarded
+        app.api_route(route.path, methods=[method])(target)
+        return endpoint
+
     return register
 
 
