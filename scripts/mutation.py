@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
            "limiter.rate_controller", "limiter.concurrency_controller", "zai.classify",
-           "zai.codes", "core.ticker",
+           "zai.codes", "core.ticker", "core.lease", "limiter.learned",
            "accounting.ledger", "accounting.usage", "accounting.sse", "quota.quota",
            "quota.state", "quota.pacing", "quota.shared", "limiter.congestion", "limiter.gcra",
            "limiter.shared", "limiter.limiter", "server.http_protocol", "server.connections",

@@ -35,7 +35,8 @@ class ConcurrencyController:
         self.ceiling: int | None = None
         self.generation = 0
         self._clean = 0
-        self._probing = False
+        # The limit a probe started from (where an inconclusive probe returns); None: no probe.
+        self._probe_from: int | None = None
         self._throttled = False
         self._demand = False
         self._peak = 0
@@ -65,7 +66,7 @@ class ConcurrencyController:
         learned = max(1, min(self.limit, in_flight_at_admission) - 1)
         self.ceiling = learned
         self.generation += 1
-        self._clean, self._probing = 0, False
+        self._clean, self._probe_from = 0, None
         self.limit = learned
         out.append(Adjustment("decrease", "1302 concurrency limit", float(learned), float(learned)))
         return out
@@ -80,19 +81,19 @@ class ConcurrencyController:
         throttled, demand, peak = self._throttled, self._demand, self._peak
         self._throttled = self._demand = False
         self._peak = 0
-        probing, self._probing = self._probing, False
+        probe_from, self._probe_from = self._probe_from, None
         if throttled:
             return []  # a decrease was already decided when the 1302 arrived
-        if probing and peak >= self.limit:
+        if probe_from is not None and peak >= self.limit:
             self.ceiling = self.limit  # the probe filled the new limit without a 1302
         if not demand or peak < self.limit or self.limit >= self.max_workers:
-            if probing and peak < self.limit and self.ceiling is not None:
-                self.limit = self.ceiling  # inconclusive probe: back to what is known
+            if probe_from is not None and peak < self.limit:
+                self.limit = probe_from  # inconclusive probe: back to what is known
             return []
         self._clean += 1
-        if self._clean < self.probe_interval and not probing:
+        if self._clean < self.probe_interval and probe_from is None:
             return []
-        self._clean, self._probing = 0, True
+        self._clean, self._probe_from = 0, self.limit
         self.limit += 1
         return [Adjustment("probe", "slots full, clean window", float(self.limit), self._ceil())]
 
@@ -111,5 +112,5 @@ class ConcurrencyController:
         """Forget the learned ceiling (admin reset)."""
         self.ceiling, self.limit = None, self.max_workers
         self.generation += 1
-        self._clean, self._probing = 0, False
+        self._clean, self._probe_from = 0, None
         return Adjustment("reset", "reset", float(self.limit), None)
