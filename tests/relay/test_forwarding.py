@@ -9,6 +9,7 @@ and the backoffs the request handlers slept are recorded.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -230,6 +231,26 @@ async def test_each_retry_goes_through_admission_again() -> None:
     assert response.status_code == 200
     # One admission-wait observation per attempt.
     assert harness.sample("zai_proxy_rate_limit_wait_seconds_count") == 3
+
+
+async def test_a_retry_waits_for_a_slow_rate_gate_like_a_first_attempt() -> None:
+    times: list[float] = []
+
+    def timed(answer: Answer) -> Answer:
+        def record(request: httpx.Request) -> httpx.Response:
+            times.append(harness.vt())
+            return answer(request)
+        return record
+
+    script = Script(timed(status(502)), timed(status(502)), timed(ok))
+    harness = Harness(script, RATE_LIMIT_INITIAL="2", RATE_LIMIT_MAX="2")
+    async with harness as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 200
+    # Two backoffs were slept (the gate's own pacing is not one), and at 2 req/s the attempts
+    # are at least one gate interval apart whatever the backoff drew.
+    assert len(harness.delays) == 2
+    assert all(later - earlier >= 0.5 - 1e-9 for earlier, later in itertools.pairwise(times))
 
 
 # -- the proxy's own rejections --------------------------------------------------------------

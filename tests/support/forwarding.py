@@ -52,13 +52,18 @@ class Harness(InProcessProxy):
 
         async def sleep(seconds: float) -> None:
             # The limiter's tick, the admission dispatcher and the quota's tick loop sleep too;
-            # a request handler's sleep is a retry backoff.
+            # a request handler's sleep is a retry backoff. The dispatcher runs its sleep as a
+            # task of its own (raced against a wake-up), so a task whose coroutine is this very
+            # function is never a backoff.
             quota = self.app.state.quota
-            if asyncio.current_task() not in (self.limiter.ticker.task, self.admission._task,
-                                              quota.ticker.task,
-                                              quota.poller and quota.poller.task):
+            task = asyncio.current_task()
+            own = task is not None and getattr(task.get_coro(), "cr_code", None) is code
+            if not own and task not in (self.limiter.ticker.task, self.admission._task,
+                                        quota.ticker.task, quota.poller and quota.poller.task):
                 self.delays.append(seconds)
             await self.vt.sleep(seconds)
+
+        code = sleep.__code__
 
         # The upstream timeouts run on the event loop's real clock: generous, so a test that
         # holds an answer back never meets them however busy the machine is.
