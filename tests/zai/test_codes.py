@@ -12,7 +12,7 @@ import ast
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -26,7 +26,7 @@ from zai_proxy.relay.retry import RetryPolicy, RetryReason, retry_reason
 from zai_proxy.zai import codes
 from zai_proxy.zai.classify import Throttle, classify_429
 from zai_proxy.zai.codes import TABLE, UNKNOWN, ThrottleClass, ZaiCode, lookup
-from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
+from zai_proxy.zai.monitor_report import Limit, QuotaReport
 
 PACKAGE = Path(codes.__file__).resolve().parents[1]
 NOT_SCANNED = (PACKAGE / "simulator", PACKAGE / "zai" / "codes.py")
@@ -87,7 +87,7 @@ def test_every_code_has_one_row_and_every_quota_window_one_code() -> None:
     written = [row.code for row in TABLE]
     assert None not in written and len(set(written)) == len(written)
     assert UNKNOWN not in TABLE and lookup(None) is UNKNOWN and lookup("1999") is UNKNOWN
-    assert {window: codes.window_code(window) for window in WINDOWS} == {
+    assert {window: codes.window_code(window) for window in get_args(codes.Window)} == {
         row.window: row.code for row in TABLE if row.window is not None}
 
 

@@ -42,7 +42,7 @@ from zai_proxy.zai.monitor_report import REASONS, WINDOWS, Invalid, QuotaReport
 log = logging.getLogger("zai_proxy.quota")
 PAUSED_RATE = 1e-3  # paced requests already queued wait (then time out) rather than spend
 POLL_MIN_GAP = 5.0  # seconds: polls asked for by quota 429s come no closer than this
-_WINDOW_WORDS = {"five_hour": "five-hour", "weekly": "weekly"}
+_WINDOW_WORDS = {"five_hour": "five-hour", "weekly": "weekly", "daily": "daily call"}
 
 
 def reset_stamp(epoch: float) -> str:

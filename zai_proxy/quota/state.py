@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from zai_proxy.zai.classify import next_beijing_midnight
 from zai_proxy.zai.codes import Window, window_code, window_of
 from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
 
@@ -35,7 +36,7 @@ MAX_RESET_HORIZON = 31 * 86400.0
 # Evidence needed before a percentage-only budget's used ratio yields a ratio per token: whole
 # percent steps make a smaller increase mostly rounding.
 PERCENT_EVIDENCE = 0.05
-LABELS: dict[Window, str] = {"five_hour": "5 hour", "weekly": "weekly/monthly"}
+LABELS: dict[Window, str] = {"five_hour": "5 hour", "weekly": "weekly/monthly", "daily": "daily"}
 
 Source = Literal["upstream", "poll", "shared"]
 
@@ -152,11 +153,13 @@ class QuotaState:
         window = window_of(code)
         if window is None:
             return None
-        state = self.windows[window]
+        state = self.windows.get(window)  # the daily limit has no monitor entry
         until = reset_at
         if until is None or until <= now:
-            known = state.reset_at
-            until = known if known is not None and known > now else now + UNKNOWN_RESET_BLOCK
+            known = state.reset_at if state is not None else None
+            until = (known if known is not None and known > now
+                     else next_beijing_midnight(now) if window == "daily"
+                     else now + UNKNOWN_RESET_BLOCK)
         block = Block(window, code, min(until, now + MAX_RESET_HORIZON), now, "upstream")
         self._set(block)
         return block
@@ -164,8 +167,8 @@ class QuotaState:
     def adopt(self, block: Block, now: float) -> None:
         """A block another replica saw (shared state); ignored once expired, or when a poll
         taken after it began shows budget (the leader lifts the shared copy a moment later)."""
-        state = self.windows[block.window]
-        if (state.polled_at is not None and state.polled_at > block.since
+        state = self.windows.get(block.window)
+        if (state is not None and state.polled_at is not None and state.polled_at > block.since
                 and state.limit is not None and not state.limit.spent):
             return
         if block.until > now:

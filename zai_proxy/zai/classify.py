@@ -89,6 +89,14 @@ def parse_time(value: object) -> float | None:
     return number / 1000.0 if number > 1e11 else number  # 1e11 s is year 5138: it is ms
 
 
+def next_beijing_midnight(now: float) -> float:
+    """Epoch seconds of the first midnight, Beijing time, after `now` (when Z.AI's daily call
+    limit resets)."""
+    today = datetime.fromtimestamp(now, BEIJING).replace(hour=0, minute=0, second=0,
+                                                         microsecond=0)
+    return (today + timedelta(days=1)).timestamp()
+
+
 def parse_retry_after(value: str | float | None, now: datetime | float) -> float | None:
     """Seconds to wait from a Retry-After value: delta seconds or an HTTP date; None if invalid."""
     if value is None or isinstance(value, bool):

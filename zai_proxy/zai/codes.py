@@ -12,12 +12,16 @@ answer reads the code's row here, and nowhere else:
   `relay.retry.RetryReason`); None means it is never retried;
 - `window`: the plan-quota window it says is spent, which the proxy then refuses locally until
   the window resets; None for answers that say nothing about the quota;
-- `status`: the HTTP status a client gets when the proxy answers for this code itself.
+- `stop`: the account itself is stopped (plan expired, no subscription, fair-usage restriction,
+  no balance) until someone acts: the proxy refuses locally and lets one probe through now and
+  then to notice when it is lifted;
+- `status`: the HTTP status a client gets for this code (the proxy's own refusal, and the error
+  it answers in place of the upstream's);
+- `cause`: what the code means, in words a client's error message can carry.
 
 A code not in the table gets the `UNKNOWN` row: retried carefully and taught to the rate
 controller, as the safest reading of an unexplained throttle. Adding a code is adding a row;
-a kind of answer no column describes yet (an account that must stop until an operator acts,
-say) is one more column, read where that behaviour lives.
+a kind of answer no column describes yet is one more column, read where that behaviour lives.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from enum import StrEnum
 from typing import Literal
 
 Learns = Literal["rate", "concurrency", "congestion"]
-# The plan-quota windows Z.AI counts (the monitor's units 3 and 6) and its codes name as spent.
-Window = Literal["five_hour", "weekly"]
+# The plan-quota windows Z.AI's codes name as spent: the monitor's units 3 and 6, and the daily
+# call limit (no monitor entry; it resets at midnight Beijing time).
+Window = Literal["five_hour", "weekly", "daily"]
 
 
 class ThrottleClass(StrEnum):
@@ -39,6 +44,13 @@ class ThrottleClass(StrEnum):
     QUOTA_5H = "quota_5h"
     QUOTA_PERIOD = "quota_period"
     CONGESTION = "congestion"
+    QUOTA_DAILY = "quota_daily"
+    PLAN_EXPIRED = "plan_expired"
+    NO_SUBSCRIPTION = "no_subscription"
+    FAIR_USE = "fair_use"
+    NO_BALANCE = "no_balance"
+    # A 1305 that keeps coming back for one request body: about the prompt, not the account.
+    OVERLOADED_PROMPT = "overloaded_prompt"
     UNKNOWN = "unknown"
 
 
@@ -51,7 +63,9 @@ class ZaiCode:
     learns: Learns | None
     retry: str | None
     window: Window | None = None
+    stop: bool = False
     status: int = 429
+    cause: str = ""
 
     @property
     def retryable(self) -> bool:
@@ -61,17 +75,37 @@ class ZaiCode:
 
 TABLE: tuple[ZaiCode, ...] = (
     # Too many requests in flight: the concurrency ceiling was reached.
-    ZaiCode("1302", ThrottleClass.CONCURRENCY, learns="concurrency", retry="429_concurrency"),
+    ZaiCode("1302", ThrottleClass.CONCURRENCY, learns="concurrency", retry="429_concurrency",
+            cause="too many concurrent requests"),
     # Request frequency too high: the rate ceiling was reached.
-    ZaiCode("1303", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency"),
-    ZaiCode("1305", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency"),
+    ZaiCode("1303", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency",
+            cause="request frequency too high"),
+    ZaiCode("1305", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency",
+            cause="the platform is overloaded"),
     # Plan quota spent: nothing to learn about load, nothing to gain by retrying before the reset.
-    ZaiCode("1308", ThrottleClass.QUOTA_5H, learns=None, retry=None, window="five_hour"),
-    ZaiCode("1310", ThrottleClass.QUOTA_PERIOD, learns=None, retry=None, window="weekly"),
+    ZaiCode("1308", ThrottleClass.QUOTA_5H, learns=None, retry=None, window="five_hour",
+            cause="the plan's five-hour quota is spent"),
+    ZaiCode("1310", ThrottleClass.QUOTA_PERIOD, learns=None, retry=None, window="weekly",
+            cause="the plan's weekly/monthly quota is spent"),
+    ZaiCode("1304", ThrottleClass.QUOTA_DAILY, learns=None, retry=None, window="daily",
+            cause="the account's daily call limit is reached"),
     # The model is busy: it passed the account's limits, so it slows sends but lowers no ceiling.
-    ZaiCode("1312", ThrottleClass.CONGESTION, learns="congestion", retry="429_congestion"),
+    ZaiCode("1312", ThrottleClass.CONGESTION, learns="congestion", retry="429_congestion",
+            cause="the model is congested"),
+    # Account states, not load: nothing retries into them (retries into a fair-usage restriction
+    # are reported to count against the account); an operator has to act.
+    ZaiCode("1309", ThrottleClass.PLAN_EXPIRED, learns=None, retry=None, stop=True, status=403,
+            cause="the account's plan has expired"),
+    ZaiCode("1311", ThrottleClass.NO_SUBSCRIPTION, learns=None, retry=None, stop=True,
+            status=403, cause="the account has no active subscription for this model"),
+    ZaiCode("1313", ThrottleClass.FAIR_USE, learns=None, retry=None, stop=True,
+            cause="the account is restricted by Z.AI's fair-usage policy"),
+    # Often a Coding Plan key sent to the pay-as-you-go base, or the reverse.
+    ZaiCode("1113", ThrottleClass.NO_BALANCE, learns=None, retry=None, stop=True,
+            cause="the account has no balance or resource package for this base"),
 )
-UNKNOWN = ZaiCode(None, ThrottleClass.UNKNOWN, learns="rate", retry="429_unknown")
+UNKNOWN = ZaiCode(None, ThrottleClass.UNKNOWN, learns="rate", retry="429_unknown",
+                  cause="an unexplained throttle")
 
 # Read by the lookups below on every call (not copied), so a row added here takes effect
 # everywhere at once.
