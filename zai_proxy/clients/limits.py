@@ -78,11 +78,6 @@ def parse_client_limits(spec: str) -> tuple[list[RateLimitItem], list[RateLimitI
     return requests, tokens
 
 
-def is_redis(uri: str) -> bool:
-    """Whether a configured storage URI names Redis (else `limits`' memory storage)."""
-    return uri.removeprefix("async+").startswith("redis")
-
-
 def async_storage_uri(uri: str) -> str:
     """`limits`' async scheme for a configured storage URI."""
     return uri if uri.startswith("async+") else f"async+{uri}"
@@ -127,7 +122,7 @@ class ClientLimits:
         link: RedisLink | None = None,
     ) -> None:
         self.request_limits, self.token_limits = parse_client_limits(spec)
-        redis = storage is None and is_redis(storage_uri)
+        redis = storage is None and RedisLink.names_redis(storage_uri)
         if link is None:
             settings: dict[str, Any] = {"op_timeout": op_timeout, "retry_interval": retry_interval,
                                         "clock": clock, "timeout": timeout}

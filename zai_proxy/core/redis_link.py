@@ -63,6 +63,12 @@ class RedisLink:
         self._watchers: list[tuple[Callable[[BaseException], None], Callable[[], None]]] = []
         self._closed = False
 
+    @staticmethod
+    def names_redis(uri: str) -> bool:
+        """Whether a configured storage URI names Redis (so the process opens its link), rather
+        than `limits`' in-process memory storage."""
+        return uri.removeprefix("async+").startswith("redis")
+
     @classmethod
     def connect(cls, url: str, *, op_timeout: float = 0.5, **kw: Any) -> RedisLink:
         """A link with a redis-py client (one connection pool) for `url` (`redis://...`; the

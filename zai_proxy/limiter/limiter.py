@@ -95,7 +95,6 @@ class Limiter:
             gate = self.shared.gate("gate", config.rate_limit_burst)
             pacer = self.shared.gate("pacer")
             self.coordinator = SharedCoordinator(self.shared, self.rate, wall=wall,
-                                                 interval=self.tick_interval,
                                                  state_ttl=self.state_max_age, lease=lease)
         self.admission = Admission(
             self.rate, self.concurrency, queue_max=config.queue_max,

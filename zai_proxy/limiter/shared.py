@@ -164,8 +164,8 @@ class RedisGate:
 class SharedCoordinator:
     """Keeps one replica's `RateController` in agreement with the account (see module doc).
 
-    Call `sync()` every `interval` seconds (the limiter's tick, at most a second: the lease
-    expires after `LOCK_SECONDS`). `lease` is the account's one lease (`create_app` passes the
+    Call `sync()` on the limiter's tick (at most a second apart: the lease expires after
+    `LOCK_SECONDS`). `lease` is the account's one lease (`create_app` passes the
     one the quota share uses too); by default one of its own under the state's namespace.
     """
 
@@ -175,14 +175,12 @@ class SharedCoordinator:
         controller: RateController,
         *,
         wall: Callable[[], float] = time.time,
-        interval: float = 1.0,
         state_ttl: float = 6 * 3600.0,
         lease: LeaderLease | None = None,
     ) -> None:
         self.shared, self.controller, self.wall = shared, controller, wall
         self.lease = lease if lease is not None else LeaderLease(shared.link, shared.ns)
         self.id = self.lease.id
-        self.interval = interval
         self.state_ttl = int(state_ttl)
         self.leader = False
         self._take_counts = shared.redis.register_script(_TAKE_COUNTS)

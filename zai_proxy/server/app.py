@@ -44,7 +44,7 @@ from zai_proxy.accounting.pricing import PeakWindow, PricingTable
 from zai_proxy.accounting.tokenizer import load_tokenizer
 from zai_proxy.clients.auth import ClientAuth, KeyEntry
 from zai_proxy.clients.hook import ClientLimitsHook
-from zai_proxy.clients.limits import ClientLimits, is_redis
+from zai_proxy.clients.limits import ClientLimits
 from zai_proxy.core.errors import (
     ConfigError,
     InvalidRequest,
@@ -135,7 +135,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # One Redis link per process (one client, one pool, one degrade state), shared by the
     # account's limiter and quota (under the account's one leader lease) and the client limits.
     link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
-            if is_redis(settings.rate_limit_storage_uri) else None)
+            if RedisLink.names_redis(settings.rate_limit_storage_uri) else None)
     account = AccountRuntime(account_of(settings), settings, metrics, transport=transport,
                              clock=clock, wall=wall, sleep=sleep, link=link)
     limiter, quota, upstream = account.limiter, account.quota, account.upstream
