@@ -237,13 +237,14 @@ def parse_limits(items: list[Any]) -> tuple[tuple[Limit, ...], tuple[Unparsed, .
     kept: list[Unparsed] = []
     counts: dict[UnparsedReason, int] = {}
     for item in items:
-        reason: UnparsedReason | None = "not_an_object"
+        reason: UnparsedReason = "not_an_object"
         if isinstance(item, dict):
             limit = parse_limit(item)
-            reason = understood(limit)
-            if reason is None:
+            why = understood(limit)
+            if why is None:
                 limits.append(limit)
                 continue
+            reason = why
         counts[reason] = counts.get(reason, 0) + 1
         if len(kept) < MAX_UNPARSED_KEPT:
             kept.append(raw_entry(item, reason))
