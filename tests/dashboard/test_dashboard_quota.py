@@ -27,11 +27,12 @@ class Pod:
     def __init__(self, variant: str) -> None:
         self.metrics = Metrics(CollectorRegistry(), variant)
 
-    def quota(self, window: str, used: float, reset: float, eta: float) -> None:
+    def quota(self, window: str, used: float, reset: float, eta: float,
+              unit: str = "tokens") -> None:
         m = self.metrics
-        m.quota_used.labels(window).set(used)
-        m.quota_reset.labels(window).set(reset)
-        m.quota_eta.labels(window).set(eta)
+        m.quota_used.labels(window, unit).set(used)
+        m.quota_reset.labels(window, unit).set(reset)
+        m.quota_eta.labels(window, unit).set(eta)
 
     def tokens(self, client: str, count: int, direction: str = "output") -> None:
         self.metrics.client_tokens.labels(client, direction).inc(count)
@@ -59,6 +60,28 @@ def test_pods_of_one_account_report_the_same_quota_so_they_combine_by_max() -> N
     assert values["inflight"] == 0  # ordinary gauges still add up across pods
 
 
+def test_token_and_credit_budgets_are_charted_apart_and_the_most_used_binds() -> None:
+    pod = Pod("v1")
+    pod.quota("five_hour", 0.6, T0 + 900, 2000, unit="credits")  # exported first
+    pod.quota("five_hour", 0.3, T0 + 600, 5000)
+    pod.quota("monthly", 1.0, T0 + 86_400, 0, unit="calls")
+    reading = parse_metrics(pod.text(), T0)
+    # A pod of a version that exports no unit: it counted tokens.
+    old = parse_metrics("# TYPE zai_proxy_quota_used_ratio gauge\n"
+                        'zai_proxy_quota_used_ratio{deployment_variant="v1",window="weekly"} 0.2\n',
+                        T0)
+    point = points_from_readings([(reading, reading), (old, old)], T0 + 5, 5.0)["v1"]
+    values = row(point)
+    assert (values["quota_5h_tokens"], values["quota_5h_credits"]) == (0.3, 0.6)
+    assert values["quota_5h"] == 0.6 and values["quota_5h_eta"] == 2000  # the most alarming
+    assert values["quota_5h_reset"] == T0 + 900
+    assert values["quota_week_tokens"] == 0.2 and values["quota_week_credits"] is None
+    assert values["quota_month_calls"] == 1.0
+    windows = quota_windows({"v1": point})["v1"]
+    assert windows["five_hour"]["units"] == {"tokens": 0.3, "credits": 0.6}
+    assert set(windows) == {"five_hour", "weekly"}  # tool calls: no top clients to show
+
+
 def test_top_clients_split_the_used_budget_by_their_tokens() -> None:
     points = [Point(T0, "v1", counters={"client:batch": 600, "client:chat": 100}),
               Point(T0 + 5, "v2", counters={"client:batch": 200, "client:anonymous": 100,
@@ -78,8 +101,8 @@ def test_the_current_window_starts_one_window_length_before_its_reset() -> None:
     assert window_start("five_hour", None, T0) == T0 - 5 * 3600  # unknown: the last 5 h
     assert window_start("five_hour", T0 - 1, T0) == T0 - 5 * 3600  # a reset already past
     latest = {"v1": Point(T0, "v1", gauges={"quota_5h": 0.3}), "v2": Point(T0, "v2")}
-    assert quota_windows(latest) == {"v1": {"five_hour": {"used_ratio": 0.3, "reset_at": None,
-                                                          "eta_seconds": None}}, "v2": {}}
+    assert quota_windows(latest) == {"v1": {"five_hour": {
+        "used_ratio": 0.3, "reset_at": None, "eta_seconds": None, "units": {}}}, "v2": {}}
 
 
 async def test_api_quota_lists_each_variants_windows_and_the_windows_top_clients() -> None:
@@ -113,9 +136,10 @@ async def test_api_quota_lists_each_variants_windows_and_the_windows_top_clients
     # Six significant digits would move a reset by an hour: timestamps keep every digit.
     assert summary["quota_5h_reset"] == T0 + 3600 and summary["quota_5h"] == 0.2
     assert body["variants"]["v1"]["five_hour"] == {"used_ratio": 0.2, "reset_at": T0 + 3600,
-                                                   "eta_seconds": 7200}
+                                                   "eta_seconds": 7200, "units": {"tokens": 0.2}}
     five = body["windows"]["five_hour"]
     assert five["since"] == T0 + 3600 - 5 * 3600 and five["used_ratio"] == 0.2
+    assert five["unit"] == "tokens"
     batch, chat = five["clients"]
     assert batch["client"] == "batch" and batch["tokens"] == 900 + 300
     assert batch["by_variant"] == {"v1": 900, "v2": 300}

@@ -1,9 +1,10 @@
 """The dashboard's quota panel and top clients in headless Chromium, against proxies v1 and v2.
 
-Each proxy runs its built-in simulator with a five-hour budget (SIM_QUOTA_5H_TOKENS), polls its
-monitor every second, and has two named client keys; `batch` sends three times what `chat`
-sends. The page must chart the used budget for both variants and list both clients, `batch`
-first, with their share of the budget.
+Each proxy runs its built-in simulator with a five-hour budget in tokens (SIM_QUOTA_5H_TOKENS)
+and one in credits (SIM_QUOTA_5H_CREDITS), polls its monitor every second, and has two named
+client keys; `batch` sends three times what `chat` sends. The page must chart both budgets for
+both variants, name the one that binds, and list both clients, `batch` first, with their share
+of the budget.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello ther
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Process, list[Process]]]:
-    env = {"SIM_QUOTA_5H_TOKENS": "20000", "QUOTA_POLL_SECONDS": "1",
+    # A request costs under 20 tokens (< 0.02% of the tokens) and 1 credit (0.05% of the
+    # credits): the credits bind.
+    env = {"SIM_QUOTA_5H_TOKENS": "100000", "SIM_QUOTA_5H_CREDITS": "2000",
+           "SIM_CREDITS_PER_1K_TOKENS": "0", "QUOTA_POLL_SECONDS": "1",
            "PROXY_API_KEYS": ",".join(f"{name}:{key}" for name, key in KEYS.items()),
            "SHUTDOWN_DRAIN_SECONDS": "0", "RATE_LIMIT_STATE_FILE": ""}
     with dashboard_stack(tmp_path, env) as running:
@@ -43,8 +47,9 @@ def traffic(proxies: list[Process], stop: threading.Event) -> None:
 
 QUOTA_READY = """() => {
   const card = document.querySelector('[data-panel="quota"]');
-  const lines = ["v1", "v2"].every((v) => [...card.querySelectorAll(`path[data-variant="${v}"]`)]
-    .some((p) => +p.dataset.points >= 2));
+  const lines = ["v1", "v2"].every((v) => ["quota_5h_tokens", "quota_5h_credits"].every((s) =>
+    [...card.querySelectorAll(`path[data-variant="${v}"][data-series="${s}"]`)]
+      .some((p) => +p.dataset.points >= 2)));
   const rows = [...document.querySelectorAll(
     '[data-panel="clients"] [data-window="five_hour"] tbody tr')].map((tr) => tr.dataset.client);
   return lines && rows.includes("batch") && rows.includes("chat");
@@ -83,9 +88,10 @@ def test_quota_panel_and_top_clients_for_both_variants(
         sender.join(30)
     for variant, head in heads.items():
         assert head.startswith(variant) and "5h " in head and "%" in head, heads
+        assert "% credits" in head.split("\u00b7")[0], heads  # the credits bind
         assert "weekly \u2013" in head  # an en dash: the simulator has no weekly budget here
     assert [r[0] for r in rows] == ["batch", "chat"]  # batch burns three times as much
     batch, chat = rows
     assert int(batch[2].replace(",", "")) > 2 * int(chat[2].replace(",", ""))
     assert batch[3].endswith("%") and batch[4].endswith("%") and batch[4] != "\u2013"
-    assert window is not None and "of the budget used" in window
+    assert window is not None and "of the budget used (credits)" in window

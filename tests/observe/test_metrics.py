@@ -75,13 +75,12 @@ def test_a_call_site_cannot_pass_the_variant(extra: str) -> None:
 def test_a_removed_child_is_made_anew() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, VARIANT)
-    metrics.quota_used.labels("weekly").set(0.5)
-    metrics.quota_used.remove("weekly")
-    assert registry.get_sample_value("zai_proxy_quota_used_ratio",
-                                     {"window": "weekly", "deployment_variant": VARIANT}) is None
-    metrics.quota_used.labels("weekly").set(0.25)
-    assert registry.get_sample_value("zai_proxy_quota_used_ratio",
-                                     {"window": "weekly", "deployment_variant": VARIANT}) == 0.25
+    labels = {"window": "weekly", "unit": "credits", "deployment_variant": VARIANT}
+    metrics.quota_used.labels("weekly", "credits").set(0.5)
+    metrics.quota_used.remove("weekly", "credits")
+    assert registry.get_sample_value("zai_proxy_quota_used_ratio", labels) is None
+    metrics.quota_used.labels("weekly", "credits").set(0.25)
+    assert registry.get_sample_value("zai_proxy_quota_used_ratio", labels) == 0.25
 
 
 async def test_every_series_the_app_exposes_carries_the_configured_variant_once() -> None:

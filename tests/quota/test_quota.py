@@ -228,13 +228,18 @@ async def test_gauges_and_health_show_each_window_with_its_time_to_exhaustion() 
     assert five["exhausts_before_reset"] is True and five["reset_at"] == T0 + 3600
     assert health["windows"]["weekly"]["used_ratio"] == pytest.approx(0.4)
     assert health["level"] == "pro" and health["polling"]["state"] == "ok"
-    labels = {"window": "five_hour"}
+    assert five["unit"] == "tokens" and five["blocks_requests"] is True
+    assert list(five["units"]) == ["tokens"] and five["units"]["tokens"]["remaining"] == 9850
+    labels = {"window": "five_hour", "unit": "tokens"}
     assert proxy.sample("zai_proxy_quota_used_ratio", **labels) == pytest.approx(0.015)
     assert proxy.sample("zai_proxy_quota_remaining", **labels) == 9850
     assert proxy.sample("zai_proxy_quota_reset_timestamp_seconds", **labels) == T0 + 3600
     assert proxy.sample("zai_proxy_quota_exhaustion_eta_seconds", **labels) == pytest.approx(
         eta, rel=0.01)
-    assert 'zai_proxy_quota_remaining{deployment_variant="production",window="weekly"}' not in text
+    assert ('zai_proxy_quota_remaining{deployment_variant="production",unit="tokens",'
+            'window="weekly"}') not in text
+    assert 'zai_proxy_quota_used_ratio{deployment_variant="production",unit="tokens",' \
+        'window="weekly"} 0.4' in text
 
 
 async def test_even_pacing_sets_the_admission_rate_and_exempt_clients_are_never_paced() -> None:

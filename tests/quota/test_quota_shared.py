@@ -15,8 +15,9 @@ from tests.support.redis import FakeRedis, virtual_timeout
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.limiter.shared import namespace
-from zai_proxy.quota.shared import QuotaShare, block_from_doc, report_from_doc
+from zai_proxy.quota.shared import QuotaShare, block_from_doc, report_from_doc, report_to_doc
 from zai_proxy.quota.state import Block
+from zai_proxy.zai.monitor_report import QuotaReport, parse_monitor
 
 
 def share(fake: FakeRedis, vt: VirtualTime) -> QuotaShare:
@@ -123,3 +124,29 @@ def test_a_block_and_a_report_that_are_usable() -> None:
         {"type": 5}]})
     assert report is not None and len(report.limits) == 1
     assert report.limits[0].usage == 1000.0
+
+
+def test_units_of_account_and_entries_not_understood_survive_the_round_trip() -> None:
+    body = json.dumps({"data": {"level": "max", "limits": [
+        {"type": "CREDIT_LIMIT", "unit": 3, "usage": 28000, "currentValue": 7000},
+        {"type": "TOKENS_LIMIT", "unit": 6, "percentage": 12},
+        {"type": "TIME_LIMIT", "unit": 5, "usage": 4000, "currentValue": 4000},
+        {"type": "FUTURE_LIMIT", "unit": 9, "quantum": 42}, [1], [2],
+    ]}}).encode()
+    report = parse_monitor(body)
+    assert isinstance(report, QuotaReport)
+    again = report_from_doc(json.loads(json.dumps(report_to_doc(report))))
+    assert again == report
+    assert again is not None and [lim.measure for lim in again.limits] == [
+        "credits", "tokens", "calls"]
+    assert again.unparsed_counts == (("not_an_object", 2), ("unknown_type", 1))
+
+
+def test_a_previous_versions_report_gets_its_measures_from_the_types() -> None:
+    report = report_from_doc({"level": "pro", "limits": [
+        {"type": "CREDIT_LIMIT", "unit": 3, "usage": 10.0, "used": 1.0},
+        {"type": "TOKENS_LIMIT", "unit": 3, "percentage": 5.0, "measure": "furlongs"}],
+        "unparsed": [{"reason": "bored", "raw": "{}"}, {"reason": "unknown_type", "raw": 7}],
+        "unparsed_counts": [["unknown_type", True], ["no_numbers", -1], "x"]})
+    assert report is not None and [lim.measure for lim in report.limits] == ["credits"]
+    assert report.unparsed == () and report.unparsed_counts == ()

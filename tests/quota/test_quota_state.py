@@ -189,14 +189,16 @@ def test_a_passed_reset_starts_a_fresh_window_and_keeps_what_a_token_costs() -> 
     assert state.view("five_hour", T0 + 12).used_ratio == pytest.approx(0.03)
 
 
-def test_a_window_the_plan_drops_is_forgotten_and_unknown_limits_are_kept() -> None:
+def test_a_window_the_plan_drops_is_forgotten_and_tool_calls_are_tracked_not_blocking() -> None:
     state = QuotaState()
     state.on_report(report(tokens_limit(used=10_000)), T0)
     assert state.blocked(T0) is not None
-    mcp = Limit(type="TIME_LIMIT", unit=5, usage=1000, used=3)
+    mcp = Limit(type="TIME_LIMIT", unit=5, usage=1000, used=1000, reset_at=T0 + 86400)
     state.on_report(report(mcp, level="lite"), T0 + 5)
-    assert state.blocked(T0 + 5) is None and state.level == "lite"
-    assert state.unknown_limits == (mcp,)
+    assert state.blocked(T0 + 5) is None and state.level == "lite"  # spent calls stop nothing
+    calls = state.view("monthly", T0 + 5)
+    assert (calls.measure, calls.used_ratio, calls.spent, calls.window) == (
+        "calls", 1.0, True, None)
     assert state.view("five_hour", T0 + 5).used_ratio is None
 
 

@@ -158,7 +158,13 @@ def create_dashboard_app(
             used = [r["used_ratio"] for r in readings if r["used_ratio"] is not None]
             since = window_start(name, max(resets) if resets else None, now)
             points = await storage.query(since, now + 1, now - since > 6 * 3600)
+            units: dict[str, float] = {}  # each budget's most used reading: which one binds
+            for reading in readings:
+                for unit, ratio in reading.get("units", {}).items():
+                    if ratio is not None:
+                        units[unit] = max(units.get(unit, ratio), ratio)
             clients[name] = {"since": since, "used_ratio": max(used) if used else None,
+                             "unit": max(units, key=lambda u: units[u]) if units else None,
                              "clients": top_clients(points, max(used) if used else None)}
         return JSONResponse({"now": now, "variants": windows, "windows": clients})
 

@@ -44,9 +44,9 @@ GAUGES: dict[str, str] = {
     "zai_proxy_ready": "ready",
     "zai_proxy_shared_state_degraded": "degraded",
 }
-# The account's plan quota (by `window`): every replica of one account exports its reading of the
-# same budget, so targets combine by the most alarming one (max used, min time to exhaustion),
-# never by sum.
+# The account's plan quota (by `window`, whatever the `unit`: the most used budget binds): every
+# replica of one account exports its reading of the same budget, so targets combine by the most
+# alarming one (max used, min time to exhaustion), never by sum.
 WINDOW_GAUGES: dict[tuple[str, str], str] = {
     ("zai_proxy_quota_used_ratio", "five_hour"): "quota_5h",
     ("zai_proxy_quota_used_ratio", "weekly"): "quota_week",
@@ -55,7 +55,19 @@ WINDOW_GAUGES: dict[tuple[str, str], str] = {
     ("zai_proxy_quota_reset_timestamp_seconds", "five_hour"): "quota_5h_reset",
     ("zai_proxy_quota_reset_timestamp_seconds", "weekly"): "quota_week_reset",
 }
-GAUGE_FIELDS = (*GAUGES.values(), *WINDOW_GAUGES.values())
+# Each budget's used ratio by window and unit of account (a plan may count tokens and credits
+# in one window; a proxy that exports no `unit` counted tokens): the chart draws them apart,
+# while the fields above hold the window's binding (most used) budget. The month's tool calls
+# (`monthly`, `calls`) stop no chat request: shown in the panel's head, not charted.
+UNIT_GAUGES: dict[tuple[str, str], str] = {
+    ("five_hour", "tokens"): "quota_5h_tokens",
+    ("five_hour", "credits"): "quota_5h_credits",
+    ("weekly", "tokens"): "quota_week_tokens",
+    ("weekly", "credits"): "quota_week_credits",
+    ("monthly", "calls"): "quota_month_calls",
+}
+GAUGE_FIELDS = (*GAUGES.values(), *WINDOW_GAUGES.values(), *UNIT_GAUGES.values())
+QUOTA_SERIES = frozenset(name for name, _ in WINDOW_GAUGES)
 # Tokens by client key name, kept per client: `client:<name>` counter fields.
 CLIENT_PREFIX = "client:"
 # Row column -> counter field; the page plots these as per-second rates.
@@ -155,10 +167,20 @@ def add_gauge(point: Point, name: str, value: float, labels: Labels | None = Non
         return
     if name in GAUGES:
         _add(point.gauges, GAUGES[name], value)
-    elif labels is not None and (key := WINDOW_GAUGES.get((name, labels.get("window", "")))):
-        if key in point.gauges:
-            value = (min if key.endswith("_eta") else max)(point.gauges[key], value)
-        point.gauges[key] = value
+    elif labels is not None and name in QUOTA_SERIES:
+        window = labels.get("window", "")
+        keys = [WINDOW_GAUGES.get((name, window))]
+        if name == "zai_proxy_quota_used_ratio":
+            keys.append(UNIT_GAUGES.get((window, labels.get("unit") or "tokens")))
+        for key in keys:
+            if key is not None:
+                _most_alarming(point, key, value)
+
+
+def _most_alarming(point: Point, key: str, value: float) -> None:
+    if key in point.gauges:
+        value = (min if key.endswith("_eta") else max)(point.gauges[key], value)
+    point.gauges[key] = value
 
 
 def merge(points: Iterable[Point], ts: float, variant: str) -> Point:

@@ -10,6 +10,7 @@ from typing import Any
 
 from zai_proxy.dashboard.compute import (
     GAUGE_FIELDS,
+    UNIT_GAUGES,
     Point,
     client_tokens,
     merge,
@@ -133,16 +134,20 @@ def window_start(name: str, reset: float | None, now: float) -> float:
     return min(now, reset - length) if reset is not None and reset > now else now - length
 
 
-def quota_windows(latest: dict[str, Point]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per variant, per window: used ratio, reset time and time to exhaustion, as last read."""
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
+def quota_windows(latest: dict[str, Point]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per variant, per window: used ratio (of the binding budget), reset time and time to
+    exhaustion, as last read, and `units`: each budget's used ratio by unit of account."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for variant, point in sorted(latest.items()):
         windows = {}
         for name, (_, used, reset, eta) in QUOTA_WINDOWS.items():
-            values = {"used_ratio": clean(point.gauges.get(used)),
-                      "reset_at": exact(point.gauges.get(reset)),
-                      "eta_seconds": clean(point.gauges.get(eta))}
+            values: dict[str, Any] = {"used_ratio": clean(point.gauges.get(used)),
+                                      "reset_at": exact(point.gauges.get(reset)),
+                                      "eta_seconds": clean(point.gauges.get(eta))}
             if any(v is not None for v in values.values()):
+                values["units"] = {unit: clean(point.gauges[key])
+                                   for (window, unit), key in UNIT_GAUGES.items()
+                                   if window == name and key in point.gauges}
                 windows[name] = values
         out[variant] = windows
     return out

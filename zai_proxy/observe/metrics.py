@@ -168,17 +168,19 @@ class Metrics:
                                    "Client connection cap (MAX_CONNECTIONS)")
         registry.register(_UpstreamHeadersDropped(variant))
 
-        # Plan quota (area: quota). `window` is five_hour or weekly; `client` a key's name.
+        # Plan quota (area: quota). `window` is five_hour, weekly or monthly (the month's tool
+        # calls); `unit` what the budget counts: tokens, credits or calls; `client` a key's name.
         self.quota_used = each(Gauge, "zai_proxy_quota_used_ratio",
-                               "Share of the window's quota used (estimated now)", ["window"])
+                               "Share of the window's quota used (estimated now)",
+                               ["window", "unit"])
         self.quota_remaining = each(Gauge, "zai_proxy_quota_remaining",
-                                    "Quota left in the window as polled, in the monitor's unit",
-                                    ["window"])
+                                    "Quota left in the window as polled, in `unit`",
+                                    ["window", "unit"])
         self.quota_reset = each(Gauge, "zai_proxy_quota_reset_timestamp_seconds",
-                                "When the window's quota resets (epoch s)", ["window"])
+                                "When the window's quota resets (epoch s)", ["window", "unit"])
         self.quota_eta = each(Gauge, "zai_proxy_quota_exhaustion_eta_seconds",
                               "Seconds until the window's quota is spent at the recent burn "
-                              "(+Inf: not burning)", ["window"])
+                              "(+Inf: not burning)", ["window", "unit"])
         self.quota_rejections = one(Counter, "zai_proxy_quota_rejections",
                                     "Requests answered locally because the quota is spent")
         self.quota_poll_errors = each(Counter, "zai_proxy_quota_poll_errors",
@@ -191,6 +193,12 @@ class Metrics:
                                      "Account-level pacing rate (0 = pacing off or paused)")
         self.client_tokens = each(Counter, "zai_proxy_client_tokens",
                                   "Tokens by client key name", ["client", "direction"])
+
+        # Quota monitor entries not understood (area: quota), by why: not_an_object,
+        # unknown_type, unknown_unit, no_numbers. Counted per poll; /health keeps them raw.
+        self.quota_unparsed = each(Counter, "zai_proxy_quota_unparsed",
+                                   "Quota monitor limit entries not understood, per poll",
+                                   ["reason"])
 
         # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
         self.auth_key_file_loaded = one(

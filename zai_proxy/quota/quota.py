@@ -33,11 +33,17 @@ from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.pacing import Pacing, even_pacing
 from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
-from zai_proxy.quota.state import LABELS, Block, QuotaState
+from zai_proxy.quota.state import LABELS, Block, QuotaState, WindowView
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.zai.classify import BEIJING, Throttle
 from zai_proxy.zai.codes import refusal_status, window_code
-from zai_proxy.zai.monitor_report import REASONS, WINDOWS, Invalid, QuotaReport
+from zai_proxy.zai.monitor_report import (
+    PERIODS,
+    REASONS,
+    UNPARSED_REASONS,
+    Invalid,
+    QuotaReport,
+)
 
 log = logging.getLogger("zai_proxy.quota")
 PAUSED_RATE = 1e-3  # paced requests already queued wait (then time out) rather than spend
@@ -110,6 +116,8 @@ class Quota:
         if self.monitor is not None:
             for reason in REASONS:  # every reason exported from the start: increase() works
                 metrics.quota_poll_errors.labels(reason)
+            for why in UNPARSED_REASONS:
+                metrics.quota_unparsed.labels(why)
 
     # -- the request path (synchronous, cheap) -------------------------------------------------
 
@@ -221,6 +229,9 @@ class Quota:
         if isinstance(result, Invalid):
             self.metrics.quota_poll_errors.labels(result.reason).inc()
             return
+        # Counted by the replica that polled (one count per poll, not per replica adopting it).
+        for why, count in result.unparsed_counts:
+            self.metrics.quota_unparsed.labels(why).inc(count)
         before = {b.window for b in self._blocks()}
         self.state.on_report(result, at, tokens_at)
         after = {b.window for b in self._blocks()}
@@ -264,7 +275,7 @@ class Quota:
         """Recompute the pacing rate (QUOTA_PACING=even) and hand it to the limiter."""
         if self.pacing_mode != "even":
             return
-        views = [self.state.view(w, now) for w in WINDOWS]
+        views = self.state.views(now)
         # Pacing is decided for the account (its tokens, its requests in flight: this replica's
         # times the replicas), in the account's req/s; the limiter gives this replica its share.
         in_flight = self.limiter.admission.in_flight * self.replicas
@@ -308,21 +319,16 @@ class Quota:
     def health(self) -> dict[str, Any]:
         now = self.wall()
         windows: dict[str, Any] = {}
-        for name in WINDOWS:
-            view = self.state.view(name, now)
-            if view.used_ratio is None and view.reset_at is None:
+        for name in PERIODS:
+            views = [v for v in self.state.views(now) if v.name == name]
+            if not views:
                 continue
-            eta = view.eta_seconds
+            binding = self.state.view(name, now)
             windows[name] = {
-                "used_ratio": _round(view.used_ratio), "polled_used_ratio":
-                _round(view.polled_used_ratio), "remaining": view.remaining,
-                "allowance": view.allowance, "type": view.limit_type, "reset_at": view.reset_at,
-                "polled_at": view.polled_at,
-                "burn_ratio_per_hour": None if view.burn_per_second is None
-                else _round(view.burn_per_second * 3600),
-                "exhaustion_eta_seconds": None if eta is None or math.isinf(eta)
-                else round(eta, 1),
-                "exhausts_before_reset": view.exhausts_before_reset,
+                **_view_health(binding),
+                # The month's tool calls stop no chat request: shown, never refused on.
+                "blocks_requests": binding.window is not None,
+                "units": {v.measure: _view_health(v) for v in views},
             }
         block = self.state.blocked(now)
         pacing = self.pacing
@@ -332,16 +338,19 @@ class Quota:
             "shared": self.sharing.health() if self.sharing is not None else None,
             "level": self.state.level,
             "windows": windows,
-            "other_limits": [{"type": lim.type, "unit": lim.unit,
-                              "used_ratio": _round(lim.used_ratio)}
-                             for lim in self.state.unknown_limits],
+            "unparsed": {
+                "total": sum(n for _, n in self.state.unparsed_counts),
+                "by_reason": dict(self.state.unparsed_counts),
+                "entries": [{"reason": u.reason, "raw": u.raw, "truncated": u.truncated}
+                            for u in self.state.unparsed]},
             "blocked": None if block is None else {
                 "window": block.window, "code": block.code, "until": block.until,
                 "retry_after": math.ceil(block.retry_after(now)), "source": block.source},
             "local_reject": self.local_reject,
             "pacing": {"mode": self.pacing_mode, "exempt": sorted(self.exempt),
                        **({"status": pacing.status, "rate": _round(pacing.rate),
-                           "window": pacing.window, "paused_until": pacing.paused_until}
+                           "window": pacing.window, "unit": pacing.measure,
+                           "paused_until": pacing.paused_until}
                           if pacing is not None else {})},
             "tokens_per_request": _round(self.state.tokens_per_request),
         }
@@ -349,21 +358,36 @@ class Quota:
     def refresh_gauges(self) -> None:
         now = self.wall()
         m = self.metrics
-        for name in WINDOWS:
-            view = self.state.view(name, now)
+        for name, measure in self.state.windows:  # five series at most: bounded labels
+            view = self.state.view(name, now, measure)
             for gauge, value in ((m.quota_used, view.used_ratio),
                                  (m.quota_remaining, view.remaining),
                                  (m.quota_reset, view.reset_at),
                                  (m.quota_eta, view.eta_seconds)):
                 if value is None:
                     with contextlib.suppress(KeyError):
-                        gauge.remove(name)
+                        gauge.remove(name, measure)
                 else:
-                    gauge.labels(name).set(value)
+                    gauge.labels(name, measure).set(value)
         if self.monitor is not None:
             m.quota_poll_up.labels().set(1.0 if self.poll.state == "ok" else 0.0)
         pacing = self.pacing
         m.quota_pacing_rate.set(pacing.rate or 0.0 if pacing is not None else 0.0)
+
+
+def _view_health(view: WindowView) -> dict[str, Any]:
+    """One budget on /health: used (estimated now and as polled), what is left, in `unit`."""
+    eta = view.eta_seconds
+    return {
+        "unit": view.measure, "used_ratio": _round(view.used_ratio),
+        "polled_used_ratio": _round(view.polled_used_ratio), "remaining": view.remaining,
+        "allowance": view.allowance, "type": view.limit_type, "spent": view.spent,
+        "reset_at": view.reset_at, "polled_at": view.polled_at,
+        "burn_ratio_per_hour": None if view.burn_per_second is None
+        else _round(view.burn_per_second * 3600),
+        "exhaustion_eta_seconds": None if eta is None or math.isinf(eta) else round(eta, 1),
+        "exhausts_before_reset": view.exhausts_before_reset,
+    }
 
 
 def _round(value: float | None) -> float | None:

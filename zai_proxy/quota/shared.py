@@ -32,7 +32,17 @@ from typing import Any, TypeVar
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import BadAnswer, LinkUser, RedisLink, finite, number_reply
 from zai_proxy.quota.state import Block
-from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
+from zai_proxy.zai.monitor_report import (
+    MAX_RAW_CHARS,
+    MAX_UNPARSED_KEPT,
+    MEASURES,
+    UNPARSED_REASONS,
+    WINDOWS,
+    Limit,
+    QuotaReport,
+    Unparsed,
+    UnparsedReason,
+)
 
 log = logging.getLogger("zai_proxy.quota")
 T = TypeVar("T")
@@ -59,14 +69,18 @@ _LIMIT_FIELDS = frozenset(f.name for f in fields(Limit))
 
 
 def report_to_doc(report: QuotaReport) -> dict[str, Any]:
-    return {"level": report.level, "limits": [asdict(limit) for limit in report.limits]}
+    return {"level": report.level, "limits": [asdict(limit) for limit in report.limits],
+            "unparsed": [asdict(entry) for entry in report.unparsed],
+            "unparsed_counts": [[reason, count] for reason, count in report.unparsed_counts]}
 
 
 def report_from_doc(doc: object) -> QuotaReport | None:
     """The report another replica published, or None when it is not one.
 
     A limit whose fields are not what a monitor report holds (`type` a string, the numbers
-    finite) is dropped."""
+    finite, `measure` a known one or absent: a replica of the previous version sends none, and
+    the type then gives it) is dropped; so is an entry not understood that is not one
+    (`unparsed`, `unparsed_counts`: absent from the previous version's documents)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("limits"), list):
         return None
     limits = []
@@ -74,7 +88,22 @@ def report_from_doc(doc: object) -> QuotaReport | None:
         if isinstance(item, dict) and set(item) <= _LIMIT_FIELDS and _limit_ok(item):
             limits.append(Limit(**item))
     level = doc.get("level")
-    return QuotaReport(level if isinstance(level, str) else None, tuple(limits))
+    unparsed = tuple(
+        Unparsed(item["reason"], item["raw"][:MAX_RAW_CHARS], bool(item.get("truncated")))
+        for item in _list(doc.get("unparsed"))[:MAX_UNPARSED_KEPT]
+        if isinstance(item, dict) and item.get("reason") in UNPARSED_REASONS
+        and isinstance(item.get("raw"), str))
+    counts: dict[UnparsedReason, int] = {}
+    for pair in _list(doc.get("unparsed_counts")):
+        if (isinstance(pair, list) and len(pair) == 2 and pair[0] in UNPARSED_REASONS
+                and isinstance(pair[1], int) and not isinstance(pair[1], bool) and pair[1] > 0):
+            counts[pair[0]] = pair[1]
+    return QuotaReport(level if isinstance(level, str) else None, tuple(limits), unparsed,
+                       tuple((r, counts[r]) for r in UNPARSED_REASONS if r in counts))
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _limit_ok(item: dict[str, Any]) -> bool:
@@ -83,6 +112,9 @@ def _limit_ok(item: dict[str, Any]) -> bool:
             continue
         if name == "type":
             if not isinstance(value, str):
+                return False
+        elif name == "measure":
+            if value not in MEASURES:
                 return False
         elif name in ("unit", "number"):
             if not isinstance(value, int) or isinstance(value, bool):

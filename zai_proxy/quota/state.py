@@ -3,17 +3,23 @@
 `QuotaState` is fed by three sources and never does I/O or reads a clock itself (every method
 takes `now`, epoch seconds, because Z.AI's reset times are wall-clock times):
 
-- monitor reports (`on_report`): per window the used ratio, the allowance, the reset time;
+- monitor reports (`on_report`): per limit the used ratio, the allowance, the reset time;
 - upstream quota 429s (`on_throttle`): a code whose row names a window, with a reset hint;
 - the proxy's own token counts (`settled`), for a live estimate between polls (scaled to the
   account; the tokens per request stay per request).
 
+It tracks one budget per period and unit of account (a `Track`): the five-hour and weekly
+windows in tokens and in credits (a plan may report both: both are tracked, the one used the
+most binds) and the month's tool calls. A spent token or credit budget blocks its window; the
+tool calls (`TIME_LIMIT`) are shown but never block, because a chat request spends no tool call.
+
 From them it answers the hot-path question `blocked(now)` (one float comparison while nothing
-is blocked) and, per window, `view(now)`: used ratio now, burn rate and the projected time the
+is blocked) and, per track, `view(now)`: used ratio now, burn rate and the projected time the
 budget runs out at that rate. The burn rate comes from the proxy's recent tokens per second
 times the ratio one token costs (`ratio_per_token`, learned as the used ratio's increase over
-the tokens counted between polls, else 1 / allowance for a budget counted in tokens); without
-either it falls back to the polled used ratio's slope.
+the tokens counted between polls, which works for credits as for tokens; else 1 / allowance for
+a budget counted in tokens); without either (and always for tool calls, which tokens do not
+drive) it falls back to the polled used ratio's slope.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from typing import Literal
 
 from zai_proxy.zai.classify import next_beijing_midnight
 from zai_proxy.zai.codes import Window, window_code, window_of
-from zai_proxy.zai.monitor_report import WINDOWS, Limit, QuotaReport
+from zai_proxy.zai.monitor_report import (
+    WINDOWS,
+    Limit,
+    Measure,
+    Period,
+    QuotaReport,
+    Unparsed,
+    UnparsedReason,
+)
 
 # A 1308/1310 without a reset hint, while no poll says when the window resets: refuse this long,
 # then let one request find out.
@@ -39,6 +53,9 @@ PERCENT_EVIDENCE = 0.05
 LABELS: dict[Window, str] = {"five_hour": "5 hour", "weekly": "weekly/monthly", "daily": "daily"}
 
 Source = Literal["upstream", "poll", "shared"]
+Track = tuple[Period, Measure]
+TRACKS: tuple[Track, ...] = (("five_hour", "tokens"), ("five_hour", "credits"),
+                             ("weekly", "tokens"), ("weekly", "credits"), ("monthly", "calls"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +83,8 @@ class Sample:
 
 @dataclass(slots=True)
 class WindowState:
-    name: Window
+    name: Period
+    measure: Measure
     limit: Limit | None = None
     reset_at: float | None = None
     polled_at: float | None = None
@@ -79,7 +97,7 @@ class WindowState:
 class WindowView:
     """One window as the proxy sees it at `now` (None where it cannot tell)."""
 
-    name: Window
+    name: Period
     at: float
     used_ratio: float | None  # estimated now: the last poll plus tokens counted since
     polled_used_ratio: float | None
@@ -91,6 +109,13 @@ class WindowView:
     eta_seconds: float | None  # until the budget is spent at that rate (inf: not burning)
     ratio_per_token: float | None
     limit_type: str | None
+    measure: Measure = "tokens"  # the limit's unit of account
+    spent: bool = False  # the last poll said nothing is left
+
+    @property
+    def window(self) -> Window | None:
+        """The plan window this budget blocks when spent; None for the month's tool calls."""
+        return self.name if self.name != "monthly" else None
 
     @property
     def exhausts_before_reset(self) -> bool | None:
@@ -105,9 +130,11 @@ class QuotaState:
 
     def __init__(self, *, burn_window: float = 900.0) -> None:
         self.burn_window = burn_window
-        self.windows: dict[Window, WindowState] = {w: WindowState(w) for w in WINDOWS}
+        self.windows: dict[Track, WindowState] = {t: WindowState(*t) for t in TRACKS}
         self.level: str | None = None
-        self.unknown_limits: tuple[Limit, ...] = ()
+        # The last report's entries not understood: the first few raw, all counted by reason.
+        self.unparsed: tuple[Unparsed, ...] = ()
+        self.unparsed_counts: tuple[tuple[UnparsedReason, int], ...] = ()
         self.report_at: float | None = None
         # Tokens the account spent through this proxy (all replicas when shared), ever.
         self.tokens = 0.0
@@ -153,10 +180,9 @@ class QuotaState:
         window = window_of(code)
         if window is None:
             return None
-        state = self.windows.get(window)  # the daily limit has no monitor entry
         until = reset_at
         if until is None or until <= now:
-            known = state.reset_at if state is not None else None
+            known = self._reset_of(window)  # the daily limit has no monitor entry
             until = (known if known is not None and known > now
                      else next_beijing_midnight(now) if window == "daily"
                      else now + UNKNOWN_RESET_BLOCK)
@@ -167,9 +193,9 @@ class QuotaState:
     def adopt(self, block: Block, now: float) -> None:
         """A block another replica saw (shared state); ignored once expired, or when a poll
         taken after it began shows budget (the leader lifts the shared copy a moment later)."""
-        state = self.windows.get(block.window)
-        if (state is not None and state.polled_at is not None and state.polled_at > block.since
-                and state.limit is not None and not state.limit.spent):
+        polled = [s for s in self._tracks_of(block.window) if s.limit is not None]
+        if polled and all(s.polled_at is not None and s.polled_at > block.since
+                          and s.limit is not None and not s.limit.spent for s in polled):
             return
         if block.until > now:
             if block.until > now + MAX_RESET_HORIZON:
@@ -182,17 +208,36 @@ class QuotaState:
         """A monitor report fetched at `at`, when `tokens_at` account tokens had been counted."""
         self.level = report.level
         self.report_at = at
-        self.unknown_limits = tuple(lim for lim in report.limits if lim.window is None)
+        self.unparsed, self.unparsed_counts = report.unparsed, report.unparsed_counts
         tokens = self.tokens if tokens_at is None else tokens_at
-        for name in WINDOWS:
-            limit = report.window(name)
-            state = self.windows[name]
-            if limit is not None:
+        for (period, measure), state in self.windows.items():
+            found = [lim for lim in report.limits_of(period) if lim.measure == measure]
+            if found:  # of two of one kind, the most used
+                limit = max(found, key=lambda lim: lim.used_ratio or 0.0)
                 self._update(state, limit, at, tokens)
             else:  # the plan has no such budget (any more): what was learned still holds
                 state.limit = state.reset_at = state.polled_at = None
                 state.samples.clear()
-                self._lift(name, at)
+        for window in WINDOWS:
+            spent = [s.limit for s in self._tracks_of(window) if s.limit and s.limit.spent]
+            if not spent:
+                self._lift(window, at)
+                continue
+            resets = [lim.reset_at for lim in spent if lim.reset_at is not None
+                      and lim.reset_at > at]
+            reset = min(max(resets) if resets else at + UNKNOWN_RESET_BLOCK,
+                        at + MAX_RESET_HORIZON)
+            current = self._blocks.get(window)
+            if current is None or current.until < reset:
+                self._set(Block(window, window_code(window), reset, at, "poll"))
+
+    def _tracks_of(self, window: str) -> list[WindowState]:
+        return [s for (period, _), s in self.windows.items() if period == window]
+
+    def _reset_of(self, window: Window) -> float | None:
+        resets = [s.reset_at for s in self.windows.values()
+                  if s.name == window and s.reset_at is not None]
+        return max(resets) if resets else None
 
     def _update(self, state: WindowState, limit: Limit, at: float, tokens: float) -> None:
         used = limit.used_ratio
@@ -205,16 +250,8 @@ class QuotaState:
         state.limit, state.reset_at, state.polled_at = limit, limit.reset_at, at
         if used is not None:
             state.samples.append(Sample(at, used, tokens))
-            self._learn(state, limit)
-        if limit.spent:
-            reset = limit.reset_at if limit.reset_at is not None and limit.reset_at > at else (
-                at + UNKNOWN_RESET_BLOCK)
-            reset = min(reset, at + MAX_RESET_HORIZON)
-            current = self._blocks.get(state.name)
-            if current is None or current.until < reset:
-                self._set(Block(state.name, window_code(state.name), reset, at, "poll"))
-        else:
-            self._lift(state.name, at)
+            if state.measure != "calls":  # tool calls: tokens do not drive them
+                self._learn(state, limit)
 
     def _learn(self, state: WindowState, limit: Limit) -> None:
         first, last = state.samples[0], state.samples[-1]
@@ -268,8 +305,22 @@ class QuotaState:
         span = now - then
         return (self.tokens - tokens_then) / span if span >= 1.0 else None
 
-    def view(self, name: Window, now: float) -> WindowView:
-        state = self.windows[name]
+    def view(self, name: Period, now: float, measure: Measure | None = None) -> WindowView:
+        """The budget of `name` in `measure`; without `measure` the one used the most of the
+        period's (which is the one that binds)."""
+        if measure is None:
+            return max((self._view(s, now) for s in self._tracks_of(name)),
+                       key=lambda v: (v.used_ratio is not None, v.used_ratio or 0.0,
+                                      v.reset_at is not None))
+        return self._view(self.windows[(name, measure)], now)
+
+    def views(self, now: float) -> list[WindowView]:
+        """Every budget the monitor reported (or whose reset passed), in TRACKS order."""
+        return [self._view(s, now) for s in self.windows.values()
+                if s.samples or s.reset_at is not None]
+
+    def _view(self, state: WindowState, now: float) -> WindowView:
+        name = state.name
         limit = state.limit
         last = state.samples[-1] if state.samples else None
         k = state.ratio_per_token
@@ -286,7 +337,8 @@ class QuotaState:
             remaining=limit.remaining if limit else None,
             allowance=limit.usage if limit else None, reset_at=state.reset_at,
             polled_at=state.polled_at, burn_per_second=burn,
-            eta_seconds=eta, ratio_per_token=k, limit_type=limit.type if limit else None)
+            eta_seconds=eta, ratio_per_token=k, limit_type=limit.type if limit else None,
+            measure=state.measure, spent=limit.spent if limit else False)
 
     def _burn(self, state: WindowState, now: float) -> float | None:
         rate = self.token_rate(now)

@@ -26,14 +26,24 @@
       head: (s) => `${fmt.num(s.rl_rps)}/s · ceiling ${s.rl_ceiling ? fmt.num(s.rl_ceiling) : "none"} · queue ${fmt.num(s.queue)}` },
     { id: "retries", title: "Retries", fmt: "rate", series: [["retry_rate", "retries"]],
       head: (s) => `${fmt.rate(s.retry_rate)} · ${fmt.pct(s.retry_rate, s.rps)} of requests` },
+    /* Each budget apart (a window may count tokens and credits); the head gives the binding
+       (most used) one per window, its unit, and the month's tool calls when reported. */
     { id: "quota", title: "Plan quota used", fmt: "ratio",
-      series: [["quota_5h", "five-hour"], ["quota_week", "weekly"]],
-      head: (s) => `5h ${fmt.ratio(s.quota_5h)} · ${fmt.eta(s.quota_5h_eta, s.quota_5h_reset)}` +
-        ` · weekly ${fmt.ratio(s.quota_week)}` },
+      series: [["quota_5h_tokens", "five-hour tokens"], ["quota_5h_credits", "five-hour credits"],
+        ["quota_week_tokens", "weekly tokens"], ["quota_week_credits", "weekly credits"]],
+      head: (s) => `5h ${fmt.ratio(s.quota_5h)}${binding(s, "5h")} · ${fmt.eta(s.quota_5h_eta, s.quota_5h_reset)}` +
+        ` · weekly ${fmt.ratio(s.quota_week)}${binding(s, "week")}` +
+        (s.quota_month_calls == null ? "" : ` · tool calls ${fmt.ratio(s.quota_month_calls)}`) },
   ];
   const WINDOWS = [["five_hour", "five-hour window"], ["weekly", "weekly window"]];
   const RANGES = ["5m", "15m", "1h", "6h", "24h", "7d"];
-  const DASHES = [null, "6 4", "2 3"];
+  const DASHES = [null, "6 4", "2 3", "8 2 2 2"];
+  /* The unit of account of a window's most used budget: " credits", " tokens" or nothing. */
+  const binding = (s, w) => {
+    const tokens = s[`quota_${w}_tokens`], credits = s[`quota_${w}_credits`];
+    if (credits != null && (tokens == null || credits >= tokens)) return " credits";
+    return tokens != null ? " tokens" : "";
+  };
   const nf = (d) => new Intl.NumberFormat([], { maximumFractionDigits: d });
   const fmt = {
     num: (v) => v == null ? "–" : Math.abs(v) >= 1e4 ? nf(1).format(v / 1e3) + "k" : nf(v < 10 ? 2 : 1).format(v),
@@ -122,7 +132,8 @@
         const tokens = vs.reduce((n, v) => n + (c.by_variant[v] || 0), 0);
         return { ...c, tokens };
       }).filter((c) => c.tokens > 0);
-      const budget = w && w.used_ratio != null ? `${fmt.ratio(w.used_ratio)} of the budget used` : "no budget reported";
+      const budget = w && w.used_ratio != null
+        ? `${fmt.ratio(w.used_ratio)} of the budget used${w.unit ? ` (${w.unit})` : ""}` : "no budget reported";
       div.append(h("h3", {}, `${title} `, h("span", {}, budget)));
       if (!rows.length) {
         div.append(Object.assign(document.createElement("p"), { className: "empty", textContent: "no client tokens yet" }));
