@@ -29,8 +29,9 @@ class QuotaHook:
 
     async def check(self, ex: Exchange) -> ProxyError | None:
         refused: ProxyError | None = self.quota.check(ex.client)
-        if refused is None:
-            refused = await self.quota.stops.check(ex)
+        stops = self.quota.stops
+        if refused is None and stops.state.stopped is not None:  # no coroutine on the hot path
+            refused = await stops.check(ex)
         if refused is None:
             ex.paced = self.quota.paced(ex.client)
         return refused
