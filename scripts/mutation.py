@@ -45,8 +45,8 @@ MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
            "zai.codes", "core.ticker", "core.lease", "limiter.learned",
            "accounting.ledger", "accounting.usage", "accounting.sse", "quota.quota",
            "quota.state", "quota.pacing", "quota.shared", "quota.stop", "limiter.congestion",
-           "limiter.gcra", "limiter.shared", "limiter.limiter", "server.http_protocol", "server.connections",
-           "switch.carry", "switch.retire")
+           "limiter.gcra", "limiter.shared", "limiter.limiter", "server.http_protocol",
+           "server.connections", "switch.carry", "switch.retire")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"
