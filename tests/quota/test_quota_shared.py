@@ -35,7 +35,8 @@ async def test_one_leader_and_the_shared_documents() -> None:
                             vt.wall())
     answer = await two.sync(5.0)
     assert answer is not None
-    total, doc, [block] = answer
+    total, doc, [block], stop = answer
+    assert stop is None
     assert total == 5.0 and doc is not None and doc["tokens_at"] == 10.0
     assert (block.window, block.code, block.source) == ("five_hour", "1308", "shared")
 
@@ -107,7 +108,7 @@ async def test_a_token_total_that_is_no_count_degrades(tokens: bytes) -> None:
     {"window": "five_hour", "code": "1308", "until": float("nan"), "since": 1.0},
     {"window": "five_hour", "code": "1308", "until": "2e9", "since": 1.0},
     {"window": "five_hour", "code": "1308", "until": 2e9},
-    {"window": "daily", "code": "1308", "until": 2e9, "since": 1.0},
+    {"window": "monthly", "code": "1308", "until": 2e9, "since": 1.0},
     {"window": "five_hour", "until": 2e9, "since": 1.0}], ids=repr)
 def test_an_unusable_block_is_no_block(doc: dict[str, object]) -> None:
     assert block_from_doc(json.dumps(doc)) is None

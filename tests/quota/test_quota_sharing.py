@@ -16,7 +16,8 @@ from zai_proxy.observe.metrics import Metrics
 from zai_proxy.quota.quota import Quota
 from zai_proxy.server.accounts import account_of, limiter_config, quota_config
 from zai_proxy.server.config import Settings, load_settings
-from zai_proxy.zai.classify import Throttle
+from zai_proxy.wire.exchange import Exchange
+from zai_proxy.zai.classify import Throttle, next_beijing_midnight
 from zai_proxy.zai.codes import ThrottleClass
 
 KEY = "upstream-key-of-account-a"
@@ -78,3 +79,50 @@ async def test_every_quota_key_lives_under_the_account() -> None:
     prefix = f"zai-proxy:acct:{settings(KEY).account}:quota:"
     assert fake.data and all(key.startswith(prefix) for key in fake.data), sorted(fake.data)
     assert prefix + "block:weekly" in fake.data and prefix + "tokens" in fake.data
+
+
+def request(name: str) -> Exchange:
+    return Exchange(request_id=name, method="POST", started=0.0)
+
+
+async def test_a_daily_limit_one_replica_meets_stops_the_others() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    first, second = replica(KEY, fake, vt), replica(KEY, fake, vt)
+    first.observe(Throttle(ThrottleClass.QUOTA_DAILY, "1304"))
+    for quota in (first, second):
+        await quota.tick()
+    shared = second.check("worker")
+    assert shared is not None and shared.zai_code == "1304"
+    assert shared.retry_after == next_beijing_midnight(vt.wall()) - vt.wall()
+
+
+async def test_an_account_stop_stops_every_replica_and_one_probe_lifts_it_for_all() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    first, second = replica(KEY, fake, vt), replica(KEY, fake, vt)
+    stranger = replica(OTHER_KEY, fake, vt)
+    first.observe(Throttle(ThrottleClass.FAIR_USE, "1313", message="fair use"))
+    assert await first.stops.check(request("a")) is not None
+    assert await second.stops.check(request("b")) is None, "not shared before a tick"
+    for quota in (first, second, stranger):
+        await quota.tick()
+    refused = await second.stops.check(request("c"))
+    assert refused is not None and refused.zai_code == "1313" and refused.status == 429
+    assert "fair use" in refused.message
+    assert second.stops.health()["account_stop"]["source"] == "shared"
+    assert await stranger.stops.check(request("d")) is None, "another account goes on"
+
+    await vt.advance(60.0)
+    probe = request("probe")
+    assert await second.stops.check(probe) is None, "the second replica's probe goes"
+    assert await first.stops.check(request("e")) is not None, "the interval's probe is taken"
+    assert second.stops.recheck(probe) is None
+    assert second.stops.answered(probe, 200, None) is None
+    assert await second.stops.check(request("f")) is None, "lifted here at once"
+    await first.tick()
+    assert await first.stops.check(request("g")) is not None, "not before the lift is shared"
+    await second.tick()
+    await first.tick()
+    assert await first.stops.check(request("h")) is None, "lifted for every replica"
+    assert first.stops.health()["account"] == "ok"

@@ -1,7 +1,8 @@
 """The request-hook contract, as the relay keeps it with the hooks `create_app` wires (the plan
 quota, then the per-client limits): `check` once per request, in order, and a refusal stops
 the later hooks and the upstream; `recheck` before every attempt; `observe` once, for the
-relayed 429; `settled` once, with the name usage is reported under.
+relayed 429; `answered` once, for the relayed answer; `settled` once, with the name usage is
+reported under.
 
 Each real hook is wrapped in a spy that records its calls and passes them on."""
 
@@ -39,6 +40,10 @@ class Spy:
         self.calls.append((self.name, "observe", throttle.code))
         self.inner.observe(ex, throttle)
 
+    def answered(self, ex: Exchange, status: int, throttle: Throttle | None) -> ProxyError | None:
+        self.calls.append((self.name, "answered", status))
+        return self.inner.answered(ex, status, throttle)
+
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:
         self.calls.append((self.name, "settled", client, dict(counts)))
         await self.inner.settled(ex, client, counts)
@@ -68,6 +73,7 @@ async def test_each_point_is_called_in_order_and_usage_settles_once() -> None:
         ("quota", "check", False), ("client", "check", False),
         ("quota", "recheck", 0), ("client", "recheck", 0),
         ("quota", "recheck", 1), ("client", "recheck", 1),
+        ("quota", "answered", 200), ("client", "answered", 200),
         ("quota", "settled", "anonymous", counts), ("client", "settled", "anonymous", counts),
     ]
 
@@ -84,7 +90,8 @@ async def test_the_relayed_429_is_observed_once_and_a_refusal_stops_the_later_ho
     assert first.status_code == 429
     assert observed == [("quota", "check", False), ("client", "check", False),
                         ("quota", "recheck", 0), ("client", "recheck", 0),
-                        ("quota", "observe", "1308"), ("client", "observe", "1308")]
+                        ("quota", "observe", "1308"), ("client", "observe", "1308"),
+                        ("quota", "answered", 429), ("client", "answered", 429)]
     assert second.status_code == 429 and second.json()["error"]["code"] == "proxy_quota_exhausted"
     assert calls == [("quota", "check", True)], "the client limits were not asked"
     assert len(script.seen) == 1, "the refused request never went upstream"

@@ -26,6 +26,7 @@ ENV = {
     "ZAI_MONITOR_URL": "https://monitor.example", "QUOTA_POLL_SECONDS": "45",
     "QUOTA_POLL_TIMEOUT": "8", "QUOTA_LOCAL_REJECT": "false", "QUOTA_PACING": "even",
     "QUOTA_PACING_EXEMPT": "ops,batch", "QUOTA_BURN_WINDOW": "600",
+    "ACCOUNT_STOP_PROBE_SECONDS": "17",
 }
 
 

@@ -1,6 +1,6 @@
 """A small in-memory Redis for the unit tests of the Redis logic, that can also hang or lie.
 
-`FakeRedis` answers the few redis-py calls the proxy makes (`get`, `set`, `incr`,
+`FakeRedis` answers the few redis-py calls the proxy makes (`get`, `set` (with NX), `incr`,
 `incrbyfloat`, `delete`, `ping`, `pipeline` with `hincrbyfloat`/`expire`/`incrbyfloat`/`get`,
 and `register_script` for the proxy's own Lua scripts, run here as Python on `clock`) the way
 redis-py returns them (bytes for strings, int for INCR, float for INCRBYFLOAT). Its `mode`
@@ -120,10 +120,12 @@ class FakeRedis:
         return await self._do(lambda: self._live(key))
 
     async def set(self, key: str, value: str | bytes, ex: float | None = None,
-                  px: float | None = None) -> Any:
+                  px: float | None = None, nx: bool = False) -> Any:
         ttl = ex if ex is not None else px / 1000 if px is not None else None
 
-        def run() -> bool:
+        def run() -> bool | None:
+            if nx and self._live(key) is not None:
+                return None  # redis-py's answer to SET NX on a key that exists
             self._put(key, value.encode() if isinstance(value, str) else value, ttl)
             return True
 

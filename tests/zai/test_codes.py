@@ -158,19 +158,20 @@ class Permit:
         return []
 
 
-def judged(code: str) -> tuple[list[Outcome], RetryReason | None, float]:
+def judged(code: str, reason: str = "quota_exhausted") -> tuple[
+        list[Outcome], RetryReason | None, float]:
     """What the forwarder tells the controllers of a 429 with `code`, its retry reason, and the
-    `quota_exhausted` rejections it counted."""
+    rejections it counted under `reason`."""
     registry = CollectorRegistry()
     forwarder = Forwarder(upstream=None, admission=None, policy=RetryPolicy(),  # type: ignore[arg-type]
                           metrics=Metrics(registry, "v1"), wall_clock=lambda: T0)
     permit = Permit()
     body = b'{"error":{"code":"%s","message":"no"}}' % code.encode()
     opened = Opened(429, [], "application/json", None, permit, body=body)  # type: ignore[arg-type]
-    reason, _ = forwarder._judge(opened, expect_json=True)
+    retry, _ = forwarder._judge(opened, expect_json=True)
     refused = registry.get_sample_value("zai_proxy_rate_limit_rejections_total",
-                                        {"reason": "quota_exhausted", "deployment_variant": "v1"})
-    return permit.seen, reason, refused or 0.0
+                                        {"reason": reason, "deployment_variant": "v1"})
+    return permit.seen, retry, refused or 0.0
 
 
 LEARNED = {"rate": Outcome.RATE_LIMITED, "concurrency": Outcome.CONCURRENCY_LIMITED,
@@ -180,7 +181,8 @@ LEARNED = {"rate": Outcome.RATE_LIMITED, "concurrency": Outcome.CONCURRENCY_LIMI
 @pytest.mark.parametrize("row", TABLE, ids=lambda row: str(row.code))
 def test_each_row_decides_what_the_controllers_learn(row: ZaiCode) -> None:
     assert row.code is not None
-    seen, reason, refused = judged(row.code)
+    # A spent quota and a stopped account are counted apart.
+    seen, reason, refused = judged(row.code, "account_stopped" if row.stop else "quota_exhausted")
     assert seen == [LEARNED[row.learns]]
     assert reason == (None if row.retry is None else RetryReason(row.retry))
     assert refused == (0.0 if row.retryable else 1.0)

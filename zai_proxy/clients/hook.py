@@ -4,7 +4,7 @@ structurally).
 check: counts the request against its client's request limits and refuses it (429
 `proxy_client_quota`, counted as a `client_quota` rejection) while one of them is exhausted.
 settled: the request's tokens count against the client's token limits. The limits do not look
-at upstream attempts or answers.
+at upstream attempts or answers (observe, answered).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class ClientLimitsHook:
         return None
 
     def observe(self, ex: Exchange, throttle: Throttle) -> None:
+        return None
+
+    def answered(self, ex: Exchange, status: int, throttle: Throttle | None) -> ProxyError | None:
         return None
 
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:

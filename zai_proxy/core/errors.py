@@ -122,6 +122,23 @@ class QuotaExhausted(RateLimited):
                               (b"x-zai-error-code", zai_code.encode()))
 
 
+class AccountStopped(RateLimited):
+    """Z.AI says the account itself is stopped (plan expired, no subscription, fair-usage
+    restriction, no balance): the proxy's answer in place of Z.AI's, and its local refusal until
+    a probe finds the stop lifted. `status` is the code's (403 or 429), `Retry-After` the time
+    to the next probe; `x-zai-error-class` / `x-zai-error-code` name the cause as Z.AI did."""
+
+    def __init__(self, message: str, *, code: str, retry_after: float, zai_code: str,
+                 zai_class: str, status: int) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.zai_code = zai_code
+        self.status = status
+        # OpenAI's types: a 403 is a permission matter, a 429 a limit.
+        self.type = "permission_error" if status == 403 else "rate_limit_error"
+        self.extra_headers = ((b"x-zai-error-class", zai_class.encode()),
+                              (b"x-zai-error-code", zai_code.encode()))
+
+
 class UpstreamError(ProxyError):
     """Something went wrong talking to the upstream; `error_type` is the metric label."""
 

@@ -191,6 +191,12 @@ class Metrics:
                                   [])
         self.quota_pacing_rate = one(Gauge, "zai_proxy_quota_pacing_requests_per_second",
                                      "Account-level pacing rate (0 = pacing off or paused)")
+        # The account stopped by Z.AI (`code`: the stop code that said so). The series stays at
+        # 0 once a probe finds the stop lifted, so an alert on it resolves rather than vanishes.
+        self.account_stopped = each(Gauge, "zai_proxy_account_stopped",
+                                    "1 while Z.AI says the account is stopped (plan expired, no "
+                                    "subscription, fair-use restriction, no balance): requests "
+                                    "are answered locally; 0 after it was lifted", ["code"])
         self.client_tokens = each(Counter, "zai_proxy_client_tokens",
                                   "Tokens by client key name", ["client", "direction"])
 

@@ -26,3 +26,4 @@ class QuotaConfig:
     quota_burn_window: float
     rate_limit_storage_uri: str
     rate_limit_replicas: int
+    account_stop_probe_seconds: float = 60.0

@@ -1,10 +1,12 @@
 """The plan quota as a request hook (the relay's `RequestHook` protocol, met structurally).
 
 check: a spent quota (or, for a paced client, a pacing pause) is a local 429 before the request
-asks for admission; otherwise it marks the request paced when the client's requests wait for the
-quota pacer. recheck: a block that began while the request queued. observe: a quota 429 from the
-upstream starts or extends a local block. settled: the request's tokens count towards the
-quota's burn and the per-client token metric.
+asks for admission, and a stopped account (`quota.stops`) a local 403/429, but for the one probe
+an interval; otherwise it marks the request paced when the client's requests wait for the quota
+pacer. recheck: a block or a stop that began while the request queued. observe: a quota 429 from
+the upstream starts or extends a local block, a stop code stops the account. answered: the
+probe's result, and the proxy's own error in place of Z.AI's stop answer. settled: the request's
+tokens count towards the quota's burn and the per-client token metric.
 """
 
 from __future__ import annotations
@@ -26,16 +28,22 @@ class QuotaHook:
         self.quota = quota
 
     async def check(self, ex: Exchange) -> ProxyError | None:
-        refused = self.quota.check(ex.client)
+        refused: ProxyError | None = self.quota.check(ex.client)
+        stops = self.quota.stops
+        if refused is None and stops.state.stopped is not None:  # no coroutine on the hot path
+            refused = await stops.check(ex)
         if refused is None:
             ex.paced = self.quota.paced(ex.client)
         return refused
 
     def recheck(self, ex: Exchange) -> ProxyError | None:
-        return self.quota.recheck(ex)
+        return self.quota.recheck(ex) or self.quota.stops.recheck(ex)
 
     def observe(self, ex: Exchange, throttle: Throttle) -> None:
         self.quota.observe(throttle)
+
+    def answered(self, ex: Exchange, status: int, throttle: Throttle | None) -> ProxyError | None:
+        return self.quota.stops.answered(ex, status, throttle)
 
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:
         self.quota.settled(client, counts)

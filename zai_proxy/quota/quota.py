@@ -34,6 +34,7 @@ from zai_proxy.quota.pacing import Pacing, even_pacing
 from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
 from zai_proxy.quota.state import LABELS, Block, QuotaState, WindowView
+from zai_proxy.quota.stops import AccountStops
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.zai.classify import BEIJING, Throttle
 from zai_proxy.zai.codes import refusal_status, window_code
@@ -77,7 +78,8 @@ class Quota:
                  wall: Callable[[], float] = time.time,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 link: RedisLink | None = None, lease: LeaderLease | None = None) -> None:
+                 link: RedisLink | None = None, lease: LeaderLease | None = None,
+                 key_kind: str | None = None) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
         self.state = QuotaState(burn_window=config.quota_burn_window)
         self.local_reject = config.quota_local_reject
@@ -96,6 +98,9 @@ class Quota:
         # Without Redis each replica sees its share of the account's tokens.
         self.replicas = config.rate_limit_replicas
         self.scale = 1.0 if self.sharing is not None else float(self.replicas)
+        # The account stopped by Z.AI (plan expired, no balance, ...): refused, probed, shared.
+        self.stops = AccountStops(config.account_stop_probe_seconds, metrics, wall=wall,
+                                  key_kind=key_kind, sharing=self.sharing)
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
@@ -150,6 +155,9 @@ class Quota:
     def observe(self, throttle: Throttle | None) -> None:
         """An upstream answer's 429 class: a quota one starts (or extends) a local block."""
         if throttle is None or throttle.retryable:
+            return
+        if throttle.row.stop:
+            self.stops.observe(throttle)
             return
         code = throttle.row.code
         block = self.state.on_throttle(code, throttle.reset_at, self.wall()) if code else None
@@ -247,6 +255,7 @@ class Quota:
     async def _sync(self) -> None:
         sharing = self.sharing
         assert sharing is not None
+        await self.stops.publish(sharing)
         now = self.wall()
         for block in self._to_publish:
             await sharing.publish_block(block, now)
@@ -258,7 +267,8 @@ class Quota:
         if answer is None:
             self._unflushed += delta  # counted again at the next sync that works
             return
-        total, doc, blocks = answer
+        total, doc, blocks, stop = answer
+        self.stops.adopt(stop)
         self.state.tokens = total + self._unflushed
         for block in blocks:
             self.state.adopt(block, self.wall())

@@ -13,7 +13,14 @@ v1 and v2 spend the same plan):
   parsed `report`), which the other replicas adopt instead of polling;
 - `tokens`: the tokens every replica counted (each adds its own once a tick), so the cost of a
   token and the burn rate are the account's, not one replica's share;
-- `block:<window>`: a 1308/1310 one replica got, until its reset, so the others stop at once.
+- `block:<window>`: a spent window one replica learned (an upstream quota code, or a poll),
+  until its reset, so the others stop at once; the daily call limit too, which no poll shows;
+- `stop`: the account stopped by Z.AI (`quota.stop`), as the replica that met it saw it. It has
+  no reset: it stays until a replica's probe is answered OK and deletes it (a replica that saw
+  the document and finds it gone lifts its own stop); it expires after a day without a probe
+  renewing it;
+- `probe`: taken (SET NX, for one probe interval) by the replica whose probe goes, so the
+  replicas of both variants together send one probe per interval.
 
 Every call goes through the process's one `RedisLink`. Any Redis failure (see
 `zai_proxy.core.redis_link`: a timeout, an error, an answer no command gives) makes the link,
@@ -27,17 +34,18 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import BadAnswer, LinkUser, RedisLink, finite, number_reply
 from zai_proxy.quota.state import Block
+from zai_proxy.quota.stop import Stopped
+from zai_proxy.zai.codes import Window, lookup
 from zai_proxy.zai.monitor_report import (
     MAX_RAW_CHARS,
     MAX_UNPARSED_KEPT,
     MEASURES,
     UNPARSED_REASONS,
-    WINDOWS,
     Limit,
     QuotaReport,
     Unparsed,
@@ -66,6 +74,9 @@ end
 return 0
 """
 _LIMIT_FIELDS = frozenset(f.name for f in fields(Limit))
+# Every window a block can name: the monitor's and the daily call limit.
+BLOCK_WINDOWS: tuple[Window, ...] = get_args(Window)
+STOP_TTL = 86400.0  # seconds a stop document lives without a probe renewing it
 
 
 def report_to_doc(report: QuotaReport) -> dict[str, Any]:
@@ -131,12 +142,35 @@ def block_from_doc(raw: object) -> Block | None:
         doc = json.loads(raw) if isinstance(raw, str | bytes) else None
     except ValueError:
         return None
-    if not isinstance(doc, dict) or doc.get("window") not in WINDOWS or "code" not in doc:
+    if not isinstance(doc, dict) or doc.get("window") not in BLOCK_WINDOWS or "code" not in doc:
         return None
     until, since = finite(doc.get("until")), finite(doc.get("since"))
     if until is None or since is None:
         return None
     return Block(doc["window"], str(doc["code"]), until, since, "shared")
+
+
+def stop_to_doc(stopped: Stopped) -> str:
+    return json.dumps({"code": stopped.code, "message": stopped.message,
+                       "since": stopped.since})
+
+
+def stop_from_doc(raw: object) -> Stopped | None:
+    """A stop another replica published, or None when it is not one: its `code` must be a stop
+    code of the table (what the client is told comes from this replica's row, never from the
+    document), `since` a finite time, `message` a string or null."""
+    try:
+        doc = json.loads(raw) if isinstance(raw, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("code"), str):
+        return None
+    row, since, message = lookup(doc["code"]), finite(doc.get("since")), doc.get("message")
+    if not row.stop or row.code is None or since is None or not (
+            message is None or isinstance(message, str)):
+        return None
+    return Stopped(row.code, row.cls.value, row.status, row.cause,
+                   message[:300] if message else None, since, "shared")
 
 
 def report_doc_from(raw: object) -> dict[str, Any] | None:
@@ -207,17 +241,41 @@ class QuotaShare(LinkUser):
     async def lift(self, window: str) -> None:
         await self.call(lambda: self.redis.delete(self.key(f"block:{window}")))
 
-    async def sync(self, tokens: float) -> tuple[float, dict[str, Any] | None, list[Block]] | None:
-        """Add this replica's new tokens; read the account's total, the report, the blocks."""
+    async def publish_stop(self, stopped: Stopped) -> None:
+        """The account is stopped (seen here, or seen again by a probe: renewed)."""
+        await self.call(lambda: self.redis.set(self.key("stop"), stop_to_doc(stopped),
+                                                px=int(STOP_TTL * 1000)))
+
+    async def lift_stop(self) -> None:
+        """A probe here was answered OK: the stop is over for every replica."""
+        await self.call(lambda: self.redis.delete(self.key("stop")))
+
+    async def claim_probe(self, seconds: float) -> bool:
+        """Take this interval's probe for this replica: False when another replica has it;
+        True when Redis does not answer (degraded: each replica probes on its own)."""
+
+        async def claim() -> bool:
+            won = await self.redis.set(self.key("probe"), self.me, px=int(seconds * 1000),
+                                       nx=True)
+            return won is not None and won is not False
+
+        result = await self.call(claim)
+        return True if result is None else bool(result)
+
+    async def sync(self, tokens: float) -> tuple[
+            float, dict[str, Any] | None, list[Block], Stopped | None] | None:
+        """Add this replica's new tokens; read the account's total, the report, the blocks, the
+        account's stop."""
 
         async def run() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.incrbyfloat(self.key("tokens"), tokens)
             pipe.get(self.key("report"))
-            for window in WINDOWS:
+            for window in BLOCK_WINDOWS:
                 pipe.get(self.key(f"block:{window}"))
+            pipe.get(self.key("stop"))
             result = await pipe.execute()
-            if not isinstance(result, list) or len(result) != 2 + len(WINDOWS) or \
+            if not isinstance(result, list) or len(result) != 3 + len(BLOCK_WINDOWS) or \
                     not all(r is None or isinstance(r, bytes | str) for r in result[1:]):
                 raise BadAnswer(f"sync: {result!r:.60}")
             if number_reply(result[0], "tokens") < 0:
@@ -227,18 +285,21 @@ class QuotaShare(LinkUser):
         answer = await self.call(run)
         if answer is None:
             return None
-        total, raw_report, *raw_blocks = answer
+        total, raw_report, *raw_blocks, raw_stop = answer
         report = report_doc_from(raw_report) if raw_report else None
         if raw_report and report is None:
             self.ignored("quota report", raw_report)
         blocks = []
-        for window, raw in zip(WINDOWS, raw_blocks, strict=True):
+        for window, raw in zip(BLOCK_WINDOWS, raw_blocks, strict=True):
             block = block_from_doc(raw) if raw else None
             if raw and block is None:
                 self.ignored(f"quota block:{window}", raw)
             if block is not None:
                 blocks.append(block)
-        return number_reply(total, "tokens"), report, blocks
+        stop = stop_from_doc(raw_stop) if raw_stop else None
+        if raw_stop and stop is None:
+            self.ignored("quota stop", raw_stop)
+        return number_reply(total, "tokens"), report, blocks, stop
 
     def health(self) -> dict[str, Any]:
         return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}

@@ -250,8 +250,9 @@ class Forwarder:
             self.metrics.upstream_429.labels(throttle.cls.value).inc()
             self.metrics.upstream_error("429")
             row = throttle.row
-            if not row.retryable:  # quota exhausted: relayed to the client, never retried
-                self.metrics.rejections.labels("quota_exhausted").inc()
+            if not row.retryable:  # quota spent or account stopped: never retried
+                self.metrics.rejections.labels(
+                    "account_stopped" if row.stop else "quota_exhausted").inc()
             permit.observe(_OUTCOMES[row.learns])
             return retry_reason(status=429, throttle=throttle), throttle.retry_after
         permit.observe(Outcome.ACCEPTED if status < 500 else Outcome.OTHER)

@@ -188,14 +188,20 @@ class ProxyHandler:
         if opened.throttle is not None:
             for hook in self.hooks:
                 hook.observe(ex, opened.throttle)
+        instead: ProxyError | None = None
+        for hook in self.hooks:  # every hook hears the answer; the first replacement wins
+            replaced = hook.answered(ex, opened.status, opened.throttle)
+            instead = instead or replaced
         try:
-            if opened.body is not None:
+            if instead is not None:
+                await self._error(ex, send, instead)
+            elif opened.body is not None:
                 await self._relay_whole(ex, opened, ledger, send, head)
             else:
                 await self._relay_stream(ex, route, opened, ledger, send)
         finally:
             await opened.close()
-            if ledger is not None and 200 <= opened.status < 300:
+            if ledger is not None and instead is None and 200 <= opened.status < 300:
                 report = await ledger.settle()
                 ex.usage = report.log_fields()
                 ex.cost = report.cost_usd

@@ -2,7 +2,7 @@
 
 The relay knows no feature by name: `create_app` hands `ProxyHandler` and `Forwarder` one
 sequence of `RequestHook`s (the plan quota, the per-client limits, ...) and the relay calls each,
-in that order, at four fixed points of a request's life:
+in that order, at five fixed points of a request's life:
 
 1. `check(ex)`, once per request the proxy would send: after everything that can refuse the
    request itself (route, body, JSON, the upstream URL), before it asks for admission. A hook
@@ -15,14 +15,19 @@ in that order, at four fixed points of a request's life:
    answer and the attempt is not made.
 3. `observe(ex, throttle)`, at most once: the upstream answer the client will get was a 429,
    classified as `throttle`.
-4. `settled(ex, client, counts)`, at most once, after the response went to the client: the
-   request's final token counts (a counted route answered 2xx). `client` is the name usage is
+4. `answered(ex, status, throttle)`, at most once, after `observe`: the upstream answer about
+   to be relayed, its status and (when one was classified) its throttle; every hook is told.
+   A hook may return an error to answer in its place (the first one returned is the answer;
+   the upstream body is then closed unread). A request that ended with no upstream answer
+   (refused, failed, the client gone) gets no call: its record's `status` says it ended.
+5. `settled(ex, client, counts)`, at most once, after the response went to the client: the
+   request's final token counts (a counted route relayed a 2xx). `client` is the name usage is
    reported under (`anonymous` while the proxy is open); `ex.client` is the caller's identity.
 
 A hook never raises for a refusal (it returns it), never sends to the client, never touches the
-upstream request or response, and never blocks the event loop; an exception from it is a bug and
-fails the request. Accounting (which rewrites the body and follows the stream) is the relay's
-own job, not a hook.
+upstream request or response (it may only replace the answer, through `answered`), and never
+blocks the event loop; an exception from it is a bug and fails the request. Accounting (which
+rewrites the body and follows the stream) is the relay's own job, not a hook.
 
 The argument types come from the layers below the features (`Exchange` in wire, `ProxyError` in
 core, `Throttle` in zai), so a feature implements the protocol without importing the relay.
@@ -50,6 +55,9 @@ class RequestHook(Protocol):
 
     def observe(self, ex: Exchange, throttle: Throttle) -> None:
         """The relayed upstream answer was this classified 429."""
+
+    def answered(self, ex: Exchange, status: int, throttle: Throttle | None) -> ProxyError | None:
+        """The upstream answer about to be relayed; an error to answer instead, or None."""
 
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:
         """The request's final token counts, by direction."""

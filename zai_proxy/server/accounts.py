@@ -59,7 +59,7 @@ class AccountRuntime:
                                wall=wall, sleep=sleep, link=link, lease=lease)
         self.quota = Quota(quota_config(settings, account), metrics, self.limiter,
                            transport=transport, wall=wall, clock=clock, sleep=sleep, link=link,
-                           lease=lease)
+                           lease=lease, key_kind=account.key_kind)
         self.quota_hook = QuotaHook(self.quota)
         self.upstream = Upstream(connect_timeout=settings.connect_timeout,
                                  first_byte_timeout=settings.first_byte_timeout,
@@ -114,4 +114,5 @@ def quota_config(settings: Settings, account: Account) -> QuotaConfig:
         quota_pacing_exempt=settings.quota_pacing_exempt,
         quota_burn_window=settings.quota_burn_window,
         rate_limit_storage_uri=settings.rate_limit_storage_uri,
-        rate_limit_replicas=settings.rate_limit_replicas)
+        rate_limit_replicas=settings.rate_limit_replicas,
+        account_stop_probe_seconds=settings.account_stop_probe_seconds)

@@ -220,6 +220,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "auth_key_file": auth.file_status.as_dict() if auth.file_status else None,
             "rate_limit": limiter.health(),
             "quota": quota.health(),
+            # "ok", or "stopped" (Z.AI stopped the account) with `account_stop` saying why.
+            **quota.stops.health(),
         }
         if client_limits is not None:
             body["client_rate_limits"] = client_limits.health()

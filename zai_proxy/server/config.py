@@ -311,6 +311,11 @@ class Settings:
         "QUOTA_BURN_WINDOW", positive(parse_duration),
         "burn rate and time to exhaustion are measured over this much recent time",
         default=900.0)
+    account_stop_probe_seconds: float = _QUOTA.setting(
+        "ACCOUNT_STOP_PROBE_SECONDS", positive(parse_duration),
+        "while Z.AI says the account is stopped (plan expired, no subscription, fair-usage "
+        "restriction, no balance) requests are answered locally; one goes upstream this often "
+        "to notice when the stop is lifted", default=60.0)
     # Not read from the environment: set by `serve` when it starts the built-in simulator.
     upstream_simulated: bool = False
 

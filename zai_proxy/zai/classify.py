@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -33,6 +33,8 @@ class Throttle:
     code: str | None = None
     retry_after: float | None = None
     reset_at: float | None = None
+    # Z.AI's own words (the first message in the body), for errors that quote them.
+    message: str | None = field(default=None, compare=False)
 
     @property
     def row(self) -> ZaiCode:
@@ -182,7 +184,8 @@ def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float)
             code = match.group(1)
         if reset_at is None and (match := _RESET_TEXT.search(message)):
             reset_at = parse_time(match.group(1))
-    return Throttle(lookup(code).cls, code, retry_after, reset_at)
+    return Throttle(lookup(code).cls, code, retry_after, reset_at,
+                    messages[0] if messages else None)
 
 
 def _as_hint(value: object) -> str | float | None:
