@@ -13,8 +13,9 @@ in that order, at four fixed points of a request's life:
 2. `recheck(ex)`, after admission, before each upstream attempt (so again before a retry): a
    refusal that began while the request queued. Synchronous and cheap; the first refusal is the
    answer and the attempt is not made.
-3. `observe(ex, throttle)`, at most once: the upstream answer the client will get was a 429,
-   classified as `throttle`.
+3. `observe(ex, throttle)`, at most once: the upstream answer the client will get carried a
+   Z.AI error, classified as `throttle` (a 429, a business code in another 4xx, an error object
+   in a 200 body, an error event before a stream's first content).
 4. `settled(ex, client, counts)`, at most once, after the response went to the client: the
    request's final token counts (a counted route answered 2xx). `client` is the name usage is
    reported under (`anonymous` while the proxy is open); `ex.client` is the caller's identity.
@@ -49,7 +50,7 @@ class RequestHook(Protocol):
         """Before an upstream attempt: the refusal to answer instead, or None."""
 
     def observe(self, ex: Exchange, throttle: Throttle) -> None:
-        """The relayed upstream answer was this classified 429."""
+        """The relayed upstream answer carried this classified Z.AI error."""
 
     async def settled(self, ex: Exchange, client: str, counts: Mapping[str, int]) -> None:
         """The request's final token counts, by direction."""
