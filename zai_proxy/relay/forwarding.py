@@ -9,16 +9,13 @@ work). A 1312 is fed to the controllers as `CONGESTED`: it passed the rate gate 
 upstream's rate limiter. The permit (a concurrency slot) stays with the answer until its body
 has been relayed: Z.AI counts an open stream as a concurrent request.
 
-A Z.AI error is judged by its code's row (`zai/codes.py`) whatever carried it (the `carrier`
-label of `zai_proxy_upstream_business_errors_total`): a 429 (`429`, also counted in
-`zai_proxy_upstream_429_total`, an unknown code reading the `UNKNOWN` row), another 4xx with a
-code that has a row (`4xx`), a 2xx body that is an error object with such a code (`200`), an
-error event with such a code before a stream's first content (`stream`). Each is counted, fed to
-the controllers, retried when its row says so, and relayed as it came otherwise, with
-`opened.throttle` set for the request hooks and the client headers. A 4xx without such a code
-is relayed as before, never retried. A prompt-sensitive code that comes back for a request body
-that drew it lately (`PromptMemory`) is read by the `OVERLOADED_PROMPT` row instead: it lowers
-no ceiling and is retried at most that row's `max_retries` times within the request.
+A Z.AI error is judged by its code's row (`zai/codes.py`) whatever carried it (`carriers`: a
+429, another 4xx, a 2xx error object, an error event before a stream's first content): counted,
+fed to the controllers, retried when its row says so, relayed as it came otherwise, with
+`opened.throttle` set for the request hooks and the client headers. A prompt-sensitive code
+that comes back for a request body that drew it lately (`PromptMemory`) is read by the
+`OVERLOADED_PROMPT` row instead: it lowers no ceiling and is retried at most that row's
+`max_retries` times within the request.
 
 The start of an event stream is held back until its first event past the head (content, an
 error, a finish; `HEAD_LIMIT` bytes or the first-byte timeout at most, checked as chunks come),
@@ -63,6 +60,7 @@ from zai_proxy.core.errors import (
 from zai_proxy.limiter.admission import Admission, Permit, Rejection
 from zai_proxy.limiter.rate_controller import Outcome
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.relay.carriers import carried
 from zai_proxy.relay.hooks import RequestHook
 from zai_proxy.relay.prompt_memory import PromptMemory, digest
 from zai_proxy.relay.retry import SAFE_METHODS, RetryPolicy, RetryReason, retry_reason
@@ -71,15 +69,8 @@ from zai_proxy.relay.upstream import BodyReader, ScrubbingReader, Upstream
 from zai_proxy.wire.exchange import Exchange
 from zai_proxy.wire.headers import RawHeaders
 from zai_proxy.wire.json_body import INLINE_MAX, PARSE_ERRORS, parse_off_loop
-from zai_proxy.zai.classify import (
-    MAX_BODY_BYTES,
-    Throttle,
-    business_error,
-    classify_doc,
-    classify_error,
-    is_error_object,
-)
-from zai_proxy.zai.codes import OVERLOADED_PROMPT, Learns, known
+from zai_proxy.zai.classify import Throttle
+from zai_proxy.zai.codes import OVERLOADED_PROMPT, Learns
 
 # Error bodies are read with a budget: enough to decide retries and classify a 429.
 ERROR_BODY_BUDGET = 256 * 1024
@@ -319,7 +310,8 @@ class Forwarder:
         """Feed the controllers; say whether (and why) this answer is worth another try."""
         status = opened.status
         permit = opened.permit
-        found = self._business(opened)
+        found = carried(status, opened.headers, opened.body, opened.parsed, opened.json_ok,
+                        opened.watch, self.wall_clock)
         if found is not None:
             throttle, carrier = found
             if throttle.row.prompt_sensitive and request is not None and self.prompts.recall(
@@ -351,41 +343,6 @@ class Forwarder:
                 self.metrics.upstream_error("truncated_response")
                 return retry_reason(status=status, empty_or_truncated=True), None
         return None, None
-
-    def _business(self, opened: Opened) -> tuple[Throttle, str] | None:
-        """The Z.AI error an answer carries, and its carrier; None for any other answer."""
-        status = opened.status
-        body = opened.body
-        if status == 429:
-            return classify_error(body or b"", _str_headers(opened.headers),
-                                  self.wall_clock()), "429"
-        if 400 <= status < 500:
-            if not body:
-                return None
-            throttle = classify_error(body, _str_headers(opened.headers), self.wall_clock())
-            return (throttle, "4xx") if known(throttle.code) else None
-        if not 200 <= status < 300:
-            return None
-        if opened.watch is not None:
-            fault = opened.watch.fault
-            if fault is None or not fault.before_content or fault.kind != "error" or not known(
-                    fault.code):
-                return None
-            return classify_doc(fault.doc, _str_headers(opened.headers),
-                                self.wall_clock()), "stream"
-        doc: Any = None
-        if opened.json_ok:
-            doc = opened.parsed
-        elif body and len(body) <= MAX_BODY_BYTES and (b'"error"' in body or b'"code"' in body):
-            try:  # a body nobody parsed (a pass-through route): only when it may be one
-                doc = json.loads(body)
-            except PARSE_ERRORS:
-                return None
-        if not is_error_object(doc):
-            return None
-        found = business_error(doc, _str_headers(opened.headers), self.wall_clock())
-        return (found, "200") if found is not None else None
-
 
 def _spent(throttle: Throttle, retried: dict[str | None, int]) -> bool:
     """Whether answers carrying this code were retried as often as its row allows."""
@@ -434,8 +391,3 @@ async def _parse_off_loop(opened: Opened, body: bytes) -> None:
     except PARSE_ERRORS:
         return
     opened.json_ok = True
-
-
-def _str_headers(raw: RawHeaders) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
-
