@@ -309,3 +309,13 @@ async def test_a_1305_in_a_200_is_remembered_per_prompt_too() -> None:
     assert response.status_code == 200 and len(script.seen) == 3
     assert json.loads(response.content)["error"]["code"] == "1305"
     assert response.headers["x-zai-error-class"] == "overloaded_prompt"
+
+
+async def test_an_error_relayed_in_a_200_is_not_charged_as_tokens() -> None:
+    harness = Harness(Script(error_200("1311")), TOKEN_COUNTING_ENABLED="true")
+    async with harness as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.headers["x-zai-error-class"] == "no_subscription"
+    counted = [s for metric in harness.registry.collect() if metric.name == "zai_proxy_tokens"
+               for s in metric.samples if s.name == "zai_proxy_tokens_total" and s.value]
+    assert counted == []
