@@ -85,6 +85,7 @@ def test_an_error_event_is_found_however_the_stream_is_cut(stream: bytes) -> Non
 
 
 @pytest.mark.parametrize("stream", [ROLE + TEXT + finish("network_error") + DONE,
+                                    ROLE + TEXT + finish("abnormal") + DONE,
                                     A_START + A_BLOCK + A_TEXT + stop("abnormal")])
 def test_an_abnormal_finish_is_found_however_the_stream_is_cut(stream: bytes) -> None:
     for chunks in split_every_way(stream):

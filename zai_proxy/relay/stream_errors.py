@@ -35,6 +35,7 @@ NORMAL_STOP = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", 
 FINISH_CLASS = "finish_reason"
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 _REASON = b'_reason"'
+_NULLS = (b": null", b":null")  # what follows `_reason"` in every chunk that is not a finish
 _BOM = b"\xef\xbb\xbf"
 # Anthropic events that come before any content.
 _HEAD_EVENTS = frozenset({"message_start", "ping", "content_block_stop"})
@@ -57,10 +58,11 @@ class Fault(NamedTuple):
 class StreamWatch:
     """Feed it every chunk of one stream, in order (see the module docstring)."""
 
-    __slots__ = ("_parser", "content", "fault")
+    __slots__ = ("_idle", "_parser", "content", "fault")
 
     def __init__(self) -> None:
         self._parser = SSEParser()
+        self._idle = True  # the parser holds no incomplete event (kept here: read per chunk)
         self.content = False
         self.fault: Fault | None = None
 
@@ -73,12 +75,14 @@ class StreamWatch:
         """Look at the next chunk of the stream."""
         if self.fault is not None or not chunk:
             return
-        parser = self._parser
-        if self.content and parser.idle and chunk.endswith(_EVENT_ENDS):
+        if self.content and self._idle and chunk.endswith(_EVENT_ENDS):
             # Whole events, past the head: the usual read, and the cheap test decides.
             if not _suspect(chunk):
                 return
-        for raw in parser.feed_raw(chunk):
+        parser = self._parser
+        blocks = parser.feed_raw(chunk)
+        self._idle = parser.idle
+        for raw in blocks:
             if self.content and not _suspect(raw):
                 continue
             self._event(raw)
@@ -163,14 +167,14 @@ class StreamWatch:
 
 def _suspect(events: bytes) -> bool:
     """Whether whole events may hold an error or a finish reason with a value."""
-    if b'"error"' in events or b"event: error" in events or b"event:error" in events:
+    if b"error" in events:  # an error object, an `event: error`; text saying "error": a parse
         return True
     at = events.find(_REASON)
     while at >= 0:
-        value = events[at + len(_REASON):at + len(_REASON) + 8].lstrip(b": \t")
-        if not value.startswith(b"null"):
+        at += len(_REASON)
+        if not events.startswith(_NULLS, at):
             return True
-        at = events.find(_REASON, at + len(_REASON))
+        at = events.find(_REASON, at)
     return False
 
 
