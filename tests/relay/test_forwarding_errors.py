@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.support.clock import VirtualTime
 from tests.support.forwarding import CHAT, EVENT, Answer, Harness, Script, ok, stream, z429
 from zai_proxy.limiter.rate_controller import Outcome
 from zai_proxy.observe.logs import ACCESS
+from zai_proxy.observe.metrics import Metrics
+from zai_proxy.relay.forwarding import HEAD_LIMIT, Forwarder
+from zai_proxy.relay.retry import RetryPolicy
+from zai_proxy.relay.stream_errors import StreamWatch
 
 STREAM = {**CHAT, "stream": True}
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},' \
@@ -319,3 +325,48 @@ async def test_an_error_relayed_in_a_200_is_not_charged_as_tokens() -> None:
     counted = [s for metric in harness.registry.collect() if metric.name == "zai_proxy_tokens"
                for s in metric.samples if s.name == "zai_proxy_tokens_total" and s.value]
     assert counted == []
+
+
+# -- the held-back head is bounded ---------------------------------------------------------------
+
+
+class Reads:
+    """An upstream body as reads; counts how many were taken."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.taken = chunks, 0
+
+    def __aiter__(self) -> Reads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.taken == len(self.chunks):
+            raise StopAsyncIteration
+        self.taken += 1
+        return self.chunks[self.taken - 1]
+
+
+def forwarder(first_byte_timeout: float) -> Forwarder:
+    return Forwarder(upstream=SimpleNamespace(first_byte_timeout=first_byte_timeout),  # type: ignore[arg-type]
+                     admission=None, policy=RetryPolicy(),  # type: ignore[arg-type]
+                     metrics=Metrics(CollectorRegistry(), "v1"))
+
+
+async def test_a_head_without_content_is_held_back_up_to_head_limit_only() -> None:
+    keep_alive = b": " + b"x" * 1000 + b"\n\n"
+    reads = Reads([ROLE] + [keep_alive] * 100 + [EVENT])
+    head = await forwarder(60.0)._head(reads, StreamWatch())  # type: ignore[arg-type]
+    assert HEAD_LIMIT <= len(head) < HEAD_LIMIT + len(keep_alive)
+    assert reads.taken < len(reads.chunks)  # the rest is relayed as it comes
+
+
+async def test_a_head_without_content_is_held_back_up_to_the_first_byte_timeout_only() -> None:
+    reads = Reads([ROLE, ROLE, EVENT])
+    head = await forwarder(0.0)._head(reads, StreamWatch())  # type: ignore[arg-type]
+    assert head == ROLE and reads.taken == 1
+
+
+async def test_the_head_ends_at_the_first_content() -> None:
+    reads = Reads([ROLE, EVENT, EVENT, DONE])
+    head = await forwarder(60.0)._head(reads, StreamWatch())  # type: ignore[arg-type]
+    assert head == ROLE + EVENT and reads.taken == 2
