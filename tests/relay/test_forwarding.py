@@ -60,7 +60,6 @@ async def test_quota_429_is_relayed_at_once_with_time_until_reset(code: str) -> 
 
 @pytest.mark.parametrize(("code", "cls", "reason"), [
     ("1303", "frequency", "429_frequency"),
-    ("1305", "frequency", "429_frequency"),
     ("1302", "concurrency", "429_concurrency"),
     ("1312", "congestion", "429_congestion"),
     ("9999", "unknown", "429_unknown"),

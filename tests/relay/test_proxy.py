@@ -195,8 +195,11 @@ async def test_redirects_are_not_followed() -> None:
 
 
 async def test_anthropic_stream_dying_ends_with_an_anthropic_error_event() -> None:
+    # Past the head (a content delta): the client has bytes, so the cut is told in-band.
     chunks = [b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
-              b'{"input_tokens":3,"output_tokens":1}}}\n\n']
+              b'{"input_tokens":3,"output_tokens":1}}}\n\n'
+              b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+              b'"delta":{"type":"text_delta","text":"hi"}}\n\n']
     harness = Harness(lambda r: httpx.Response(
         200, headers={"content-type": "text/event-stream"}, stream=BrokenStream(chunks)))
     async with harness as client:

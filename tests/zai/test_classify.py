@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from zai_proxy.relay.retry import parse_retry_after
-from zai_proxy.zai.classify import MAX_BODY_BYTES, classify_429, parse_time
+from zai_proxy.zai.classify import (
+    MAX_BODY_BYTES,
+    business_error,
+    classify_429,
+    classify_error,
+    is_error_object,
+    parse_time,
+)
 from zai_proxy.zai.codes import ThrottleClass
 
 NOW = datetime(2026, 9, 5, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -211,3 +218,37 @@ def test_body_retry_hint_as_an_http_date_and_hints_of_the_wrong_type() -> None:
         body = json.dumps({"error": {"code": "1302", "retry_after": bad}}).encode()
         throttle = classify_429(body, {}, NOW)
         assert (throttle.cls, throttle.retry_after) == (C.CONCURRENCY, None), bad
+
+
+# ---- other carriers: errors only when they say so ----------------------------------------------
+
+
+@pytest.mark.parametrize(("doc", "error"), [
+    ({"error": {"code": "1303", "message": "x"}}, True),
+    ({"code": 1305, "msg": "overloaded", "success": False}, True),
+    ({"type": "error", "error": {"type": "rate_limit_error", "code": "1303"}}, True),
+    ({"code": 1305, "msg": "overloaded"}, True),
+    ({"code": 200, "msg": "ok", "success": True, "data": {}}, False),
+    ({"choices": [], "error": {"code": "1303"}}, False),
+    ({"content": [], "type": "error"}, False),
+    ({"id": "x", "object": "list", "data": []}, False),
+    ([{"error": {"code": "1303"}}], False),
+    (None, False),
+])
+def test_a_2xx_body_is_an_error_only_as_an_error_object(doc: object, error: bool) -> None:
+    assert is_error_object(doc) is error
+
+
+@pytest.mark.parametrize(("doc", "code"), [
+    ({"error": {"code": "1302", "message": "x"}}, "1302"),
+    ({"error": {"message": "1308: spent"}}, "1308"),
+    ({"error": {"code": "1214", "message": "bad parameter"}}, None),  # no row: no throttle
+    ({"error": {"message": "no code at all"}}, None),
+])
+def test_a_business_error_is_one_whose_code_has_a_row(doc: object, code: str | None) -> None:
+    found = business_error(doc, {}, NOW)
+    assert (found.code if found is not None else None) == code
+
+
+def test_classify_error_is_the_one_classifier_of_429s() -> None:
+    assert classify_429 is classify_error

@@ -108,6 +108,13 @@ class Metrics:
         # Admission control.
         self.upstream_429 = each(Counter, "zai_proxy_upstream_429",
                                  "Upstream 429 answers by class", ["class"])
+        # A Z.AI business code, judged by its row, by what carried it: 429, 4xx, 200, stream.
+        self.business_errors = each(Counter, "zai_proxy_upstream_business_errors",
+                                    "Upstream answers carrying a Z.AI business error, by class "
+                                    "and carrier (429, 4xx, 200, stream)", ["class", "carrier"])
+        self.stream_errors = each(Counter, "zai_proxy_upstream_stream_errors",
+                                  "Upstream streams that carried an error event or ended with an "
+                                  "abnormal finish reason, by class", ["class"])
         self.rate = one(Gauge, "zai_proxy_rate_limit_requests_per_second", "Current admitted rate")
         self.ceiling = one(Gauge, "zai_proxy_rate_limit_ceiling_requests_per_second",
                            "Learned upstream rate ceiling (0 = none learned)")

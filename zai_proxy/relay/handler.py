@@ -11,6 +11,14 @@ large and nobody needs it whole (see `forwarding`): then it is relayed as it arr
 upstream's length. A client that leaves cancels the request at once: the upstream response is
 closed, the slot freed, and the request recorded as 499.
 
+A stream Z.AI ends with an error event or an abnormal finish reason after its first content is
+relayed unchanged, byte for byte (the client sees what Z.AI sent); the forwarder's
+`StreamWatch` follows it, the fault is counted and logged once, and the request is recorded
+with outcome `upstream_stream_error` and status 502 (like a stream cut short), not `ok`. An
+answer judged by its Z.AI code (`opened.throttle`) keeps that code's outcome,
+`upstream_429_<class>` for a 429 and `upstream_error_<class>` for any other carrier, and is not
+settled for tokens: it produced none.
+
 Everything that can refuse a request (route, body, JSON, the upstream URL) runs before the
 request asks for admission, so a refused request never costs a rate token or a slot. Framing
 follows RFC 9110: no body and no `Content-Length` on 204 and 304, a HEAD answer carries the
@@ -185,7 +193,7 @@ class ProxyHandler:
         except ProxyError as error:
             await self._error(ex, send, error)
             return
-        if opened.throttle is not None:
+        if opened.throttle is not None:  # a Z.AI error, whatever carried it
             for hook in self.hooks:
                 hook.observe(ex, opened.throttle)
         instead: ProxyError | None = None
@@ -201,7 +209,8 @@ class ProxyHandler:
                 await self._relay_stream(ex, route, opened, ledger, send)
         finally:
             await opened.close()
-            if ledger is not None and instead is None and 200 <= opened.status < 300:
+            if (ledger is not None and instead is None and opened.throttle is None
+                    and 200 <= opened.status < 300):
                 report = await ledger.settle()
                 ex.usage = report.log_fields()
                 ex.cost = report.cost_usd
@@ -245,6 +254,7 @@ class ProxyHandler:
         await send({"type": "http.response.start", "status": opened.status, "headers": headers})
         watching = ledger if ledger is not None and ledger.stream and opened.sse else None
         relay = watching.relay if watching is not None else None
+        watch = opened.watch  # it has read `first` already
         sent = 0
         chunk = opened.first
         try:
@@ -254,10 +264,16 @@ class ProxyHandler:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     sent += len(data)
                 chunk = await opened.chunks.__anext__()
+                if watch is not None:
+                    watch.feed(chunk)
         except StopAsyncIteration:
-            pass
+            if watch is not None:
+                watch.close()
+                self._stream_fault(ex, opened)
         except UpstreamError as error:
             ex.upstream_ended = time.perf_counter()
+            if watch is not None:  # counted, though the cut is the request's outcome
+                self.forwarder.report_fault(ex, opened)
             self.recorder.upstream_error(error.error_type)
             ex.status = 502
             ex.outcome = "upstream_interrupted"
@@ -280,6 +296,20 @@ class ProxyHandler:
         await send({"type": "http.response.body", "body": tail})
         ex.response_bytes = sent + len(tail)
 
+    def _stream_fault(self, ex: Exchange, opened: Opened) -> None:
+        """A stream that ended with an error event or an abnormal finish: counted and logged
+        once; the request's outcome unless its answer was judged by a Z.AI code already."""
+        fault = opened.watch.fault if opened.watch is not None else None
+        if fault is None:
+            return
+        self.forwarder.report_fault(ex, opened)
+        if opened.throttle is None:
+            ex.status = 502
+            ex.outcome = "upstream_stream_error"
+            ex.error = ("the upstream stream ended with an abnormal finish reason"
+                        if fault.kind == "finish" else "the upstream stream carried an error event"
+                        + (f" (code {fault.code})" if fault.code else ""))
+
     def _headers(self, ex: Exchange, opened: Opened) -> RawHeaders:
         headers = client_response_headers(opened.headers, ex.request_id.encode(), self.variant)
         throttle = opened.throttle
@@ -290,7 +320,8 @@ class ProxyHandler:
             wait = throttle.wait_seconds(self.wall())
             if wait is not None and header_value(headers, b"retry-after") is None:
                 headers.append((b"retry-after", _retry_after(wait)))
-            ex.outcome = f"upstream_429_{throttle.cls.value}"
+            ex.outcome = (f"upstream_429_{throttle.cls.value}" if opened.carrier == "429"
+                          else f"upstream_error_{throttle.cls.value}")
         if self.lifecycle.draining:
             headers.append((b"connection", b"close"))
         return headers

@@ -13,8 +13,9 @@ in that order, at five fixed points of a request's life:
 2. `recheck(ex)`, after admission, before each upstream attempt (so again before a retry): a
    refusal that began while the request queued. Synchronous and cheap; the first refusal is the
    answer and the attempt is not made.
-3. `observe(ex, throttle)`, at most once: the upstream answer the client will get was a 429,
-   classified as `throttle`.
+3. `observe(ex, throttle)`, at most once: the upstream answer the client will get carried a
+   Z.AI error, classified as `throttle` (a 429, a business code in another 4xx, an error object
+   in a 200 body, an error event before a stream's first content).
 4. `answered(ex, status, throttle)`, at most once, after `observe`: the upstream answer about
    to be relayed, its status and (when one was classified) its throttle; every hook is told.
    A hook may return an error to answer in its place (the first one returned is the answer;
@@ -54,7 +55,7 @@ class RequestHook(Protocol):
         """Before an upstream attempt: the refusal to answer instead, or None."""
 
     def observe(self, ex: Exchange, throttle: Throttle) -> None:
-        """The relayed upstream answer was this classified 429."""
+        """The relayed upstream answer carried this classified Z.AI error."""
 
     def answered(self, ex: Exchange, status: int, throttle: Throttle | None) -> ProxyError | None:
         """The upstream answer about to be relayed; an error to answer instead, or None."""

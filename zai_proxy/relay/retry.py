@@ -32,6 +32,7 @@ class RetryReason(StrEnum):
     CONCURRENCY = "429_concurrency"
     CONGESTION = "429_congestion"
     UNKNOWN = "429_unknown"
+    OVERLOADED_PROMPT = "429_overloaded_prompt"
 
 
 def retry_reason(
@@ -46,7 +47,8 @@ def retry_reason(
 ) -> RetryReason | None:
     """Why this failed attempt may be retried, or None when it must not be.
 
-    `status` is the upstream HTTP status (None when no response); `throttle` the classified 429;
+    `status` is the upstream HTTP status (None when no response); `throttle` the classified error
+    (a 429, or a business code in another carrier: its row decides, whatever the status);
     `empty_or_truncated` a 2xx whose body was empty or cut short (or a stream with no bytes);
     `client_started` whether any byte already went to the client - then nothing is retried.
     `connection_error` with `maybe_delivered`: the connection broke after the request may have
@@ -57,11 +59,11 @@ def retry_reason(
         return None
     if connection_error:
         return RetryReason.CONNECTION if idempotent or not maybe_delivered else None
-    if status is None:
-        return None
-    if status == 429:
+    if throttle is not None or status == 429:
         retry = (throttle.row if throttle is not None else UNKNOWN).retry
         return None if retry is None else RetryReason(retry)
+    if status is None:
+        return None
     if status in GATEWAY_STATUSES:
         return RetryReason.SERVER
     if 200 <= status < 300 and empty_or_truncated:

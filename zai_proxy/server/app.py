@@ -62,6 +62,7 @@ from zai_proxy.relay.handler import ProxyHandler
 from zai_proxy.relay.hooks import RequestHook
 from zai_proxy.relay.lifecycle import Lifecycle
 from zai_proxy.relay.outbound import ClientFacing, Outbound
+from zai_proxy.relay.prompt_memory import PromptMemory
 from zai_proxy.relay.retry import RetryPolicy
 from zai_proxy.server import operational as ops
 from zai_proxy.server.accounts import AccountRuntime, account_of
@@ -155,7 +156,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     forwarder = Forwarder(upstream=upstream, admission=limiter.admission,
                           policy=RetryPolicy(settings.max_retries), metrics=metrics, sleep=sleep,
                           max_response_bytes=settings.max_response_bytes, hooks=hooks,
-                          wall_clock=wall)
+                          wall_clock=wall, prompts=PromptMemory(clock=clock))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,8 +1,15 @@
-"""Read Z.AI 429 answers: the business code (its row in `codes`), and retry / reset hints.
+"""Read Z.AI error answers: the business code (its row in `codes`), and retry / reset hints.
 
 Pure functions: no I/O, never raise on bad input. Z.AI puts the code in several envelopes (see
 docs in the shared notes); hints come under several keys and time formats, naive times being
 Beijing time (UTC+8).
+
+One classifier, `classify_error`, whatever carried the error: a 429 is always a throttle (an
+unknown code reads the `UNKNOWN` row). Other carriers are errors only when they say so:
+`business_error` finds a code with a row of its own in another 4xx body, or in a 2xx body that
+is an error object (`{"error": {...}}`, `{"code": ..., "msg": ..., "success": false}`,
+Anthropic's `{"type": "error", ...}`; a body with `choices` or `content` is an answer, never an
+error); the stream watch hands it the JSON of an error event.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-from zai_proxy.zai.codes import ThrottleClass, ZaiCode, lookup, of_class
+from zai_proxy.zai.codes import ThrottleClass, ZaiCode, known, lookup, of_class
 
 BEIJING = timezone(timedelta(hours=8))
 MAX_BODY_BYTES = 64 * 1024  # 429 bodies are tiny; anything bigger is not worth parsing
@@ -27,7 +34,8 @@ _RESET_TEXT = re.compile(r"reset at\s+(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}
 
 @dataclass(frozen=True)
 class Throttle:
-    """One classified 429. `retry_after` in seconds, `reset_at` as epoch seconds (UTC)."""
+    """One classified error answer (a 429, or a business code in another carrier).
+    `retry_after` in seconds, `reset_at` as epoch seconds (UTC)."""
 
     cls: ThrottleClass
     code: str | None = None
@@ -152,17 +160,29 @@ def _envelopes(doc: object) -> list[dict[str, Any]]:
     return found
 
 
-def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float) -> Throttle:
-    """Classify a 429 body. Never raises: oversized or malformed input gives `unknown`."""
-    now_s = _epoch(now)
-    retry_after = parse_retry_after(_header(headers, "Retry-After"), now_s)
+def classify_error(body: bytes, headers: Mapping[str, str], now: datetime | float) -> Throttle:
+    """Classify an error body. Never raises: oversized or malformed input gives `unknown`."""
     if len(body) > MAX_BODY_BYTES:
+        retry_after = parse_retry_after(_header(headers, "Retry-After"), _epoch(now))
         return Throttle(ThrottleClass.UNKNOWN, None, retry_after, None)
     text = body.decode("utf-8", errors="replace")
     try:
         doc: object = json.loads(text)
     except (ValueError, RecursionError):
         doc = None
+    return classify_doc(doc, headers, now, text=text)
+
+
+# The name it had while only 429s were read.
+classify_429 = classify_error
+
+
+def classify_doc(doc: object, headers: Mapping[str, str], now: datetime | float, *,
+                 text: str = "") -> Throttle:
+    """Classify an error body already parsed (`doc`; None when it was not JSON, then the raw
+    `text` is searched for a code prefix and a reset time)."""
+    now_s = _epoch(now)
+    retry_after = parse_retry_after(_header(headers, "Retry-After"), now_s)
     code: str | None = None
     messages: list[str] = []
     reset_at: float | None = None
@@ -177,7 +197,7 @@ def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float)
         for key in _RESET_KEYS:
             if reset_at is None and key in env:
                 reset_at = parse_time(env[key])
-    if doc is None:
+    if doc is None and text:
         messages.append(text)
     for message in messages:
         if code is None and (match := _CODE_PREFIX.match(message)):
@@ -186,6 +206,26 @@ def classify_429(body: bytes, headers: Mapping[str, str], now: datetime | float)
             reset_at = parse_time(match.group(1))
     return Throttle(lookup(code).cls, code, retry_after, reset_at,
                     messages[0] if messages else None)
+
+
+def is_error_object(doc: object) -> bool:
+    """Whether a 2xx JSON body is an error object rather than an answer."""
+    if not isinstance(doc, dict) or "choices" in doc or "content" in doc:
+        return False
+    if doc.get("type") == "error" or isinstance(doc.get("error"), dict):
+        return True
+    if doc.get("success") is True:
+        return False
+    return doc.get("success") is False or ("code" in doc and ("msg" in doc or "message" in doc))
+
+
+def business_error(doc: object, headers: Mapping[str, str], now: datetime | float, *,
+                   text: str = "") -> Throttle | None:
+    """The classified error of an answer that is not a 429 (a 4xx body, a 2xx error object
+    (check `is_error_object` first), a stream's error event): None unless its code has a row of
+    its own (`codes.known`)."""
+    throttle = classify_doc(doc, headers, now, text=text)
+    return throttle if known(throttle.code) else None
 
 
 def _as_hint(value: object) -> str | float | None:

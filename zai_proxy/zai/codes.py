@@ -4,8 +4,9 @@ Z.AI answers several different conditions with the same HTTP status and tells th
 business code in the body (`classify` finds it). Every decision the proxy takes on such an
 answer reads the code's row here, and nowhere else:
 
-- `cls`: what the answer is counted as (the `class` label of `zai_proxy_upstream_429_total`,
-  the `x-zai-error-class` header, the `upstream_429_<class>` log outcome);
+- `cls`: what the answer is counted as (the `class` label of `zai_proxy_upstream_429_total`
+  and `zai_proxy_upstream_business_errors_total`, the `x-zai-error-class` header, the
+  `upstream_429_<class>` / `upstream_error_<class>` log outcome);
 - `learns`: which controller learns from it - the rate controller (`rate`), the concurrency
   controller (`concurrency`), the congestion backoff (`congestion`), or none (None);
 - `retry`: the `reason` label a retry of it is counted under (a value of
@@ -17,7 +18,15 @@ answer reads the code's row here, and nowhere else:
   then to notice when it is lifted;
 - `status`: the HTTP status a client gets for this code (the proxy's own refusal, and the error
   it answers in place of the upstream's);
-- `cause`: what the code means, in words a client's error message can carry.
+- `cause`: what the code means, in words a client's error message can carry;
+- `prompt_sensitive`: the code is known to come back again and again for one particular request
+  body (the prompt, not the account's load): a repeat of it for a body that drew it before is
+  read by the `OVERLOADED_PROMPT` row instead (the relay remembers the bodies);
+- `max_retries`: at most this many retries, within one request, of answers carrying the code
+  (None: as many as the retry policy allows).
+
+The carrier does not matter: a code is read by its row whether it came in a 429, in another
+4xx, in the error object of a 200 body or in an error event before a stream's first content.
 
 A code not in the table gets the `UNKNOWN` row: retried carefully and taught to the rate
 controller, as the safest reading of an unexplained throttle. Adding a code is adding a row;
@@ -37,7 +46,8 @@ Window = Literal["five_hour", "weekly", "daily"]
 
 
 class ThrottleClass(StrEnum):
-    """Why Z.AI said 429; values are the `class` label of `zai_proxy_upstream_429_total`."""
+    """Why Z.AI refused; values are the `class` label of `zai_proxy_upstream_429_total` and of
+    the business-error and stream-error counters."""
 
     CONCURRENCY = "concurrency"
     FREQUENCY = "frequency"
@@ -58,7 +68,7 @@ class ThrottleClass(StrEnum):
 class ZaiCode:
     """One business code and everything the proxy does about it (see the module docstring)."""
 
-    code: str | None  # as Z.AI writes it; None only for the row of codes not in the table
+    code: str | None  # as Z.AI writes it; None for the rows no code is written in
     cls: ThrottleClass
     learns: Learns | None
     retry: str | None
@@ -66,6 +76,8 @@ class ZaiCode:
     stop: bool = False
     status: int = 429
     cause: str = ""
+    prompt_sensitive: bool = False
+    max_retries: int | None = None
 
     @property
     def retryable(self) -> bool:
@@ -80,8 +92,9 @@ TABLE: tuple[ZaiCode, ...] = (
     # Request frequency too high: the rate ceiling was reached.
     ZaiCode("1303", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency",
             cause="request frequency too high"),
+    # Also seen repeating for one particular prompt, whatever the rate: see OVERLOADED_PROMPT.
     ZaiCode("1305", ThrottleClass.FREQUENCY, learns="rate", retry="429_frequency",
-            cause="the platform is overloaded"),
+            cause="the platform is overloaded", prompt_sensitive=True),
     # Plan quota spent: nothing to learn about load, nothing to gain by retrying before the reset.
     ZaiCode("1308", ThrottleClass.QUOTA_5H, learns=None, retry=None, window="five_hour",
             cause="the plan's five-hour quota is spent"),
@@ -106,6 +119,14 @@ TABLE: tuple[ZaiCode, ...] = (
 )
 UNKNOWN = ZaiCode(None, ThrottleClass.UNKNOWN, learns="rate", retry="429_unknown",
                   cause="an unexplained throttle")
+# A prompt-sensitive code again for a request body that drew it before: evidence about that
+# prompt, not about the account's rate, so no controller learns from it; retried twice at most
+# (counting the retry of the first answer), then relayed.
+OVERLOADED_PROMPT = ZaiCode(None, ThrottleClass.OVERLOADED_PROMPT, learns=None,
+                            retry="429_overloaded_prompt", max_retries=2,
+                            cause="the platform keeps answering this prompt as overloaded")
+# Rows no code is written in: an answer reaches them only by its class.
+_DERIVED = (OVERLOADED_PROMPT,)
 
 # Read by the lookups below on every call (not copied), so a row added here takes effect
 # everywhere at once.
@@ -121,7 +142,13 @@ def lookup(code: str | None) -> ZaiCode:
 
 def of_class(cls: ThrottleClass) -> ZaiCode:
     """The first row counted as `cls` (for an answer known only by its class)."""
-    return next((row for row in _BY_CODE.values() if row.cls is cls), UNKNOWN)
+    return next((row for row in (*_BY_CODE.values(), *_DERIVED) if row.cls is cls), UNKNOWN)
+
+
+def known(code: str | None) -> bool:
+    """Whether `code` has a row of its own (an answer that is not a 429 is read by its code only
+    then: a 400's parameter-error code, say, is no throttle)."""
+    return code is not None and code in _BY_CODE
 
 
 def window_of(code: str) -> Window | None:
