@@ -97,7 +97,9 @@ class Quota:
                       if link is not None and lease is not None else None)
         # Without Redis each replica sees its share of the account's tokens.
         self.replicas = config.rate_limit_replicas
-        self.scale = 1.0 if self.sharing is not None else float(self.replicas)
+        # Decided once, by the limiter: 1 when Redis shares the account's counts, else
+        # RATE_LIMIT_REPLICAS (each token seen here stands for that many of the account's).
+        self.scale = limiter.scale
         # The account stopped by Z.AI (plan expired, no balance, ...): refused, probed, shared.
         self.stops = AccountStops(config.account_stop_probe_seconds, metrics, wall=wall,
                                   key_kind=key_kind, sharing=self.sharing)
@@ -117,7 +119,6 @@ class Quota:
         self._to_lift: list[str] = []
         self._adopted_at = 0.0
         self._logged: Block | None = None
-        self._clients: dict[tuple[str, str], Any] = {}
         if self.monitor is not None:
             for reason in REASONS:  # every reason exported from the start: increase() works
                 metrics.quota_poll_errors.labels(reason)
@@ -174,11 +175,7 @@ class Quota:
         for direction, count in counts.items():
             if count:
                 total += count
-                child = self._clients.get((client, direction))
-                if child is None:
-                    child = self._clients[(client, direction)] = self.metrics.client_tokens.labels(
-                        client, direction)
-                child.inc(count)
+                self.metrics.client_tokens.labels(client, direction).inc(count)
         self.state.settled(total, scale=self.scale)
         self._unflushed += total
 
