@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         if status is None:
             return
         metrics.auth_key_file_loaded.set(status.loaded_at)
-        metrics.auth_key_file_keys.set(status.keys)
+        metrics.auth_key_file_keys.set(status.count)
         metrics.auth_key_file_error.set(1 if status.last_error else 0)
         metrics.auth_key_file_errors.inc(status.errors - key_file_errors_counted)
         key_file_errors_counted = status.errors
