@@ -215,7 +215,8 @@ def _unambiguous(found: list[ClientSpec], problems: list[str]) -> Clients:
     for spec in found:
         for key in spec.keys:
             owners.setdefault(key, set()).add(spec.name)
-    shared = sorted({" and ".join(map(repr, sorted(o))) for o in owners.values() if len(o) > 1})
+    shared = sorted({" and ".join(f"{name!r} (line {lines[name][0]})" for name in sorted(o))
+                     for o in owners.values() if len(o) > 1})
     problems.extend(f"a key is listed under clients {pair}: not in force for either"
                     for pair in shared)
     kept = []
