@@ -119,6 +119,8 @@ class ClientAuth:
                 clients_file, variable="PROXY_CLIENTS_FILE", noun="clients",
                 nothing="no client from it is in force", valid="the valid clients are in force",
                 load=load_clients_file, scan=_scan_clients, empty=(), clock=clock, wall=wall)
+        # Only the files configured: without any, a request's look at them is an empty loop.
+        self._files = tuple(f for f in (self._key_file, self._clients_file) if f is not None)
         self.roster = Roster()
         self._install(None)
         # Keys configured at startup make this a keyed proxy for good: no reload opens it.
@@ -149,8 +151,8 @@ class ClientAuth:
     def refresh(self) -> None:
         """Look at the files if it is time to (a request does this; so do /health and
         /metrics, so they show the files' state even while no request comes)."""
-        for file in (self._key_file, self._clients_file):
-            if file is not None and file.poll():
+        for file in self._files:
+            if file.poll():
                 self._install(file)
 
     def client_id(self, headers: RawHeaders) -> str | None:
