@@ -122,6 +122,7 @@ class ClientAuth:
         # Only the files configured: without any, a request's look at them is an empty loop.
         self._files = tuple(f for f in (self._key_file, self._clients_file) if f is not None)
         self.roster = Roster()
+        self._digests: list[tuple[bytes, str]] = []
         self._install(None)
         # Keys configured at startup make this a keyed proxy for good: no reload opens it.
         self._keyed = bool(self._digests)
@@ -178,7 +179,7 @@ class ClientAuth:
     def _install(self, reloaded: ReloadingFile[Entries] | ReloadingFile[Clients] | None) -> None:
         """Put the keys of every source in force, and the roster: after startup (`reloaded`
         None) and after a reload of `reloaded`."""
-        before = {label for _, label in getattr(self, "_digests", ())}
+        before = {label for _, label in self._digests}
         listed = self._inline + (self._key_file.value if self._key_file else ())
         declared = self._clients_file.value if self._clients_file else ()
         declared, conflicts = _apart(listed, declared)
