@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clock import VirtualTime
-from zai_proxy.clients import auth as auth_module
+from zai_proxy.clients import reloading
 from zai_proxy.clients.auth import (
     MIN_KEY_LENGTH,
     ClientAuth,
@@ -138,7 +138,7 @@ def test_the_key_file_is_looked_at_once_a_second_at_most(tmp_path: Path,
             calls.append(str(path))
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(auth_module.os, "stat", counting_stat)
+    monkeypatch.setattr(reloading.os, "stat", counting_stat)
     for _ in range(1000):
         auth.client_id(bearer("worker-key-0001"))
         clock.jump(0.01)  # 1000 requests over 10 s

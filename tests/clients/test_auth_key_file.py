@@ -58,7 +58,7 @@ def test_an_edit_that_removes_a_key_and_adds_a_broken_line_still_removes_it(
     assert refused(auth, GONE)
     assert auth.client_id(bearer(key(KEEP))) == "keep"
     status = auth.file_status
-    assert status is not None and status.keys == 1 and status.errors == 1
+    assert status is not None and status.count == 1 and status.errors == 1
     assert status.last_error is not None and "line 2" in status.last_error
     assert status.error_since == vt.wall() - 1.0 or status.error_since is not None
     assert "worker-key" not in caplog.text and "short" not in (status.last_error or "")

@@ -85,6 +85,57 @@ def test_key_file_is_checked_at_startup_and_kept_apart_from_the_list(tmp_path: P
         load_settings({"PROXY_API_KEYS_FILE": str(tmp_path / "missing")})
 
 
+CLIENTS = '[[client]]\nname = "agents"\nkeys = ["agent-key-secret-01"]\nweight = 3\n'
+
+
+def test_clients_file_is_checked_at_startup(tmp_path: Path) -> None:
+    clients = tmp_path / "clients.toml"
+    clients.write_text(CLIENTS)
+    s = load_settings({"PROXY_CLIENTS_FILE": str(clients)})
+    assert s.proxy_clients_file == str(clients) and load_settings({}).proxy_clients_file == ""
+    clients.write_text(CLIENTS + "colour = 'blue'\n")
+    with pytest.raises(ConfigError, match=r"PROXY_CLIENTS_FILE=.* is invalid: client 'agents' "
+                       r"\(line 1\): unknown field `colour`"):
+        load_settings({"PROXY_CLIENTS_FILE": str(clients)})
+    with pytest.raises(ConfigError, match=r"PROXY_CLIENTS_FILE=.* cannot be read"):
+        load_settings({"PROXY_CLIENTS_FILE": str(tmp_path / "missing.toml")})
+
+
+@pytest.mark.parametrize("where", ["PROXY_API_KEYS", "PROXY_API_KEYS_FILE"])
+def test_a_key_in_the_clients_file_and_in_the_key_list_is_refused_at_start(
+        tmp_path: Path, where: str) -> None:
+    clients = tmp_path / "clients.toml"
+    clients.write_text(CLIENTS)
+    keys = tmp_path / "keys"
+    keys.write_text("bot:agent-key-secret-01\n" if where.endswith("FILE") else "x:other-key-01\n")
+    env = {"PROXY_CLIENTS_FILE": str(clients), "PROXY_API_KEYS_FILE": str(keys),
+           "PROXY_API_KEYS": "bot:agent-key-secret-01" if where == "PROXY_API_KEYS" else ""}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    message = str(info.value)
+    assert "PROXY_CLIENTS_FILE" in message and f"also in {where}:" in message
+    assert "client 'agents'" in message and "agent-key" not in message
+
+
+def test_an_invalid_clients_file_stops_serve_with_exit_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from zai_proxy.server.run import main
+
+    clients = tmp_path / "clients.toml"
+    clients.write_text(CLIENTS.replace("weight = 3", "weight = 0"))
+    monkeypatch.setenv("PROXY_CLIENTS_FILE", str(clients))
+
+    async def serve(settings: object) -> int:
+        raise AssertionError("the proxy started with an invalid clients file")
+
+    monkeypatch.setattr("zai_proxy.server.run.serve", serve)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "PROXY_CLIENTS_FILE" in err and "`weight` must be a number > 0" in err
+    assert "agent-key" not in err
+
+
 def test_named_keys_and_quota_settings() -> None:
     s = load_settings({"PROXY_API_KEYS": "alice:worker-key-0001,worker-key-0002",
                        "QUOTA_PACING": "EVEN", "QUOTA_PACING_EXEMPT": "alice, bob",

@@ -224,6 +224,17 @@ class Metrics:
             "1 while the key file in force has a problem (an invalid line, empty, missing)")
         self.auth_key_file_errors = one(Counter, "zai_proxy_auth_key_file_errors",
                                         "Key file reloads applied with a problem")
+        # The clients file's reloads (PROXY_CLIENTS_FILE), the same four series.
+        self.clients_file_loaded = one(
+            Gauge, "zai_proxy_clients_file_last_load_timestamp_seconds",
+            "When the clients file version in force was applied (epoch s)")
+        self.clients_file_clients = one(Gauge, "zai_proxy_clients_file_clients",
+                                        "Clients from the clients file in force")
+        self.clients_file_error = one(
+            Gauge, "zai_proxy_clients_file_error",
+            "1 while the clients file in force has a problem (an invalid client, empty, missing)")
+        self.clients_file_errors = one(Counter, "zai_proxy_clients_file_errors",
+                                       "Clients file reloads applied with a problem")
 
     def _single(self, kind: type[S], name: str, doc: str, **options: Any) -> S:
         """A series whose only label is the variant: its one child."""

@@ -11,6 +11,7 @@ retirement, limiter and quota state, which the switch and probes read. Without A
 there is no operator credential to ask for, and /health is full for everyone. /metrics shows the
 per-client series to every scrape unless METRICS_CLIENT_NAMES=false; then only to a scrape that
 presents ADMIN_API_KEY (to none when it is not configured).
+The roster of clients (`clients`) names them too: it is in the full detail only.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from zai_proxy.core.errors import (
     error_body,
 )
 from zai_proxy.core.redis_link import RedisLink
+from zai_proxy.limiter.client_class import ClassOf
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.relay.forwarding import Forwarder
@@ -114,22 +116,28 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     retirement.subscribe(connections.retire)
     retirement.subscribe(lambda retired: metrics.retired.set(1 if retired else 0))
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file,
-                      clock=clock, wall=wall)
-    key_file_errors_counted = 0
+                      clients_file=settings.proxy_clients_file, clock=clock, wall=wall)
+    # The admission queue's view of a client (weight, priority, in-flight cap), by name.
+    class_of: ClassOf = auth.roster.class_of
+    errors_counted: dict[str, int] = {}
 
     def refresh_auth() -> None:
-        """Look at the key file now, and show its state in the metrics."""
-        nonlocal key_file_errors_counted
+        """Look at the key file and the clients file now, and show their state in the
+        metrics (the same four series each)."""
         auth.refresh()
         metrics.set_auth_mode("open" if auth.open else "keys")
-        status = auth.file_status
-        if status is None:
-            return
-        metrics.auth_key_file_loaded.set(status.loaded_at)
-        metrics.auth_key_file_keys.set(status.keys)
-        metrics.auth_key_file_error.set(1 if status.last_error else 0)
-        metrics.auth_key_file_errors.inc(status.errors - key_file_errors_counted)
-        key_file_errors_counted = status.errors
+        for status, (loaded, count, error, errors) in (
+                (auth.file_status, (metrics.auth_key_file_loaded, metrics.auth_key_file_keys,
+                                    metrics.auth_key_file_error, metrics.auth_key_file_errors)),
+                (auth.clients_status, (metrics.clients_file_loaded, metrics.clients_file_clients,
+                                       metrics.clients_file_error, metrics.clients_file_errors))):
+            if status is None:
+                continue
+            loaded.set(status.loaded_at)
+            count.set(status.count)
+            error.set(1 if status.last_error else 0)
+            errors.inc(status.errors - errors_counted.get(status.noun, 0))
+            errors_counted[status.noun] = status.errors
 
     refresh_auth()
     metrics.upstream_simulated.set(1 if settings.upstream_simulated else 0)
@@ -199,6 +207,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.connections = connections
     app.state.quota = quota
     app.state.auth = auth
+    app.state.class_of = class_of
 
     admin = AdminGuard(settings.admin_api_key)
 
@@ -219,6 +228,8 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             "upstream": "simulated" if settings.upstream_simulated else "z.ai",
             "auth": "open" if auth.open else "keys",
             "auth_key_file": auth.file_status.as_dict() if auth.file_status else None,
+            "clients_file": auth.clients_status.as_dict() if auth.clients_status else None,
+            "clients": auth.roster.health(),
             "rate_limit": limiter.health(),
             "quota": quota.health(),
             # "ok", or "stopped" (Z.AI stopped the account) with `account_stop` saying why.
@@ -344,9 +355,9 @@ def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
 
 def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
     """/health without the names of clients and the account hash (see the module docstring):
-    `rate_limit.account` and `quota.pacing.exempt` are left out, and the account hash anywhere
-    else (the shared state's Redis namespace) is replaced by `<hidden>`."""
-    public = dict(body)
+    `clients`, `rate_limit.account` and `quota.pacing.exempt` are left out, and the account
+    hash anywhere else (the shared state's Redis namespace) is replaced by `<hidden>`."""
+    public = {k: v for k, v in body.items() if k != "clients"}
     if isinstance(rate := body.get("rate_limit"), dict):
         public["rate_limit"] = {k: v for k, v in rate.items() if k != "account"}
     if isinstance(quota := body.get("quota"), dict) and isinstance(quota.get("pacing"), dict):

@@ -150,6 +150,10 @@ class Settings:
     proxy_api_keys_file: str = _SERVER.setting(
         "PROXY_API_KEYS_FILE", str, "file with one client key (`name:key` or `key`) per line, "
         "re-read when it changes", default="")
+    proxy_clients_file: str = _SERVER.setting(
+        "PROXY_CLIENTS_FILE", str, "TOML file declaring the clients (`[[client]]`: name, keys or "
+        "keys_file, weight, priority, max_in_flight, budget shares; docs/clients.md), re-read "
+        "when it changes; unset = every key a batch client of weight 1", default="")
     max_request_bytes: int = _SERVER.setting(
         "MAX_REQUEST_BYTES", positive(parse_size), "largest request body accepted",
         default=10 * 1024 * 1024)
@@ -383,18 +387,39 @@ def _check_keys(settings: Settings) -> None:
     from zai_proxy.clients.auth import parse_entries, read_key_file
 
     try:
-        parse_entries(settings.proxy_api_keys)
+        inline = parse_entries(settings.proxy_api_keys)
     except ValueError as exc:
         raise ConfigError(f"PROXY_API_KEYS is invalid: {exc}") from None
     path = settings.proxy_api_keys_file
-    if not path:
-        return
+    listed = [(e.key, "PROXY_API_KEYS") for e in inline]
+    if path:
+        try:
+            listed.extend((e.key, "PROXY_API_KEYS_FILE") for e in read_key_file(path))
+        except OSError as exc:
+            raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} cannot be read: "
+                              f"{exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} {exc}") from None
+    if settings.proxy_clients_file:
+        _check_clients(settings.proxy_clients_file, listed)
+
+
+def _check_clients(path: str, listed: list[tuple[str, str]]) -> None:
+    """The clients file must be valid whole, and none of its keys may also be one of `listed`
+    (key, the variable it is in): a key stands for one client."""
+    from zai_proxy.clients.clients_file import load_clients_file
+
     try:
-        read_key_file(path)
+        clients = load_clients_file(path).value
     except OSError as exc:
-        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"PROXY_CLIENTS_FILE={path!r} cannot be read: {exc.strerror}") from None
     except ValueError as exc:
-        raise ConfigError(f"PROXY_API_KEYS_FILE={path!r} {exc}") from None
+        raise ConfigError(f"PROXY_CLIENTS_FILE={path!r} is invalid: {exc}") from None
+    for spec in clients:
+        if variables := sorted({var for key, var in listed if key in spec.keys}):
+            raise ConfigError(f"PROXY_CLIENTS_FILE={path!r}: a key of client {spec.name!r} is "
+                              f"also in {' and '.join(variables)}: a key stands for one client; "
+                              "remove it from one of them")
 
 
 def _validated(settings: Settings) -> Settings:
