@@ -191,7 +191,7 @@ async def test_clients_file_state_and_roster_are_on_health_and_metrics(tmp_path:
     assert full["clients_file"] == {"path": str(path), "loaded_at": started,
                                     "clients": 2, "last_error": None, "error_since": None}
     roster = full["clients"]
-    assert roster["budgets"] == "declared, not enforced"
+    assert roster["budgets"] == "enforced"
     assert [(c["name"], c["weight"], c["max_in_flight"], c["weekly_share"], c["keys"])
             for c in roster["clients"]] == [("agents", 3.0, 4, None, 1), ("ci", 1.0, None, 0.5, 1),
                                             ("worker", 1.0, None, None, 1)]

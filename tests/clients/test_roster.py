@@ -43,7 +43,7 @@ def test_health_lists_each_client_and_marks_budgets_not_enforced_never_a_key() -
     roster = Roster()
     roster.replace((AGENTS, CI), {"worker": 1})
     health = roster.health()
-    assert health["budgets"] == "declared, not enforced"
+    assert health["budgets"] == "enforced"
     assert health["clients"] == [
         {"name": "agents", "source": "clients_file", "weight": 3.0, "priority": "interactive",
          "max_in_flight": 8, "five_hour_share": None, "weekly_share": None, "keys": 2},

@@ -1,10 +1,10 @@
 """A small in-memory Redis for the unit tests of the Redis logic, that can also hang or lie.
 
 `FakeRedis` answers the few redis-py calls the proxy makes (`get`, `set` (with NX), `incr`,
-`incrbyfloat`, `delete`, `ping`, `pipeline` with `hincrbyfloat`/`expire`/`incrbyfloat`/`get`,
-and `register_script` for the proxy's own Lua scripts, run here as Python on `clock`) the way
-redis-py returns them (bytes for strings, int for INCR, float for INCRBYFLOAT). Its `mode`
-says how it behaves:
+`incrbyfloat`, `delete`, `ping`, `pipeline` with `hincrbyfloat`/`expire`/`incrbyfloat`/`get`/
+`hgetall`, and `register_script` for the proxy's own Lua scripts, run here as Python on
+`clock`) the way redis-py returns them (bytes for strings, int for INCR, float for
+INCRBYFLOAT). Its `mode` says how it behaves:
 
 - "ok": a working Redis;
 - "hang": every call waits forever (a Redis that was SIGSTOPped): only a timeout ends it;
@@ -269,6 +269,10 @@ class FakePipeline:
 
     def get(self, key: str) -> FakePipeline:
         self.ops.append(lambda: self.redis._live(key))
+        return self
+
+    def hgetall(self, key: str) -> FakePipeline:
+        self.ops.append(lambda: dict(self.redis._live(key) or {}))
         return self
 
     async def execute(self) -> Any:

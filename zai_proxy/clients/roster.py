@@ -3,10 +3,10 @@
 A client is declared in the clients file (`PROXY_CLIENTS_FILE`: its weight, priority, in-flight
 cap and budget shares) or stands for keys of `PROXY_API_KEYS` / `PROXY_API_KEYS_FILE` (a batch
 client of weight 1, `DEFAULT`). `class_of` is what the admission queue asks of a client's name;
-`shares_of` is what budgets will ask. A name the roster does not know (`anonymous` on an open
-proxy, a client whose keys were all revoked while its request was on the way) is `DEFAULT`
-with no shares. `replace` swaps the whole table at once: a reader sees the old roster or the
-new one, never a mix.
+`shares_of` is what the quota's client budgets ask. A name the roster does not know
+(`anonymous` on an open proxy, a client whose keys were all revoked while its request was on
+the way) is `DEFAULT` with no shares. `replace` swaps the whole table at once: a reader sees
+the old roster or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from zai_proxy.clients.clients_file import ClientSpec
 from zai_proxy.limiter.client_class import DEFAULT, ClientClass
 
-# Budget shares are read from the clients file, shown on /health, and not yet refused by.
-BUDGETS = "declared, not enforced"
+# Budget shares are enforced by the plan quota (`quota.budgets`): a client past its share of a
+# window is refused until the window resets; /health `quota.client_budgets` shows each one's use.
+BUDGETS = "enforced"
 
 
 @dataclass(frozen=True, slots=True)

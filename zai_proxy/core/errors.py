@@ -122,6 +122,17 @@ class QuotaExhausted(RateLimited):
                               (b"x-zai-error-code", zai_code.encode()))
 
 
+class ClientBudgetExhausted(RateLimited):
+    """A client used its share of the plan's budget (`five_hour_share`, `weekly_share` in the
+    clients file; `paced`: it runs ahead of spending that share evenly): only its requests are
+    answered locally, the others go on. `Retry-After` is the time to the window's reset (paced:
+    until it may go again); the message names the client's share and the window, never a key."""
+
+    def __init__(self, message: str, *, retry_after: float, paced: bool = False) -> None:
+        super().__init__(message, retry_after=retry_after, code=(
+            "proxy_client_budget_paced" if paced else "proxy_client_budget_exhausted"))
+
+
 class AccountStopped(RateLimited):
     """Z.AI says the account itself is stopped (plan expired, no subscription, fair-usage
     restriction, no balance): the proxy's answer in place of Z.AI's, and its local refusal until

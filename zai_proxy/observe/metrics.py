@@ -206,6 +206,15 @@ class Metrics:
                                     "are answered locally; 0 after it was lifted", ["code"])
         self.client_tokens = each(Counter, "zai_proxy_client_tokens",
                                   "Tokens by client key name", ["client", "direction"])
+        # Per-client budgets (`five_hour_share`, `weekly_share`): used share / allowed share of
+        # each window's budget, and the requests refused for it (`window`: five_hour, weekly).
+        self.client_budget_used = each(Gauge, "zai_proxy_client_budget_used_ratio",
+                                       "Share of the window's budget the client used, over its "
+                                       "share (1: its share is spent)", ["client", "window"])
+        self.client_budget_refusals = each(Counter, "zai_proxy_client_budget_refusals",
+                                           "Requests answered 429 locally because the client "
+                                           "used its share of the window's budget (or, paced, "
+                                           "ran ahead of it)", ["client", "window"])
 
         # Quota monitor entries not understood (area: quota), by why: not_an_object,
         # unknown_type, unknown_unit, no_numbers. Counted per poll; /health keeps them raw.

@@ -18,7 +18,6 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -29,14 +28,16 @@ from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.quota.budgets import BudgetGate, no_shares
+from zai_proxy.quota.client_budgets import SharesOf
 from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.pacing import Pacing, even_pacing
 from zai_proxy.quota.poller import MonitorClient, PollHealth
 from zai_proxy.quota.shared import QuotaShare, report_from_doc, report_to_doc
-from zai_proxy.quota.state import LABELS, Block, QuotaState, WindowView
+from zai_proxy.quota.state import LABELS, Block, QuotaState, WindowView, reset_stamp
 from zai_proxy.quota.stops import AccountStops
 from zai_proxy.wire.exchange import Exchange
-from zai_proxy.zai.classify import BEIJING, Throttle
+from zai_proxy.zai.classify import Throttle
 from zai_proxy.zai.codes import refusal_status, window_code
 from zai_proxy.zai.monitor_report import (
     PERIODS,
@@ -50,11 +51,6 @@ log = logging.getLogger("zai_proxy.quota")
 PAUSED_RATE = 1e-3  # paced requests already queued wait (then time out) rather than spend
 POLL_MIN_GAP = 5.0  # seconds: polls asked for by quota 429s come no closer than this
 _WINDOW_WORDS = {"five_hour": "five-hour", "weekly": "weekly", "daily": "daily call"}
-
-
-def reset_stamp(epoch: float) -> str:
-    """A reset time the way Z.AI prints it (naive Beijing time)."""
-    return datetime.fromtimestamp(epoch, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def refusal(block: Block, now: float, *, paced: bool = False) -> QuotaExhausted:
@@ -79,7 +75,7 @@ class Quota:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  link: RedisLink | None = None, lease: LeaderLease | None = None,
-                 key_kind: str | None = None) -> None:
+                 key_kind: str | None = None, shares_of: SharesOf = no_shares) -> None:
         self.metrics, self.limiter, self.wall = metrics, limiter, wall
         self.state = QuotaState(burn_window=config.quota_burn_window)
         self.local_reject = config.quota_local_reject
@@ -103,6 +99,8 @@ class Quota:
         # The account stopped by Z.AI (plan expired, no balance, ...): refused, probed, shared.
         self.stops = AccountStops(config.account_stop_probe_seconds, metrics, wall=wall,
                                   key_kind=key_kind, sharing=self.sharing)
+        # Each client's share of the windows (the roster's `shares_of`), counted account-wide.
+        self.budgets = BudgetGate(shares_of, metrics, wall=wall, paced=self.paced)
         self.tick_interval = min(1.0, self.interval) if self.interval > 0 else 1.0
         self.pacing: Pacing | None = None
         self.paused_until: float | None = None
@@ -177,6 +175,7 @@ class Quota:
                 total += count
                 self.metrics.client_tokens.labels(client, direction).inc(count)
         self.state.settled(total, scale=self.scale)
+        self.budgets.settled(client, total, scale=self.scale)
         self._unflushed += total
 
     # -- background ----------------------------------------------------------------------------
@@ -203,6 +202,7 @@ class Quota:
             await self._sync()
         now = self.wall()
         self.state.tick(now)
+        self.budgets.observe(self.state)
         self._log_block()
         self.pace(now)
 
@@ -239,6 +239,7 @@ class Quota:
             self.metrics.quota_unparsed.labels(why).inc(count)
         before = {b.window for b in self._blocks()}
         self.state.on_report(result, at, tokens_at)
+        self.budgets.observe(self.state)
         after = {b.window for b in self._blocks()}
         if self.sharing is not None:
             self._to_lift.extend(before - after)
@@ -259,6 +260,7 @@ class Quota:
         for window in self._to_lift:
             await sharing.lift(window)
         self._to_publish, self._to_lift = [], []
+        await self.budgets.sync(sharing)  # the clients' counts, per window period
         delta, self._unflushed = self._unflushed, 0.0
         answer = await sharing.sync(delta)
         if answer is None:
@@ -277,6 +279,7 @@ class Quota:
             report = report_from_doc(doc.get("report"))
             if doc.get("ok") and report is not None:
                 self.state.on_report(report, self._adopted_at, float(doc.get("tokens_at") or 0))
+                self.budgets.observe(self.state)
 
     def pace(self, now: float) -> None:
         """Recompute the pacing rate (QUOTA_PACING=even) and hand it to the limiter."""
@@ -360,6 +363,7 @@ class Quota:
                            "paused_until": pacing.paused_until}
                           if pacing is not None else {})},
             "tokens_per_request": _round(self.state.tokens_per_request),
+            "client_budgets": self.budgets.health(),
         }
 
     def refresh_gauges(self) -> None:
@@ -380,6 +384,7 @@ class Quota:
             m.quota_poll_up.labels().set(1.0 if self.poll.state == "ok" else 0.0)
         pacing = self.pacing
         m.quota_pacing_rate.set(pacing.rate or 0.0 if pacing is not None else 0.0)
+        self.budgets.refresh_gauges()
 
 
 def _view_health(view: WindowView) -> dict[str, Any]:

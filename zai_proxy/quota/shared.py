@@ -20,7 +20,11 @@ v1 and v2 spend the same plan):
   the document and finds it gone lifts its own stop); it expires after a day without a probe
   renewing it;
 - `probe`: taken (SET NX, for one probe interval) by the replica whose probe goes, so the
-  replicas of both variants together send one probe per interval.
+  replicas of both variants together send one probe per interval;
+- `clients:<window>:<period>`: a hash of each client's tokens in a window's period (the period
+  named by its reset time, to the minute), to which each replica adds its own once a tick
+  (HINCRBYFLOAT) and whose totals it reads back, so a client's share of the budget is refused on
+  its use through every replica of both variants; it expires an hour after the reset.
 
 Every call goes through the process's one `RedisLink`. Any Redis failure (see
 `zai_proxy.core.redis_link`: a timeout, an error, an answer no command gives) makes the link,
@@ -38,6 +42,7 @@ from typing import Any, TypeVar, get_args
 
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import BadAnswer, LinkUser, RedisLink, finite, number_reply
+from zai_proxy.quota.client_budgets import Flush
 from zai_proxy.quota.state import Block
 from zai_proxy.quota.stop import Stopped
 from zai_proxy.zai.codes import Window, lookup
@@ -300,6 +305,52 @@ class QuotaShare(LinkUser):
         if raw_stop and stop is None:
             self.ignored("quota stop", raw_stop)
         return number_reply(total, "tokens"), report, blocks, stop
+
+    async def sync_clients(self, flushes: list[Flush]) -> list[dict[str, float]] | None:
+        """Add this replica's client tokens of each window period (`flushes`) to the account's;
+        read back each period's totals by client (a field not a finite count is dropped). None
+        when Redis did not answer (the caller keeps its deltas)."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for flush in flushes:
+                key = self.key(f"clients:{flush.window}:{flush.period}")
+                for client, delta in flush.deltas.items():
+                    pipe.hincrbyfloat(key, client, delta)
+                pipe.expire(key, int(flush.ttl))
+                pipe.hgetall(key)
+            result = await pipe.execute()
+            if not isinstance(result, list) or len(result) != sum(
+                    len(f.deltas) + 2 for f in flushes):
+                raise BadAnswer(f"sync_clients: {result!r:.60}")
+            at = 0
+            for flush in flushes:  # each period's HGETALL answers a hash (a dict)
+                at += len(flush.deltas) + 2
+                if not isinstance(result[at - 1], dict):
+                    raise BadAnswer(f"clients:{flush.window}: {result[at - 1]!r:.60}")
+            return result
+
+        answer = await self.call(run)
+        if answer is None:
+            return None
+        totals, at = [], 0
+        for flush in flushes:
+            at += len(flush.deltas) + 1
+            table = answer[at]
+            at += 1
+            counts = {}
+            for name, value in table.items():
+                client = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+                try:
+                    count = number_reply(value, "client tokens")
+                except BadAnswer:
+                    count = -1.0
+                if count < 0:
+                    self.ignored(f"quota clients:{flush.window}:{client}", value)
+                    continue
+                counts[client] = count
+            totals.append(counts)
+        return totals
 
     def health(self) -> dict[str, Any]:
         return {"degraded": self.degraded, "reason": self.reason, "leader": self.leader}

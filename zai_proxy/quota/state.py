@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Literal
 
-from zai_proxy.zai.classify import next_beijing_midnight
+from zai_proxy.zai.classify import BEIJING, next_beijing_midnight
 from zai_proxy.zai.codes import Window, window_code, window_of
 from zai_proxy.zai.monitor_report import (
     WINDOWS,
@@ -53,6 +54,13 @@ PERCENT_EVIDENCE = 0.05
 LABELS: dict[Window, str] = {"five_hour": "5 hour", "weekly": "weekly/monthly", "daily": "daily"}
 
 Source = Literal["upstream", "poll", "shared"]
+
+
+def reset_stamp(epoch: float) -> str:
+    """A reset time the way Z.AI prints it (naive Beijing time)."""
+    return datetime.fromtimestamp(epoch, BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+
+
 Track = tuple[Period, Measure]
 TRACKS: tuple[Track, ...] = (("five_hour", "tokens"), ("five_hour", "credits"),
                              ("weekly", "tokens"), ("weekly", "credits"), ("monthly", "calls"))

@@ -23,6 +23,8 @@ from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.limiter.shared import namespace
 from zai_proxy.observe.metrics import Metrics
+from zai_proxy.quota.budgets import no_shares
+from zai_proxy.quota.client_budgets import SharesOf
 from zai_proxy.quota.config import QuotaConfig
 from zai_proxy.quota.hook import QuotaHook
 from zai_proxy.quota.quota import Quota
@@ -45,6 +47,7 @@ class AccountRuntime:
     upstream connection pool and the quota monitor's transport (tests pass fakes). `link` is the
     process's Redis link (None without Redis): the account takes its own leader lease on it,
     shared by its limiter and its quota; the link itself belongs to the process, which closes it.
+    `shares_of` gives each client's share of the plan's windows (the roster's, read per request).
     """
 
     def __init__(self, account: Account, settings: Settings, metrics: Metrics, *,
@@ -52,14 +55,14 @@ class AccountRuntime:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 link: RedisLink | None = None) -> None:
+                 link: RedisLink | None = None, shares_of: SharesOf = no_shares) -> None:
         self.account = account
         lease = LeaderLease(link, namespace(account.id)) if link is not None else None
         self.limiter = Limiter(limiter_config(settings, account), metrics, clock=clock,
                                wall=wall, sleep=sleep, link=link, lease=lease)
         self.quota = Quota(quota_config(settings, account), metrics, self.limiter,
                            transport=transport, wall=wall, clock=clock, sleep=sleep, link=link,
-                           lease=lease, key_kind=account.key_kind)
+                           lease=lease, key_kind=account.key_kind, shares_of=shares_of)
         self.quota_hook = QuotaHook(self.quota)
         self.upstream = Upstream(connect_timeout=settings.connect_timeout,
                                  first_byte_timeout=settings.first_byte_timeout,

@@ -145,8 +145,11 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # account's limiter and quota (under the account's one leader lease) and the client limits.
     link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
             if RedisLink.names_redis(settings.rate_limit_storage_uri) else None)
+    # Client budgets read each client's shares from the roster at every request: a reload of
+    # the clients file takes effect at once.
     account = AccountRuntime(account_of(settings), settings, metrics, transport=transport,
-                             clock=clock, wall=wall, sleep=sleep, link=link)
+                             clock=clock, wall=wall, sleep=sleep, link=link,
+                             shares_of=auth.roster.shares_of)
     limiter, quota, upstream = account.limiter, account.quota, account.upstream
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
@@ -340,7 +343,7 @@ def load_pricing(settings: Settings) -> PricingTable:
 
 
 # Metric families whose labels name clients (METRICS_CLIENT_NAMES).
-CLIENT_FAMILIES = (b"zai_proxy_client_tokens",)
+CLIENT_FAMILIES = (b"zai_proxy_client_tokens", b"zai_proxy_client_budget_")
 
 
 def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
@@ -355,14 +358,20 @@ def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
 
 def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
     """/health without the names of clients and the account hash (see the module docstring):
-    `clients`, `rate_limit.account` and `quota.pacing.exempt` are left out, and the account
-    hash anywhere else (the shared state's Redis namespace) is replaced by `<hidden>`."""
+    `clients`, `rate_limit.account`, `quota.pacing.exempt` and `quota.client_budgets.clients`
+    are left out, and the account hash anywhere else (the shared state's Redis namespace) is
+    replaced by `<hidden>`."""
     public = {k: v for k, v in body.items() if k != "clients"}
     if isinstance(rate := body.get("rate_limit"), dict):
         public["rate_limit"] = {k: v for k, v in rate.items() if k != "account"}
-    if isinstance(quota := body.get("quota"), dict) and isinstance(quota.get("pacing"), dict):
-        pacing = {k: v for k, v in quota["pacing"].items() if k != "exempt"}
-        public["quota"] = {**quota, "pacing": pacing}
+    if isinstance(quota := body.get("quota"), dict):
+        quota = dict(quota)
+        if isinstance(quota.get("pacing"), dict):
+            quota["pacing"] = {k: v for k, v in quota["pacing"].items() if k != "exempt"}
+        if isinstance(quota.get("client_budgets"), dict):
+            quota["client_budgets"] = {k: v for k, v in quota["client_budgets"].items()
+                                       if k != "clients"}
+        public["quota"] = quota
     return _hide(public, account) if account else public
 
 
