@@ -44,9 +44,9 @@ MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
            "limiter.rate_controller", "limiter.concurrency_controller", "zai.classify",
            "zai.codes", "core.ticker", "core.lease", "limiter.learned",
            "accounting.ledger", "accounting.usage", "accounting.sse", "quota.quota",
-           "quota.state", "quota.pacing", "quota.shared", "quota.stop", "limiter.congestion",
-           "limiter.gcra", "limiter.shared", "limiter.limiter", "server.http_protocol",
-           "server.connections", "switch.carry", "switch.retire")
+           "quota.state", "quota.pacing", "quota.shared", "quota.stop", "quota.client_budgets",
+           "limiter.congestion", "limiter.gcra", "limiter.shared", "limiter.limiter",
+           "server.http_protocol", "server.connections", "switch.carry", "switch.retire")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"

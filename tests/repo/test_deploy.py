@@ -359,9 +359,10 @@ def test_promtool_check_and_test_rules() -> None:
         assert "SUCCESS" in done.stdout
 
 
-# Issue 11: budget projected to run out before its reset, budget spent, poller failing.
+# Issue 11: budget projected to run out before its reset, budget spent, poller failing; a
+# client near its share of the budget.
 QUOTA_ALERTS = ("ZaiProxyQuotaRunsOutBeforeReset", "ZaiProxyQuotaExhausted",
-                "ZaiProxyQuotaPollerFailing")
+                "ZaiProxyQuotaPollerFailing", "ZaiProxyClientBudgetNearlySpent")
 
 
 def alerts() -> dict[str, dict[str, Any]]:
