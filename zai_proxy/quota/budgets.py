@@ -72,6 +72,8 @@ class BudgetGate:
     def check(self, client: str) -> ClientBudgetExhausted | None:
         """The local 429 for `client` now, or None (one roster lookup for a client without a
         share)."""
+        if self.budgets.shares_of(client) == (None, None):
+            return None  # the usual case: no clock read, no pacing question
         refused = self.budgets.check(client, self.wall(), pacing=self.paced(client))
         if refused is None:
             return None
