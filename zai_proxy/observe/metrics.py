@@ -192,6 +192,22 @@ class Metrics:
         self.client_tokens = each(Counter, "zai_proxy_client_tokens",
                                   "Tokens by client key name", ["client", "direction"])
 
+        # Admission per client (limiter): `client` is a key's name or fingerprint, `anonymous`
+        # on an open proxy (bounded like `client_tokens`; hidden with METRICS_CLIENT_NAMES).
+        self.client_admitted_total = each(Counter, "zai_proxy_client_admitted",
+                                          "Upstream attempts admitted, by client", ["client"])
+        self.client_queue_wait = each(Histogram, "zai_proxy_client_queue_wait_seconds",
+                                      "Time an admitted attempt waited for admission, by client",
+                                      ["client"], buckets=WAIT_BUCKETS)
+        self.client_rejections = each(Counter, "zai_proxy_client_rejections",
+                                      "Admission rejections by client and reason",
+                                      ["client", "reason"])
+        self.client_share = each(Gauge, "zai_proxy_client_rate_share_ratio",
+                                 "Fair share of the dispatches a client with waiting requests "
+                                 "gets now, from the weights (absent: nothing waiting)",
+                                 ["client"])
+        self._client_children: dict[str, tuple[Counter, Histogram]] = {}
+
         # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
         self.auth_key_file_loaded = one(
             Gauge, "zai_proxy_auth_key_file_last_load_timestamp_seconds",
@@ -224,6 +240,15 @@ class Metrics:
     def set_in_flight(self, in_flight: int, cap: int) -> None:
         self.concurrent.set(in_flight)
         self.utilization.set(in_flight / cap if cap else 0.0)
+
+    def client_admitted(self, client: str, waited: float) -> None:
+        """One attempt of `client` admitted after `waited` seconds (children cached)."""
+        children = self._client_children.get(client)
+        if children is None:
+            children = self._client_children[client] = (
+                self.client_admitted_total.labels(client), self.client_queue_wait.labels(client))
+        children[0].inc()
+        children[1].observe(waited)
 
     def upstream_error(self, error_type: str) -> None:
         self.upstream_errors.labels(error_type).inc()

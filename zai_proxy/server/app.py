@@ -55,6 +55,7 @@ from zai_proxy.core.errors import (
     error_body,
 )
 from zai_proxy.core.redis_link import RedisLink
+from zai_proxy.limiter.client_class import default_class
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.relay.forwarding import Forwarder
@@ -136,8 +137,12 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # account's limiter and quota (under the account's one leader lease) and the client limits.
     link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
             if RedisLink.names_redis(settings.rate_limit_storage_uri) else None)
+    # Clients in the per-client admission metrics: their key's name (or fingerprint); an open
+    # proxy knows clients only by address, which would make the labels unbounded.
     account = AccountRuntime(account_of(settings), settings, metrics, transport=transport,
-                             clock=clock, wall=wall, sleep=sleep, link=link)
+                             clock=clock, wall=wall, sleep=sleep, link=link,
+                             class_of=default_class,
+                             client_label=lambda client: "anonymous" if auth.open else client)
     limiter, quota, upstream = account.limiter, account.quota, account.upstream
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
@@ -326,7 +331,9 @@ def load_pricing(settings: Settings) -> PricingTable:
 
 
 # Metric families whose labels name clients (METRICS_CLIENT_NAMES).
-CLIENT_FAMILIES = (b"zai_proxy_client_tokens",)
+CLIENT_FAMILIES = (b"zai_proxy_client_tokens", b"zai_proxy_client_admitted",
+                   b"zai_proxy_client_queue_wait_seconds", b"zai_proxy_client_rejections",
+                   b"zai_proxy_client_rate_share_ratio")
 
 
 def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
@@ -341,11 +348,12 @@ def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
 
 def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
     """/health without the names of clients and the account hash (see the module docstring):
-    `rate_limit.account` and `quota.pacing.exempt` are left out, and the account hash anywhere
+    `rate_limit.account`, `rate_limit.clients` and `quota.pacing.exempt` are left out, and the
+    account hash anywhere
     else (the shared state's Redis namespace) is replaced by `<hidden>`."""
     public = dict(body)
     if isinstance(rate := body.get("rate_limit"), dict):
-        public["rate_limit"] = {k: v for k, v in rate.items() if k != "account"}
+        public["rate_limit"] = {k: v for k, v in rate.items() if k not in ("account", "clients")}
     if isinstance(quota := body.get("quota"), dict) and isinstance(quota.get("pacing"), dict):
         pacing = {k: v for k, v in quota["pacing"].items() if k != "exempt"}
         public["quota"] = {**quota, "pacing": pacing}
