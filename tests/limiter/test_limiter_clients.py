@@ -58,7 +58,9 @@ async def test_per_client_series_and_health_follow_the_queue() -> None:
     await vt.advance(1)  # one slot a second: the interactive one goes first
     assert isinstance(tasks[0].result(), Permit) and not tasks[1].done()
     assert sample(registry, "zai_proxy_client_admitted_total", client="agents") == 2
+    # Only the attempt that queued is in the wait histogram (the first went at once).
     assert sample(registry, "zai_proxy_client_queue_wait_seconds_sum", client="agents") == 1
+    assert sample(registry, "zai_proxy_client_queue_wait_seconds_count", client="agents") == 1
     await vt.advance(2)
     limiter.refresh_gauges()  # nothing waits: the share gauges are gone
     assert sample(registry, "zai_proxy_client_rate_share_ratio", client="ci") is None

@@ -217,7 +217,7 @@ class Admission:
                     pacer_held = await self._take_pacer(now) == 0.0
                 if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
                                                                       now) == 0.0:
-                    return self._noted(client_id, self._grant(client_id, now, cap))
+                    return self._noted(client_id, self._grant(client_id, now, cap), False)
             except BaseException:  # left (or the gate failed) while the gate answered
                 await self._return_pacer(pacer_held)
                 raise
@@ -264,11 +264,13 @@ class Admission:
         if held and self.pacer is not None and self.pacing_rate is not None:
             await self.pacer.refund(self.pacing_rate, self.clock())
 
-    def _noted(self, client_id: str, result: Permit | Rejection) -> Permit | Rejection:
-        """`result`, shown to the per-client observers on its way out."""
+    def _noted(self, client_id: str, result: Permit | Rejection,
+               queued: bool = True) -> Permit | Rejection:
+        """`result`, shown to the per-client observers on its way out (a permit granted
+        without queueing as having waited 0)."""
         if isinstance(result, Permit):
             if self.on_admit is not None:
-                self.on_admit(client_id, result.waited)
+                self.on_admit(client_id, result.waited if queued else 0.0)
         elif self.on_refuse is not None:
             self.on_refuse(client_id, result.reason)
         return result

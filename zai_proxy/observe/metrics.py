@@ -194,10 +194,12 @@ class Metrics:
 
         # Admission per client (limiter): `client` is a key's name or fingerprint, `anonymous`
         # on an open proxy (bounded like `client_tokens`; hidden with METRICS_CLIENT_NAMES).
-        self.client_admitted_total = each(Counter, "zai_proxy_client_admitted",
-                                          "Upstream attempts admitted, by client", ["client"])
+        # Admitted: a plain count per client, exposed at scrape (`_ClientAdmitted`): a counter
+        # child's lock on every admission would be the hot path's most expensive line.
+        self.client_admitted_counts: dict[str, int] = {}
+        registry.register(_ClientAdmitted(variant, self.client_admitted_counts))
         self.client_queue_wait = each(Histogram, "zai_proxy_client_queue_wait_seconds",
-                                      "Time an admitted attempt waited for admission, by client",
+                                      "Time an admitted attempt that queued waited, by client",
                                       ["client"], buckets=WAIT_BUCKETS)
         self.client_rejections = each(Counter, "zai_proxy_client_rejections",
                                       "Admission rejections by client and reason",
@@ -206,7 +208,7 @@ class Metrics:
                                  "Fair share of the dispatches a client with waiting requests "
                                  "gets now, from the weights (absent: nothing waiting)",
                                  ["client"])
-        self._client_children: dict[str, tuple[Counter, Histogram]] = {}
+        self._client_waits: dict[str, Histogram] = {}
 
         # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
         self.auth_key_file_loaded = one(
@@ -242,13 +244,16 @@ class Metrics:
         self.utilization.set(in_flight / cap if cap else 0.0)
 
     def client_admitted(self, client: str, waited: float) -> None:
-        """One attempt of `client` admitted after `waited` seconds (children cached)."""
-        children = self._client_children.get(client)
-        if children is None:
-            children = self._client_children[client] = (
-                self.client_admitted_total.labels(client), self.client_queue_wait.labels(client))
-        children[0].inc()
-        children[1].observe(waited)
+        """One attempt of `client` admitted after `waited` seconds (children cached). Only
+        attempts that queued are observed in the wait histogram: the many admitted at once
+        would cost the hot path an observation each and bury the waits in the first bucket."""
+        counts = self.client_admitted_counts
+        counts[client] = counts.get(client, 0) + 1
+        if waited:
+            child = self._client_waits.get(client)
+            if child is None:
+                child = self._client_waits[client] = self.client_queue_wait.labels(client)
+            child.observe(waited)
 
     def upstream_error(self, error_type: str) -> None:
         self.upstream_errors.labels(error_type).inc()
@@ -279,6 +284,20 @@ class Metrics:
             children[0].observe(ttfb)
         if duration is not None:
             children[1].observe(duration)
+
+
+class _ClientAdmitted(Collector):
+    """zai_proxy_client_admitted_total{client}: upstream attempts admitted, by client."""
+
+    def __init__(self, variant: str, counts: dict[str, int]) -> None:
+        self.variant, self.counts = variant, counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("zai_proxy_client_admitted",
+                                     "Upstream attempts admitted, by client", labels=["client", V])
+        for client, count in list(self.counts.items()):
+            family.add_metric([client, self.variant], count)
+        yield family
 
 
 class _UpstreamHeadersDropped(Collector):
