@@ -220,3 +220,73 @@ def test_batch_floor_is_a_fraction() -> None:
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError):
             FairQueue(batch_floor=bad)
+
+
+def test_floor_counts_only_contended_dispatches_and_restarts_after_them() -> None:
+    fq: FairQueue[Item] = FairQueue(batch_floor=0.5)
+    backlog(fq, "agent", 10, priority="interactive")
+    drain(fq, 10)  # interactive alone: batch is owed nothing for these
+    backlog(fq, "agent", 10, priority="interactive")
+    backlog(fq, "bulk", 10)
+    assert drain(fq, 4) == ["agent", "bulk", "agent", "bulk"]
+
+
+def test_a_floor_of_0_4_gives_batch_exactly_two_of_every_five() -> None:
+    fq: FairQueue[Item] = FairQueue(batch_floor=0.4)
+    backlog(fq, "agent", 100, priority="interactive")
+    backlog(fq, "bulk", 100)
+    order = drain(fq, 50)
+    for start in range(0, 50, 5):
+        assert order[start:start + 5].count("bulk") == 2, start
+
+
+def test_accept_applies_to_interactive_heads_and_retries() -> None:
+    fq: FairQueue[Item] = FairQueue()
+    fq.push("agent", ("agent", 0), priority="interactive")
+    fq.push("r", ("r", 0), retry=True)
+    fq.push("bulk", ("bulk", 0))
+
+    def only_bulk(item: Item) -> bool:
+        return item[0] == "bulk"
+
+    assert fq.pop(only_bulk) == ("bulk", 0)
+    assert fq.pop(only_bulk) is None and len(fq) == 2
+
+
+def test_shares_of_one_class_alone_are_whole() -> None:
+    fq: FairQueue[Item] = FairQueue(batch_floor=0.1)
+    backlog(fq, "i", 2, priority="interactive")
+    backlog(fq, "j", 2, weight=3, priority="interactive")
+    assert fq.shares() == {"i": 0.25, "j": 0.75}
+    fq = FairQueue(batch_floor=0.1)
+    backlog(fq, "b", 1)
+    assert fq.shares() == {"b": 1.0}
+
+
+def test_waiting_counts_a_clients_retries_and_items_only() -> None:
+    fq: FairQueue[Item] = FairQueue()
+    backlog(fq, "a", 2)
+    fq.push("a", ("a", 9), retry=True)
+    fq.push("b", ("b", 9), retry=True)
+    fq.push("b", ("b", 8), priority="interactive", retry=True)
+    assert fq.waiting("a") == 3 and fq.waiting("b") == 2 and fq.waiting("c") == 0
+
+
+def test_ahead_of_a_new_item_by_class_and_weight() -> None:
+    fq: FairQueue[Item] = FairQueue(batch_floor=0.25)
+    backlog(fq, "a", 4)
+    fq.push("a", ("a", 9), retry=True)
+    assert fq.ahead("a") == 5  # its retry, its four, then it
+    assert fq.ahead("n", weight=4) == 1  # weight 4 beside a weight-1 flow: after the retry
+    assert fq.ahead("a", retry=True) == 1
+    backlog(fq, "i", 3, priority="interactive")
+    assert fq.ahead("i", priority="interactive") == 4  # its 3 + itself at 3/4 of dispatches
+    assert fq.ahead("a", retry=True) == 4  # behind the interactive three at most
+    zero: FairQueue[Item] = FairQueue(batch_floor=0.0)
+    backlog(zero, "i", 3, priority="interactive")
+    assert zero.ahead("b") == 3  # no floor: behind every interactive item
+
+
+def test_the_floor_error_names_the_value() -> None:
+    with pytest.raises(ValueError, match="batch_floor"):
+        FairQueue(batch_floor=1.5)
