@@ -178,7 +178,7 @@ async def test_clients_file_state_and_roster_are_on_health_and_metrics(tmp_path:
         "TOKEN_COUNTING_ENABLED": "false", "ADMIN_API_KEY": "admin-key-0123456789"},
         clock=vt, wall=vt.wall)
     started = vt.wall()
-    assert proxy.app.state.class_of("agents") == ClientClass(3.0, "batch", 4)
+    assert proxy.admission.class_of("agents") == ClientClass(3.0, "batch", 4)
     async with proxy as http:
         full = (await http.get("/health", headers={"x-api-key": "admin-key-0123456789"})).json()
         public = (await http.get("/health")).json()

@@ -45,6 +45,7 @@ def test_every_series_of_the_registry_carries_the_variant_once() -> None:
     metrics = Metrics(registry, VARIANT)
     for series in _labelled(metrics).values():
         _touch(series.labels(*(f"own{i}" for i in range(len(series.labelnames)))))
+    metrics.client_admitted("own0", 0.5)  # counted in a plain dict, exposed by a collector
     # Every family shows a sample now: one created outside Metrics' binding would stay empty
     # (a labelled series nobody bound) or show up here without the variant.
     empty = [family.name for family in registry.collect() if not family.samples]

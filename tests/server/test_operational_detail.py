@@ -69,8 +69,18 @@ async def test_metrics_client_names_off_hides_them_from_a_scrape_without_the_adm
         public = (await client.get("/metrics")).text
         full = (await client.get("/metrics", headers=ADMIN_HEADERS)).text
     assert "secret-team" not in public and "zai_proxy_client_tokens" not in public
+    assert "zai_proxy_client_admitted" not in public
+    assert "zai_proxy_client_queue_wait_seconds" not in public
     assert "zai_proxy_requests_total" in public
     assert 'client="secret-team"' in full
+    assert 'zai_proxy_client_admitted_total{client="secret-team"' in full
+
+
+def test_the_queues_clients_are_left_out_of_public_health() -> None:
+    from zai_proxy.server.app import _public_health
+
+    body = {"rate_limit": {"queue_depth": 1, "clients": [{"client": "secret-team"}]}}
+    assert _public_health(body, "") == {"rate_limit": {"queue_depth": 1}}
 
 
 def test_the_account_hash_is_hidden_wherever_it_appears() -> None:

@@ -1,7 +1,12 @@
 """Admission: the gate every upstream attempt passes (an evenly paced send slot + a slot).
 
 Being over a limit is a value (`Rejection`), not an exception. Waiters are served by one
-dispatcher task: retries (`priority=True`) first, then new work round-robin across client ids.
+dispatcher task in the order of a `FairQueue`: interactive clients before batch ones (batch keeps
+`batch_floor` of the dispatches while it waits), retries (`priority=True`) ahead of the new work
+of their class, and new work shared across clients by weight (weighted fair queueing). A client's
+class (`class_of`: weight, priority, in-flight cap) is read when its request arrives, so a reload
+applies to new requests. A client at its `max_in_flight` waits in the queue, passed over without
+holding up anyone behind it, until one of its permits is released.
 Every attempt - first tries, retries, probes, queue drains - takes its slot from the same
 `Gate` (GCRA: evenly spaced at the controller's rate, burst `RATE_LIMIT_BURST`), local or shared
 through Redis. The dispatcher tells the rate controller when the gate is the bottleneck
@@ -23,14 +28,15 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+from zai_proxy.limiter.client_class import ClassOf, Priority, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.congestion import Congestion
+from zai_proxy.limiter.fair_queue import FairQueue
 from zai_proxy.limiter.gcra import Gate, LocalGate
 from zai_proxy.limiter.rate_controller import Adjustment, Outcome, RateController
 
@@ -56,6 +62,7 @@ class Permit:
     waited: float
     granted_at: float = 0.0
     released: bool = False
+    cap: int | None = None  # the client's max_in_flight when it was granted
 
     def release(self) -> None:
         if not self.released:
@@ -78,13 +85,20 @@ class Permit:
 @dataclass(eq=False)
 class _Waiter:
     client_id: str
-    priority: bool
+    priority: bool  # a retry: ahead of the new work of its class
     deadline: float
     enqueued: float
     future: asyncio.Future[Permit | Rejection] = field(repr=False)
     paced: bool = False  # also needs a slot of the quota pacer (when pacing is on)
     pacer_held: bool = False  # took its pacer slot already, waits for the rate gate
-    gone: bool = False  # admitted, expired or cancelled: skip it in the queues
+    gone: bool = False  # admitted, expired or cancelled: out of the queue
+    klass: Priority = "batch"  # its client's priority class when it arrived
+    cap: int | None = None  # its client's max_in_flight when it arrived
+
+
+def _may_go(waiter: _Waiter) -> bool:
+    """While the quota pacer makes paced work wait: whether `waiter` may go anyway."""
+    return not waiter.paced or waiter.pacer_held
 
 
 class Admission:
@@ -104,7 +118,15 @@ class Admission:
         pacer_gate: Gate | None = None,
         congestion: Congestion | None = None,
         on_adjust: Callable[[Adjustment], None] | None = None,
+        class_of: ClassOf = default_class,
+        batch_floor: float = 0.1,
+        on_admit: Callable[[str, float], None] | None = None,
+        on_refuse: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`class_of(client)`: the client's weight, priority and in-flight cap (read at each
+        request); `batch_floor`: the part of the dispatches batch keeps while interactive work
+        waits too; `on_admit(client, waited)` and `on_refuse(client, reason)` see each
+        request's answer (per-client metrics)."""
         self.rate, self.concurrency = rate, concurrency
         self.queue_max, self.queue_timeout = queue_max, queue_timeout
         self.clock, self._sleep = clock, sleep
@@ -114,8 +136,10 @@ class Admission:
         self.in_flight = 0
         self.depth = 0
         self.hold_time: float | None = None  # mean seconds a permit holds its slot
-        self._priority: deque[_Waiter] = deque()
-        self._clients: OrderedDict[str, deque[_Waiter]] = OrderedDict()
+        self.class_of = class_of
+        self.on_admit, self.on_refuse = on_admit, on_refuse
+        self.queue: FairQueue[_Waiter] = FairQueue(batch_floor)  # who goes next
+        self.client_in_flight: dict[str, int] = {}  # clients with permits out: how many
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -150,8 +174,10 @@ class Admission:
             self.pacing_rate = rate
         self._wake.set()
 
-    def _estimate(self, position: int, paced: bool = False) -> float:
-        """Expected seconds until the waiter at `position` (0 = next) is admitted."""
+    def _estimate(self, position: int, paced: bool = False, client: str | None = None,
+                  cap: int | None = None) -> float:
+        """Expected seconds until the waiter at `position` (0 = next) is admitted; with `cap`,
+        also until enough of `client`'s own permits are released (its in-flight cap)."""
         rate = self.gate_rate
         if paced and self.pacing_rate is not None:
             rate = min(rate, self.pacing_rate)
@@ -160,6 +186,11 @@ class Admission:
         short = position + 1 - max(0, slots - self.in_flight)  # slots that must free up first
         if short > 0 and self.hold_time is not None:
             wait = max(wait, short * self.hold_time / slots)
+        if cap is not None and client is not None and self.hold_time is not None:
+            free = max(0, cap - self.client_in_flight.get(client, 0))
+            own = self.queue.waiting(client) + 1 - free  # own permits that must end first
+            if own > 0:
+                wait = max(wait, own * self.hold_time / cap)
         return wait
 
     # -- acquire ---------------------------------------------------------------------------
@@ -177,36 +208,42 @@ class Admission:
         deadline = limit if deadline is None else min(deadline, limit)
         paced = paced and not priority and self.pacer is not None
         pacer_held = False
-        if not self.depth and self.in_flight < self.concurrency.limit:
+        klass = self.class_of(client_id)
+        cap = klass.max_in_flight
+        if not self.depth and self.in_flight < self.concurrency.limit and (
+                cap is None or self.client_in_flight.get(client_id, 0) < cap):
             try:
                 if paced:
                     pacer_held = await self._take_pacer(now) == 0.0
                 if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
                                                                       now) == 0.0:
-                    return self._grant(client_id, now)
+                    return self._noted(client_id, self._grant(client_id, now, cap), False)
             except BaseException:  # left (or the gate failed) while the gate answered
                 await self._return_pacer(pacer_held)
                 raise
         if self.depth >= self.queue_max:
             await self._return_pacer(pacer_held)
-            return Rejection("queue_full", max(1.0, self._estimate(self.depth, paced)))
-        expected = self._estimate(len(self._priority) if priority else self.depth, paced)
+            return self._noted(client_id, Rejection(
+                "queue_full", max(1.0, self._estimate(self.depth, paced))))
+        ahead = self.queue.ahead(client_id, weight=klass.weight, priority=klass.priority,
+                                  retry=priority)
+        expected = self._estimate(ahead, paced, client_id, cap)
         if now + expected > deadline:
             await self._return_pacer(pacer_held)
-            return Rejection("queue_timeout", max(1.0, expected))
+            return self._noted(client_id, Rejection("queue_timeout", max(1.0, expected)))
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(client_id, priority, deadline, now, future, paced, pacer_held)
-        if priority:
-            self._priority.append(waiter)
-        else:
-            self._clients.setdefault(client_id, deque()).append(waiter)
+        waiter = _Waiter(client_id, priority, deadline, now, future, paced, pacer_held,
+                         klass=klass.priority, cap=cap)
+        self._hold_back(client_id, cap)  # the cap may have changed since its permits went
+        self.queue.push(client_id, waiter, weight=klass.weight, priority=klass.priority,
+                         retry=priority)
         heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
         self.depth += 1
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._dispatch())
         try:
-            return await asyncio.shield(waiter.future)
+            return self._noted(client_id, await asyncio.shield(waiter.future))
         except asyncio.CancelledError:
             if not waiter.gone:
                 self._drop(waiter)  # the dispatcher refunds a slot taken while we left
@@ -227,51 +264,32 @@ class Admission:
         if held and self.pacer is not None and self.pacing_rate is not None:
             await self.pacer.refund(self.pacing_rate, self.clock())
 
+    def _noted(self, client_id: str, result: Permit | Rejection,
+               queued: bool = True) -> Permit | Rejection:
+        """`result`, shown to the per-client observers on its way out (a permit granted
+        without queueing as having waited 0)."""
+        if isinstance(result, Permit):
+            if self.on_admit is not None:
+                self.on_admit(client_id, result.waited if queued else 0.0)
+        elif self.on_refuse is not None:
+            self.on_refuse(client_id, result.reason)
+        return result
+
+    def _hold_back(self, client_id: str, cap: int | None) -> None:
+        """Pass `client_id` over in the queue while it is at its in-flight cap."""
+        if cap is not None and self.client_in_flight.get(client_id, 0) >= cap:
+            self.queue.block(client_id)
+        else:
+            self.queue.unblock(client_id)
+
     def _drop(self, waiter: _Waiter) -> None:
         waiter.gone = True
+        self.queue.remove(waiter.client_id, waiter, priority=waiter.klass,
+                           retry=waiter.priority)
         self.depth -= 1
         self._wake.set()
 
     # -- the queue -------------------------------------------------------------------------
-
-    def _next(self) -> _Waiter | None:
-        """The waiter to serve next: retries first, then round-robin across clients."""
-        while self._priority and self._priority[0].gone:
-            self._priority.popleft()
-        if self._priority:
-            return self._priority[0]
-        while self._clients:
-            client, waiters = next(iter(self._clients.items()))
-            while waiters and waiters[0].gone:
-                waiters.popleft()
-            if waiters:
-                return waiters[0]
-            del self._clients[client]
-        return None
-
-    def _next_unpaced(self) -> _Waiter | None:
-        """The first waiter in serving order that needs no pacer slot (heads only)."""
-        for waiter in self._priority:
-            if not waiter.gone:
-                return waiter
-        for waiters in self._clients.values():
-            head = next((w for w in waiters if not w.gone), None)
-            if head is not None and (not head.paced or head.pacer_held):
-                return head
-        return None
-
-    def _pop(self, waiter: _Waiter) -> None:
-        if waiter.priority:
-            self._priority.remove(waiter)
-            return
-        waiters = self._clients[waiter.client_id]
-        while waiters[0] is not waiter:  # gone waiters ahead of it
-            waiters.popleft()
-        waiters.popleft()
-        if waiters:
-            self._clients.move_to_end(waiter.client_id)  # the next client's turn
-        else:
-            del self._clients[waiter.client_id]
 
     def _expire(self, now: float) -> float | None:
         """Reject waiters past their deadline; return the seconds to the next deadline."""
@@ -328,58 +346,75 @@ class Admission:
                 while self._unreturned:
                     self._unreturned -= 1
                     await self._return_pacer(True)
-                waiter = self._next()
-                if waiter is None:
-                    break
+                head = self.queue.peek()
+                if head is None:  # every waiting client is at its in-flight cap
+                    self._gate_bound(False)
+                    await self._wait(timeout)
+                    continue
                 if self.in_flight >= self.concurrency.limit:
                     self._gate_bound(False)  # waiting for a slot, not for the rate
                     self._emit(self.concurrency.note_demand(self.depth))
                     await self._wait(timeout)
                     continue
-                if waiter.paced and not waiter.pacer_held and self.pacer is not None:
-                    paced_wait = await self._take_pacer(now)
-                    if paced_wait > 0:
-                        # Paced work waits for the pacer; unpaced work behind it goes first.
-                        unpaced = self._next_unpaced()
-                        if unpaced is None:
-                            self._gate_bound(False)
-                            await self._wait(paced_wait if timeout is None
-                                             else min(paced_wait, timeout))
+                accept = None
+                if self.pacer is not None:
+                    accept = _may_go  # who gets the send slot below: never one without pacer
+                    if not _may_go(head):
+                        paced_wait = await self._take_pacer(now)
+                        if paced_wait > 0:
+                            # Paced work waits for the pacer; unpaced work behind it goes first.
+                            if self.queue.peek(accept) is None:
+                                self._gate_bound(False)
+                                await self._wait(paced_wait if timeout is None
+                                                 else min(paced_wait, timeout))
+                                continue
+                        elif head.gone:  # it left while the pacer answered
+                            await self._return_pacer(True)
                             continue
-                        waiter = unpaced
-                    elif waiter.gone:  # it left while the pacer answered
-                        await self._return_pacer(True)
-                        continue
-                    else:
-                        waiter.pacer_held = True
+                        else:
+                            head.pacer_held = True
                 rate = self.gate_rate
                 wait = await self.gate.take(rate, now)
                 if wait > 0.0:
                     self._gate_bound(True)
                     await self._wait(wait if timeout is None else min(wait, timeout))
                     continue
-                if waiter.gone:  # it left while the gate answered: nothing went upstream
+                # Who is next is decided now, with the slot in hand: whoever arrived or left
+                # while the gate answered is seen.
+                waiter = self.queue.pop(accept)
+                if waiter is None:  # they left while the gate answered: nothing went upstream
                     await self.gate.refund(rate, now)
                     continue
-                self._pop(waiter)
                 waiter.gone = True
                 self.depth -= 1
-                waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued))
+                waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued,
+                                                     waiter.cap))
         finally:
             self._gate_bound(False)
             self._task = None
 
     # -- permits and outcomes --------------------------------------------------------------
 
-    def _grant(self, client_id: str, enqueued: float) -> Permit:
+    def _grant(self, client_id: str, enqueued: float, cap: int | None) -> Permit:
         self.in_flight += 1
+        held = self.client_in_flight[client_id] = self.client_in_flight.get(client_id, 0) + 1
+        if cap is not None and held >= cap:
+            self.queue.block(client_id)
         self.rate.granted()
         generation = self.concurrency.admitted(self.in_flight)
         now = self.clock()
-        return Permit(self, client_id, generation, self.in_flight, now - enqueued, now)
+        return Permit(self, client_id, generation, self.in_flight, now - enqueued, now, cap=cap)
 
     def _release(self, permit: Permit) -> None:
         self.in_flight -= 1
+        client = permit.client_id
+        others = self.client_in_flight[client] - 1
+        if others:
+            self.client_in_flight[client] = others
+        else:
+            del self.client_in_flight[client]
+        if self.queue.blocked(client):  # its next waiter may be eligible now (cap as of now)
+            self._hold_back(client, self.class_of(client).max_in_flight)
         held = self.clock() - permit.granted_at
         self.hold_time = held if self.hold_time is None else \
             self.hold_time + HOLD_WEIGHT * (held - self.hold_time)

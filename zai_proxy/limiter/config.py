@@ -31,3 +31,4 @@ class LimiterConfig:
     rate_limit_replicas: int
     queue_max: int
     queue_timeout_seconds: float
+    admission_batch_floor: float = 0.1

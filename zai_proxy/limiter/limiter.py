@@ -24,6 +24,7 @@ from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import RedisLink
 from zai_proxy.core.ticker import Ticker
 from zai_proxy.limiter.admission import Admission
+from zai_proxy.limiter.client_class import ClassOf, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.learned import ForeignState, InvalidState, LearnedState
@@ -53,15 +54,20 @@ class Limiter:
 
     `clock`, `wall` and `sleep` are injected (tests pass virtual time): the background tick and
     the admission queue's waits both sleep through `sleep`, so they run on the same time as
-    `clock`.
+    `clock`. `class_of` gives the admission queue each client's class; `client_label` names a
+    client in the per-client series (bounded: key names or fingerprints, `anonymous` when open).
     """
 
     def __init__(self, config: LimiterConfig, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, *,
-                 link: RedisLink | None = None, lease: LeaderLease | None = None) -> None:
+                 link: RedisLink | None = None, lease: LeaderLease | None = None,
+                 class_of: ClassOf = default_class,
+                 client_label: Callable[[str], str] = str) -> None:
         self.metrics = metrics
+        self.client_label = client_label
+        self._shown_shares: set[str] = set()  # clients with a share gauge out
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.account = config.account
         self.variant = config.deployment_variant
@@ -99,13 +105,36 @@ class Limiter:
         self.admission = Admission(
             self.rate, self.concurrency, queue_max=config.queue_max,
             queue_timeout=config.queue_timeout_seconds, clock=clock, sleep=sleep, gate=gate,
-            burst=config.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count)
+            burst=config.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count,
+            class_of=class_of, batch_floor=config.admission_batch_floor,
+            on_admit=self._admitted, on_refuse=self._refused)
         self.restored_from: str | None = None  # "redis", "file" or "admin"
         # Nothing learned yet: nothing to write until a ceiling is learned.
         self._saved: tuple[Any, ...] | None = self._learned()
         self._saturated_reported = 0.0
         self.ticker = Ticker(self.tick, interval=self.tick_interval, log=log,
                              failure="limiter tick failed", clock=clock, sleep=sleep)
+
+    # -- per-client series -----------------------------------------------------------------
+
+    def _admitted(self, client: str, waited: float) -> None:
+        self.metrics.client_admitted(self.client_label(client), waited)
+
+    def _refused(self, client: str, reason: str) -> None:
+        self.metrics.client_rejections.labels(self.client_label(client), reason).inc()
+
+    def _show_shares(self) -> None:
+        """The share gauge of each client with waiting requests; absent for the others."""
+        shares: dict[str, float] = {}
+        for client, share in self.admission.queue.shares().items():
+            label = self.client_label(client)
+            shares[label] = shares.get(label, 0.0) + share
+        gauge = self.metrics.client_share
+        for label in self._shown_shares - shares.keys():
+            gauge.remove(label)
+        for label, share in shares.items():
+            gauge.labels(label).set(share)
+        self._shown_shares = set(shares)
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -313,10 +342,24 @@ class Limiter:
         m.concurrency_ceiling.set(float(snap["concurrency_ceiling"] or 0))
         m.queue_depth.set(float(snap["queue_depth"] or 0))
         m.shared_degraded.set(1.0 if self.shared is not None and self.shared.degraded else 0.0)
+        self._show_shares()
         saturated = self.admission.saturated_seconds()
         if saturated > self._saturated_reported:
             m.saturated.inc(saturated - self._saturated_reported)
             self._saturated_reported = saturated
+
+    def _clients_health(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The clients with waiting requests (most waiting first, at most `limit`): class,
+        waiting, in flight, at its cap, and `share`: the part of the dispatches the fair queue
+        gives it now (its weight over its class's waiting weights, times its class's part)."""
+        adm = self.admission
+        shares = adm.queue.shares()
+        rows = sorted(((-adm.queue.waiting(client), client, priority, weight)
+                       for client, priority, weight, _ in adm.queue.clients()))[:limit]
+        return [{"client": client, "priority": priority, "weight": weight, "waiting": -waiting,
+                 "in_flight": adm.client_in_flight.get(client, 0),
+                 "at_cap": adm.queue.blocked(client), "share": round(shares[client], 4)}
+                for waiting, client, priority, weight in rows]
 
     def health(self) -> dict[str, Any]:
         snap = self.admission.snapshot()
@@ -342,6 +385,8 @@ class Limiter:
             "state_file": None if self.state_file is None else str(self.state_file),
             "restored_from_state": self.restored_from is not None,
             "restored_from": self.restored_from,
+            "batch_floor": self.admission.queue.batch_floor,
+            "clients": self._clients_health(),
         }
         if self.shared is not None:
             body["shared_state"] = {**self.shared.health(), "leader": self.coordinator is not None

@@ -222,6 +222,24 @@ class Metrics:
                                    "Quota monitor limit entries not understood, per poll",
                                    ["reason"])
 
+        # Admission per client (limiter): `client` is a key's name or fingerprint, `anonymous`
+        # on an open proxy (bounded like `client_tokens`; hidden with METRICS_CLIENT_NAMES).
+        # Admitted: a plain count per client, exposed at scrape (`_ClientAdmitted`): a counter
+        # child's lock on every admission would be the hot path's most expensive line.
+        self.client_admitted_counts: dict[str, int] = {}
+        registry.register(_ClientAdmitted(variant, self.client_admitted_counts))
+        self.client_queue_wait = each(Histogram, "zai_proxy_client_queue_wait_seconds",
+                                      "Time an admitted attempt that queued waited, by client",
+                                      ["client"], buckets=WAIT_BUCKETS)
+        self.client_rejections = each(Counter, "zai_proxy_client_rejections",
+                                      "Admission rejections by client and reason",
+                                      ["client", "reason"])
+        self.client_share = each(Gauge, "zai_proxy_client_rate_share_ratio",
+                                 "Fair share of the dispatches a client with waiting requests "
+                                 "gets now, from the weights (absent: nothing waiting)",
+                                 ["client"])
+        self._client_waits: dict[str, Histogram] = {}
+
         # Client keys (request path): the key file's reloads (PROXY_API_KEYS_FILE).
         self.auth_key_file_loaded = one(
             Gauge, "zai_proxy_auth_key_file_last_load_timestamp_seconds",
@@ -266,6 +284,18 @@ class Metrics:
         self.concurrent.set(in_flight)
         self.utilization.set(in_flight / cap if cap else 0.0)
 
+    def client_admitted(self, client: str, waited: float) -> None:
+        """One attempt of `client` admitted after `waited` seconds (children cached). Only
+        attempts that queued are observed in the wait histogram: the many admitted at once
+        would cost the hot path an observation each and bury the waits in the first bucket."""
+        counts = self.client_admitted_counts
+        counts[client] = counts.get(client, 0) + 1
+        if waited:
+            child = self._client_waits.get(client)
+            if child is None:
+                child = self._client_waits[client] = self.client_queue_wait.labels(client)
+            child.observe(waited)
+
     def upstream_error(self, error_type: str) -> None:
         self.upstream_errors.labels(error_type).inc()
 
@@ -295,6 +325,20 @@ class Metrics:
             children[0].observe(ttfb)
         if duration is not None:
             children[1].observe(duration)
+
+
+class _ClientAdmitted(Collector):
+    """zai_proxy_client_admitted_total{client}: upstream attempts admitted, by client."""
+
+    def __init__(self, variant: str, counts: dict[str, int]) -> None:
+        self.variant, self.counts = variant, counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("zai_proxy_client_admitted",
+                                     "Upstream attempts admitted, by client", labels=["client", V])
+        for client, count in list(self.counts.items()):
+            family.add_metric([client, self.variant], count)
+        yield family
 
 
 class _UpstreamHeadersDropped(Collector):

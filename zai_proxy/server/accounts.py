@@ -19,6 +19,7 @@ import httpx
 
 from zai_proxy.core.lease import LeaderLease
 from zai_proxy.core.redis_link import RedisLink
+from zai_proxy.limiter.client_class import ClassOf, default_class
 from zai_proxy.limiter.config import LimiterConfig
 from zai_proxy.limiter.limiter import Limiter
 from zai_proxy.limiter.shared import namespace
@@ -48,6 +49,8 @@ class AccountRuntime:
     process's Redis link (None without Redis): the account takes its own leader lease on it,
     shared by its limiter and its quota; the link itself belongs to the process, which closes it.
     `shares_of` gives each client's share of the plan's windows (the roster's, read per request).
+    `class_of` gives each client's weight, priority and in-flight cap to the admission queue;
+    `client_label` names a client in the per-client metrics (see `Limiter`).
     """
 
     def __init__(self, account: Account, settings: Settings, metrics: Metrics, *,
@@ -55,11 +58,14 @@ class AccountRuntime:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 link: RedisLink | None = None, shares_of: SharesOf = no_shares) -> None:
+                 link: RedisLink | None = None, shares_of: SharesOf = no_shares,
+                 class_of: ClassOf = default_class,
+                 client_label: Callable[[str], str] = str) -> None:
         self.account = account
         lease = LeaderLease(link, namespace(account.id)) if link is not None else None
         self.limiter = Limiter(limiter_config(settings, account), metrics, clock=clock,
-                               wall=wall, sleep=sleep, link=link, lease=lease)
+                               wall=wall, sleep=sleep, link=link, lease=lease,
+                               class_of=class_of, client_label=client_label)
         self.quota = Quota(quota_config(settings, account), metrics, self.limiter,
                            transport=transport, wall=wall, clock=clock, sleep=sleep, link=link,
                            lease=lease, key_kind=account.key_kind, shares_of=shares_of)
@@ -104,7 +110,8 @@ def limiter_config(settings: Settings, account: Account) -> LimiterConfig:
         rate_limit_state_max_age=settings.rate_limit_state_max_age,
         rate_limit_storage_uri=settings.rate_limit_storage_uri,
         rate_limit_replicas=settings.rate_limit_replicas, queue_max=settings.queue_max,
-        queue_timeout_seconds=settings.queue_timeout_seconds)
+        queue_timeout_seconds=settings.queue_timeout_seconds,
+        admission_batch_floor=settings.admission_batch_floor)
 
 
 def quota_config(settings: Settings, account: Account) -> QuotaConfig:

@@ -56,7 +56,6 @@ from zai_proxy.core.errors import (
     error_body,
 )
 from zai_proxy.core.redis_link import RedisLink
-from zai_proxy.limiter.client_class import ClassOf
 from zai_proxy.observe.metrics import Metrics
 from zai_proxy.observe.recorder import Recorder
 from zai_proxy.relay.forwarding import Forwarder
@@ -117,8 +116,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     retirement.subscribe(lambda retired: metrics.retired.set(1 if retired else 0))
     auth = ClientAuth(settings.proxy_api_keys, key_file=settings.proxy_api_keys_file,
                       clients_file=settings.proxy_clients_file, clock=clock, wall=wall)
-    # The admission queue's view of a client (weight, priority, in-flight cap), by name.
-    class_of: ClassOf = auth.roster.class_of
     errors_counted: dict[str, int] = {}
 
     def refresh_auth() -> None:
@@ -145,11 +142,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     # account's limiter and quota (under the account's one leader lease) and the client limits.
     link = (RedisLink.connect(settings.rate_limit_storage_uri, clock=clock)
             if RedisLink.names_redis(settings.rate_limit_storage_uri) else None)
-    # Client budgets read each client's shares from the roster at every request: a reload of
-    # the clients file takes effect at once.
+    # The roster is read at every request (weights, priorities and caps by the admission queue,
+    # shares by the client budgets): a reload of the clients file takes effect at once. Clients
+    # in the per-client admission metrics are their key's name (or fingerprint); an open proxy
+    # knows clients only by address, which would make the labels unbounded.
     account = AccountRuntime(account_of(settings), settings, metrics, transport=transport,
                              clock=clock, wall=wall, sleep=sleep, link=link,
-                             shares_of=auth.roster.shares_of)
+                             shares_of=auth.roster.shares_of, class_of=auth.roster.class_of,
+                             client_label=lambda client: "anonymous" if auth.open else client)
     limiter, quota, upstream = account.limiter, account.quota, account.upstream
     pricing = load_pricing(settings)
     # The one known-model list: /v1/models answers it, metric labels are bounded by it.
@@ -210,7 +210,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     app.state.connections = connections
     app.state.quota = quota
     app.state.auth = auth
-    app.state.class_of = class_of
 
     admin = AdminGuard(settings.admin_api_key)
 
@@ -343,7 +342,9 @@ def load_pricing(settings: Settings) -> PricingTable:
 
 
 # Metric families whose labels name clients (METRICS_CLIENT_NAMES).
-CLIENT_FAMILIES = (b"zai_proxy_client_tokens", b"zai_proxy_client_budget_")
+CLIENT_FAMILIES = (b"zai_proxy_client_tokens", b"zai_proxy_client_budget_",
+                   b"zai_proxy_client_admitted", b"zai_proxy_client_queue_wait_seconds",
+                   b"zai_proxy_client_rejections", b"zai_proxy_client_rate_share_ratio")
 
 
 def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
@@ -358,12 +359,12 @@ def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
 
 def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
     """/health without the names of clients and the account hash (see the module docstring):
-    `clients`, `rate_limit.account`, `quota.pacing.exempt` and `quota.client_budgets.clients`
-    are left out, and the account hash anywhere else (the shared state's Redis namespace) is
-    replaced by `<hidden>`."""
+    `clients`, `rate_limit.account`, `rate_limit.clients`, `quota.pacing.exempt` and
+    `quota.client_budgets.clients` are left out, and the account hash anywhere else (the shared
+    state's Redis namespace) is replaced by `<hidden>`."""
     public = {k: v for k, v in body.items() if k != "clients"}
     if isinstance(rate := body.get("rate_limit"), dict):
-        public["rate_limit"] = {k: v for k, v in rate.items() if k != "account"}
+        public["rate_limit"] = {k: v for k, v in rate.items() if k not in ("account", "clients")}
     if isinstance(quota := body.get("quota"), dict):
         quota = dict(quota)
         if isinstance(quota.get("pacing"), dict):

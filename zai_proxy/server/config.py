@@ -260,6 +260,9 @@ class Settings:
     queue_timeout_seconds: float = _ADMISSION.setting(
         "QUEUE_TIMEOUT_SECONDS", positive(parse_duration), "longest admission wait",
         default=60.0)
+    admission_batch_floor: float = _ADMISSION.setting(
+        "ADMISSION_BATCH_FLOOR", _fraction, "share of the dispatches batch clients keep while "
+        "interactive ones wait too (0 = interactive always first)", default=0.1)
     max_retries: int = _ADMISSION.setting(
         "MAX_RETRIES", non_negative(parse_int), "retries after the first attempt", default=3)
     client_rate_limits: tuple[str, ...] = _ADMISSION.setting(
