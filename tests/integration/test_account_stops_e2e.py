@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import CLIENT_KEY, UPSTREAM_KEY, proxy_env
-from tests.support.servers import Process, running_zai_proxy
+from tests.support.servers import Process, running_zai_proxy, wait_for
 from zai_proxy.zai.classify import next_beijing_midnight
 from zai_proxy.zai.codes import lookup
 
@@ -61,15 +61,6 @@ def chat(proxy: Process, **headers: str) -> httpx.Response:
     return httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers={**AUTH, **headers},
                       timeout=10)
 
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def assert_stopped_then_lifted(simulator: Process, proxy: Process, code: str,

@@ -9,7 +9,6 @@ and the raw unknown entry; once the poll shows the credits spent, requests are a
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import CLIENT_KEY, UPSTREAM_KEY, proxy_env
-from tests.support.servers import Process, start_zai_proxy
+from tests.support.servers import Process, start_zai_proxy, wait_for
 
 BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hello"}]}
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -37,15 +36,6 @@ def stack() -> Iterator[tuple[Process, Process]]:
     proxy.terminate()
     simulator.terminate()
 
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def quota(proxy: Process) -> dict[str, Any]:

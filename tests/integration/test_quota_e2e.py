@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import CLIENT_KEY, UPSTREAM_KEY, proxy_env
-from tests.support.servers import Process, free_port, start_zai_proxy
+from tests.support.servers import Process, free_port, start_zai_proxy, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]  # 2 prompt + 10 completion tokens
 
@@ -38,15 +38,6 @@ def sim_stats(simulator: Process) -> dict[str, Any]:
 def configure(simulator: Process, **values: Any) -> None:
     httpx.post(simulator.url + "/_config", json=values, timeout=5).raise_for_status()
 
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def test_after_the_first_1308_no_upstream_attempt_until_the_reset(
