@@ -35,13 +35,17 @@ FLAGS = ["__xss_variant", "__xss_script", "__xss_client", "__xss_error"]
 
 
 def evil_metrics(proxy: Process, served: int) -> str:
-    """The proxy's /metrics with its variant label replaced, plus growing client tokens."""
+    """The proxy's /metrics with its variant label replaced, plus growing client tokens and
+    admitted attempts."""
     text = httpx.get(proxy.url + "/metrics", timeout=10).text
     text = text.replace('deployment_variant="v1"', f'deployment_variant="{EVIL_VARIANT}"')
     return text + (
         "# TYPE zai_proxy_client_tokens_total counter\n"
         f'zai_proxy_client_tokens_total{{deployment_variant="{EVIL_VARIANT}",'
         f'client="{EVIL_CLIENT}"}} {100.0 * served}\n'
+        "# TYPE zai_proxy_client_admitted_total counter\n"
+        f'zai_proxy_client_admitted_total{{deployment_variant="{EVIL_VARIANT}",'
+        f'client="{EVIL_CLIENT}"}} {1.0 * served}\n'
     )
 
 
@@ -123,6 +127,10 @@ def test_scraped_markup_shows_as_text_and_runs_nothing(
             page.wait_for_function(
                 """() => [...document.querySelectorAll(".target")].some(
                    (t) => t.textContent.includes("down:"))""", timeout=15_000)
+            # The client shares panel names the hostile client (as text, checked below).
+            page.wait_for_function(
+                """(c) => [...document.querySelectorAll('[data-panel="shares"] .value b')]
+                   .some((b) => b.textContent === c)""", arg=EVIL_CLIENT, timeout=30_000)
             box = page.locator('[data-panel="requests"] svg').bounding_box()
             assert box is not None
             page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2)

@@ -3,8 +3,8 @@
 Each proxy runs its built-in simulator with a five-hour budget in tokens (SIM_QUOTA_5H_TOKENS)
 and one in credits (SIM_QUOTA_5H_CREDITS), polls its monitor every second, and has two named
 client keys; `batch` sends three times what `chat` sends. The page must chart both budgets for
-both variants, name the one that binds, and list both clients, `batch` first, with their share
-of the budget.
+both variants, name the one that binds, list both clients, `batch` first, with their share
+of the budget, and chart both clients' shares of the admitted requests (about 3:1).
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ QUOTA_READY = """() => {
       .some((p) => +p.dataset.points >= 2)));
   const rows = [...document.querySelectorAll(
     '[data-panel="clients"] [data-window="five_hour"] tbody tr')].map((tr) => tr.dataset.client);
-  return lines && rows.includes("batch") && rows.includes("chat");
+  const shares = ["client:batch", "client:chat"].every((c) =>
+    [...document.querySelectorAll(`[data-panel="shares"] path[data-series="${c}"]`)]
+      .some((p) => +p.dataset.points >= 2)
+    && document.querySelector(`[data-panel="shares"] .value[data-client="${c}"]`));
+  return lines && rows.includes("batch") && rows.includes("chat") && shares;
 }"""
 
 
@@ -81,6 +85,9 @@ def test_quota_panel_and_top_clients_for_both_variants(
                     "trs => trs.map((tr) => [tr.dataset.client, "
                     "...[...tr.children].map((td) => td.textContent)])")
                 window = page.text_content('[data-panel="clients"] [data-window="five_hour"] h3')
+                shares = page.eval_on_selector_all(
+                    '[data-panel="shares"] .value',
+                    "rows => rows.map((r) => [r.dataset.client, r.textContent])")
             finally:
                 browser.close()
     finally:
@@ -95,3 +102,9 @@ def test_quota_panel_and_top_clients_for_both_variants(
     assert int(batch[2].replace(",", "")) > 2 * int(chat[2].replace(",", ""))
     assert batch[3].endswith("%") and batch[4].endswith("%") and batch[4] != "\u2013"
     assert window is not None and "of the budget used (credits)" in window
+    # The shares panel: both clients, every variant together, batch with three times chat's
+    # admitted attempts (three quarters of them), each line "name share · rate".
+    assert [name for name, _ in shares] == ["client:batch", "client:chat"], shares
+    percent = {name: float(text.split()[1].rstrip("%")) for name, text in shares}
+    assert 65 <= percent["client:batch"] <= 85 and 15 <= percent["client:chat"] <= 35, shares
+    assert all("/s" in text for _, text in shares), shares

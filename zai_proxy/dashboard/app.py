@@ -25,6 +25,7 @@ from zai_proxy.dashboard.collector import Collector
 from zai_proxy.dashboard.compute import Point
 from zai_proxy.dashboard.events import Broker
 from zai_proxy.dashboard.settings import DashboardSettings
+from zai_proxy.dashboard.shares import client_shares
 from zai_proxy.dashboard.storage import History
 from zai_proxy.dashboard.views import (
     QUOTA_WINDOWS,
@@ -138,6 +139,7 @@ def create_dashboard_app(
         now = clock()
         points = await storage.query(now - p.span - p.step, now + 1, p.rollups)
         body = series(points, p, now, variants)
+        body["clients"] = client_shares(points, p.step, now - p.span, now, variants)
         body["storage"] = storage.health()
         return JSONResponse(body)
 

@@ -70,6 +70,14 @@ GAUGE_FIELDS = (*GAUGES.values(), *WINDOW_GAUGES.values(), *UNIT_GAUGES.values()
 QUOTA_SERIES = frozenset(name for name, _ in WINDOW_GAUGES)
 # Tokens by client key name, kept per client: `client:<name>` counter fields.
 CLIENT_PREFIX = "client:"
+# The fleet scheduler's view per client (see shares.py): upstream attempts admitted, requests
+# refused (by the admission queue for any reason, or for the client's budget share) and the
+# budget used over its share, the most used window (the one that refuses first) of any pod.
+ADMITTED_PREFIX = "admitted:"
+REFUSED_PREFIX = "refused:"
+BUDGET_PREFIX = "budget:"
+CLIENT_REFUSALS = frozenset({"zai_proxy_client_rejections_total",
+                             "zai_proxy_client_budget_refusals_total"})
 # Row column -> counter field; the page plots these as per-second rates.
 RATES = {
     "rps": "requests",
@@ -146,6 +154,10 @@ def add_counter(point: Point, name: str, labels: Labels, delta: float) -> None:
             _add(point.counters, "status_429", delta)
     elif name == "zai_proxy_client_tokens_total":
         _add(point.counters, CLIENT_PREFIX + labels.get("client", "?"), delta)
+    elif name == "zai_proxy_client_admitted_total":
+        _add(point.counters, ADMITTED_PREFIX + labels.get("client", "?"), delta)
+    elif name in CLIENT_REFUSALS:
+        _add(point.counters, REFUSED_PREFIX + labels.get("client", "?"), delta)
     elif name == "zai_proxy_tokens_total":
         direction = TOKEN_DIRECTIONS.get(labels.get("direction", ""))
         if direction:
@@ -167,6 +179,8 @@ def add_gauge(point: Point, name: str, value: float, labels: Labels | None = Non
         return
     if name in GAUGES:
         _add(point.gauges, GAUGES[name], value)
+    elif name == "zai_proxy_client_budget_used_ratio" and labels is not None:
+        _most_alarming(point, BUDGET_PREFIX + labels.get("client", "?"), value)
     elif labels is not None and name in QUOTA_SERIES:
         window = labels.get("window", "")
         keys = [WINDOW_GAUGES.get((name, window))]

@@ -103,6 +103,15 @@
     clients.className = "panel";
     clients.dataset.panel = "clients";
     clients.append(h("h2", {}, "Top clients of the current quota window"), h("div", { className: "clients" }));
+    const shares = document.createElement("section");
+    shares.className = "panel";
+    shares.dataset.panel = "shares";
+    const chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    chart.setAttribute("class", "chart");
+    chart.setAttribute("role", "img");
+    chart.setAttribute("aria-label", "Client shares chart");
+    shares.append(h("h2", {}, "Client shares of admitted requests (all variants)"),
+      h("div", { className: "values" }), chart);
     $("panels").replaceChildren(...PANELS.map((p) => {
       const card = document.createElement("section");
       card.className = "panel";
@@ -114,7 +123,40 @@
       card.append(h("h2", {}, p.title), h("div", { className: "values" }), svg,
         h("div", { className: "legend" }));
       return card;
-    }), clients);
+    }), shares, clients);
+  }
+
+  /* Who gets the account: each client's share of the admitted upstream attempts per step, every
+     variant together (one account); budget used and refusals when there are any. */
+  function renderShares() {
+    const card = document.querySelector('[data-panel="shares"]');
+    const d = state.data;
+    if (!card || !d || !d.clients) return;
+    const c = d.clients;
+    const entries = c.clients.map((row, i) => ({ row, name: String(row.client), series: `client:${row.client}`,
+      color: `var(--v${i % 6})`, dash: DASHES[Math.floor(i / 6) % DASHES.length] }));
+    if (c.others) entries.push({ row: c.others, name: `others (${c.others.clients})`, series: "others",
+      color: "var(--muted)", dash: "2 3" });
+    const values = card.querySelector(".values");
+    if (!entries.length) {
+      values.replaceChildren(h("p", { className: "empty" }, "no admitted requests yet"));
+    } else {
+      values.replaceChildren(...entries.map((e) => {
+        const div = h("div", { className: "value" });
+        div.dataset.client = e.series;
+        const swatch = h("span", { className: "swatch" });
+        swatch.style.background = e.color;
+        const r = e.row;
+        const extra = (r.budget_used_ratio != null ? ` · budget ${fmt.ratio(r.budget_used_ratio)}` : "") +
+          (r.refused_rate ? ` · refused ${fmt.rate(r.refused_rate)}` : "");
+        div.append(swatch, h("b", {}, e.name), ` ${fmt.ratio(r.share)} · ${fmt.rate(r.admitted_rate)}${extra}`);
+        return div;
+      }));
+    }
+    const lines = entries.map((e) => ({ t: c.t, v: e.row.shares, color: e.color, dash: e.dash,
+      variant: "clients", series: e.series, label: e.name }));
+    window.ZChart.render(card.querySelector("svg"), { from: d.to - spanOf(d.range), to: d.to,
+      lines, fmt: axisFmt.ratio, tooltip: $("tooltip") });
   }
 
   /* Who burns the budget: tokens since the window began, all variants (one account). */
@@ -196,6 +238,7 @@
   function renderAll() {
     renderSwitches();
     PANELS.forEach(renderPanel);
+    renderShares();
     renderClients();
     renderTargets();
   }
