@@ -47,8 +47,7 @@ MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
            "quota.state", "quota.pacing", "quota.shared", "quota.stop", "quota.client_budgets",
            "limiter.congestion", "limiter.gcra", "limiter.shared", "limiter.limiter",
            "server.http_protocol", "server.connections", "switch.carry", "switch.retire",
-           "limiter.fair_queue", "relay.carriers", "relay.stream_errors", "relay.prompt_memory",
-           "clients.clients_file")
+           "limiter.fair_queue")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"
