@@ -116,3 +116,18 @@ def test_a_spent_tool_call_month_is_visible_but_blocks_and_paces_nothing() -> No
     spent_month = view("monthly", used=1.0, k=1e-4)
     assert even_pacing([spent_month], now=NOW, in_flight=0,
                        tokens_per_request=10).status == "calibrating"
+
+
+def test_a_paused_pacing_names_the_unit_of_the_budget_that_paused_it() -> None:
+    state = QuotaState()
+    state.on_report(report(tokens(0), credits(used=0)), T0)
+    for second in range(1, 11):
+        state.settled(100)
+        state.tick(T0 + second)
+    # The credit budget is all but spent (1990 of 2000), the token one at 6 %.
+    state.on_report(report(tokens(1), credits(used=200)), T0 + 10)
+    state.on_report(report(tokens(6), credits(used=1990)), T0 + 20)
+    pacing = even_pacing(state.views(T0 + 20), now=T0 + 20, in_flight=0,
+                         tokens_per_request=100)
+    assert pacing.status == "paused" and (pacing.window, pacing.measure) == (
+        "five_hour", "credits")

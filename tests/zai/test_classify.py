@@ -9,11 +9,14 @@ import pytest
 
 from zai_proxy.relay.retry import parse_retry_after
 from zai_proxy.zai.classify import (
+    BEIJING,
     MAX_BODY_BYTES,
     business_error,
     classify_429,
+    classify_doc,
     classify_error,
     is_error_object,
+    next_beijing_midnight,
     parse_time,
 )
 from zai_proxy.zai.codes import ThrottleClass
@@ -228,6 +231,10 @@ def test_body_retry_hint_as_an_http_date_and_hints_of_the_wrong_type() -> None:
     ({"code": 1305, "msg": "overloaded", "success": False}, True),
     ({"type": "error", "error": {"type": "rate_limit_error", "code": "1303"}}, True),
     ({"code": 1305, "msg": "overloaded"}, True),
+    ({"code": 1305, "message": "overloaded"}, True),  # either spelling of the message
+    ({"type": "error", "error": "overloaded"}, True),  # Anthropic's envelope, a bare message
+    ({"success": False}, True),  # the monitor-style envelope says so itself
+    ({"code": 1305}, False),  # a code alone is a field of some answer, not an error object
     ({"code": 200, "msg": "ok", "success": True, "data": {}}, False),
     ({"choices": [], "error": {"code": "1303"}}, False),
     ({"content": [], "type": "error"}, False),
@@ -252,3 +259,27 @@ def test_a_business_error_is_one_whose_code_has_a_row(doc: object, code: str | N
 
 def test_classify_error_is_the_one_classifier_of_429s() -> None:
     assert classify_429 is classify_error
+
+
+def test_the_raw_text_is_read_only_when_the_body_was_not_json() -> None:
+    doc = {"error": {"message": "no code in the parsed body"}}
+    assert classify_doc(doc, {}, NOW, text="1305: overloaded").code is None
+    assert classify_doc(None, {}, NOW, text="1305: overloaded").code == "1305"
+
+
+@pytest.mark.parametrize(("beijing", "midnight"), [
+    # A Beijing afternoon with seconds and microseconds: the coming midnight, to the second.
+    (datetime(2026, 12, 7, 15, 30, 45, 500_000, tzinfo=BEIJING),
+     datetime(2026, 12, 8, 0, 0, 0, tzinfo=BEIJING)),
+    # Early morning in Beijing is still the previous day in UTC: Beijing's date counts.
+    (datetime(2026, 12, 8, 1, 0, 0, tzinfo=BEIJING),
+     datetime(2026, 12, 9, 0, 0, 0, tzinfo=BEIJING)),
+    # Exactly midnight: the limit that resets now resets again a day later.
+    (datetime(2026, 12, 8, 0, 0, 0, tzinfo=BEIJING),
+     datetime(2026, 12, 9, 0, 0, 0, tzinfo=BEIJING)),
+    (datetime(2026, 12, 31, 23, 59, 59, tzinfo=BEIJING),
+     datetime(2027, 1, 1, 0, 0, 0, tzinfo=BEIJING)),
+])
+def test_the_daily_limit_resets_at_the_next_midnight_beijing_time(
+        beijing: datetime, midnight: datetime) -> None:
+    assert next_beijing_midnight(beijing.timestamp()) == midnight.timestamp()

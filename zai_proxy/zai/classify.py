@@ -219,12 +219,12 @@ def is_error_object(doc: object) -> bool:
     return doc.get("success") is False or ("code" in doc and ("msg" in doc or "message" in doc))
 
 
-def business_error(doc: object, headers: Mapping[str, str], now: datetime | float, *,
-                   text: str = "") -> Throttle | None:
+def business_error(doc: object, headers: Mapping[str, str],
+                   now: datetime | float) -> Throttle | None:
     """The classified error of an answer that is not a 429 (a 4xx body, a 2xx error object
     (check `is_error_object` first), a stream's error event): None unless its code has a row of
     its own (`codes.known`)."""
-    throttle = classify_doc(doc, headers, now, text=text)
+    throttle = classify_doc(doc, headers, now)
     return throttle if known(throttle.code) else None
 
 
