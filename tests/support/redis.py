@@ -1,8 +1,8 @@
 """A small in-memory Redis for the unit tests of the Redis logic, that can also hang or lie.
 
 `FakeRedis` answers the few redis-py calls the proxy makes (`get`, `set` (with NX), `incr`,
-`incrbyfloat`, `delete`, `ping`, `pipeline` with `hincrbyfloat`/`expire`/`incrbyfloat`/`get`/
-`hgetall`, and `register_script` for the proxy's own Lua scripts, run here as Python on
+`incrbyfloat`, `delete`, `hdel`, `ping`, `pipeline` with `hincrbyfloat`/`hset`/`expire`/
+`incrbyfloat`/`get`/`hgetall`, and `register_script` for the proxy's own Lua scripts, run here as Python on
 `clock`) the way redis-py returns them (bytes for strings, int for INCR, float for
 INCRBYFLOAT). Its `mode` says how it behaves:
 
@@ -158,6 +158,21 @@ class FakeRedis:
         table[name.encode()] = float(table.get(name.encode(), 0.0)) + amount
         return float(table[name.encode()])
 
+    def _hset(self, key: str, name: str, value: str | bytes) -> int:
+        table = self._live(key)
+        if table is None:
+            table = {}
+            self._put(key, table, self._ttl(key))
+        new = name.encode() not in table
+        table[name.encode()] = value.encode() if isinstance(value, str) else value
+        return int(new)
+
+    async def hdel(self, key: str, *names: str) -> Any:
+        def run() -> int:
+            table = self._live(key) or {}
+            return sum(table.pop(n.encode(), None) is not None for n in names)
+        return await self._do(run)
+
     def _expire(self, key: str, seconds: float) -> bool:
         if self._live(key) is None:
             return False
@@ -261,6 +276,10 @@ class FakePipeline:
     def incrbyfloat(self, key: str, amount: float) -> FakePipeline:
         self.ops.append(lambda: self.redis._incrbyfloat(key, amount))
         self.floats = True
+        return self
+
+    def hset(self, key: str, name: str, value: str | bytes) -> FakePipeline:
+        self.ops.append(lambda: self.redis._hset(key, name, value))
         return self
 
     def expire(self, key: str, seconds: float) -> FakePipeline:

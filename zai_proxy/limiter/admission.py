@@ -37,6 +37,7 @@ from zai_proxy.limiter.client_class import ClassOf, Priority, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.congestion import Congestion
 from zai_proxy.limiter.fair_queue import FairQueue
+from zai_proxy.limiter.fleet_shares import ClientGates
 from zai_proxy.limiter.gcra import Gate, LocalGate
 from zai_proxy.limiter.rate_controller import Adjustment, Outcome, RateController
 
@@ -101,6 +102,11 @@ def _may_go(waiter: _Waiter) -> bool:
     return not waiter.paced or waiter.pacer_held
 
 
+def _both(first: Callable[[_Waiter], bool],
+          second: Callable[[_Waiter], bool]) -> Callable[[_Waiter], bool]:
+    return lambda waiter: first(waiter) and second(waiter)
+
+
 class Admission:
     """Rate and concurrency admission with a bounded, fair, deadline-aware queue."""
 
@@ -152,6 +158,8 @@ class Admission:
         self._pacer_gate = pacer_gate
         self.pacer: Gate | None = None
         self.pacing_rate: float | None = None
+        # Account-wide shares (see `set_fleet_parts`): per-client pacing under the gate.
+        self.fleet = ClientGates()
 
     # -- rates -----------------------------------------------------------------------------
 
@@ -173,6 +181,20 @@ class Admission:
                 self.pacer = self._pacer_gate or LocalGate(self.clock())
             self.pacing_rate = rate
         self._wake.set()
+
+    def set_fleet_parts(self, parts: dict[str, float] | None) -> None:
+        """Pace each named client at its part of the send rate (the fleet's allocation,
+        `fleet_shares.allocate`); None: no one (the local fair queue shares alone). A retry is
+        never held back by it, but counts against its client's part."""
+        self.fleet.set(parts)
+        self._wake.set()
+
+    def _fleet_open(self, now: float) -> Callable[[_Waiter], bool] | None:
+        """While the fleet paces clients: who may take a send slot now (None: anyone)."""
+        if not self.fleet.active:
+            return None
+        rate = self.gate_rate
+        return lambda w: w.priority or self.fleet.wait(w.client_id, rate, now) == 0.0
 
     def _estimate(self, position: int, paced: bool = False, client: str | None = None,
                   cap: int | None = None) -> float:
@@ -211,12 +233,14 @@ class Admission:
         klass = self.class_of(client_id)
         cap = klass.max_in_flight
         if not self.depth and self.in_flight < self.concurrency.limit and (
-                cap is None or self.client_in_flight.get(client_id, 0) < cap):
+                cap is None or self.client_in_flight.get(client_id, 0) < cap) and (
+                priority or not self.fleet.wait(client_id, self.gate_rate, now)):
             try:
                 if paced:
                     pacer_held = await self._take_pacer(now) == 0.0
                 if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
                                                                       now) == 0.0:
+                    self.fleet.charge(client_id, self.gate_rate, now)
                     return self._noted(client_id, self._grant(client_id, now, cap), False)
             except BaseException:  # left (or the gate failed) while the gate answered
                 await self._return_pacer(pacer_held)
@@ -252,6 +276,7 @@ class Admission:
                 # Granted just as the client left: free the slot, give back what it took
                 # (the pacer slot only if it took one: pacing may have been off meanwhile).
                 permit.release()
+                self.fleet.refund(client_id, self.gate_rate, self.clock())
                 await self.gate.refund(self.gate_rate, self.clock())
                 await self._return_pacer(waiter.pacer_held)
             raise
@@ -346,19 +371,25 @@ class Admission:
                 while self._unreturned:
                     self._unreturned -= 1
                     await self._return_pacer(True)
-                head = self.queue.peek()
-                if head is None:  # every waiting client is at its in-flight cap
+                fleet = self._fleet_open(now)
+                head = self.queue.peek(fleet)
+                if head is None:  # every waiting client is at its cap or its fleet part
                     self._gate_bound(False)
-                    await self._wait(timeout)
+                    opens = None if fleet is None else self.fleet.opens_in(
+                        (c for c, *_ in self.queue.clients() if not self.queue.blocked(c)),
+                        self.gate_rate, now)
+                    await self._wait(timeout if opens is None else
+                                     opens if timeout is None else min(opens, timeout))
                     continue
                 if self.in_flight >= self.concurrency.limit:
                     self._gate_bound(False)  # waiting for a slot, not for the rate
                     self._emit(self.concurrency.note_demand(self.depth))
                     await self._wait(timeout)
                     continue
-                accept = None
+                accept = fleet
                 if self.pacer is not None:
-                    accept = _may_go  # who gets the send slot below: never one without pacer
+                    # Who gets the send slot below: never one without its pacer slot.
+                    accept = _may_go if fleet is None else _both(fleet, _may_go)
                     if not _may_go(head):
                         paced_wait = await self._take_pacer(now)
                         if paced_wait > 0:
@@ -387,6 +418,7 @@ class Admission:
                     continue
                 waiter.gone = True
                 self.depth -= 1
+                self.fleet.charge(waiter.client_id, rate, now)
                 waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued,
                                                      waiter.cap))
         finally:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -244,15 +244,10 @@ class FairQueue(Generic[T]):
                 yield client, priority, flow.weight, len(flow.items)
 
     def shares(self) -> dict[str, float]:
-        """The part of the dispatches each client with waiting items gets now: its weight over
-        its class's waiting weights, times its class's part (batch gets `batch_floor` while
-        interactive waits too; blocked clients count, as they return to their share)."""
-        weights = {p: sum(f.weight for f in c.flows.values()) for p, c in self._classes.items()}
-        both = weights["interactive"] > 0 and weights["batch"] > 0
-        part = {"interactive": 1 - self.batch_floor if both else 1.0,
-                "batch": self.batch_floor if both else 1.0}
-        return {client: part[p] * flow.weight / weights[p]
-                for p, c in self._classes.items() for client, flow in c.flows.items()}
+        """The part of the dispatches each client with waiting items gets now (`class_shares`
+        over the flows; blocked clients count, as they return to their share)."""
+        return class_shares(((client, p, flow.weight) for p, c in self._classes.items()
+                             for client, flow in c.flows.items()), self.batch_floor)
 
     def ahead(self, client: str, *, weight: float = 1.0, priority: Priority = "batch",
               retry: bool = False) -> int:
@@ -274,3 +269,17 @@ class FairQueue(Generic[T]):
             mine = min(mine + other.size, int(mine / part + 0.5)) if part > 0 \
                 else mine + other.size
         return max(0, mine - 1)
+
+
+def class_shares(flows: Iterable[tuple[str, Priority, float]],
+                 batch_floor: float) -> dict[str, float]:
+    """Each flow's part of the dispatches, from (client, priority, weight) of the flows with
+    waiting items: its weight over its class's waiting weights, times its class's part
+    (interactive 1 - `batch_floor` and batch `batch_floor` while both classes wait, else the
+    whole). The one rule for a queue in one process and for the account's fleet of them."""
+    rows = list(flows)
+    weights = {p: sum(w for _, q, w in rows if q == p) for p in PRIORITIES}
+    both = weights["interactive"] > 0 and weights["batch"] > 0
+    part = {"interactive": 1 - batch_floor if both else 1.0,
+            "batch": batch_floor if both else 1.0}
+    return {client: part[p] * w / weights[p] for client, p, w in rows}

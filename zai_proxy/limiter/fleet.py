@@ -1,0 +1,100 @@
+"""The fleet's reports in Redis: how account-wide client shares are exchanged (see
+`fleet_shares` for the rule).
+
+Every replica of every variant spending the account keeps one field, its lease id, in the hash
+`zai-proxy:acct:<account>:limiter:fleet`: its report (the clients waiting in its queue), written
+and read back with the others in one round trip on each limiter tick. A report older than
+`stale_after` seconds (a replica that stopped or lost Redis) is left out and deleted; the hash
+itself expires when no replica writes it. Without Redis (never configured, or unreachable now)
+the fleet's allocation is dropped at once: each replica shares its own part of the account
+(1 / replicas while Redis is away) by its local queue, and `scope` says "replica".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from zai_proxy.core.redis_link import BadAnswer
+from zai_proxy.limiter.admission import Admission
+from zai_proxy.limiter.fleet_shares import Report, allocate, decode, encode, local_demand
+from zai_proxy.limiter.shared import SharedState
+
+log = logging.getLogger("zai_proxy.fleet")
+
+STALE_AFTER = 5.0  # seconds: a report this old is from a replica that is gone
+
+
+class FleetShares:
+    """One replica's side of the exchange: `sync()` on every limiter tick."""
+
+    def __init__(self, shared: SharedState, admission: Admission, replica: str, *,
+                 wall: Callable[[], float] = time.time,
+                 stale_after: float = STALE_AFTER) -> None:
+        self.shared, self.admission, self.replica = shared, admission, replica
+        self.wall, self.stale_after = wall, stale_after
+        self.key = shared.key("fleet")
+        self.scope = "replica"  # "account" once the fleet's reports were read
+        self.reports: dict[str, Report] = {}  # the live replicas' reports, last read
+
+    def report(self) -> Report:
+        """What this replica's queue holds now, by client."""
+        queue = self.admission.queue
+        clients = list(queue.clients())
+        return local_demand(clients, {c: queue.waiting(c) for c, *_ in clients})
+
+    async def sync(self) -> None:
+        """Publish this replica's report, read the fleet's, pace clients by the allocation."""
+        text = encode(self.report(), self.wall())
+        ttl = max(1, int(self.stale_after * 4))
+
+        async def exchange() -> dict[Any, Any]:
+            pipe = self.shared.redis.pipeline(transaction=False)
+            pipe.hset(self.key, self.replica, text)
+            pipe.expire(self.key, ttl)
+            pipe.hgetall(self.key)
+            result = await pipe.execute()
+            if not isinstance(result, list) or len(result) != 3 or \
+                    not isinstance(result[2], dict):
+                raise BadAnswer(f"fleet: {result!r:.60}")
+            return result[2]
+
+        answer = await self.shared.call(exchange)
+        if answer is None:
+            self._alone()
+            return
+        now, reports, stale = self.wall(), {}, []
+        for field, raw in answer.items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            try:
+                at, report = decode(raw)
+            except (ValueError, TypeError):
+                self.shared.ignored(f"fleet.{name[:40]}", raw)
+                continue
+            if now - at > self.stale_after:
+                stale.append(name)
+            else:
+                reports[name] = report
+        if stale:
+            await self.shared.call(lambda: self.shared.redis.hdel(self.key, *stale))
+        self.reports, self.scope = reports, "account"
+        self.admission.set_fleet_parts(
+            allocate(reports, self.replica, self.admission.queue.batch_floor))
+
+    def _alone(self) -> None:
+        if self.scope == "account":
+            log.warning("account-wide client shares suspended: Redis is unavailable; each "
+                        "replica shares its own part of the account by its local queue")
+        self.scope, self.reports = "replica", {}
+        self.admission.set_fleet_parts(None)
+
+    def health(self) -> dict[str, Any]:
+        """For /health: where shares are decided, how many replicas have work waiting, and
+        this replica's part of the account's rate for each client it paces."""
+        busy = sum(1 for report in self.reports.values()
+                   if any(d.waiting for d in report.values()))
+        return {"scope": self.scope, "replicas_reporting": len(self.reports),
+                "replicas_waiting": busy,
+                "paced": {c: round(p, 4) for c, p in sorted(self.admission.fleet.parts.items())}}
