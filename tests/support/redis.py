@@ -2,8 +2,8 @@
 
 `FakeRedis` answers the few redis-py calls the proxy makes (`get`, `set` (with NX), `incr`,
 `incrbyfloat`, `delete`, `hdel`, `ping`, `pipeline` with `hincrbyfloat`/`hset`/`expire`/
-`incrbyfloat`/`get`/`hgetall`, and `register_script` for the proxy's own Lua scripts, run here as Python on
-`clock`) the way redis-py returns them (bytes for strings, int for INCR, float for
+`incrbyfloat`/`get`/`hgetall`, and `register_script` for the proxy's own Lua scripts, run
+here as Python on `clock`) the way redis-py returns them (bytes for strings, int for INCR, float for
 INCRBYFLOAT). Its `mode` says how it behaves:
 
 - "ok": a working Redis;

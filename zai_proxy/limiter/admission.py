@@ -240,7 +240,6 @@ class Admission:
                     pacer_held = await self._take_pacer(now) == 0.0
                 if (pacer_held or not paced) and await self.gate.take(self.gate_rate,
                                                                       now) == 0.0:
-                    self.fleet.charge(client_id, self.gate_rate, now)
                     return self._noted(client_id, self._grant(client_id, now, cap), False)
             except BaseException:  # left (or the gate failed) while the gate answered
                 await self._return_pacer(pacer_held)
@@ -418,7 +417,6 @@ class Admission:
                     continue
                 waiter.gone = True
                 self.depth -= 1
-                self.fleet.charge(waiter.client_id, rate, now)
                 waiter.future.set_result(self._grant(waiter.client_id, waiter.enqueued,
                                                      waiter.cap))
         finally:
@@ -435,6 +433,7 @@ class Admission:
         self.rate.granted()
         generation = self.concurrency.admitted(self.in_flight)
         now = self.clock()
+        self.fleet.charge(client_id, self.gate_rate, now)
         return Permit(self, client_id, generation, self.in_flight, now - enqueued, now, cap=cap)
 
     def _release(self, permit: Permit) -> None:

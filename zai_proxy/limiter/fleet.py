@@ -13,13 +13,22 @@ the fleet's allocation is dropped at once: each replica shares its own part of t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from zai_proxy.core.redis_link import BadAnswer
 from zai_proxy.limiter.admission import Admission
-from zai_proxy.limiter.fleet_shares import Report, allocate, decode, encode, local_demand
+from zai_proxy.limiter.fleet_shares import (
+    Balance,
+    Report,
+    SendMeter,
+    allocate,
+    decode,
+    encode,
+    local_demand,
+)
 from zai_proxy.limiter.shared import SharedState
 
 log = logging.getLogger("zai_proxy.fleet")
@@ -31,19 +40,24 @@ class FleetShares:
     """One replica's side of the exchange: `sync()` on every limiter tick."""
 
     def __init__(self, shared: SharedState, admission: Admission, replica: str, *,
-                 wall: Callable[[], float] = time.time,
+                 wall: Callable[[], float] = time.time, interval: float = 1.0,
                  stale_after: float = STALE_AFTER) -> None:
+        """`interval`: seconds between two `sync` calls (the limiter's tick)."""
         self.shared, self.admission, self.replica = shared, admission, replica
         self.wall, self.stale_after = wall, stale_after
         self.key = shared.key("fleet")
         self.scope = "replica"  # "account" once the fleet's reports were read
         self.reports: dict[str, Report] = {}  # the live replicas' reports, last read
+        self.meter = admission.fleet.meter = SendMeter()
+        # Hold corrections while the meter still measures the clients waiting before.
+        self.balance = Balance(settle=math.ceil(self.meter.span / interval))
 
     def report(self) -> Report:
         """What this replica's queue holds now, by client."""
         queue = self.admission.queue
         clients = list(queue.clients())
-        return local_demand(clients, {c: queue.waiting(c) for c, *_ in clients})
+        return local_demand(clients, {c: queue.waiting(c) for c, *_ in clients},
+                            self.meter.rates(self.admission.clock()))
 
     async def sync(self) -> None:
         """Publish this replica's report, read the fleet's, pace clients by the allocation."""
@@ -65,7 +79,8 @@ class FleetShares:
         if answer is None:
             self._alone()
             return
-        now, reports, stale = self.wall(), {}, []
+        now, stale = self.wall(), []
+        reports: dict[str, Report] = {}
         for field, raw in answer.items():
             name = field.decode() if isinstance(field, bytes) else str(field)
             try:
@@ -81,13 +96,14 @@ class FleetShares:
             await self.shared.call(lambda: self.shared.redis.hdel(self.key, *stale))
         self.reports, self.scope = reports, "account"
         self.admission.set_fleet_parts(
-            allocate(reports, self.replica, self.admission.queue.batch_floor))
+            allocate(reports, self.replica, self.admission.queue.batch_floor, self.balance))
 
     def _alone(self) -> None:
         if self.scope == "account":
             log.warning("account-wide client shares suspended: Redis is unavailable; each "
                         "replica shares its own part of the account by its local queue")
         self.scope, self.reports = "replica", {}
+        self.balance.reset()
         self.admission.set_fleet_parts(None)
 
     def health(self) -> dict[str, Any]:

@@ -26,24 +26,34 @@ not a well-formed one is dropped as a whole, and the fleet decides without it.
 from __future__ import annotations
 
 import json
-import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from zai_proxy.core.redis_link import finite
 from zai_proxy.limiter.client_class import PRIORITIES, Priority
 from zai_proxy.limiter.fair_queue import class_shares
 from zai_proxy.limiter.gcra import Gcra
 
-FLEET_BURST = 2.0  # a client slowed by the account's gate may catch up one slot
+# A client slowed by the account's gate (another replica took the slot it was due) may catch
+# up this many seconds of its part: the same time for every client, whatever its rate (a
+# burst counted in slots would let slow clients catch up more and take from fast ones).
+CATCH_UP = 1.0
+# Parts add up to the whole rate, so pacing each client at exactly its part would lose every
+# slot one of them reaches late (the account's gate banks no idle time): each is paced a little
+# above its part, and the account's gate, which bounds the sum, decides the rest.
+FLEET_HEADROOM = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Demand:
-    """One client's requests waiting in one replica's queue, and its class there."""
+    """One client's requests waiting in one replica's queue, its class there, and the rate
+    (req/s) that replica sent it upstream lately."""
 
     weight: float
     priority: Priority
     waiting: int
+    rate: float = 0.0
 
 
 Report = Mapping[str, Demand]
@@ -52,7 +62,8 @@ Report = Mapping[str, Demand]
 def encode(report: Report, at: float) -> str:
     """A replica's report as stored: `{"at": wall seconds, "clients": {name: [w, p, n]}}`."""
     return json.dumps({"at": at, "clients": {
-        client: [d.weight, d.priority, d.waiting] for client, d in report.items()}},
+        client: [d.weight, d.priority, d.waiting, round(d.rate, 4)]
+        for client, d in report.items()}},
         separators=(",", ":"))
 
 
@@ -62,42 +73,86 @@ def decode(text: str | bytes) -> tuple[float, dict[str, Demand]]:
     doc = json.loads(text)
     if not isinstance(doc, dict) or not isinstance(doc.get("clients"), dict):
         raise ValueError("not a fleet report")
-    at = doc.get("at")
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
-        raise ValueError(f"bad time {at!r:.40}")
+    at = finite(doc.get("at"))
+    if at is None:
+        raise ValueError(f"bad time {doc.get('at')!r:.40}")
     report: dict[str, Demand] = {}
     for client, row in doc["clients"].items():
-        if not isinstance(row, list) or len(row) != 3:
+        if not isinstance(row, list) or len(row) != 4:
             raise ValueError(f"bad row for {client!r:.40}")
-        weight, priority, waiting = row
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or \
-                not math.isfinite(weight) or weight <= 0:
-            raise ValueError(f"bad weight {weight!r:.40}")
-        if priority not in PRIORITIES:
-            raise ValueError(f"bad priority {priority!r:.40}")
-        if isinstance(waiting, bool) or not isinstance(waiting, int) or waiting < 0:
-            raise ValueError(f"bad waiting count {waiting!r:.40}")
-        report[client] = Demand(float(weight), priority, waiting)
-    return float(at), report
+        weight, rate = finite(row[0]), finite(row[3])
+        priority, waiting = row[1], row[2]
+        if weight is None or weight <= 0 or rate is None or rate < 0 or \
+                priority not in PRIORITIES or isinstance(waiting, bool) or \
+                not isinstance(waiting, int) or waiting < 0:
+            raise ValueError(f"bad row for {client!r:.40}: {row!r:.60}")
+        report[client] = Demand(weight, priority, waiting, rate)
+    return at, report
 
 
-def allocate(reports: Mapping[str, Report], me: str,
-             batch_floor: float) -> dict[str, float] | None:
+class Balance:
+    """Corrects each client's part by what the fleet delivered to it (an integral controller).
+
+    Replicas race for the account's slots; a client that reaches them through few replicas
+    loses more of the races than one spread over many, and paced at its bare share it would
+    get a little less than that share. Each report round, a client's delivered rate (summed over
+    the replicas) is compared with its share of what all the paced clients got together; its
+    factor moves by (wanted / got) ** `gain`, within `bounds` (a small, bounded correction: the
+    pacing does the sharing, this only evens out who wins the races). The delivered rates lag
+    by the meter's span, so after the set of waiting clients changes the factors are held for
+    `settle` rounds rather than chasing rates that still describe the old set. A client that
+    stops waiting is forgotten: it starts again at 1.
+    """
+
+    def __init__(self, gain: float = 0.05, bounds: tuple[float, float] = (0.8, 1.25),
+                 settle: int = 3) -> None:
+        self.gain, self.bounds, self.settle = gain, bounds, settle
+        self.factor: dict[str, float] = {}
+        self._held = 0  # rounds left to hold the factors
+
+    def update(self, shares: Mapping[str, float],
+               delivered: Mapping[str, float]) -> dict[str, float]:
+        """New factors for the clients of `shares` given their `delivered` rates (req/s)."""
+        if shares.keys() != self.factor.keys():
+            self.factor = {c: self.factor.get(c, 1.0) for c in shares}
+            self._held = self.settle
+        if self._held:
+            self._held -= 1
+            return self.factor
+        total = sum(delivered.get(c, 0.0) for c in shares)
+        for client, share in shares.items():
+            got = delivered.get(client, 0.0)
+            if total > 0 and got > 0:
+                factor = self.factor[client] * (share * total / got) ** self.gain
+                self.factor[client] = min(self.bounds[1], max(self.bounds[0], factor))
+        return self.factor
+
+    def reset(self) -> None:
+        self.factor, self._held = {}, 0
+
+
+def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
+             balance: Balance | None = None) -> dict[str, float] | None:
     """This replica's (`me`) part of the account's rate for each client waiting here, as a
     fraction of the rate; None when fewer than two replicas have work waiting (the local queue
     decides alone). A client's weight and class are the largest weight and the highest class
     any replica reports (replicas agree on the answer whatever order they read the reports in,
-    also while a reloaded clients file has reached only some of them)."""
+    also while a reloaded clients file has reached only some of them). With `balance`, each
+    client's share is corrected by what it was delivered (`Balance`)."""
     busy = {replica: report for replica, report in reports.items()
             if any(d.waiting for d in report.values())}
     mine = busy.get(me)
     if mine is None or len(busy) < 2:
+        if balance is not None:
+            balance.reset()
         return None
     weight: dict[str, float] = {}
     priority: dict[str, Priority] = {}
     waiting: dict[str, int] = {}
-    for report in busy.values():
+    delivered: dict[str, float] = {}
+    for report in reports.values():
         for client, d in report.items():
+            delivered[client] = delivered.get(client, 0.0) + d.rate
             if not d.waiting:
                 continue
             weight[client] = max(weight.get(client, 0.0), d.weight)
@@ -105,33 +160,71 @@ def allocate(reports: Mapping[str, Report], me: str,
                 priority.get(client) == "interactive" else "batch"
             waiting[client] = waiting.get(client, 0) + d.waiting
     shares = class_shares(((c, priority[c], weight[c]) for c in weight), batch_floor)
-    return {client: shares[client] * d.waiting / waiting[client]
+    factor = balance.update(shares, delivered) if balance is not None else {}
+    return {client: shares[client] * factor.get(client, 1.0) * d.waiting / waiting[client]
             for client, d in mine.items() if d.waiting}
 
 
 def local_demand(clients: Iterable[tuple[str, Priority, float, int]],
-                 waiting: Mapping[str, int]) -> dict[str, Demand]:
+                 waiting: Mapping[str, int], rates: Mapping[str, float]) -> dict[str, Demand]:
     """This replica's report from its queue's flows ((client, priority, weight, items), as
-    `FairQueue.clients` gives them) and each client's waiting count (retries included)."""
+    `FairQueue.clients` gives them), each client's waiting count (retries included) and the
+    rate it was sent lately (`SendMeter`)."""
     report: dict[str, Demand] = {}
     for client, klass, weight, _ in clients:
         known = report.get(client)
         if known is None or klass == "interactive":
-            report[client] = Demand(weight, klass, waiting.get(client, 0))
+            report[client] = Demand(weight, klass, waiting.get(client, 0),
+                                    rates.get(client, 0.0))
     return report
+
+
+class SendMeter:
+    """Each client's sends over the last `span` seconds, as a rate (times passed in). A client
+    that began sending less than `span` ago is measured over the time since (at least
+    `shortest` seconds): a client that just joined is not taken for a slow one."""
+
+    def __init__(self, span: float = 3.0, shortest: float = 0.5) -> None:
+        self.span, self.shortest = span, shortest
+        self._sent: dict[str, deque[float]] = {}
+        self._since: dict[str, float] = {}
+
+    def note(self, client: str, now: float) -> None:
+        times = self._sent.get(client)
+        if times is None:
+            times = self._sent[client] = deque()
+            self._since[client] = now
+        times.append(now)
+
+    def rates(self, now: float) -> dict[str, float]:
+        """req/s of every client that sent within the span (the others are forgotten)."""
+        out: dict[str, float] = {}
+        for client in list(self._sent):
+            times = self._sent[client]
+            while times and times[0] <= now - self.span:
+                times.popleft()
+            if times:
+                seconds = min(self.span, max(self.shortest, now - self._since[client]))
+                out[client] = len(times) / seconds
+            else:
+                del self._sent[client], self._since[client]
+        return out
 
 
 class ClientGates:
     """Paces each client the fleet's allocation names at its part of the account's rate.
 
     `parts` maps a client to its fraction of the rate (`allocate`); `wait` and `charge` take the
-    rate as it is now. A client outside `parts` is never held back. Pure: times are passed in.
+    rate as it is now. A client outside `parts` is never held back. With a `meter` (set by the
+    fleet's exchange, which reads it each round) every charge is also counted there. Pure:
+    times are passed in.
     """
 
-    def __init__(self, burst: float = FLEET_BURST) -> None:
-        self.burst = burst
+    def __init__(self, catch_up: float = CATCH_UP) -> None:
+        self.catch_up = catch_up
         self.parts: dict[str, float] = {}
-        self._gcra: dict[str, Gcra] = {}
+        self._gcras: dict[str, Gcra] = {}
+        self.meter: SendMeter | None = None
 
     @property
     def active(self) -> bool:
@@ -141,35 +234,41 @@ class ClientGates:
         """Adopt a new allocation (None or empty: pace no one). A client that stays keeps its
         pacing state (no burst of credit at each report); one that left is forgotten."""
         self.parts = {c: p for c, p in (parts or {}).items() if p > 0}
-        self._gcra = {c: g for c, g in self._gcra.items() if c in self.parts}
+        self._gcras = {c: g for c, g in self._gcras.items() if c in self.parts}
 
     def _rate(self, client: str, rate: float) -> float | None:
         part = self.parts.get(client)
-        return None if part is None else rate * part
+        return None if part is None else rate * part * FLEET_HEADROOM
+
+    def _gcra(self, client: str, own: float, now: float) -> Gcra:
+        gcra = self._gcras.get(client)
+        if gcra is None:
+            gcra = self._gcras[client] = Gcra(now)
+        gcra.burst = 1.0 + own * self.catch_up
+        return gcra
 
     def wait(self, client: str, rate: float, now: float) -> float:
         """Seconds until `client` may send at its part of `rate` (0.0: now, or not paced)."""
         own = self._rate(client, rate)
-        if own is None:
+        if own is None or client not in self._gcras:
             return 0.0
-        gcra = self._gcra.get(client)
-        return 0.0 if gcra is None else gcra.wait_time(own, now)
+        return self._gcra(client, own, now).wait_time(own, now)
 
     def charge(self, client: str, rate: float, now: float) -> None:
         """`client` sent one request now (also one that did not wait its turn: a retry)."""
+        if self.meter is not None:
+            self.meter.note(client, now)
         own = self._rate(client, rate)
         if own is None:
             return
-        gcra = self._gcra.get(client)
-        if gcra is None:
-            gcra = self._gcra[client] = Gcra(now, self.burst)
+        gcra = self._gcra(client, own, now)
         gcra.wait_time(own, now)  # adopt the rate first: slots already promised are re-spaced
         gcra.tat = max(gcra.tat, now) + 1.0 / own
 
     def refund(self, client: str, rate: float, now: float) -> None:
         """Give back a slot charged for a request that never went upstream."""
         own = self._rate(client, rate)
-        gcra = self._gcra.get(client)
+        gcra = self._gcras.get(client)
         if own is not None and gcra is not None:
             gcra.give_back(own, now)
 

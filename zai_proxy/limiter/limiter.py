@@ -27,6 +27,7 @@ from zai_proxy.limiter.admission import Admission
 from zai_proxy.limiter.client_class import ClassOf, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.config import LimiterConfig
+from zai_proxy.limiter.fleet import FleetShares
 from zai_proxy.limiter.learned import ForeignState, InvalidState, LearnedState
 from zai_proxy.limiter.rate_controller import Adjustment, RateController
 from zai_proxy.limiter.shared import SharedCoordinator, SharedState, namespace
@@ -108,6 +109,11 @@ class Limiter:
             burst=config.rate_limit_burst, pacer_gate=pacer, on_adjust=self._count,
             class_of=class_of, batch_floor=config.admission_batch_floor,
             on_admit=self._admitted, on_refuse=self._refused)
+        # Clients' shares across the fleet (with Redis); else each replica shares its own part.
+        self.fleet: FleetShares | None = None
+        if self.shared is not None and self.coordinator is not None:
+            self.fleet = FleetShares(self.shared, self.admission, self.coordinator.id,
+                                     wall=wall, interval=self.tick_interval)
         self.restored_from: str | None = None  # "redis", "file" or "admin"
         # Nothing learned yet: nothing to write until a ceiling is learned.
         self._saved: tuple[Any, ...] | None = self._learned()
@@ -321,6 +327,8 @@ class Limiter:
                 self._count(adjustment)
             if adjustments:
                 self.admission.wake()
+        if self.fleet is not None:
+            await self.fleet.sync()
         self.admission.tick()
         await self.persist()
 
@@ -387,6 +395,8 @@ class Limiter:
             "restored_from": self.restored_from,
             "batch_floor": self.admission.queue.batch_floor,
             "clients": self._clients_health(),
+            "shares": self.fleet.health() if self.fleet is not None else {
+                "scope": "replica", "replicas": int(self.scale)},
         }
         if self.shared is not None:
             body["shared_state"] = {**self.shared.health(), "leader": self.coordinator is not None

@@ -49,7 +49,7 @@ local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - (tonumber(ARGV[2]) - 1) * interval - now
-if wait > 1e-9 then return string.format('%.6f', wait) end
+if wait > 1e-9 then return string.format('%.6f', math.max(wait, 0.000001)) end
 redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'PX', ARGV[3])
 return '0'
 """
@@ -66,6 +66,7 @@ local counts = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
 return counts
 """
+MIN_WAIT = 1e-6  # the shortest wait the script answers (its replies have six decimals)
 REPUBLISH_SECONDS = 60.0  # the leader rewrites an unchanged state this often (its TTL)
 
 
@@ -141,11 +142,14 @@ class RedisGate:
         interval = 1.0 / max(rate, 1e-6)
 
         async def take() -> float:
-            wait = number_reply(await self._take(
-                keys=[self.key], args=[repr(interval), repr(self.burst), 60_000]), "take")
+            reply = await self._take(
+                keys=[self.key], args=[repr(interval), repr(self.burst), 60_000])
+            wait = number_reply(reply, "take")
             if wait < 0:
                 raise BadAnswer(f"take: negative wait {wait}")
-            return wait
+            # Only the exact answer 0 took the slot: a wait below the reply's precision
+            # ("0.000000", from a script of an older version) is still a wait.
+            return 0.0 if reply in (b"0", "0", 0) else max(wait, MIN_WAIT)
 
         answer = await self.shared.call(take)
         if answer is not None:
