@@ -36,8 +36,9 @@ windows" is 10 s.
   five_hour_share = 0.2: the share of the budget its 2xx answers used, and whether the others
   were served until the account's budget ran out.
 - replicas: four proxies on one Redis, each client's workers spread evenly over the four; then
-  skewed: the weight-3 client on the two v1 replicas only. The fair queue is per process over a
-  shared gate, so the skewed spread shows what account-wide shares would have to fix.
+  skewed: the weight-3 client on the two v1 replicas only. Each queue alone shares only its own
+  replica's part of the shared gate; the skewed spread holds 3:1:1 only through the replicas'
+  exchange of their demand (account-wide shares, zai_proxy/limiter/fleet.py).
 - hotpath: `bench/bench_proxy.py --quick` (no clients file), its same-run CPU-per-request ratio
   of the proxy to a bare pass-through (reported, and judged by bench_proxy's own rule).
 
@@ -483,11 +484,11 @@ NOTES = {
     "priority": "queue wait measured at the client (latency minus the idle proxy's median "
                 "latency); histogram_p99_bound_s is the proxy histogram's bucket holding the "
                 "p99 of the same arrivals.",
-    "replicas": "the fair queue is per process over a shared Redis gate: with every client "
-                "spread evenly the shares hold; skewed (heavy on two of four replicas) each "
-                "replica takes about a quarter of the gate and splits it among its own "
-                "clients, so heavy gets ~2 x 2.5 x 3/5 = 3 req/s instead of 6 - what "
-                "account-wide shares (not built) would have to fix.",
+    "replicas": "the replicas exchange their queues' demand through Redis every tick and pace "
+                "each client at its part of its account-wide share; without that exchange "
+                "the skewed spread gave heavy ~3 req/s (each replica took about a quarter of "
+                "the gate and split it among its own clients: bench/results/"
+                "fleet-2026-12-07-before-exchange.txt).",
 }
 
 

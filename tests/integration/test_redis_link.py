@@ -17,6 +17,7 @@ import redis
 
 from tests.support.inprocess import InProcessProxy
 from tests.support.servers import RedisServer, start_redis
+from zai_proxy.core.redis_link import MAX_CONNECTIONS, RedisLink
 from zai_proxy.limiter.shared import namespace
 
 pytestmark = pytest.mark.needs("redis-server")
@@ -115,3 +116,19 @@ async def test_the_limiter_and_the_quota_lead_under_one_lease(server: RedisServe
         observer.delete(quota_key)
         assert await step() == [(False, False), (True, True)]
     observer.close()
+
+
+async def test_a_burst_of_operations_waits_for_connections_instead_of_degrading(
+        redis_server: RedisServer) -> None:
+    """400 operations at once (a burst of requests on an idle proxy, each taking a send slot):
+    they share a bounded pool and all answer; none fails for want of a connection."""
+    link = RedisLink.connect(redis_server.url)
+
+    async def one(i: int) -> Any:
+        return await link.call(lambda: link.redis.set(f"burst:{i}", "1"))
+
+    answers = await asyncio.gather(*(one(i) for i in range(400)))
+    assert all(answers) and not link.degraded, link.reason
+    clients = redis.Redis.from_url(redis_server.url).client_list()
+    assert len(clients) <= MAX_CONNECTIONS + 1, "bounded: this link's pool and the checker"
+    await link.aclose()

@@ -23,7 +23,7 @@ from zai_proxy.limiter.fleet_shares import Demand, decode, encode
 from zai_proxy.limiter.rate_controller import RateController
 from zai_proxy.limiter.shared import SharedState, namespace
 
-CLASSES = {"heavy": ClientClass(weight=3)}
+CLASSES = {"heavy": ClientClass(weight=3), "capped": ClientClass(max_in_flight=4)}
 Task = asyncio.Task[Permit | Rejection]
 
 
@@ -40,16 +40,20 @@ class Replica:
             gate=self.shared.gate("gate"), class_of=lambda c: CLASSES.get(c, DEFAULT))
         self.fleet = FleetShares(self.shared, self.admission, name, wall=vt.wall, interval=0.5)
         self.admitted: Counter[str] = Counter()
+        self.held: list[Permit] = []
         self.tasks: list[Task] = []
 
-    def load(self, client: str, n: int) -> None:
-        self.tasks += [asyncio.create_task(self._one(client)) for _ in range(n)]
+    def load(self, client: str, n: int, hold: bool = False) -> None:
+        self.tasks += [asyncio.create_task(self._one(client, hold)) for _ in range(n)]
 
-    async def _one(self, client: str) -> Permit | Rejection:
+    async def _one(self, client: str, hold: bool) -> Permit | Rejection:
         result = await self.admission.acquire(client)
         if isinstance(result, Permit):
             self.admitted[client] += 1
-            result.release()
+            if hold:
+                self.held.append(result)
+            else:
+                result.release()
         return result
 
     async def close(self) -> None:
@@ -173,7 +177,7 @@ async def test_a_redis_that_fails_leaves_each_replica_sharing_its_own_part(
         await sync
     assert not r1.admission.fleet.active
     assert r1.fleet.health() == {"scope": "replica", "replicas_reporting": 0,
-                                 "replicas_waiting": 0, "paced": {}}
+                                 "replicas_waiting": 0, "paced": {}, "in_flight_caps": {}}
     assert "account-wide client shares suspended" in caplog.text
     fake.mode = "ok"
     await r1.close()
@@ -235,3 +239,35 @@ async def test_a_wait_shorter_than_the_scripts_precision_is_still_a_wait() -> No
     assert fake.raw_get(gate.key) == f"{vt() + 3e-7:.9f}".encode(), "nothing taken"
     await vt.advance(1e-6)
     assert await gate.take(10.0, vt()) == 0.0
+
+
+async def test_a_clients_in_flight_cap_holds_across_the_replicas() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    r1, r2 = Replica(fake, vt, "r1"), Replica(fake, vt, "r2")
+    r1.load("capped", 6, hold=True)
+    await run(vt, [r1, r2], 2)
+    assert len(r1.held) == 4, "its cap, all of it on the one replica that wants it"
+    r2.load("capped", 6, hold=True)
+    await run(vt, [r1, r2], 2)
+    assert len(r2.held) == 0, "r1 holds the whole cap"
+    for permit in r1.held[:3]:
+        permit.release()
+    await run(vt, [r1, r2], 2)
+    held = sum(not p.released for p in r1.held) + len(r2.held)
+    assert held == 4 and len(r2.held) >= 1, "freed slots go to both, never past the cap"
+    caps = r2.fleet.health()["in_flight_caps"]
+    assert caps["capped"] + r1.fleet.health()["in_flight_caps"]["capped"] == 4
+    await r1.close()
+    await r2.close()
+
+
+async def test_without_reports_each_replica_holds_its_part_of_a_cap() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt, mode="down")
+    r1 = Replica(fake, vt, "r1")
+    await r1.fleet.sync()
+    r1.load("capped", 6, hold=True)
+    await vt.advance(2)
+    assert len(r1.held) == 2, "half of 4: the link says two replicas share the account"
+    await r1.close()

@@ -8,12 +8,14 @@ import math
 
 import pytest
 
+from zai_proxy.limiter.client_class import DEFAULT, ClientClass
 from zai_proxy.limiter.fleet_shares import (
     Balance,
-    ClientGates,
     Demand,
+    FleetParts,
     SendMeter,
     allocate,
+    cap_parts,
     decode,
     encode,
     local_demand,
@@ -26,19 +28,23 @@ HEAVY, LIGHT = Demand(3, "batch", 6), Demand(1, "batch", 3)
 
 
 def test_a_report_reads_back_as_written() -> None:
-    report = {"agents": Demand(3.0, "interactive", 4, 2.5), "ci": Demand(1.0, "batch", 0)}
+    report = {"agents": Demand(3.0, "interactive", 4, 2.5, 2), "ci": Demand(1.0, "batch", 0)}
     at, back = decode(encode(report, 1234.5))
     assert at == 1234.5 and back == report
 
 
 @pytest.mark.parametrize("row", [
-    [0, "batch", 1, 0], [-1, "batch", 1, 0], [float("nan"), "batch", 1, 0], [True, "batch", 1, 0],
-    ["3", "batch", 1, 0], [1, "urgent", 1, 0], [1, "batch", -1, 0], [1, "batch", 1.5, 0],
-    [1, "batch", True, 0], [1, "batch", 1, -0.1], [1, "batch", 1, float("inf")],
-    [1, "batch", 1], [1, "batch", 1, 0, 9], {"weight": 1},
+    [0, "batch", 1, 0, 0], [-1, "batch", 1, 0, 0], [float("nan"), "batch", 1, 0, 0],
+    [True, "batch", 1, 0, 0], ["3", "batch", 1, 0, 0], [1, "urgent", 1, 0, 0],
+    [1, "batch", -1, 0, 0], [1, "batch", 1.5, 0, 0], [1, "batch", True, 0, 0],
+    [1, "batch", 1, -0.1, 0], [1, "batch", 1, float("inf"), 0], [1, "batch", 1, 0, -1],
+    [1, "batch", 1, 0, 0.5], [1, "batch", 1, 0, False], [1, "batch", 1, 0],
+    [1, "batch", 1, 0, 0, 9], {"weight": 1},
 ])
 def test_a_report_with_a_bad_row_is_refused_whole(row: object) -> None:
-    text = json.dumps({"at": 1.0, "clients": {"good": [1, "batch", 1, 0], "bad": row}})
+    good = {"good": [1, "batch", 1, 0, 0]}
+    assert decode(json.dumps({"at": 1.0, "clients": good}))[1] == {"good": Demand(1, "batch", 1)}
+    text = json.dumps({"at": 1.0, "clients": {**good, "bad": row}})
     with pytest.raises(ValueError):
         decode(text)
 
@@ -54,8 +60,33 @@ def test_what_is_not_a_report_is_refused(text: str) -> None:
 
 def test_local_demand_reports_each_waiting_client_once_in_its_highest_class() -> None:
     flows = [("a", "batch", 1.0, 2), ("b", "batch", 2.0, 1), ("a", "interactive", 1.0, 1)]
-    report = local_demand(flows, {"a": 4, "b": 1}, {"a": 2.0})
-    assert report == {"a": Demand(1.0, "interactive", 4, 2.0), "b": Demand(2.0, "batch", 1, 0.0)}
+    report = local_demand(flows, {"a": 4, "b": 1}, {"a": 2.0}, {"a": 3}, lambda c: DEFAULT)
+    assert report == {"a": Demand(1.0, "interactive", 4, 2.0, 3),
+                      "b": Demand(2.0, "batch", 1, 0.0)}
+
+
+def test_local_demand_reports_a_client_with_requests_upstream_and_none_waiting() -> None:
+    klass = ClientClass(weight=2, priority="interactive", max_in_flight=4)
+    report = local_demand([], {}, {"c": 1.5}, {"c": 4}, lambda c: klass)
+    assert report == {"c": Demand(2.0, "interactive", 0, 1.5, 4)}
+
+
+def test_a_cap_is_split_by_what_each_replica_wants_and_adds_up_to_the_cap() -> None:
+    reports = {"r1": {"a": Demand(1, "batch", 4, 0, 2)},  # wants 6
+               "r2": {"a": Demand(1, "batch", 1, 0, 1)},  # wants 2
+               "r3": {"a": Demand(1, "batch", 0, 0, 0), "b": Demand(1, "batch", 1)}}
+    parts = {r: cap_parts(reports, r, {"a": 7, "b": 2}) for r in reports}
+    # 7 * 6/8 = 5.25 and 7 * 2/8 = 1.75: the larger remainder takes the seventh; b is wanted
+    # on r3 alone: none of it elsewhere, the whole cap there (not named)
+    assert parts == {"r1": {"a": 5, "b": 0}, "r2": {"a": 2, "b": 0}, "r3": {"a": 0}}
+    assert sum(p["a"] for p in parts.values()) == 7
+    assert cap_parts({"r1": {"a": Demand(1, "batch", 2, 0, 1)}}, "r1", {"a": 3}) == {}
+
+
+def test_a_replica_over_its_new_part_drains_before_the_others_take_it_up() -> None:
+    reports = {"r1": {"a": Demand(1, "batch", 0, 0, 4)}, "r2": {"a": Demand(1, "batch", 4)}}
+    assert cap_parts(reports, "r1", {"a": 4}) == {"a": 2}
+    assert cap_parts(reports, "r2", {"a": 4}) == {"a": 0}, "r1 still holds all four"
 
 
 # -- the allocation -----------------------------------------------------------------------------
@@ -182,7 +213,7 @@ def test_a_client_that_just_started_is_measured_since_it_started() -> None:
 
 
 def test_a_paced_client_sends_at_its_part_of_the_rate() -> None:
-    gates = ClientGates(catch_up=0.0)
+    gates = FleetParts(catch_up=0.0)
     gates.set({"a": 0.25})
     sent, now = 0, 0.0
     while now < 10.0:
@@ -195,7 +226,7 @@ def test_a_paced_client_sends_at_its_part_of_the_rate() -> None:
 
 
 def test_a_lowered_rate_lowers_every_part_at_once() -> None:
-    gates = ClientGates(catch_up=0.0)
+    gates = FleetParts(catch_up=0.0)
     gates.set({"a": 0.5})
     gates.charge("a", 10.0, 0.0)
     assert gates.wait("a", 10.0, 0.0) == pytest.approx(0.2)
@@ -203,7 +234,7 @@ def test_a_lowered_rate_lowers_every_part_at_once() -> None:
 
 
 def test_every_client_may_catch_up_the_same_time_whatever_its_rate() -> None:
-    gates = ClientGates(catch_up=1.0)
+    gates = FleetParts(catch_up=1.0)
     gates.set({"fast": 0.6, "slow": 0.05})
     for client in ("fast", "slow"):
         gates.charge(client, 10.0, 0.0)
@@ -219,7 +250,7 @@ def test_every_client_may_catch_up_the_same_time_whatever_its_rate() -> None:
 
 
 def test_a_refund_gives_the_slot_back_and_a_retry_is_charged_when_it_goes() -> None:
-    gates = ClientGates(catch_up=0.0)
+    gates = FleetParts(catch_up=0.0)
     gates.set({"a": 0.1})
     gates.charge("a", 10.0, 0.0)
     assert gates.wait("a", 10.0, 0.0) == pytest.approx(1.0)
@@ -231,7 +262,7 @@ def test_a_refund_gives_the_slot_back_and_a_retry_is_charged_when_it_goes() -> N
 
 
 def test_a_new_allocation_keeps_the_pacing_of_who_stays_and_forgets_who_left() -> None:
-    gates = ClientGates(catch_up=0.0)
+    gates = FleetParts(catch_up=0.0)
     gates.set({"a": 0.1, "b": 0.1})
     gates.charge("a", 10.0, 0.0)
     gates.charge("b", 10.0, 0.0)
@@ -249,9 +280,19 @@ def test_a_new_allocation_keeps_the_pacing_of_who_stays_and_forgets_who_left() -
 
 
 def test_the_gates_count_every_send_on_the_meter_paced_or_not() -> None:
-    gates = ClientGates()
+    gates = FleetParts()
     gates.meter = SendMeter(span=1.0)
     gates.set({"a": 0.5})
     gates.charge("a", 10.0, 0.0)
     gates.charge("free", 10.0, 0.0)
     assert gates.meter.rates(0.5) == {"a": 2.0, "free": 2.0}
+
+
+def test_a_replica_holds_the_cap_less_what_the_others_hold_or_its_part_alone() -> None:
+    parts = FleetParts()
+    assert parts.cap("a", None) is None
+    assert parts.cap("a", 8) == 8  # one replica, no reports
+    parts.divisor = 3
+    assert parts.cap("a", 8) == 3 and parts.cap("a", 1) == 1, "rounded up: one always goes"
+    parts.caps = {"a": 3, "b": 0}
+    assert parts.cap("a", 8) == 3 and parts.cap("b", 8) == 0 and parts.cap("c", 8) == 8

@@ -33,6 +33,10 @@ T = TypeVar("T")
 log = logging.getLogger("zai_proxy.redis_link")
 
 Timeout = Callable[[float], AbstractAsyncContextManager[Any]]
+# Operations of one link at once; the others wait their turn within their timeout. redis-py's
+# pool fails an operation at once when all its connections (100) are taken: a burst of requests
+# on an idle proxy, each taking a send slot, would degrade the link for every user.
+MAX_CONNECTIONS = 32
 
 
 class BadAnswer(ValueError):
@@ -62,6 +66,7 @@ class RedisLink:
         self._ignored: set[str] = set()
         self._watchers: list[tuple[Callable[[BaseException], None], Callable[[], None]]] = []
         self._closed = False
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     @staticmethod
     def names_redis(uri: str) -> bool:
@@ -91,7 +96,7 @@ class RedisLink:
         if self.degraded and self.clock() < self._retry_at:
             return None
         try:
-            async with self._timeout(self.op_timeout):
+            async with self._timeout(self.op_timeout), self._slots:
                 result = await op()
         except Exception as exc:  # every failure degrades; cancellation is not an Exception
             if isinstance(exc, TimeoutError) and not str(exc):

@@ -28,7 +28,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from zai_proxy.limiter.client_class import ClassOf, Priority, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.congestion import Congestion
 from zai_proxy.limiter.fair_queue import FairQueue
-from zai_proxy.limiter.fleet_shares import ClientGates
+from zai_proxy.limiter.fleet_shares import FleetParts
 from zai_proxy.limiter.gcra import Gate, LocalGate
 from zai_proxy.limiter.rate_controller import Adjustment, Outcome, RateController
 
@@ -159,7 +159,7 @@ class Admission:
         self.pacer: Gate | None = None
         self.pacing_rate: float | None = None
         # Account-wide shares (see `set_fleet_parts`): per-client pacing under the gate.
-        self.fleet = ClientGates()
+        self.fleet = FleetParts()
 
     # -- rates -----------------------------------------------------------------------------
 
@@ -182,11 +182,20 @@ class Admission:
             self.pacing_rate = rate
         self._wake.set()
 
-    def set_fleet_parts(self, parts: dict[str, float] | None) -> None:
+    def set_fleet_parts(self, parts: Mapping[str, float] | None,
+                        caps: Mapping[str, int] | None = None,
+                        divisor: int | None = None) -> None:
         """Pace each named client at its part of the send rate (the fleet's allocation,
-        `fleet_shares.allocate`); None: no one (the local fair queue shares alone). A retry is
-        never held back by it, but counts against its client's part."""
+        `fleet_shares.allocate`; None: no one, the local fair queue shares alone; a retry is
+        never held back by it, but counts against its client's part). `caps`: this replica's
+        part of the in-flight caps of clients others want too (`fleet_shares.cap_parts`);
+        None: it holds `1 / divisor` of each cap (see `FleetParts.cap`)."""
         self.fleet.set(parts)
+        self.fleet.caps = caps
+        if divisor is not None:
+            self.fleet.divisor = divisor
+        for client, *_ in list(self.queue.clients()):  # caps may have moved either way
+            self._hold_back(client, self.class_of(client).max_in_flight)
         self._wake.set()
 
     def _fleet_open(self, now: float) -> Callable[[_Waiter], bool] | None:
@@ -208,11 +217,12 @@ class Admission:
         short = position + 1 - max(0, slots - self.in_flight)  # slots that must free up first
         if short > 0 and self.hold_time is not None:
             wait = max(wait, short * self.hold_time / slots)
+        cap = None if client is None else self.fleet.cap(client, cap)
         if cap is not None and client is not None and self.hold_time is not None:
             free = max(0, cap - self.client_in_flight.get(client, 0))
             own = self.queue.waiting(client) + 1 - free  # own permits that must end first
             if own > 0:
-                wait = max(wait, own * self.hold_time / cap)
+                wait = max(wait, own * self.hold_time / max(1, cap))
         return wait
 
     # -- acquire ---------------------------------------------------------------------------
@@ -231,9 +241,9 @@ class Admission:
         paced = paced and not priority and self.pacer is not None
         pacer_held = False
         klass = self.class_of(client_id)
-        cap = klass.max_in_flight
-        if not self.depth and self.in_flight < self.concurrency.limit and (
-                cap is None or self.client_in_flight.get(client_id, 0) < cap) and (
+        cap = klass.max_in_flight  # the client's, account-wide; its part here below
+        if not self.depth and self.in_flight < self.concurrency.limit and \
+                self._under_cap(client_id, cap) and (
                 priority or not self.fleet.wait(client_id, self.gate_rate, now)):
             try:
                 if paced:
@@ -299,12 +309,18 @@ class Admission:
             self.on_refuse(client_id, result.reason)
         return result
 
+    def _under_cap(self, client_id: str, cap: int | None) -> bool:
+        """Whether `client_id` may have one more request upstream: under this replica's part of
+        its in-flight `cap`."""
+        own = self.fleet.cap(client_id, cap)
+        return own is None or self.client_in_flight.get(client_id, 0) < own
+
     def _hold_back(self, client_id: str, cap: int | None) -> None:
         """Pass `client_id` over in the queue while it is at its in-flight cap."""
-        if cap is not None and self.client_in_flight.get(client_id, 0) >= cap:
-            self.queue.block(client_id)
-        else:
+        if self._under_cap(client_id, cap):
             self.queue.unblock(client_id)
+        else:
+            self.queue.block(client_id)
 
     def _drop(self, waiter: _Waiter) -> None:
         waiter.gone = True
@@ -427,8 +443,8 @@ class Admission:
 
     def _grant(self, client_id: str, enqueued: float, cap: int | None) -> Permit:
         self.in_flight += 1
-        held = self.client_in_flight[client_id] = self.client_in_flight.get(client_id, 0) + 1
-        if cap is not None and held >= cap:
+        self.client_in_flight[client_id] = self.client_in_flight.get(client_id, 0) + 1
+        if not self._under_cap(client_id, cap):
             self.queue.block(client_id)
         self.rate.granted()
         generation = self.concurrency.admitted(self.in_flight)

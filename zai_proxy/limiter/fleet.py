@@ -25,6 +25,7 @@ from zai_proxy.limiter.fleet_shares import (
     Report,
     SendMeter,
     allocate,
+    cap_parts,
     decode,
     encode,
     local_demand,
@@ -56,8 +57,9 @@ class FleetShares:
         """What this replica's queue holds now, by client."""
         queue = self.admission.queue
         clients = list(queue.clients())
+        adm = self.admission
         return local_demand(clients, {c: queue.waiting(c) for c, *_ in clients},
-                            self.meter.rates(self.admission.clock()))
+                            self.meter.rates(adm.clock()), adm.client_in_flight, adm.class_of)
 
     async def sync(self) -> None:
         """Publish this replica's report, read the fleet's, pace clients by the allocation."""
@@ -96,7 +98,19 @@ class FleetShares:
             await self.shared.call(lambda: self.shared.redis.hdel(self.key, *stale))
         self.reports, self.scope = reports, "account"
         self.admission.set_fleet_parts(
-            allocate(reports, self.replica, self.admission.queue.batch_floor, self.balance))
+            allocate(reports, self.replica, self.admission.queue.batch_floor, self.balance),
+            cap_parts(reports, self.replica, self._caps(reports)))
+
+    def _caps(self, reports: dict[str, Report]) -> dict[str, int]:
+        """The in-flight cap of every reported client that has one (as this replica reads the
+        clients file)."""
+        caps: dict[str, int] = {}
+        for report in reports.values():
+            for client in report:
+                if client not in caps and \
+                        (cap := self.admission.class_of(client).max_in_flight) is not None:
+                    caps[client] = cap
+        return caps
 
     def _alone(self) -> None:
         if self.scope == "account":
@@ -104,13 +118,16 @@ class FleetShares:
                         "replica shares its own part of the account by its local queue")
         self.scope, self.reports = "replica", {}
         self.balance.reset()
-        self.admission.set_fleet_parts(None)
+        self.admission.set_fleet_parts(None, None, self.shared.replicas)
 
     def health(self) -> dict[str, Any]:
-        """For /health: where shares are decided, how many replicas have work waiting, and
-        this replica's part of the account's rate for each client it paces."""
+        """For /health: where shares are decided, how many replicas report and have work
+        waiting, this replica's part of the account's rate for each client it paces, and its
+        part of the in-flight caps of clients other replicas want too."""
         busy = sum(1 for report in self.reports.values()
                    if any(d.waiting for d in report.values()))
+        fleet = self.admission.fleet
         return {"scope": self.scope, "replicas_reporting": len(self.reports),
                 "replicas_waiting": busy,
-                "paced": {c: round(p, 4) for c, p in sorted(self.admission.fleet.parts.items())}}
+                "paced": {c: round(p, 4) for c, p in sorted(fleet.parts.items())},
+                "in_flight_caps": dict(sorted((fleet.caps or {}).items()))}

@@ -13,7 +13,7 @@ wait), and reads every live replica's report. From them `allocate` computes
 - this replica's part of it: the share times the part of the client's waiting requests that
   wait here (a client waiting on two replicas is served from both, in proportion).
 
-`ClientGates` then paces each allocated client here at its part of the account's rate (as the
+`FleetParts` then paces each allocated client here at its part of the account's rate (as the
 rate is now, so a lowered ceiling lowers every part at once), under the account's own gate. A
 client the allocation does not name (it was not waiting at the last report) is not paced until
 it is. When at most one replica has work waiting, `allocate` answers None: the local queue
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from zai_proxy.core.redis_link import finite
-from zai_proxy.limiter.client_class import PRIORITIES, Priority
+from zai_proxy.limiter.client_class import PRIORITIES, ClassOf, Priority
 from zai_proxy.limiter.fair_queue import class_shares
 from zai_proxy.limiter.gcra import Gcra
 
@@ -47,13 +47,14 @@ FLEET_HEADROOM = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Demand:
-    """One client's requests waiting in one replica's queue, its class there, and the rate
-    (req/s) that replica sent it upstream lately."""
+    """One client's requests waiting in one replica's queue, its class there, the rate (req/s)
+    that replica sent it upstream lately, and how many of its requests it has upstream now."""
 
     weight: float
     priority: Priority
     waiting: int
     rate: float = 0.0
+    in_flight: int = 0
 
 
 Report = Mapping[str, Demand]
@@ -62,7 +63,7 @@ Report = Mapping[str, Demand]
 def encode(report: Report, at: float) -> str:
     """A replica's report as stored: `{"at": wall seconds, "clients": {name: [w, p, n]}}`."""
     return json.dumps({"at": at, "clients": {
-        client: [d.weight, d.priority, d.waiting, round(d.rate, 4)]
+        client: [d.weight, d.priority, d.waiting, round(d.rate, 4), d.in_flight]
         for client, d in report.items()}},
         separators=(",", ":"))
 
@@ -78,16 +79,43 @@ def decode(text: str | bytes) -> tuple[float, dict[str, Demand]]:
         raise ValueError(f"bad time {doc.get('at')!r:.40}")
     report: dict[str, Demand] = {}
     for client, row in doc["clients"].items():
-        if not isinstance(row, list) or len(row) != 4:
+        if not isinstance(row, list) or len(row) != 5:
             raise ValueError(f"bad row for {client!r:.40}")
         weight, rate = finite(row[0]), finite(row[3])
-        priority, waiting = row[1], row[2]
+        priority, waiting, in_flight = row[1], row[2], row[4]
         if weight is None or weight <= 0 or rate is None or rate < 0 or \
-                priority not in PRIORITIES or isinstance(waiting, bool) or \
-                not isinstance(waiting, int) or waiting < 0:
+                priority not in PRIORITIES or not _count(waiting) or not _count(in_flight):
             raise ValueError(f"bad row for {client!r:.40}: {row!r:.60}")
-        report[client] = Demand(weight, priority, waiting, rate)
+        report[client] = Demand(weight, priority, waiting, rate, in_flight)
     return at, report
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def cap_parts(reports: Mapping[str, Report], me: str, caps: Mapping[str, int]) -> dict[str, int]:
+    """The part of each client's in-flight cap (`caps`) this replica (`me`) may hold, for the
+    clients another replica reports requests of (a client wanted here alone keeps its whole
+    cap): the cap split between the replicas in proportion to each one's requests (waiting
+    and upstream; largest remainders first, ties by replica, so every replica computes the same
+    split), and never more than the cap less what the others hold now (a replica over its new
+    part drains before the others take it up)."""
+    out: dict[str, int] = {}
+    for client, cap in caps.items():
+        demand = {replica: report[client].waiting + report[client].in_flight
+                  for replica, report in reports.items() if client in report}
+        if not any(d for replica, d in demand.items() if replica != me):
+            continue
+        total = sum(demand.values())
+        quota = {replica: cap * d / total for replica, d in demand.items()}
+        part = {replica: int(q) for replica, q in quota.items()}
+        left = cap - sum(part.values())
+        for replica in sorted(quota, key=lambda r: (part[r] - quota[r], r))[:left]:
+            part[replica] += 1
+        held = sum(reports[r][client].in_flight for r in demand if r != me)
+        out[client] = min(part.get(me, 0), max(0, cap - held))
+    return out
 
 
 class Balance:
@@ -166,16 +194,22 @@ def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
 
 
 def local_demand(clients: Iterable[tuple[str, Priority, float, int]],
-                 waiting: Mapping[str, int], rates: Mapping[str, float]) -> dict[str, Demand]:
-    """This replica's report from its queue's flows ((client, priority, weight, items), as
-    `FairQueue.clients` gives them), each client's waiting count (retries included) and the
-    rate it was sent lately (`SendMeter`)."""
+                 waiting: Mapping[str, int], rates: Mapping[str, float],
+                 in_flight: Mapping[str, int], class_of: ClassOf) -> dict[str, Demand]:
+    """This replica's report: every client with requests waiting (its flows in the queue,
+    (client, priority, weight, items) as `FairQueue.clients` gives them, in its highest class)
+    or upstream now (in its class as `class_of` says), with its waiting count (retries
+    included), the rate it was sent lately (`SendMeter`) and its requests upstream."""
     report: dict[str, Demand] = {}
     for client, klass, weight, _ in clients:
         known = report.get(client)
         if known is None or klass == "interactive":
             report[client] = Demand(weight, klass, waiting.get(client, 0),
-                                    rates.get(client, 0.0))
+                                    rates.get(client, 0.0), in_flight.get(client, 0))
+    for client, held in in_flight.items():
+        if client not in report:
+            c = class_of(client)
+            report[client] = Demand(c.weight, c.priority, 0, rates.get(client, 0.0), held)
     return report
 
 
@@ -211,13 +245,18 @@ class SendMeter:
         return out
 
 
-class ClientGates:
-    """Paces each client the fleet's allocation names at its part of the account's rate.
+class FleetParts:
+    """What this replica may use of each client's account-wide allowances: its part of the
+    client's share of the rate, and its part of the client's in-flight cap.
 
-    `parts` maps a client to its fraction of the rate (`allocate`); `wait` and `charge` take the
-    rate as it is now. A client outside `parts` is never held back. With a `meter` (set by the
-    fleet's exchange, which reads it each round) every charge is also counted there. Pure:
-    times are passed in.
+    Rate: `parts` maps a client to its fraction of the rate (`allocate`); `wait` and `charge`
+    take the rate as it is now. A client outside `parts` is never held back. With a `meter`
+    (set by the fleet's exchange, which reads it each round) every charge is also counted.
+
+    In-flight caps (`cap`): with the fleet's reports, this replica's part of a client's cap
+    (`cap_parts`; the whole cap for a client no other replica reported); without them, its
+    `1 / divisor` part (rounded up: a client with a cap can always send one). Pure: times are
+    passed in.
     """
 
     def __init__(self, catch_up: float = CATCH_UP) -> None:
@@ -225,6 +264,8 @@ class ClientGates:
         self.parts: dict[str, float] = {}
         self._gcras: dict[str, Gcra] = {}
         self.meter: SendMeter | None = None
+        self.caps: Mapping[str, int] | None = None  # parts of caps from the fleet's reports
+        self.divisor = 1
 
     @property
     def active(self) -> bool:
@@ -235,6 +276,14 @@ class ClientGates:
         pacing state (no burst of credit at each report); one that left is forgotten."""
         self.parts = {c: p for c, p in (parts or {}).items() if p > 0}
         self._gcras = {c: g for c, g in self._gcras.items() if c in self.parts}
+
+    def cap(self, client: str, cap: int | None) -> int | None:
+        """The part of `client`'s in-flight `cap` this replica may hold (None: no cap)."""
+        if cap is None:
+            return None
+        if self.caps is not None:
+            return self.caps.get(client, cap)
+        return -(-cap // self.divisor)
 
     def _rate(self, client: str, rate: float) -> float | None:
         part = self.parts.get(client)

@@ -114,6 +114,8 @@ class Limiter:
         if self.shared is not None and self.coordinator is not None:
             self.fleet = FleetShares(self.shared, self.admission, self.coordinator.id,
                                      wall=wall, interval=self.tick_interval)
+        else:  # each replica holds its part of every client's in-flight cap
+            self.admission.fleet.divisor = config.rate_limit_replicas
         self.restored_from: str | None = None  # "redis", "file" or "admin"
         # Nothing learned yet: nothing to write until a ceiling is learned.
         self._saved: tuple[Any, ...] | None = self._learned()
