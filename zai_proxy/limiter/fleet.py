@@ -24,6 +24,7 @@ from zai_proxy.limiter.fleet_shares import (
     Balance,
     Report,
     SendMeter,
+    account_shares,
     allocate,
     cap_parts,
     decode,
@@ -49,6 +50,7 @@ class FleetShares:
         self.key = shared.key("fleet")
         self.scope = "replica"  # "account" once the fleet's reports were read
         self.reports: dict[str, Report] = {}  # the live replicas' reports, last read
+        self.shares: dict[str, float] = {}  # each waiting client's share of the account
         self.meter = admission.fleet.meter = SendMeter()
         # Hold corrections while the meter still measures the clients waiting before.
         self.balance = Balance(settle=math.ceil(self.meter.span / interval))
@@ -97,6 +99,7 @@ class FleetShares:
         if stale:
             await self.shared.call(lambda: self.shared.redis.hdel(self.key, *stale))
         self.reports, self.scope = reports, "account"
+        self.shares = account_shares(reports, self.admission.queue.batch_floor)
         self.admission.set_fleet_parts(
             allocate(reports, self.replica, self.admission.queue.batch_floor, self.balance),
             cap_parts(reports, self.replica, self._caps(reports)))
@@ -116,7 +119,7 @@ class FleetShares:
         if self.scope == "account":
             log.warning("account-wide client shares suspended: Redis is unavailable; each "
                         "replica shares its own part of the account by its local queue")
-        self.scope, self.reports = "replica", {}
+        self.scope, self.reports, self.shares = "replica", {}, {}
         self.balance.reset()
         self.admission.set_fleet_parts(None, None, self.shared.replicas)
 

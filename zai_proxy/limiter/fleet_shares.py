@@ -159,14 +159,28 @@ class Balance:
         self.factor, self._held = {}, 0
 
 
+def account_shares(reports: Mapping[str, Report], batch_floor: float) -> dict[str, float]:
+    """Each client waiting on any replica: its share of the account's rate (`class_shares`
+    over the fleet's waiting clients). A client's weight and class are the largest weight and
+    the highest class any replica reports, so replicas agree whatever order they read the
+    reports in, also while a reloaded clients file has reached only some of them."""
+    weight: dict[str, float] = {}
+    priority: dict[str, Priority] = {}
+    for report in reports.values():
+        for client, d in report.items():
+            if d.waiting:
+                weight[client] = max(weight.get(client, 0.0), d.weight)
+                priority[client] = "interactive" if d.priority == "interactive" or \
+                    priority.get(client) == "interactive" else "batch"
+    return class_shares(((c, priority[c], weight[c]) for c in weight), batch_floor)
+
+
 def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
              balance: Balance | None = None) -> dict[str, float] | None:
     """This replica's (`me`) part of the account's rate for each client waiting here, as a
-    fraction of the rate; None when fewer than two replicas have work waiting (the local queue
-    decides alone). A client's weight and class are the largest weight and the highest class
-    any replica reports (replicas agree on the answer whatever order they read the reports in,
-    also while a reloaded clients file has reached only some of them). With `balance`, each
-    client's share is corrected by what it was delivered (`Balance`)."""
+    fraction of the rate: its `account_shares` share (corrected by what it was delivered, with
+    `balance`) times the part of its waiting requests that wait here. None when fewer than two
+    replicas have work waiting (the local queue decides alone)."""
     busy = {replica: report for replica, report in reports.items()
             if any(d.waiting for d in report.values())}
     mine = busy.get(me)
@@ -174,20 +188,13 @@ def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
         if balance is not None:
             balance.reset()
         return None
-    weight: dict[str, float] = {}
-    priority: dict[str, Priority] = {}
     waiting: dict[str, int] = {}
     delivered: dict[str, float] = {}
     for report in reports.values():
         for client, d in report.items():
             delivered[client] = delivered.get(client, 0.0) + d.rate
-            if not d.waiting:
-                continue
-            weight[client] = max(weight.get(client, 0.0), d.weight)
-            priority[client] = "interactive" if d.priority == "interactive" or \
-                priority.get(client) == "interactive" else "batch"
             waiting[client] = waiting.get(client, 0) + d.waiting
-    shares = class_shares(((c, priority[c], weight[c]) for c in weight), batch_floor)
+    shares = account_shares(reports, batch_floor)
     factor = balance.update(shares, delivered) if balance is not None else {}
     return {client: shares[client] * factor.get(client, 1.0) * d.waiting / waiting[client]
             for client, d in mine.items() if d.waiting}

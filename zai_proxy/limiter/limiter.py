@@ -132,9 +132,14 @@ class Limiter:
         self.metrics.client_rejections.labels(self.client_label(client), reason).inc()
 
     def _show_shares(self) -> None:
-        """The share gauge of each client with waiting requests; absent for the others."""
+        """The share gauge of each client with waiting requests; absent for the others. With
+        the fleet's reports, its share of the account (the same on every replica); else its
+        share of this replica's dispatches."""
+        fleet = self.fleet
+        source = fleet.shares if fleet is not None and fleet.scope == "account" \
+            else self.admission.queue.shares()
         shares: dict[str, float] = {}
-        for client, share in self.admission.queue.shares().items():
+        for client, share in source.items():
             label = self.client_label(client)
             shares[label] = shares.get(label, 0.0) + share
         gauge = self.metrics.client_share
