@@ -30,7 +30,7 @@ SIM_SAMPLES = {
 DASHBOARD_SAMPLES = {
     "SCRAPE_TARGETS": "http://other:9", "SCRAPE_INTERVAL": "7", "SCRAPE_TIMEOUT": "7",
     "DASHBOARD_DB": "/srv/history.sqlite3", "DASHBOARD_API_KEY": "dashboard-key-7",
-    "DASHBOARD_HEARTBEAT": "7",
+    "DASHBOARD_HEARTBEAT": "7", "SCRAPE_KEY": "admin-key-7",
 }
 
 

@@ -103,7 +103,8 @@ def create_dashboard_app(
     background: bool = True,
 ) -> Starlette:
     """Build the app; `background=False` skips the scrape/trim loops (tests drive them)."""
-    collector = collector or Collector(settings.targets, settings.interval, settings.timeout, clock)
+    collector = collector or Collector(settings.targets, settings.interval, settings.timeout, clock,
+                                       key=settings.scrape_key)
     storage = storage or History(settings.db, clock)
     broker = broker or Broker(heartbeat=settings.heartbeat,
                               retry_ms=int(max(1000, settings.interval * 1000)))

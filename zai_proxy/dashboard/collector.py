@@ -109,12 +109,15 @@ class Collector:
         timeout: float = 3.0,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        key: str | None = None,
     ) -> None:
+        """`key`: presented to every target as `Authorization: Bearer` (SCRAPE_KEY)."""
         self.targets = list(targets)
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
         self._transport = transport
+        self._headers = {} if key is None else {"authorization": f"Bearer {key}"}
         self._client: httpx.AsyncClient | None = None
         self._readings: dict[str, Reading] = {}
         self._status = {url: TargetStatus(url) for url in self.targets}
@@ -146,7 +149,8 @@ class Collector:
     async def scrape_once(self) -> list[Point]:
         """One round over all targets at once; returns a point per variant seen."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport,
+                                             headers=self._headers)
         now = self.clock()
         dt = 0.0 if self._last_round is None else max(now - self._last_round, 0.0)
         self._last_round = now

@@ -87,6 +87,11 @@ class DashboardSettings:
         "DASHBOARD_API_KEY", _api_key, f"when set ({API_KEY_MIN_LENGTH}+ characters), required by "
         "the page and the API (Authorization: Bearer, ?key=, or the login form)", secret=True,
         default=None)
+    scrape_key: str | None = setting(
+        "SCRAPE_KEY", _api_key, "presented to every target as Authorization: Bearer (the "
+        "proxies' ADMIN_API_KEY): a proxy with METRICS_CLIENT_NAMES=false shows its per-client "
+        "series, and so the client panels, only to a scrape that presents it", secret=True,
+        default=None)
     host: str = setting(None, str, "listen address", flag="--host", default="127.0.0.1")
     port: int = setting(None, _port, "listen port", flag="--port", empty_is_default=False,
                         default=8081)

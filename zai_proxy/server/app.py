@@ -359,12 +359,16 @@ def _without_families(text: bytes, families: tuple[bytes, ...]) -> bytes:
 
 def _public_health(body: dict[str, Any], account: str) -> dict[str, Any]:
     """/health without the names of clients and the account hash (see the module docstring):
-    `clients`, `rate_limit.account`, `rate_limit.clients`, `quota.pacing.exempt` and
-    `quota.client_budgets.clients` are left out, and the account hash anywhere else (the shared
-    state's Redis namespace) is replaced by `<hidden>`."""
+    `clients`, `rate_limit.account`, `rate_limit.clients`, the per-client parts of
+    `rate_limit.shares`, `quota.pacing.exempt` and `quota.client_budgets.clients` are left out,
+    and the account hash anywhere else (the shared state's Redis namespace) is replaced by
+    `<hidden>`."""
     public = {k: v for k, v in body.items() if k != "clients"}
     if isinstance(rate := body.get("rate_limit"), dict):
         public["rate_limit"] = {k: v for k, v in rate.items() if k not in ("account", "clients")}
+        if isinstance(shares := rate.get("shares"), dict):
+            public["rate_limit"]["shares"] = {
+                k: v for k, v in shares.items() if k not in ("paced", "in_flight_caps")}
     if isinstance(quota := body.get("quota"), dict):
         quota = dict(quota)
         if isinstance(quota.get("pacing"), dict):

@@ -196,8 +196,8 @@ class Settings:
     metrics_client_names: bool = _PROCESS.setting(
         "METRICS_CLIENT_NAMES", parse_bool,
         "show the per-client series (zai_proxy_client_*{client}) on /metrics to every scrape; "
-        "off = only to a scrape that presents ADMIN_API_KEY (the dashboard scrapes without it: "
-        "its client panels stay empty)", default=True)
+        "off = only to a scrape that presents ADMIN_API_KEY (the dashboard presents it when "
+        "given SCRAPE_KEY)", default=True)
     token_counting_enabled: bool = _ACCOUNTING.setting(
         "TOKEN_COUNTING_ENABLED", parse_bool, "count tokens and cost", default=True)
     tokenizer_encoding: str = _ACCOUNTING.setting(
