@@ -47,7 +47,7 @@ MODULES = ("clients.auth", "wire.headers", "wire.routing", "limiter.admission",
            "quota.state", "quota.pacing", "quota.shared", "quota.stop", "quota.client_budgets",
            "limiter.congestion", "limiter.gcra", "limiter.shared", "limiter.limiter",
            "server.http_protocol", "server.connections", "switch.carry", "switch.retire",
-           "limiter.fair_queue")
+           "limiter.fair_queue", "limiter.fleet_shares")
 BUDGET = ROOT / ".ci" / "mutation-budget.json"
 RESULTS = ROOT / ".ci" / "mutation-results.json"
 EQUIVALENT = ROOT / ".ci" / "mutation-equivalent.txt"

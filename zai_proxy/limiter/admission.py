@@ -29,82 +29,20 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from zai_proxy.limiter.client_class import ClassOf, Priority, default_class
+from zai_proxy.limiter.client_class import ClassOf, default_class
 from zai_proxy.limiter.concurrency_controller import ConcurrencyController
 from zai_proxy.limiter.congestion import Congestion
 from zai_proxy.limiter.fair_queue import FairQueue
 from zai_proxy.limiter.fleet_shares import FleetParts
 from zai_proxy.limiter.gcra import Gate, LocalGate
+from zai_proxy.limiter.permit import Permit, Rejection, Waiter, both, may_go
 from zai_proxy.limiter.rate_controller import Adjustment, Outcome, RateController
 
+__all__ = ["Admission", "Permit", "Rejection"]
+
 HOLD_WEIGHT = 0.2  # weight of the newest permit in the mean time a concurrency slot is held
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """Not admitted; `retry_after` is an estimate in seconds for the client's Retry-After."""
-
-    reason: Literal["queue_full", "queue_timeout"]
-    retry_after: float
-
-
-@dataclass(eq=False)
-class Permit:
-    """One admitted attempt holding one concurrency slot; `release()` is idempotent."""
-
-    admission: Admission
-    client_id: str
-    generation: int
-    in_flight_at_admission: int
-    waited: float
-    granted_at: float = 0.0
-    released: bool = False
-    cap: int | None = None  # the client's max_in_flight when it was granted
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.admission._release(self)
-
-    def observe(self, outcome: Outcome) -> list[Adjustment]:
-        """Feed this attempt's outcome to the controllers."""
-        return self.admission.observe(outcome, self)
-
-    async def __aenter__(self) -> Permit:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-
-@dataclass(eq=False)
-class _Waiter:
-    client_id: str
-    priority: bool  # a retry: ahead of the new work of its class
-    deadline: float
-    enqueued: float
-    future: asyncio.Future[Permit | Rejection] = field(repr=False)
-    paced: bool = False  # also needs a slot of the quota pacer (when pacing is on)
-    pacer_held: bool = False  # took its pacer slot already, waits for the rate gate
-    gone: bool = False  # admitted, expired or cancelled: out of the queue
-    klass: Priority = "batch"  # its client's priority class when it arrived
-    cap: int | None = None  # its client's max_in_flight when it arrived
-
-
-def _may_go(waiter: _Waiter) -> bool:
-    """While the quota pacer makes paced work wait: whether `waiter` may go anyway."""
-    return not waiter.paced or waiter.pacer_held
-
-
-def _both(first: Callable[[_Waiter], bool],
-          second: Callable[[_Waiter], bool]) -> Callable[[_Waiter], bool]:
-    return lambda waiter: first(waiter) and second(waiter)
 
 
 class Admission:
@@ -144,9 +82,9 @@ class Admission:
         self.hold_time: float | None = None  # mean seconds a permit holds its slot
         self.class_of = class_of
         self.on_admit, self.on_refuse = on_admit, on_refuse
-        self.queue: FairQueue[_Waiter] = FairQueue(batch_floor)  # who goes next
+        self.queue: FairQueue[Waiter] = FairQueue(batch_floor)  # who goes next
         self.client_in_flight: dict[str, int] = {}  # clients with permits out: how many
-        self._deadlines: list[tuple[float, int, _Waiter]] = []
+        self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -198,7 +136,7 @@ class Admission:
             self._hold_back(client, self.class_of(client).max_in_flight)
         self._wake.set()
 
-    def _fleet_open(self, now: float) -> Callable[[_Waiter], bool] | None:
+    def _fleet_open(self, now: float) -> Callable[[Waiter], bool] | None:
         """While the fleet paces clients: who may take a send slot now (None: anyone)."""
         if not self.fleet.active:
             return None
@@ -265,7 +203,7 @@ class Admission:
             await self._return_pacer(pacer_held)
             return self._noted(client_id, Rejection("queue_timeout", max(1.0, expected)))
         future = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(client_id, priority, deadline, now, future, paced, pacer_held,
+        waiter = Waiter(client_id, priority, deadline, now, future, paced, pacer_held,
                          klass=klass.priority, cap=cap)
         self._hold_back(client_id, cap)  # the cap may have changed since its permits went
         self.queue.push(client_id, waiter, weight=klass.weight, priority=klass.priority,
@@ -322,7 +260,7 @@ class Admission:
         else:
             self.queue.block(client_id)
 
-    def _drop(self, waiter: _Waiter) -> None:
+    def _drop(self, waiter: Waiter) -> None:
         waiter.gone = True
         self.queue.remove(waiter.client_id, waiter, priority=waiter.klass,
                            retry=waiter.priority)
@@ -404,8 +342,8 @@ class Admission:
                 accept = fleet
                 if self.pacer is not None:
                     # Who gets the send slot below: never one without its pacer slot.
-                    accept = _may_go if fleet is None else _both(fleet, _may_go)
-                    if not _may_go(head):
+                    accept = may_go if fleet is None else both(fleet, may_go)
+                    if not may_go(head):
                         paced_wait = await self._take_pacer(now)
                         if paced_wait > 0:
                             # Paced work waits for the pacer; unpaced work behind it goes first.
