@@ -23,7 +23,8 @@ from zai_proxy.limiter.fleet_shares import Demand, decode, encode
 from zai_proxy.limiter.rate_controller import RateController
 from zai_proxy.limiter.shared import SharedState, namespace
 
-CLASSES = {"heavy": ClientClass(weight=3), "capped": ClientClass(max_in_flight=4)}
+CLASSES = {"heavy": ClientClass(weight=3), "capped": ClientClass(max_in_flight=4),
+           "agent": ClientClass(priority="interactive")}
 Task = asyncio.Task[Permit | Rejection]
 
 
@@ -271,3 +272,20 @@ async def test_without_reports_each_replica_holds_its_part_of_a_cap() -> None:
     await vt.advance(2)
     assert len(r1.held) == 2, "half of 4: the link says two replicas share the account"
     await r1.close()
+
+
+async def test_an_agent_waiting_once_leaves_the_rate_it_cannot_use_to_batch() -> None:
+    vt = VirtualTime()
+    fake = FakeRedis(vt)
+    r1, r2 = Replica(fake, vt, "r1"), Replica(fake, vt, "r2")
+    r2.load("bulk", 100)
+    await settle()
+    r1.load("agent", 1)  # behind bulk's slot: it waits
+    await settle()
+    assert r1.admission.queue.waiting("agent") == 1
+    await r1.fleet.sync()
+    await r2.fleet.sync()
+    # it wants one request's worth (0.1 of 10 req/s), not interactive's nine tenths
+    assert r2.fleet.health()["paced"] == {"bulk": pytest.approx(0.9)}
+    await r1.close()
+    await r2.close()

@@ -14,6 +14,7 @@ from zai_proxy.limiter.fleet_shares import (
     Demand,
     FleetParts,
     SendMeter,
+    account_shares,
     allocate,
     cap_parts,
     decode,
@@ -296,3 +297,45 @@ def test_a_replica_holds_the_cap_less_what_the_others_hold_or_its_part_alone() -
     assert parts.cap("a", 8) == 3 and parts.cap("a", 1) == 1, "rounded up: one always goes"
     parts.caps = {"a": 3, "b": 0}
     assert parts.cap("a", 8) == 3 and parts.cap("b", 8) == 0 and parts.cap("c", 8) == 8
+
+
+# -- what a client can use ------------------------------------------------------------------------
+
+
+def test_an_agent_with_one_request_waiting_does_not_hold_the_rate_for_a_tick() -> None:
+    """At 10 req/s an interactive client that sent 0.5 req/s and has one request waiting wants
+    0.15 of the rate; batch (saturating) gets the rest, not only its floor."""
+    reports = {"r1": {"agent": Demand(1, "interactive", 1, 0.5)},
+               "r2": {"bulk": Demand(1, "batch", 40, 8.0), "ci": Demand(1, "batch", 40, 1.0)}}
+    shares = account_shares(reports, 0.1, rate=10.0)
+    assert shares == pytest.approx({"agent": 0.15, "bulk": 0.425, "ci": 0.425})
+    assert account_shares(reports, 0.1) == pytest.approx(
+        {"agent": 0.9, "bulk": 0.05, "ci": 0.05}), "without the rate: the class rule alone"
+
+
+def test_what_a_light_batch_client_leaves_goes_to_the_others_by_weight() -> None:
+    reports = {"r1": {"light": Demand(1, "batch", 1, 0.0), "heavy": Demand(3, "batch", 50, 5.0)},
+               "r2": {"other": Demand(1, "batch", 50, 2.0)}}
+    shares = account_shares(reports, 0.1, rate=10.0)
+    assert shares == pytest.approx({"light": 0.1, "heavy": 0.675, "other": 0.225})
+
+
+def test_interactive_that_wants_more_than_its_part_takes_what_batch_leaves() -> None:
+    reports = {"r1": {"agent": Demand(1, "interactive", 50, 9.0)},
+               "r2": {"bulk": Demand(1, "batch", 0, 0.0), "ci": Demand(1, "batch", 1, 0.0)}}
+    # ci wants 0.1 (one waiting, at 10 req/s): its floor is all it needs; agent gets the rest
+    assert account_shares(reports, 0.2, rate=10.0) == pytest.approx({"agent": 0.9, "ci": 0.1})
+
+
+def test_what_no_one_wants_is_spread_by_weight_so_the_shares_add_up_to_one() -> None:
+    reports = {"r1": {"a": Demand(3, "batch", 1, 0.0)}, "r2": {"b": Demand(1, "batch", 1, 0.0)}}
+    shares = account_shares(reports, 0.1, rate=100.0)  # each wants 0.01
+    assert shares == pytest.approx({"a": 0.01 + 0.98 * 0.75, "b": 0.01 + 0.98 * 0.25})
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_saturating_clients_keep_the_class_rule() -> None:
+    reports = {"r1": {"heavy": Demand(3, "batch", 30, 6.0)},
+               "r2": {"l1": Demand(1, "batch", 30, 2.0), "l2": Demand(1, "batch", 30, 2.0)}}
+    assert account_shares(reports, 0.1, rate=10.0) == pytest.approx(
+        {"heavy": 0.6, "l1": 0.2, "l2": 0.2})

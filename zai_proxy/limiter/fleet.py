@@ -99,9 +99,11 @@ class FleetShares:
         if stale:
             await self.shared.call(lambda: self.shared.redis.hdel(self.key, *stale))
         self.reports, self.scope = reports, "account"
-        self.shares = account_shares(reports, self.admission.queue.batch_floor)
-        self.admission.set_fleet_parts(
-            allocate(reports, self.replica, self.admission.queue.batch_floor, self.balance),
+        adm = self.admission
+        floor, rate = adm.queue.batch_floor, adm.gate_rate
+        self.shares = account_shares(reports, floor, rate)
+        adm.set_fleet_parts(
+            allocate(reports, self.replica, floor, self.balance, rate),
             cap_parts(reports, self.replica, self._caps(reports)))
 
     def _caps(self, reports: dict[str, Report]) -> dict[str, int]:

@@ -39,6 +39,8 @@ from zai_proxy.limiter.gcra import Gcra
 # up this many seconds of its part: the same time for every client, whatever its rate (a
 # burst counted in slots would let slow clients catch up more and take from fast ones).
 CATCH_UP = 1.0
+HORIZON = 1.0  # seconds of its waiting requests a client is counted as wanting, at most
+EPSILON = 1e-9
 # Parts add up to the whole rate, so pacing each client at exactly its part would lose every
 # slot one of them reaches late (the account's gate banks no idle time): each is paced a little
 # above its part, and the account's gate, which bounds the sum, decides the rest.
@@ -159,11 +161,19 @@ class Balance:
         self.factor, self._held = {}, 0
 
 
-def account_shares(reports: Mapping[str, Report], batch_floor: float) -> dict[str, float]:
-    """Each client waiting on any replica: its share of the account's rate (`class_shares`
-    over the fleet's waiting clients). A client's weight and class are the largest weight and
-    the highest class any replica reports, so replicas agree whatever order they read the
-    reports in, also while a reloaded clients file has reached only some of them."""
+def account_shares(reports: Mapping[str, Report], batch_floor: float,
+                   rate: float | None = None) -> dict[str, float]:
+    """Each client waiting on any replica: its share of the account's rate, by the queue's rule
+    (`class_shares`: weight over the waiting weights of its class; interactive first, batch
+    keeping its floor). With `rate` (the account's send rate now) no client is given more than
+    it can use - its recent rate plus its waiting requests over `HORIZON` seconds - and what one
+    leaves goes to the others by the same rule (max-min fair): an agent with one request
+    waiting when the reports were read does not hold nine tenths of the rate for a whole tick.
+    What no one wants is spread by weight, so the shares add up to 1.
+
+    A client's weight and class are the largest weight and the highest class any replica
+    reports, so replicas agree whatever order they read the reports in, also while a reloaded
+    clients file has reached only some of them."""
     weight: dict[str, float] = {}
     priority: dict[str, Priority] = {}
     for report in reports.values():
@@ -172,15 +182,53 @@ def account_shares(reports: Mapping[str, Report], batch_floor: float) -> dict[st
                 weight[client] = max(weight.get(client, 0.0), d.weight)
                 priority[client] = "interactive" if d.priority == "interactive" or \
                     priority.get(client) == "interactive" else "batch"
-    return class_shares(((c, priority[c], weight[c]) for c in weight), batch_floor)
+    if rate is None or rate <= 0 or not weight:
+        return class_shares(((c, priority[c], weight[c]) for c in weight), batch_floor)
+    wanted = dict.fromkeys(weight, 0.0)
+    for report in reports.values():
+        for client, d in report.items():
+            if client in wanted:
+                wanted[client] += (d.rate + d.waiting / HORIZON) / rate
+    first = [c for c in weight if priority[c] == "interactive"]
+    second = [c for c in weight if priority[c] == "batch"]
+    both = bool(first and second)
+    given: dict[str, float] = {}
+    left = _fill(first, weight, wanted, given, 1.0 - batch_floor if both else 1.0)
+    left = _fill(second, weight, wanted, given, (batch_floor if both else 0.0) + left)
+    left = _fill(first, weight, wanted, given, left)  # batch left some: interactive wants more
+    total = sum(weight.values())
+    return {c: given.get(c, 0.0) + left * weight[c] / total for c in weight}
+
+
+def _fill(clients: list[str], weight: Mapping[str, float], wanted: Mapping[str, float],
+          given: dict[str, float], budget: float) -> float:
+    """Share `budget` between `clients` by weight, none past what it wants (adding to `given`);
+    returns what is left when all of them have what they want."""
+    hungry = [c for c in clients if wanted[c] - given.get(c, 0.0) > EPSILON]
+    while hungry and budget > EPSILON:
+        total = sum(weight[c] for c in hungry)
+        fair = {c: budget * weight[c] / total for c in hungry}
+        sated = [c for c in hungry if wanted[c] - given.get(c, 0.0) <= fair[c]]
+        if not sated:
+            for c in hungry:
+                given[c] = given.get(c, 0.0) + fair[c]
+            return 0.0
+        for c in sated:
+            need = wanted[c] - given.get(c, 0.0)
+            given[c] = given.get(c, 0.0) + need
+            budget -= need
+            hungry.remove(c)
+    return max(0.0, budget)
 
 
 def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
-             balance: Balance | None = None) -> dict[str, float] | None:
+             balance: Balance | None = None, rate: float | None = None
+             ) -> dict[str, float] | None:
     """This replica's (`me`) part of the account's rate for each client waiting here, as a
-    fraction of the rate: its `account_shares` share (corrected by what it was delivered, with
-    `balance`) times the part of its waiting requests that wait here. None when fewer than two
-    replicas have work waiting (the local queue decides alone)."""
+    fraction of the rate: its `account_shares` share (`rate`: the account's send rate now;
+    corrected by what it was delivered, with `balance`) times the part of its waiting requests
+    that wait here. None when fewer than two replicas have work waiting (the local queue
+    decides alone)."""
     busy = {replica: report for replica, report in reports.items()
             if any(d.waiting for d in report.values())}
     mine = busy.get(me)
@@ -194,7 +242,7 @@ def allocate(reports: Mapping[str, Report], me: str, batch_floor: float,
         for client, d in report.items():
             delivered[client] = delivered.get(client, 0.0) + d.rate
             waiting[client] = waiting.get(client, 0) + d.waiting
-    shares = account_shares(reports, batch_floor)
+    shares = account_shares(reports, batch_floor, rate)
     factor = balance.update(shares, delivered) if balance is not None else {}
     return {client: shares[client] * factor.get(client, 1.0) * d.waiting / waiting[client]
             for client, d in mine.items() if d.waiting}
