@@ -136,6 +136,10 @@ class Admission:
             self._hold_back(client, self.class_of(client).max_in_flight)
         self._wake.set()
 
+    def _fleet_held(self, client_id: str, now: float) -> bool:
+        """Whether the fleet's pacing holds `client_id` back now."""
+        return self.fleet.active and self.fleet.wait(client_id, self.gate_rate, now) > 0.0
+
     def _fleet_open(self, now: float) -> Callable[[Waiter], bool] | None:
         """While the fleet paces clients: who may take a send slot now (None: anyone)."""
         if not self.fleet.active:
@@ -181,8 +185,8 @@ class Admission:
         klass = self.class_of(client_id)
         cap = klass.max_in_flight  # the client's, account-wide; its part here below
         if not self.depth and self.in_flight < self.concurrency.limit and \
-                self._under_cap(client_id, cap) and (
-                priority or not self.fleet.wait(client_id, self.gate_rate, now)):
+                self._under_cap(client_id, cap) and \
+                (priority or not self._fleet_held(client_id, now)):
             try:
                 if paced:
                     pacer_held = await self._take_pacer(now) == 0.0
@@ -387,7 +391,8 @@ class Admission:
         self.rate.granted()
         generation = self.concurrency.admitted(self.in_flight)
         now = self.clock()
-        self.fleet.charge(client_id, self.gate_rate, now)
+        if self.fleet.active or self.fleet.meter is not None:  # the fleet's exchange is on
+            self.fleet.charge(client_id, self.gate_rate, now)
         return Permit(self, client_id, generation, self.in_flight, now - enqueued, now, cap=cap)
 
     def _release(self, permit: Permit) -> None:
