@@ -335,6 +335,9 @@ def priority(_: int) -> dict[str, float]:
         "histogram_p99_bound_s": histogram_p99,
         "batch_share_while_saturated": batch_ok / max(1, batch_ok + inter_ok),
         "dispatches_while_saturated": float(batch_ok + inter_ok),
+        # the floor is kept per contended stretch in whole dispatches; the measured span cuts
+        # stretches at its ends, so it is judged in dispatches, not as a share
+        "batch_dispatches_short_of_floor": BATCH_FLOOR * (batch_ok + inter_ok) - batch_ok,
         "batch_left_waiting_at_end": float(500 - load.ok("nightly", 0, 1e9)),
     }
 
@@ -467,7 +470,7 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "after_heavy_req_s": within(7.5, 0.05), "after_light1_req_s": within(2.5, 0.05),
     "interactive_wait_p99_s": at_most(2 / CEILING),
     # one dispatch of slack: the floor is kept per contended stretch, counted in whole requests
-    "batch_share_while_saturated": at_least(BATCH_FLOOR * 0.95),
+    "batch_dispatches_short_of_floor": at_most(1.0),
     "ci_share_of_budget": within(0.2, 0.1),  # ±2 points of the budget = ±10 % of 0.2
     "others_refused_before_account_spent": at_most(0), "account_budget_used": at_least(0.97),
     **{f"{s}_{c}_req_s": within(t, 0.07) for s in ("even", "skewed")
