@@ -177,7 +177,7 @@ async def test_a_redis_that_fails_leaves_each_replica_sharing_its_own_part(
         await vt.advance(1)  # a hanging Redis: the link's timeout ends the call
         await sync
     assert not r1.admission.fleet.active
-    assert r1.fleet.health() == {"scope": "replica", "replicas_reporting": 0,
+    assert r1.fleet.health() == {"scope": "replica", "replicas": 2, "replicas_reporting": 0,
                                  "replicas_waiting": 0, "paced": {}, "in_flight_caps": {}}
     assert "account-wide client shares suspended" in caplog.text
     fake.mode = "ok"

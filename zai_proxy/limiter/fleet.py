@@ -2,8 +2,9 @@
 `fleet_shares` for the rule).
 
 Every replica of every variant spending the account keeps one field, its lease id, in the hash
-`zai-proxy:acct:<account>:limiter:fleet`: its report (the clients waiting in its queue), written
-and read back with the others in one round trip on each limiter tick. A report older than
+`zai-proxy:acct:<account>:limiter:fleet`: its report (the clients waiting in its queue or with
+requests upstream, their recent send rates: `fleet_shares.Demand`), written and read back with
+the others in one round trip on each limiter tick. A report older than
 `stale_after` seconds (a replica that stopped or lost Redis) is left out and deleted; the hash
 itself expires when no replica writes it. Without Redis (never configured, or unreachable now)
 the fleet's allocation is dropped at once: each replica shares its own part of the account
@@ -57,10 +58,9 @@ class FleetShares:
 
     def report(self) -> Report:
         """What this replica's queue holds now, by client."""
-        queue = self.admission.queue
-        clients = list(queue.clients())
         adm = self.admission
-        return local_demand(clients, {c: queue.waiting(c) for c, *_ in clients},
+        clients = list(adm.queue.clients())
+        return local_demand(clients, {c: adm.queue.waiting(c) for c, *_ in clients},
                             self.meter.rates(adm.clock()), adm.client_in_flight, adm.class_of)
 
     async def sync(self) -> None:
@@ -126,13 +126,15 @@ class FleetShares:
         self.admission.set_fleet_parts(None, None, self.shared.replicas)
 
     def health(self) -> dict[str, Any]:
-        """For /health: where shares are decided, how many replicas report and have work
-        waiting, this replica's part of the account's rate for each client it paces, and its
+        """For /health: where shares are decided, how many replicas share the account (the
+        divisor while they decide alone), how many report and have work waiting, this replica's
+        part of the account's rate for each client it paces, and its
         part of the in-flight caps of clients other replicas want too."""
         busy = sum(1 for report in self.reports.values()
                    if any(d.waiting for d in report.values()))
         fleet = self.admission.fleet
-        return {"scope": self.scope, "replicas_reporting": len(self.reports),
+        return {"scope": self.scope, "replicas": self.shared.replicas,
+                "replicas_reporting": len(self.reports),
                 "replicas_waiting": busy,
                 "paced": {c: round(p, 4) for c, p in sorted(fleet.parts.items())},
                 "in_flight_caps": dict(sorted((fleet.caps or {}).items()))}
