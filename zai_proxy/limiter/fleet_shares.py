@@ -4,14 +4,18 @@ The fair queue (`fair_queue`) shares what one process sends. Replicas of both va
 their send slots from one gate in Redis, so each would otherwise share only its own part: a
 weight-3 client whose workers all reach one replica of four would get a quarter of the slots,
 not three fifths. To make the shares hold across the fleet, every replica reports on each
-limiter tick the clients with requests waiting in its queue (`Demand`: weight, class, how many
-wait), and reads every live replica's report. From them `allocate` computes
+limiter tick the clients with requests waiting in its queue or upstream (`Demand`: weight,
+class, how many wait, its recent send rate, how many are upstream), and reads every live
+replica's report. From them every replica computes the same:
 
-- each waiting client's share of the account's rate, by the same rule the queue uses in one
-  process (`class_shares`: its weight over the waiting weights of its class; interactive before
-  batch, batch keeping its floor), then
-- this replica's part of it: the share times the part of the client's waiting requests that
-  wait here (a client waiting on two replicas is served from both, in proportion).
+- each waiting client's share of the account's rate (`account_shares`), by the rule the queue
+  uses in one process (`class_shares`: its weight over the waiting weights of its class;
+  interactive before batch, batch keeping its floor), max-min fair: never more than the client
+  can use, what it leaves going to the others by the same rule;
+- this replica's part of it (`allocate`): the share times the part of the client's waiting
+  requests that wait here (a client waiting on two replicas is served from both, in
+  proportion), corrected a little by what each client was delivered (`Balance`);
+- this replica's part of each client's in-flight cap (`cap_parts`).
 
 `FleetParts` then paces each allocated client here at its part of the account's rate (as the
 rate is now, so a lowered ceiling lowers every part at once), under the account's own gate. A
@@ -39,12 +43,9 @@ from zai_proxy.limiter.gcra import Gcra
 # up this many seconds of its part: the same time for every client, whatever its rate (a
 # burst counted in slots would let slow clients catch up more and take from fast ones).
 CATCH_UP = 1.0
-HORIZON = 1.0  # seconds of its waiting requests a client is counted as wanting, at most
+# What a client can use: its recent rate plus its waiting requests spread over this many seconds.
+HORIZON = 1.0
 EPSILON = 1e-9
-# Parts add up to the whole rate, so pacing each client at exactly its part would lose every
-# slot one of them reaches late (the account's gate banks no idle time): each is paced a little
-# above its part, and the account's gate, which bounds the sum, decides the rest.
-FLEET_HEADROOM = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +343,7 @@ class FleetParts:
 
     def _rate(self, client: str, rate: float) -> float | None:
         part = self.parts.get(client)
-        return None if part is None else rate * part * FLEET_HEADROOM
+        return None if part is None else rate * part
 
     def _gcra(self, client: str, own: float, now: float) -> Gcra:
         gcra = self._gcras.get(client)
